@@ -1,0 +1,365 @@
+"""Datasets as uint8 tensors on the training device, and a batched on-device loader.
+
+Every split is loaded once into a (N, C, H, W) uint8 tensor; an epoch is a random permutation
+sliced into batches; flips, crops and normalisation run batched on the device. Grey datasets
+(Fashion-MNIST, grey folders) keep one channel, so the model's in_chans follows the data.
+"""
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils import UsageError
+
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder", "fake")
+AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")
+CROP_PAD = 4  # pixels of zero padding for crop_flip (the classic CIFAR recipe)
+RRC_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pretraining
+RRC_RATIO = (3 / 4, 4 / 3)
+SPLIT_SEED = 0  # fixes the held-out validation images and the fake dataset, whatever --seed
+FOLDER_DEFAULT_SIZE = 32  # side of folder and fake images unless --image_size says otherwise
+NATIVE = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion_mnist": (1, 28),
+          "folder": (3, FOLDER_DEFAULT_SIZE), "fake": (3, FOLDER_DEFAULT_SIZE)}  # (chans, side)
+FAKE_SIZES = {"train": 4096, "test": 1024}
+FAKE_CLASSES = 10
+FAKE_NOISE = 0.1  # std of pixel noise in fake images, relative to the [0, 1] range
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_shape(name, image_size=None):
+    """(in_chans, image_size) the model will see, known before any file is read."""
+    chans, side = NATIVE[name]
+    return chans, image_size or side
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self):
+        return len(self.labels)
+
+    def to(self, device):
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def head(self, n):
+        return self if n is None else Split(self.images[:n], self.labels[:n])
+
+
+@dataclass
+class Dataset:
+    name: str
+    source: str  # where the images were read from
+    train: Split
+    test: Split
+    val: Split | None  # held out from train by --val_split, else None
+    classes: list
+    mean: torch.Tensor  # (C,) per-channel mean of the train split in [0, 1]
+    std: torch.Tensor  # (C,)
+
+    @property
+    def in_chans(self):
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self):
+        return self.train.images.shape[-1]
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    def describe(self):
+        val = f", {len(self.val)} val" if self.val is not None else ""
+        return (f"{self.name}: {len(self.train)} train{val}, {len(self.test)} test images "
+                f"{self.in_chans}x{self.image_size}x{self.image_size} from {self.source}")
+
+
+# --------------------------------------------------------------------------- loading
+def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_eval=None,
+                 val_split=0, device="cpu"):
+    """Load both splits as uint8 tensors on `device`; raise UsageError if unavailable."""
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    loader = {"cifar10": _cifar, "cifar100": _cifar, "fashion_mnist": _fashion_mnist,
+              "folder": _folder, "fake": _fake}[name]
+    train, test, classes, source = loader(name, data_dir, image_size)
+    if image_size is not None:
+        train, test = _resize(train, image_size), _resize(test, image_size)
+    mean, std = channel_stats(train.images)
+    val = None
+    if val_split:
+        if not 0 < val_split < len(train):
+            raise UsageError(f"--val_split {val_split} must be between 1 and {len(train) - 1}")
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        val = Split(train.images[perm[:val_split]], train.labels[perm[:val_split]])
+        train = Split(train.images[perm[val_split:]], train.labels[perm[val_split:]])
+        val = val.head(max_eval).to(device)
+    return Dataset(name, source, train.head(max_train).to(device),
+                   test.head(max_eval).to(device), val, classes, mean, std)
+
+
+def channel_stats(images):
+    """Per-channel mean and std in [0, 1] of a uint8 (N, C, H, W) tensor."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
+    return x.mean(dim=1).float(), x.std(dim=1).float()
+
+
+def _resize(split, size):
+    if split.images.shape[-1] == size and split.images.shape[-2] == size:
+        return split
+    x = F.interpolate(split.images.float(), size=(size, size), mode="bilinear",
+                      antialias=True, align_corners=False)
+    return Split(x.round().clamp(0, 255).to(torch.uint8), split.labels)
+
+
+def _missing(name, data_dir, what):
+    return UsageError(f"{name} not found in {data_dir} and could not be downloaded (no network?);"
+                      f" put {what} there, or pass --data_dir")
+
+
+def _cifar(name, data_dir, image_size):
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    archive = cls.filename
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(data_dir, train=train, download=False)
+        except RuntimeError:
+            try:
+                ds = cls(data_dir, train=train, download=True)
+            except Exception:
+                raise _missing(name, data_dir,
+                               f"{archive} or its extracted {cls.base_folder}/") from None
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))
+    return splits[0], splits[1], list(ds.classes), os.path.join(data_dir, cls.base_folder)
+
+
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+def _fashion_mnist(name, data_dir, image_size):
+    """Raw idx files (optionally .gz) in data_dir (Debian's layout) or torchvision's layout."""
+    folder = _find_idx_folder(data_dir)
+    if folder is None:
+        from torchvision import datasets
+        try:
+            datasets.FashionMNIST(data_dir, train=True, download=True)
+        except Exception:
+            raise _missing(name, data_dir, "train-images-idx3-ubyte.gz and the other three "
+                           "idx files (apt-get install dataset-fashion-mnist puts them in "
+                           "/usr/share/datasets/fashion-mnist)") from None
+        folder = _find_idx_folder(data_dir)
+    splits = [Split(_read_idx(folder, img).unsqueeze(1), _read_idx(folder, lab).long())
+              for img, lab in (FASHION_FILES["train"], FASHION_FILES["test"])]
+    return splits[0], splits[1], FASHION_CLASSES, folder
+
+
+def _find_idx_folder(data_dir):
+    for folder in (data_dir, os.path.join(data_dir, "FashionMNIST", "raw")):
+        if all(_idx_path(folder, f) for pair in FASHION_FILES.values() for f in pair):
+            return folder
+    return None
+
+
+def _idx_path(folder, stem):
+    for path in (os.path.join(folder, stem), os.path.join(folder, stem + ".gz")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_idx(folder, stem):
+    """Read an idx file (the MNIST format): big-endian header, then uint8 data."""
+    path = _idx_path(folder, stem)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not a uint8 idx file")
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    return torch.from_numpy(arr.copy())
+
+
+def _folder(name, data_dir, image_size):
+    """An ImageFolder tree: data_dir/train/<class>/*.png and data_dir/test (or val)/..."""
+    size = image_size or FOLDER_DEFAULT_SIZE
+    test_dir = next((os.path.join(data_dir, d) for d in ("test", "val")
+                     if os.path.isdir(os.path.join(data_dir, d))), None)
+    if not os.path.isdir(os.path.join(data_dir, "train")) or test_dir is None:
+        raise UsageError(f"folder dataset needs {data_dir}/train/<class>/ and "
+                         f"{data_dir}/test/<class>/ (or val/) with images")
+    classes = sorted(d.name for d in os.scandir(os.path.join(data_dir, "train")) if d.is_dir())
+    if len(classes) < 2:
+        raise UsageError(f"{data_dir}/train has {len(classes)} class folder(s); "
+                         "a classification dataset needs at least 2")
+    train = _read_image_tree(os.path.join(data_dir, "train"), classes, size)
+    test = _read_image_tree(test_dir, classes, size)
+    return train, test, classes, data_dir
+
+
+def _read_image_tree(root, classes, size):
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        folder = os.path.join(root, cls)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)) \
+            if os.path.isdir(folder) else []
+        for f in files:
+            path = os.path.join(folder, f)
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                    images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+            except (OSError, UnidentifiedImageError):
+                raise UsageError(f"cannot read image {path}; remove or replace it") from None
+            labels.append(label)
+    if not images:
+        raise UsageError(f"no images found under {root} (extensions: "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
+    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.long))
+
+
+def _fake(name, data_dir, image_size):
+    """Deterministic images whose content depends on the label, so models can learn.
+
+    Class c is a colour grating at angle pi*c/10 with a class-specific frequency and tint;
+    each image has a random phase and pixel noise. The same images every time.
+    """
+    size = image_size or FOLDER_DEFAULT_SIZE
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    splits = []
+    for split in ("train", "test"):
+        n = FAKE_SIZES[split]
+        labels = torch.randint(0, FAKE_CLASSES, (n,), generator=g)
+        angle = labels.float() * torch.pi / FAKE_CLASSES  # (N,)
+        freq = 2 * torch.pi * (1 + labels.float() % 3) / size  # 1-3 periods per image
+        phase = torch.rand(n, generator=g) * 2 * torch.pi
+        coords = torch.arange(size).float()
+        yy, xx = torch.meshgrid(coords, coords, indexing="ij")  # (H, W)
+        proj = (torch.cos(angle)[:, None, None] * xx + torch.sin(angle)[:, None, None] * yy)
+        wave = torch.sin(freq[:, None, None] * proj + phase[:, None, None])  # (N, H, W)
+        tint = torch.stack([torch.cos(angle), torch.sin(angle), torch.cos(2 * angle)], 1)
+        x = 0.5 + 0.25 * wave[:, None] * (1 + tint[:, :, None, None]) / 2  # (N, 3, H, W)
+        x = x + FAKE_NOISE * torch.randn(x.shape, generator=g)
+        images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        splits.append(Split(images, labels))
+    classes = [f"class_{c}" for c in range(FAKE_CLASSES)]
+    return splits[0], splits[1], classes, "generated images (--dataset fake)"
+
+
+# --------------------------------------------------------------------------- augmentation
+def augment_batch(x, augment):
+    """Batched augmentation of float images in [0, 1]: (B, C, H, W) -> same shape and range."""
+    if augment == "crop_flip":
+        x = random_crop(x, CROP_PAD)
+    elif augment == "rrc_flip":
+        x = random_resized_crop(x)
+    if augment != "none":
+        x = random_flip(x)
+    return x
+
+
+def random_flip(x):
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_crop(x, pad):
+    """Zero-pad by `pad` and crop back to (H, W) at a random offset per image."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
+    xp = xp.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))  # (B, C, H, W+2p)
+    return xp.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def random_resized_crop(x, scale=RRC_SCALE, ratio=RRC_RATIO):
+    """RandomResizedCrop per image via one affine grid_sample over the batch."""
+    b = x.shape[0]
+    area = torch.empty(b, device=x.device).uniform_(*scale)
+    log_r = torch.empty(b, device=x.device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width as a fraction of the image
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, device=x.device) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
+    cy = (torch.rand(b, device=x.device) * 2 - 1) * (1 - h)
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# --------------------------------------------------------------------------- loader
+class DeviceLoader:
+    """Batches of a device-resident split: a seeded permutation per epoch, sliced in order.
+
+    The permutation depends on (seed, epoch) only, so every rank draws the same one and a
+    resumed run sees the same order. With world > 1 each global batch is split into equal,
+    disjoint per-rank shards; the last partial batch is rounded down to a multiple of world.
+    """
+
+    def __init__(self, split, batch_size, mean=None, std=None, augment="none", shuffle=True,
+                 seed=0, rank=0, world=1):
+        if augment not in AUGMENTS:
+            raise UsageError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
+        self.split, self.batch_size, self.augment = split, batch_size, augment
+        self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
+        if mean is not None:
+            self.mean = mean.to(split.images.device)[None, :, None, None]  # (1, C, 1, 1)
+            self.std = std.to(split.images.device)[None, :, None, None]
+        self.num_images = len(split) - (len(split) % batch_size) % world
+
+    def __len__(self):
+        return -(-self.num_images // self.batch_size)
+
+    def order(self, epoch):
+        if not self.shuffle:
+            return torch.arange(len(self.split))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.split), generator=g)
+
+    def indices(self, epoch, step, order=None):
+        """This rank's indices of global batch `step` of `epoch`."""
+        order = self.order(epoch) if order is None else order
+        batch = order[step * self.batch_size:min((step + 1) * self.batch_size, self.num_images)]
+        return batch.tensor_split(self.world)[self.rank]
+
+    def epoch(self, epoch, start_step=0):
+        """Yield (images (b, C, H, W) normalised float, labels (b,)) from start_step on."""
+        order = self.order(epoch).to(self.split.images.device)
+        for step in range(start_step, len(self)):
+            idx = self.indices(epoch, step, order)
+            yield self.batch(idx)
+
+    def batch(self, idx):
+        """uint8 images -> augmented, normalised floats; float splits (cached features) pass
+        through unchanged."""
+        if self.split.images.is_floating_point():
+            return self.split.images[idx], self.split.labels[idx]
+        x = self.split.images[idx].float().div_(255)
+        x = augment_batch(x, self.augment)
+        return (x - self.mean) / self.std, self.split.labels[idx]
+
+    def denormalize(self, x):
+        return (x * self.std + self.mean).clamp(0, 1)

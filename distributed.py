@@ -1,0 +1,77 @@
+"""torchrun / DistributedDataParallel plumbing; a plain `python script.py` is one process."""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from utils import UsageError
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def resolve_device(name):
+    """'auto' -> CUDA when available, else CPU; a device that is not there is a UsageError."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} but this machine has no CUDA device; use --device cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def setup(device_name):
+    """Join the torchrun process group if launched by torchrun (nccl on CUDA, gloo on CPU)."""
+    device = resolve_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistInfo(0, 1, 0, torch.device(device))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), world, local_rank, dev)
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t):
+    """Sum a tensor over ranks in place (no-op for one process); returns it."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_cat(t):
+    """Concatenate equally shaped tensors of every rank along dim 0 (rank order)."""
+    if not dist.is_initialized():
+        return t
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out)
+
+
+def broadcast_object(obj):
+    """Rank 0's Python object on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,215 @@
+"""Self-supervised MAE pretraining (He et al., 2022) of a ViT on CIFAR-10 and friends.
+
+    python mae_pretrain.py                                   # ViT-T/2, decoder 4 x 192, CIFAR-10
+    python mae_pretrain.py --dataset fake --device cpu --emb_dim 32 --encoder_layer 2 \
+        --decoder_layer 1 --decoder_dim 32 --total_epoch 2      # a smoke run, offline
+
+Writes OUTPUT_ROOT/EXP_NAME/mae-pretrain/: the model (MODEL_FN), a resumable checkpoint.pt,
+metrics.csv, args.json, summary.json, images/epoch_XXXX/reconstruction.png, tensorboard/.
+Running the same command again resumes an unfinished run and leaves a finished one alone.
+"""
+import argparse
+import os
+from dataclasses import asdict
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+import distributed
+import engine
+from data import SPLIT_SEED, DeviceLoader, image_shape, load_dataset
+from model import MAE_ViT, MAEConfig
+from utils import CHECKPOINT_FORMAT, atomic_write, run_cli, save_checkpoint, seed_everything
+
+STAGE = "mae-pretrain"
+CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "epoch_seconds", "images_per_s"]
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    engine.add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
+                           total_epoch=600, warmup_epoch=40, augment="flip")
+    g = p.add_argument_group("model")
+    g.add_argument("--patch_size", type=engine.positive_int, default=2, help="patch side")
+    g.add_argument("--emb_dim", type=engine.positive_int, default=192, help="encoder width")
+    g.add_argument("--encoder_layer", type=engine.positive_int, default=12,
+                   help="encoder blocks")
+    g.add_argument("--encoder_head", type=engine.positive_int, default=3,
+                   help="encoder attention heads")
+    g.add_argument("--decoder_layer", type=engine.positive_int, default=4,
+                   help="decoder blocks (Table 1a of the paper)")
+    g.add_argument("--decoder_dim", type=engine.positive_int, default=192,
+                   help="decoder width (Table 1b of the paper)")
+    g.add_argument("--decoder_head", type=engine.positive_int, default=None,
+                   help="decoder heads (default: max(1, decoder_dim // 64))")
+    g.add_argument("--mask_ratio", type=float, default=0.75,
+                   help="fraction of patches masked, in [0, 1)")
+    g.add_argument("--norm_pix_loss", action="store_true",
+                   help="reconstruct per-patch normalised pixels (the paper's better target)")
+    g.add_argument("--pos_embed", default="learned", choices=("learned", "sincos"),
+                   help="learned or fixed 2-D sin-cos position embeddings")
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--model_fn", default="vit-t-mae.pt", help="file name of the final model")
+    g.add_argument("--csv_fn", default="metrics.csv", help="file name of the per-epoch CSV")
+    g.add_argument("--eval_images", type=engine.positive_int, default=1024,
+                   help="test images (with one fixed mask) for eval_loss each epoch")
+    g.add_argument("--save_images_dir", default="images",
+                   help="folder (in the run folder) of reconstruction grids")
+    g.add_argument("--save_images_n", type=engine.positive_int, default=16,
+                   help="test images shown in each reconstruction grid")
+    g.add_argument("--visualize_freq", type=engine.positive_int, default=10,
+                   help="write a reconstruction grid every N epochs (and the last)")
+    g.add_argument("--pad", type=engine.non_negative_int, default=2,
+                   help="pixels between images in the grids")
+    g.add_argument("--pad_value", type=float, default=1.0,
+                   help="grey level of the grid padding, 0 (black) to 1 (white)")
+    return p
+
+
+def model_config(args):
+    """The MAE configuration the flags ask for; UsageError when it is invalid."""
+    in_chans, image_size = image_shape(args.dataset, args.image_size)
+    try:
+        return MAEConfig(image_size=image_size, patch_size=args.patch_size, in_chans=in_chans,
+                         emb_dim=args.emb_dim, encoder_layer=args.encoder_layer,
+                         encoder_head=args.encoder_head, decoder_dim=args.decoder_dim,
+                         decoder_layer=args.decoder_layer, decoder_head=args.decoder_head,
+                         mask_ratio=args.mask_ratio, norm_pix_loss=args.norm_pix_loss,
+                         pos_embed=args.pos_embed)
+    except ValueError as e:
+        raise engine.model_error(e) from None
+
+
+class Evaluator:
+    """eval_loss on fixed test images with a fixed mask, and reconstruction grids of them."""
+
+    def __init__(self, model, data, args, trainer):
+        n = min(args.eval_images, len(data.test))
+        self.images = DeviceLoader(data.test, n, data.mean, data.std, shuffle=False).batch(
+            torch.arange(n, device=data.test.images.device))[0]  # (n, C, H, W) normalised
+        g = torch.Generator().manual_seed(SPLIT_SEED)
+        num_patches = model.encoder.patch_embed.num_patches
+        self.noise = torch.rand(n, num_patches, generator=g).to(self.images.device)
+        self.model, self.trainer, self.args = model, trainer, args
+        self.mean = data.mean.to(self.images.device)[None, :, None, None]
+        self.std = data.std.to(self.images.device)[None, :, None, None]
+
+    @torch.inference_mode()
+    def loss(self):
+        self.model.eval()
+        bs = 2 * self.args.max_device_batch_size
+        total = torch.zeros((), device=self.images.device)
+        for x, noise in zip(self.images.split(bs), self.noise.split(bs)):
+            with self.trainer.autocast():
+                loss, _, _ = self.model(x, noise=noise)
+            total += loss.float() * x.shape[0]
+        return total.item() / self.images.shape[0]
+
+    @torch.inference_mode()
+    def grid(self):
+        """(C, H', W') image: rows of masked input | reconstruction | original."""
+        self.model.eval()
+        n = min(self.args.save_images_n, self.images.shape[0])
+        x, m = self.images[:n], self.model
+        _, pred, mask = m(x, noise=self.noise[:n])
+        pred = pred.float()
+        if m.config.norm_pix_loss:  # undo the per-patch normalisation of the target
+            target = m.patchify(x)
+            pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, True)
+        mask_px = m.unpatchify(mask[:, :, None].expand(-1, -1, pred.shape[-1]))  # 1 = masked
+        recon = m.unpatchify(pred) * mask_px + x * (1 - mask_px)
+        masked = x * (1 - mask_px)
+        rows = torch.stack([masked, recon, x], dim=1).flatten(0, 1)  # (3n, C, H, W)
+        rows = (rows * self.std + self.mean).clamp(0, 1)
+        return make_grid(rows, nrow=3 * max(1, int(n ** 0.5)) if n > 3 else 3,
+                         padding=self.args.pad, pad_value=self.args.pad_value)
+
+
+def save_grid(grid, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, lambda f: save_image(grid, f, format="png"))
+
+
+def main(args):
+    engine.validate_common(args)
+    cfg = model_config(args)
+    dist = distributed.setup(args.device)
+    run = engine.RunFolder(os.path.join(args.output_root, args.exp_name, STAGE), args,
+                           dist.is_main)
+    status = run.status()
+    if status == "finished":
+        if dist.is_main:
+            print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
+        return
+    data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
+                        args.max_eval_images, device=dist.device)
+    if dist.is_main:
+        engine.print_args(args)
+        print(f"loaded {data.describe()}")
+    seed_everything(args.seed + dist.rank)  # ranks draw their own masks
+    engine.configure_backends(dist.device)
+    model = MAE_ViT.from_config(cfg).to(dist.device)
+    loader = DeviceLoader(data.train, args.batch_size, data.mean, data.std, args.augment,
+                          seed=args.seed, rank=dist.rank, world=dist.world)
+    run.open(fresh=status == "new")
+    trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae", asdict(cfg),
+                             betas=engine.ADAMW_BETAS_PRETRAIN)
+    engine.run_stage(lambda: train(args, dist, model, data, trainer, run), args, run)
+
+
+def pretrain_step(model, x, y):
+    loss, _, _ = model(x)
+    return loss, {}
+
+
+def train(args, dist, model, data, trainer, run):
+    trainer.resume()
+    if dist.is_main:
+        print(trainer.describe())
+        print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; encoder sees "
+              f"{model.num_kept(args.mask_ratio)} of {model.encoder.patch_embed.num_patches} "
+              "patches")
+    evaluator = Evaluator(model, data, args, trainer)
+    log = engine.MetricsLog(run, args.csv_fn, CSV_FIELDS, trainer.start_epoch) \
+        if dist.is_main else None
+
+    def on_epoch_end(epoch, stats):
+        eval_loss = evaluator.loss()
+        row = {"epoch": epoch, "train_loss": stats["loss"],
+               "lr": trainer.optimizer.param_groups[0]["lr"], "eval_loss": eval_loss,
+               "epoch_seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+        if not dist.is_main:
+            return
+        log.log(row)
+        print(engine.epoch_line(epoch, args.total_epoch, row))
+        if (epoch + 1) % args.visualize_freq == 0 or epoch + 1 == args.total_epoch:
+            grid = evaluator.grid()
+            save_grid(grid, run.file(os.path.join(args.save_images_dir, f"epoch_{epoch:04d}",
+                                                  "reconstruction.png")))
+            log.tb.add_image("reconstruction", grid, epoch)
+
+    trainer.fit(on_epoch_end)
+    if dist.is_main:
+        log.close()
+        finish(args, model, trainer, run, log.csv.rows)
+
+
+def finish(args, model, trainer, run, rows):
+    """Write the final model and summary.json (the mark of a finished run)."""
+    path = run.file(args.model_fn)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "config": trainer.config,
+                     "model": model.state_dict(), "epoch": args.total_epoch,
+                     "args": vars(args)}, path)
+    wall = sum(float(r["epoch_seconds"]) for r in rows)
+    engine.write_json(run.file(engine.SUMMARY_FN), {
+        "finished": True, "epochs": args.total_epoch,
+        "final_train_loss": float(rows[-1]["train_loss"]),
+        "final_eval_loss": float(rows[-1]["eval_loss"]), "wall_seconds": wall})
+    print(f"finished: final train loss {rows[-1]['train_loss']}, eval loss "
+          f"{rows[-1]['eval_loss']} (fixed test images and mask); model saved to {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

@@ -1,0 +1,200 @@
+"""Small shared pieces: errors, seeding, RNG state, atomic files, checkpoints, schedule, CSV."""
+import csv
+import io
+import math
+import os
+import pickle
+import random
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
+
+
+class UsageError(Exception):
+    """Bad input: the scripts print the message on one line and exit with code 2."""
+
+
+def run_cli(main, parser):
+    """Parse arguments and run main(args); UsageError -> one line on stderr, exit 2."""
+    args = parser.parse_args()
+    try:
+        main(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------- randomness
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (every device); make cuDNN deterministic."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def get_rng_state():
+    """Every RNG the training loop draws from, as plain containers and tensors."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].copy()),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                       "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy(), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# --------------------------------------------------------------------------- atomic files
+def atomic_write(path, write_fn, mode="wb"):
+    """Write through write_fn(fileobj) into a temporary file, then os.replace it onto path.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def save_checkpoint(obj, path):
+    """torch.save through a temporary file; obj holds only containers, numbers and tensors."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def load_checkpoint(path, kind=None, map_location="cpu"):
+    """Load a checkpoint of this project safely (weights_only), or raise UsageError.
+
+    kind: 'mae' or 'classifier' to insist on one kind of file.
+    """
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"checkpoint is empty: {path} (delete it and rerun the stage)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported" in str(e):
+            raise UsageError(f"refusing {path}: it needs arbitrary unpickling, which can run "
+                             "code; only plain tensor checkpoints are loaded") from None
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a checkpoint written by this project")
+    if kind is not None and ckpt.get("kind") != kind:
+        want = {"mae": "an MAE pretraining checkpoint (mae_pretrain.py)",
+                "classifier": "a classifier checkpoint (train_classifier.py)"}
+        raise UsageError(f"{path} is a {ckpt.get('kind')} checkpoint; expected {want[kind]}")
+    return ckpt
+
+
+# --------------------------------------------------------------------------- optimisation
+def cosine_lr(step, total_steps, warmup_steps, peak_lr, min_lr=0.0):
+    """Learning rate at optimizer step `step`: linear warmup from 0, then cosine to min_lr."""
+    if step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
+
+
+def param_groups(model, weight_decay, layer_decay=1.0):
+    """AdamW groups: no decay on biases, norms, tokens and position embeddings.
+
+    layer_decay < 1 scales each ViT block's lr by layer_decay ** (depth + 1 - layer_id)
+    (embeddings are layer 0, the head layer depth + 1), as in BEiT and MAE fine-tuning.
+    Each group carries 'lr_scale', which set_lr applies.
+    """
+    depth = len(model.blocks) if hasattr(model, "blocks") else 0
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
+        layer = _layer_id(name, depth)
+        key = (layer, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": layer_decay ** (depth + 1 - layer)}
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _layer_id(name, depth):
+    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def set_lr(optimizer, lr):
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+# --------------------------------------------------------------------------- logging
+class CSVLogger:
+    """Per-epoch metrics; the whole file is rewritten atomically on every row.
+
+    On resume, rows of epochs >= start_epoch are dropped so each epoch appears once.
+    """
+
+    def __init__(self, path, fieldnames, start_epoch=0):
+        self.path, self.fieldnames, self.rows = path, list(fieldnames), []
+        if start_epoch > 0 and os.path.exists(path):
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
+
+    def log(self, row):
+        self.rows.append({k: _fmt(row.get(k)) for k in self.fieldnames})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.fieldnames, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
