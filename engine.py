@@ -252,6 +252,13 @@ def amp_dtype(amp, device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
+def autocast_context(dtype, device):
+    """A factory of autocast contexts for dtype (None: fp32, a no-op context)."""
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
 def configure_backends(device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -284,6 +291,7 @@ class Trainer:
         self.module = module
         self.state_module = state_module or module
         self.dtype = amp_dtype(args.amp, dist.device)
+        self.autocast = autocast_context(self.dtype, dist.device)
         model = torch.compile(module) if args.compile else module
         if dist.world > 1:
             model = DistributedDataParallel(
@@ -309,11 +317,6 @@ class Trainer:
                 f"{self.dist.world} process(es) x {self.micro_batches} micro-batch(es) of "
                 f"<= {-(-self.local_batch // self.micro_batches)} images; "
                 f"amp {self.dtype or 'off'}")
-
-    def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=self.dtype)
 
     # ---- checkpoints
     def state(self, epoch, step):

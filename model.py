@@ -310,6 +310,21 @@ class ViT_Classifier(VisionTransformer):
         nn.init.trunc_normal_(self.head_linear.weight, std=TOKEN_INIT_STD)
         nn.init.zeros_(self.head_linear.bias)
 
+    def freeze_trunk(self):
+        """Linear probing: only the head trains; the trunk stays in eval mode."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+        self.trunk_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if getattr(self, "trunk_frozen", False):
+            for name, child in self.named_children():
+                if name != "head":
+                    child.eval()
+        return self
+
     @property
     def head_linear(self):
         return self.head[-1] if isinstance(self.head, nn.Sequential) else self.head

@@ -1,0 +1,352 @@
+"""Image classification with a ViT: from scratch, fine-tuned from MAE, or linear probing.
+
+    python train_classifier.py                                  # scratch -> scratch-cls/
+    python train_classifier.py --pretrained_model_path P        # fine-tune -> pretrain-cls/
+    python train_classifier.py --pretrained_model_path P --linear_probe  # pretrain-cls-lin/
+    python train_classifier.py --linear_probe      # random frozen encoder -> scratch-cls-lin/
+
+--recipe seed (default) keeps the seed's recipe: AdamW, lr = base lr x batch / 256, warmup +
+cosine, no augmentation or regularisation. --recipe paper switches to the MAE paper's
+fine-tuning recipe (layer decay 0.75, drop path 0.1, label smoothing 0.1, mixup 0.8, cutmix 1.0,
+random resized crop + flip). Any flag given explicitly overrides its recipe value.
+"""
+import argparse
+import os
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+import distributed
+import engine
+from data import DeviceLoader, Split, image_shape, load_dataset
+from model import ENCODER_FIELDS, ClassifierConfig, MAEConfig, ViT_Classifier, config_from_dict
+from utils import (
+    CHECKPOINT_FORMAT,
+    UsageError,
+    load_checkpoint,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+)
+
+CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+              "test_acc", "epoch_seconds", "images_per_s"]
+RECIPES = {
+    "seed": dict(base_learning_rate=1e-3, weight_decay=0.05, layer_decay=1.0, drop_path=0.0,
+                 smoothing=0.0, mixup=0.0, cutmix=0.0, augment="none"),
+    "paper": dict(base_learning_rate=1e-3, weight_decay=0.05, layer_decay=0.75, drop_path=0.1,
+                  smoothing=0.1, mixup=0.8, cutmix=1.0, augment="rrc_flip"),
+}
+# A linear probe trains one BN + linear layer on frozen features: no mixing or regularisation.
+PROBE_RECIPES = {
+    "seed": dict(RECIPES["seed"]),
+    "paper": dict(RECIPES["seed"], weight_decay=0.0),
+}
+PROBE_FIXED = dict(layer_decay=1.0, drop_path=0.0, smoothing=0.0, mixup=0.0, cutmix=0.0)
+VIT_TINY = dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, pos_embed="learned")
+MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mode)
+    (False, False): ("scratch-cls", "vit-t-clf-from_scratch.pt", "scratch"),
+    (True, False): ("pretrain-cls", "vit-t-clf-from_pretrained.pt", "finetune"),
+    (True, True): ("pretrain-cls-lin", "vit-t-clf-lin-from_pretrained.pt", "linprobe"),
+    (False, True): ("scratch-cls-lin", "vit-t-clf-lin-from_scratch.pt", "scratch-linprobe"),
+}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    engine.add_common_args(p, batch_size=128, max_device_batch_size=256, base_lr=None,
+                           total_epoch=100, warmup_epoch=5, augment=None)
+    g = p.add_argument_group("classifier")
+    g.add_argument("--pretrained_model_path", default=None,
+                   help="MAE checkpoint (mae_pretrain.py's model file) to start from; the "
+                        "encoder configuration comes from it")
+    g.add_argument("--linear_probe", action="store_true",
+                   help="freeze the encoder (eval mode) and train BatchNorm + linear on its "
+                        "features; without augmentation the features are computed once")
+    g.add_argument("--no_feature_cache", action="store_true",
+                   help="linear probe: re-run the frozen encoder every step even without "
+                        "augmentation (slow; for checking the cache)")
+    g.add_argument("--recipe", default="seed", choices=tuple(RECIPES),
+                   help="defaults of the flags below and of --base_learning_rate, "
+                        "--weight_decay and --augment (see the top of --help)")
+    g.add_argument("--layer_decay", type=float, default=None,
+                   help="layer-wise lr decay (1 = off; the paper fine-tunes with 0.75)")
+    g.add_argument("--drop_path", type=float, default=None, help="stochastic depth rate")
+    g.add_argument("--smoothing", type=float, default=None, help="label smoothing")
+    g.add_argument("--mixup", type=float, default=None, help="mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=float, default=None, help="cutmix alpha (0 = off)")
+    g.add_argument("--pool", default="cls", choices=("cls", "mean"),
+                   help="features: the cls token or the mean of patch tokens")
+    g.add_argument("--val_split", type=engine.non_negative_int, default=0,
+                   help="hold out N training images for choosing the best epoch; 0: the "
+                        "best epoch is chosen on the test set (and labelled so)")
+    g.add_argument("--output_model_path", default="auto",
+                   help="where to write the final classifier (auto: in the stage folder)")
+    g.add_argument("--csv_log", default="auto",
+                   help="per-epoch CSV file name in the stage folder (auto: metrics.csv)")
+
+    g = p.add_argument_group("model from scratch (default: taken from the MAE checkpoint)")
+    g.add_argument("--patch_size", type=engine.positive_int, default=None, help="patch side")
+    g.add_argument("--emb_dim", type=engine.positive_int, default=None, help="width")
+    g.add_argument("--encoder_layer", type=engine.positive_int, default=None, help="blocks")
+    g.add_argument("--encoder_head", type=engine.positive_int, default=None, help="heads")
+    g.add_argument("--pos_embed", default=None, choices=("learned", "sincos"),
+                   help="position embedding initialisation")
+    return p
+
+
+def resolve_recipe(args):
+    """Fill every recipe flag that was not given; the probe ignores fine-tuning extras."""
+    recipe = (PROBE_RECIPES if args.linear_probe else RECIPES)[args.recipe]
+    for k, v in recipe.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.linear_probe:
+        given = [k for k, v in PROBE_FIXED.items() if getattr(args, k) != v]
+        if given:
+            raise UsageError(f"--linear_probe trains a linear head on frozen features; "
+                             f"drop {', '.join('--' + k for k in given)}")
+    if not 0 < args.layer_decay <= 1:
+        raise UsageError(f"--layer_decay must be in (0, 1], got {args.layer_decay}")
+    for k in ("drop_path", "smoothing"):
+        if not 0 <= getattr(args, k) < 1:
+            raise UsageError(f"--{k} must be in [0, 1), got {getattr(args, k)}")
+    if args.mixup < 0 or args.cutmix < 0:
+        raise UsageError("--mixup and --cutmix must be >= 0")
+    if os.sep in args.csv_log:
+        raise UsageError(f"--csv_log is a file name in the stage folder, got {args.csv_log!r}")
+
+
+def classifier_config(args, mae_cfg, num_classes):
+    """The classifier config; from the MAE checkpoint when there is one."""
+    in_chans, image_size = image_shape(args.dataset, args.image_size)
+    arch = {k: getattr(args, k) for k in VIT_TINY}
+    if mae_cfg is not None:
+        clash = [f"--{k} {v} (the checkpoint has {getattr(mae_cfg, k)})"
+                 for k, v in arch.items() if v is not None and v != getattr(mae_cfg, k)]
+        for k, v in (("in_chans", in_chans), ("image_size", image_size)):
+            if v != getattr(mae_cfg, k):
+                clash.append(f"{args.dataset} gives {k} {v} (the checkpoint has "
+                             f"{getattr(mae_cfg, k)})")
+        if clash:
+            raise UsageError("the pretrained encoder does not match: " + "; ".join(clash))
+        arch = {k: getattr(mae_cfg, k) for k in VIT_TINY}
+    arch = {k: VIT_TINY[k] if v is None else v for k, v in arch.items()}
+    try:
+        return ClassifierConfig(image_size=image_size, in_chans=in_chans, **arch,
+                                num_classes=num_classes, pool=args.pool,
+                                head="bn_linear" if args.linear_probe else "linear",
+                                drop_path=args.drop_path)
+    except ValueError as e:
+        raise engine.model_error(e) from None
+
+
+def load_mae(path):
+    """(MAEConfig, encoder state dict) from an MAE checkpoint, or UsageError."""
+    ckpt = load_checkpoint(path, kind="mae")
+    try:
+        cfg = config_from_dict(MAEConfig, ckpt["config"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"{path} holds an invalid MAE configuration: {e}") from None
+    prefix = "encoder."
+    encoder = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    return cfg, encoder
+
+
+def build_model(args, num_classes, device):
+    mae = load_mae(args.pretrained_model_path) if args.pretrained_model_path else None
+    cfg = classifier_config(args, mae[0] if mae else None, num_classes)
+    model = ViT_Classifier(cfg)
+    if mae:
+        overrides = {k: v for k, v in asdict(cfg).items() if k not in ENCODER_FIELDS}
+        model = ViT_Classifier.from_mae(mae[0], mae[1], **overrides)
+    if args.linear_probe:
+        model.freeze_trunk()
+    return model.to(device)
+
+
+# --------------------------------------------------------------------------- loss and steps
+class Objective:
+    """Training loss with optional mixup/cutmix (timm, on device batches) and smoothing."""
+
+    def __init__(self, args, num_classes):
+        self.mixup = None
+        if args.mixup > 0 or args.cutmix > 0:
+            from timm.data import Mixup
+            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                               label_smoothing=args.smoothing, num_classes=num_classes)
+        self.smoothing = args.smoothing
+
+    def __call__(self, model, x, y):
+        target = y
+        if self.mixup is not None and x.shape[0] % 2 == 0:  # timm mixes pairs of images
+            x, target = self.mixup(x, y)
+        logits = model(x)
+        if target.ndim == 2:
+            loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
+        return loss, {"correct": (logits.argmax(-1) == y).sum()}
+
+
+@torch.inference_mode()
+def evaluate(model, split, batch_size, norm, autocast, dist):
+    """(mean loss, accuracy) over the whole split; ranks share the work and sum counts."""
+    model.eval()
+    loader = DeviceLoader(split, batch_size, *norm, shuffle=False)
+    idx = torch.arange(len(split), device=split.images.device).tensor_split(dist.world)[dist.rank]
+    totals = torch.zeros(3, device=dist.device)  # loss sum, correct, count
+    for chunk in idx.split(batch_size):
+        x, y = loader.batch(chunk)
+        with autocast():
+            logits = model(x).float()
+        totals += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                               (logits.argmax(-1) == y).sum().float(),
+                               torch.tensor(float(len(y)), device=dist.device)])
+    loss_sum, correct, count = distributed.all_reduce_sum(totals).tolist()
+    return loss_sum / count, correct / count
+
+
+@torch.inference_mode()
+def extract_features(model, split, batch_size, norm, autocast):
+    """Frozen-encoder features of a whole split, once: a float Split (N, D)."""
+    model.eval()
+    loader = DeviceLoader(split, batch_size, *norm, shuffle=False)
+    idx = torch.arange(len(split), device=split.images.device)
+    feats = []
+    for chunk in idx.split(batch_size):
+        x, _ = loader.batch(chunk)
+        with autocast():
+            feats.append(model.features(x).float())
+    return Split(torch.cat(feats), split.labels)
+
+
+# --------------------------------------------------------------------------- main
+def main(args):
+    resolve_recipe(args)
+    engine.validate_common(args)
+    folder, model_fn, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]
+    dist = distributed.setup(args.device)
+    run = engine.RunFolder(os.path.join(args.output_root, args.exp_name, folder), args,
+                           dist.is_main)
+    status = run.status()
+    if status == "finished":
+        if dist.is_main:
+            print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
+        return
+    data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
+                        args.max_eval_images, args.val_split, device=dist.device)
+    seed_everything(args.seed)  # same random encoder on every rank and in every run
+    model = build_model(args, data.num_classes, dist.device)
+    if dist.is_main:
+        engine.print_args(args)
+        print(f"loaded {data.describe()}")
+    seed_everything(args.seed + dist.rank)
+    engine.configure_backends(dist.device)
+    cache = args.linear_probe and args.augment == "none" and not args.no_feature_cache
+    run.open(fresh=status == "new")
+    stage = Stage(args, dist, model, data, run, mode, cache)
+    engine.run_stage(stage.train, args, run)
+
+
+class Stage:
+    """One classifier run: trainer set-up, per-epoch evaluation, best tracking, final files."""
+
+    def __init__(self, args, dist, model, data, run, mode, cache):
+        self.args, self.dist, self.model, self.data, self.run = args, dist, model, data, run
+        self.mode, self.cache = mode, cache
+        self.best = {"val_acc": -1.0, "epoch": -1, "test_acc": 0.0}
+        self.eval_bs = 2 * args.max_device_batch_size
+        self.norm = (data.mean, data.std)
+        self.autocast = engine.autocast_context(engine.amp_dtype(args.amp, dist.device),
+                                                dist.device)
+        self.splits = {"val": data.val if data.val is not None else data.test,
+                       "test": data.test}
+        module, train_split = model, data.train
+        if cache:  # features once; then only the head trains and is evaluated
+            module = model.head
+            train_split = self.features(data.train)
+            self.splits = {k: self.features(v) for k, v in self.splits.items()}
+        loader = DeviceLoader(train_split, args.batch_size, data.mean, data.std, args.augment,
+                              seed=args.seed, rank=dist.rank, world=dist.world)
+        self.trainer = engine.Trainer(
+            args, dist, module, loader, Objective(args, data.num_classes), run, "classifier",
+            asdict(model.config),
+            layer_decay=args.layer_decay, state_module=model,
+            extra_state={"best": lambda: dict(self.best)})
+        self.eval_model = module
+
+    def features(self, split):
+        return extract_features(self.model, split, self.eval_bs, self.norm, self.autocast)
+
+    def train(self):
+        ckpt = self.trainer.resume()
+        if ckpt is not None:
+            self.best = ckpt["best"]
+        if self.dist.is_main:
+            print(self.trainer.describe())
+            print(f"mode {self.mode}; {'cached features' if self.cache else 'images'}; "
+                  f"{sum(p.numel() for p in self.trainer.module.parameters() if p.requires_grad):,}"
+                  " trainable parameters")
+        log = engine.MetricsLog(self.run, self.csv_name(), CSV_FIELDS,
+                                self.trainer.start_epoch) if self.dist.is_main else None
+        self.log = log
+        self.trainer.fit(self.on_epoch_end)
+        if self.dist.is_main:
+            log.close()
+            self.finish()
+            self.report()
+
+    def csv_name(self):
+        return "metrics.csv" if self.args.csv_log == "auto" else self.args.csv_log
+
+    def on_epoch_end(self, epoch, stats):
+        row = {"epoch": epoch, "lr": self.trainer.optimizer.param_groups[-1]["lr"],
+               "train_loss": stats["loss"], "train_acc": stats["correct"]}
+        for name, split in self.splits.items():
+            loss, acc = evaluate(self.eval_model, split, self.eval_bs, self.norm, self.autocast,
+                                 self.dist)
+            row[f"{name}_loss"], row[f"{name}_acc"] = loss, acc
+        row["epoch_seconds"], row["images_per_s"] = stats["seconds"], stats["images_per_s"]
+        if row["val_acc"] > self.best["val_acc"]:
+            self.best = {"val_acc": row["val_acc"], "epoch": epoch, "test_acc": row["test_acc"]}
+        if self.dist.is_main:
+            self.log.log(row)
+            print(engine.epoch_line(epoch, self.args.total_epoch, row))
+
+    def model_path(self):
+        if self.args.output_model_path != "auto":
+            return self.args.output_model_path
+        return self.run.file(MODES[(self.args.pretrained_model_path is not None,
+                                    self.args.linear_probe)][1])
+
+    def finish(self):
+        rows = self.log.csv.rows
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "classifier",
+                         "config": asdict(self.model.config), "model": self.model.state_dict(),
+                         "classes": self.data.classes, "norm_mean": self.data.mean,
+                         "norm_std": self.data.std, "epoch": self.args.total_epoch,
+                         "args": vars(self.args)}, self.model_path())
+        self.summary = {
+            "finished": True, "mode": self.mode, "epochs": self.args.total_epoch,
+            "final_test_acc": float(rows[-1]["test_acc"]),
+            "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
+            "test_acc_at_best": self.best["test_acc"],
+            "selection_split": "val" if self.args.val_split else "test",
+            "wall_seconds": sum(float(r["epoch_seconds"]) for r in rows)}
+        engine.write_json(self.run.file(engine.SUMMARY_FN), self.summary)
+
+    def report(self):
+        s = self.summary
+        split = "held-out validation split" if s["selection_split"] == "val" else \
+            "TEST split (no --val_split; optimistic)"
+        print(f"final test accuracy (last epoch {s['epochs']}): {s['final_test_acc']:.4f}")
+        print(f"best accuracy on the {split}: {s['best_val_acc']:.4f} at epoch "
+              f"{s['best_epoch'] + 1} (test accuracy then: {s['test_acc_at_best']:.4f})")
+        print(f"model saved to {self.model_path()}")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
