@@ -24,6 +24,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 PRETRAIN = "mae-pretrain"
 CLS_STAGES = {  # stage folder -> row label in the main table
@@ -130,10 +131,13 @@ def read_metrics(path: Path) -> list[dict]:
     except (OSError, UnicodeDecodeError):
         return []
     by_epoch = {}
-    for raw in csv.DictReader(io.StringIO(text)):
-        row = parse_row(raw)
-        if row is not None:
-            by_epoch[int(row["epoch"])] = row
+    try:
+        for raw in csv.DictReader(io.StringIO(text)):
+            row = parse_row(raw)
+            if row is not None:
+                by_epoch[int(row["epoch"])] = row
+    except csv.Error:  # e.g. a damaged field over the csv size limit: keep the rows before it
+        pass
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
@@ -203,10 +207,12 @@ def group_experiments(runs: list[Run]) -> dict[str, list[str]]:
 
 def latest_reconstruction(run: Run) -> Path | None:
     """images/epoch_XXXX/reconstruction.png of the highest epoch, or None."""
-    images = [p for p in (run.path / "images").glob("epoch_*/reconstruction.png")]
-    numbered = [(int(p.parent.name.split("_")[-1]), p) for p in images
-                if p.parent.name.split("_")[-1].isdigit()]
-    return max(numbered, default=(None, None))[1]
+    grids = {}
+    for path in (run.path / "images").glob("epoch_*/reconstruction.png"):
+        epoch = path.parent.name.removeprefix("epoch_")
+        if epoch.isdigit():
+            grids[int(epoch)] = path
+    return grids[max(grids)] if grids else None
 
 
 def latest_reconstructions(runs: list[Run]) -> list[tuple[str, Path]]:
@@ -241,7 +247,7 @@ class Table:
 def make_cell(values: list[float], notes: list[str], digits: int, show_n: bool) -> Cell:
     """Mean ± std (n) of values, followed by the status notes of the members without one."""
     if not values:
-        return Cell(f"{DASH} ({'; '.join(notes)})")
+        return Cell(f"{DASH} ({'; '.join(notes)})" if notes else DASH)
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else None
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
@@ -263,20 +269,27 @@ def member_status(runs: list[Run], exp: str, stage: str) -> str:
 
 
 def summary_cell(runs: list[Run], members: list[str], stage: str, key: str,
-                 scale: float = 1.0, digits: int = ACC_DIGITS) -> Cell:
-    """summary.json[key] * scale of the members' runs at stage, aggregated over seeds."""
+                 scale: float = 1.0, digits: int = ACC_DIGITS, status: bool = True) -> Cell:
+    """summary.json[key] * scale of the members' runs at stage, aggregated over seeds.
+
+    status: say why members have no value (off for all but the first cell of a row).
+    """
     if not members:
-        return Cell(f"{DASH} (missing)")
-    values, notes = [], []
+        return Cell(f"{DASH} (missing)" if status else DASH)
+    values, whys = [], {}
     for exp in members:
         run = find_run(runs, exp, stage)
         value = run.summary.get(key) if run is not None and run.summary else None
         if isinstance(value, (int, float)):
             values.append(value * scale)
-            continue
-        status = "n/a" if run is not None and run.summary else member_status(runs, exp, stage)
-        notes.append(status if len(members) == 1 else f"{exp}: {status}")
-    return make_cell(values, notes, digits, len(members) > 1)
+        else:
+            whys[exp] = "n/a" if run is not None and run.summary else member_status(
+                runs, exp, stage)
+    if values or len(set(whys.values())) > 1:  # name the members when it matters
+        notes = [f"{exp}: {why}" if len(members) > 1 else why for exp, why in whys.items()]
+    else:
+        notes = sorted(set(whys.values()))
+    return make_cell(values, notes if status else [], digits, len(members) > 1)
 
 
 def differing_keys(a: dict, b: dict, keys: tuple) -> list[str]:
@@ -315,11 +328,13 @@ def pretrain_row(runs: list[Run], members: list[str]) -> list[Cell]:
     """Epochs, losses, kNN accuracy and wall time of a group's pretraining."""
     return [
         summary_cell(runs, members, PRETRAIN, "epochs", digits=0),
-        summary_cell(runs, members, PRETRAIN, "final_train_loss", digits=LOSS_DIGITS),
-        summary_cell(runs, members, PRETRAIN, "final_eval_loss", digits=LOSS_DIGITS),
-        summary_cell(runs, members, PRETRAIN, "knn_acc", PERCENT),
+        summary_cell(runs, members, PRETRAIN, "final_train_loss", digits=LOSS_DIGITS,
+                     status=False),
+        summary_cell(runs, members, PRETRAIN, "final_eval_loss", digits=LOSS_DIGITS,
+                     status=False),
+        summary_cell(runs, members, PRETRAIN, "knn_acc", PERCENT, status=False),
         summary_cell(runs, members, PRETRAIN, "wall_seconds", 1 / SECONDS_PER_MINUTE,
-                     MINUTE_DIGITS),
+                     MINUTE_DIGITS, status=False),
     ]
 
 
@@ -347,10 +362,11 @@ def main_table(runs: list[Run], group: str) -> Table:
                f"test acc at best-{split} epoch (%)", "epochs", "wall time (min)"]
     rows = [(label, [
         summary_cell(runs, members, stage, "final_test_acc", PERCENT),
-        summary_cell(runs, members, stage, "best_val_acc", PERCENT),
-        summary_cell(runs, members, stage, "test_acc_at_best", PERCENT),
-        summary_cell(runs, members, stage, "epochs", digits=0),
-        summary_cell(runs, members, stage, "wall_seconds", 1 / SECONDS_PER_MINUTE, MINUTE_DIGITS),
+        summary_cell(runs, members, stage, "best_val_acc", PERCENT, status=False),
+        summary_cell(runs, members, stage, "test_acc_at_best", PERCENT, status=False),
+        summary_cell(runs, members, stage, "epochs", digits=0, status=False),
+        summary_cell(runs, members, stage, "wall_seconds", 1 / SECONDS_PER_MINUTE, MINUTE_DIGITS,
+                     status=False),
     ]) for stage, label in CLS_STAGES.items()]
     pre = dict(zip(PRETRAIN_COLUMNS, pretrain_row(runs, members), strict=True))
     has_pretrain = any(find_run(runs, exp, PRETRAIN) for exp in members)
@@ -416,8 +432,11 @@ def ablation_label(value, groups: list[str], base: str, configs: dict, key: str)
 def ablation_notes(runs: list[Run], key: str, base: str | None, by_value: dict) -> list[str]:
     """Which experiment is the default and which variants' classifier settings differ."""
     configs = pretrain_configs(runs)
+    if base is None:
+        defaults = ", ".join(f"{k}={v}" for k, v in ABLATION_DEFAULTS.items())
+        return [f"no experiment with the default pretraining settings ({defaults}) found"]
     if base not in configs:
-        return [f"no pretraining args.json of a default experiment found (base: {base})"]
+        return [f"no readable {PRETRAIN}/args.json for the default experiment `{base}`"]
     config = configs[base]
     notes = [(f"default experiment `{base}` ({config.get('total_epoch')} pretraining epochs on "
               f"{config.get('dataset')}); each other row changes only {key}")]
@@ -432,12 +451,18 @@ def ablation_notes(runs: list[Run], key: str, base: str | None, by_value: dict) 
     return notes
 
 
+def value_order(value) -> tuple:
+    """Sort key: numbers in order, then anything else (e.g. a missing setting) by its text."""
+    is_number = isinstance(value, (int, float))
+    return (not is_number, value if is_number else 0, str(value))
+
+
 def ablation_table(runs: list[Run], key: str, base: str | None = None) -> Table:
     """MAE Table-1-style ablation of key: rows = values, columns = fine-tune / linear probe."""
     base = base or find_ablation_base(runs)
     by_value = ablation_groups(runs, key, base) if base else {}
     groups, configs = group_experiments(runs), pretrain_configs(runs)
-    keys = sorted(set(ABLATION_VALUES[key]) | set(by_value))
+    keys = sorted(set(ABLATION_VALUES[key]) | set(by_value), key=value_order)
     rows = []
     for value in keys:
         names = by_value.get(value, [])
@@ -453,22 +478,22 @@ def ablation_table(runs: list[Run], key: str, base: str | None = None) -> Table:
                  keys)
 
 
-def main_groups(runs: list[Run]) -> list[str]:
+def main_groups(runs: list[Run], ablation_base: str | None = None) -> list[str]:
     """Groups that get a main table: all except the one-key variants of the ablation base."""
-    base = find_ablation_base(runs)
+    base = ablation_base or find_ablation_base(runs)
     variants = {g for key in ABLATION_DEFAULTS for gs in
                 (ablation_groups(runs, key, base) if base else {}).values() for g in gs}
     return [g for g in group_experiments(runs) if g == base or g not in variants]
 
 
-def main_tables(runs: list[Run]) -> list[Table]:
+def main_tables(runs: list[Run], ablation_base: str | None = None) -> list[Table]:
     """main_table of every group in main_groups."""
-    return [main_table(runs, group) for group in main_groups(runs)]
+    return [main_table(runs, group) for group in main_groups(runs, ablation_base)]
 
 
 def build_tables(runs: list[Run], ablation_base: str | None = None) -> list[Table]:
     """All tables of the report, in order."""
-    return [pretrain_table(runs), *main_tables(runs),
+    return [pretrain_table(runs), *main_tables(runs, ablation_base),
             *(ablation_table(runs, key, ablation_base) for key in ABLATION_DEFAULTS)]
 
 
@@ -516,6 +541,8 @@ def finish_axes(ax, xlabel: str, ylabel: str) -> None:
     """Labels, and a legend or a 'no data yet' note."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if xlabel == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.lines or ax.containers:
         ax.legend(fontsize=LEGEND_FONT_SIZE)
     else:
@@ -591,11 +618,12 @@ def plot_ablation(table: Table) -> Figure:
     return fig
 
 
-def build_figures(runs: list[Run], tables: list[Table]) -> dict[str, Figure]:
+def build_figures(runs: list[Run], tables: list[Table],
+                  ablation_base: str | None = None) -> dict[str, Figure]:
     """PNG file name -> figure, for every figure of the report."""
     figures = {PNG_NAMES["pretrain"]: plot_pretrain_curves(runs), PNG_NAMES["knn"]: plot_knn(runs)}
     groups = group_experiments(runs)
-    for group in main_groups(runs):
+    for group in main_groups(runs, ablation_base):
         for exp in groups[group]:
             if any(find_run(runs, exp, stage) for stage in CLS_STAGES):
                 figures[f"classifier_{exp}.png"] = plot_classifier_curves(runs, exp)
@@ -638,12 +666,12 @@ def copy_reconstructions(runs: list[Run], out: Path) -> list[tuple[str, str]]:
     return copied
 
 
-def render_markdown(root, out, tables: list[Table], images: list[tuple[str, str]]) -> str:
-    """results.md: how it was made, the tables, then the figures."""
+def render_markdown(command: str, tables: list[Table], images: list[tuple[str, str]]) -> str:
+    """results.md: the command that made it, the tables, then the figures."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = [
         "# Results", "",
-        (f"Generated by `python report.py --outputs_root {root} --out {out}` on {stamp} "
+        (f"Generated by `{command}` on {stamp} "
          "from the run files (args.json, metrics.csv, summary.json); do not edit by hand."), "",
         ("Final = last epoch; best = highest accuracy over epochs on the model-selection split "
          "named in the header (summary.json selection_split). Seeds of one experiment "
@@ -662,18 +690,21 @@ def write_report(root, out=None, ablation_base: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(root, stale_hours)
     tables = build_tables(runs, ablation_base)
-    figures = build_figures(runs, tables)
+    figures = build_figures(runs, tables, ablation_base)
     for name, fig in figures.items():
         save_figure(fig, out / name)
     images = [(name.removesuffix(".png").replace("_", " "), name) for name in figures]
     images += copy_reconstructions(runs, out)
     atomic_write(out / "results.csv", to_csv(tables).encode())
-    atomic_write(out / "results.md", render_markdown(root, out, tables, images).encode())
+    command = f"python report.py --outputs_root {root} --out {out} --stale_hours {stale_hours}"
+    command += f" --ablation_base {ablation_base}" if ablation_base else ""
+    atomic_write(out / "results.md", render_markdown(command, tables, images).encode())
     return out / "results.md"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("MAE CIFAR-10 report", add_help=True)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     # input
     parser.add_argument("--outputs_root", default="outputs",
                         help="folder holding <exp_name>/<stage>/ run folders")

@@ -1,0 +1,284 @@
+"""report.py on a small fixture outputs tree written in the run-file format (CPU, seconds)."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import report
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PRETRAIN_COLUMNS = ["epoch", "train_loss", "lr", "eval_loss", "epoch_seconds", "images_per_s",
+                    "knn_acc"]
+CLS_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+               "test_acc", "epoch_seconds", "images_per_s"]
+PRETRAIN_ARGS = {
+    "seed": 0, "dataset": "cifar10", "total_epoch": 3, "warmup_epoch": 1, "batch_size": 512,
+    "base_learning_rate": 1.5e-4, "mask_ratio": 0.75, "decoder_layer": 4, "decoder_dim": 192,
+    "decoder_head": 3, "emb_dim": 192, "encoder_layer": 12, "encoder_head": 3, "patch_size": 2,
+    "norm_pix_loss": False, "pos_embed": "sincos", "augment": "flip_crop",
+}
+CLS_ARGS = {
+    "seed": 0, "dataset": "cifar10", "total_epoch": 2, "warmup_epoch": 1, "batch_size": 128,
+    "base_learning_rate": 1e-3, "linear_probe": False, "pretrained_model_path": None,
+    "recipe": "default", "val_split": 0.1,
+}
+OLD = 10 * 24 * 3600  # seconds: older than any --stale_hours default
+
+
+# ----------------------------------------------------------------------------- fixture tree
+
+
+def write_stage(root, exp, stage, args, rows, summary=None, locked=False, extra_lines=()):
+    """One stage folder: args.json, metrics.csv (+ raw extra lines), summary.json, .lock."""
+    folder = root / exp / stage
+    folder.mkdir(parents=True)
+    (folder / "args.json").write_text(json.dumps({**args, "exp_name": exp}))
+    columns = PRETRAIN_COLUMNS if stage == report.PRETRAIN else CLS_COLUMNS
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.writelines(line + "\n" for line in extra_lines)
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps({"finished": True, **summary}))
+    if locked:
+        (folder / report.LOCK_FN).write_text("12345\n")
+    return folder
+
+
+def pretrain(root, exp, done=None, knn=None, seed=0, **overrides):
+    """mae-pretrain stage; finished unless done (epochs written) < total_epoch."""
+    args = {**PRETRAIN_ARGS, "seed": seed, **overrides}
+    total = args["total_epoch"]
+    done = total if done is None else done
+    rows = [{"epoch": e, "train_loss": 0.5 - 0.1 * e, "lr": 1e-4, "eval_loss": 0.6 - 0.1 * e,
+             "epoch_seconds": 60.0, "images_per_s": 1000.0,
+             "knn_acc": "" if knn is None or e % 2 else knn} for e in range(done)]
+    summary = None if done < total else {
+        "epochs": total, "final_train_loss": rows[-1]["train_loss"],
+        "final_eval_loss": rows[-1]["eval_loss"], "wall_seconds": 60.0 * total, "knn_acc": knn}
+    return write_stage(root, exp, report.PRETRAIN, args, rows, summary, locked=done < total)
+
+
+def classifier(root, exp, stage, test_acc=None, done=None, split="val", locked=True, seed=0,
+               extra_lines=()):
+    """Classifier stage; finished with final_test_acc=test_acc unless test_acc is None."""
+    args = {**CLS_ARGS, "seed": seed, "linear_probe": stage.endswith("-lin")}
+    total = args["total_epoch"]
+    done = total if done is None else done
+    rows = [{"epoch": e, "lr": 1e-3, "train_loss": 1.0 - 0.1 * e, "train_acc": 0.5 + 0.1 * e,
+             "val_loss": 1.1 - 0.1 * e, "val_acc": 0.45 + 0.1 * e, "test_loss": 1.2,
+             "test_acc": 0.4 + 0.1 * e, "epoch_seconds": 300.0, "images_per_s": 500.0}
+            for e in range(done)]
+    summary = None if test_acc is None else {
+        "mode": "finetune", "epochs": total, "final_test_acc": test_acc,
+        "best_val_acc": test_acc + 0.0078, "best_epoch": 1, "test_acc_at_best": test_acc - 0.0013,
+        "selection_split": split, "wall_seconds": 600.0}
+    return write_stage(root, exp, stage, args, rows, summary, locked and test_acc is None,
+                       extra_lines)
+
+
+def build_outputs(root):
+    """Write the fixture tree; returns the reconstruction grid the report must copy."""
+    main = "main_exp_150_50"
+    folder = pretrain(root, main, knn=0.45)
+    for epoch in (0, 2):
+        image = folder / "images" / f"epoch_{epoch:04d}" / "reconstruction.png"
+        image.parent.mkdir(parents=True)
+        matplotlib.image.imsave(image, np.full((4, 4, 3), epoch / 2))
+    classifier(root, main, "scratch-cls", 0.7512)
+    classifier(root, main, "pretrain-cls", 0.9123,
+               extra_lines=["garbage,row", "1,not-a-number" + ",0" * 8, "2,0.001"])
+    classifier(root, main, "pretrain-cls-lin", 0.5534)
+    classifier(root, main, "scratch-cls-lin", 0.3345, extra_lines=["\0" * 16])
+    # decoder depth ablation: 2 finished, 1 fine-tuning, 6 pretraining, 8 missing
+    pretrain(root, "ablation_depth_d2", decoder_layer=2)
+    classifier(root, "ablation_depth_d2", "pretrain-cls", 0.8765)
+    classifier(root, "ablation_depth_d2", "pretrain-cls-lin", 0.4321)
+    pretrain(root, "ablation_depth_d1", decoder_layer=1)
+    classifier(root, "ablation_depth_d1", "pretrain-cls", done=1)
+    pretrain(root, "ablation_depth_d6", done=1, decoder_layer=6)
+    # depth 2 but other pretraining epochs: not part of the depth ablation
+    pretrain(root, "ablation_depth_d2_short", decoder_layer=2, total_epoch=1)
+    classifier(root, "ablation_depth_d2_short", "pretrain-cls", 0.1111)
+    # width 64 needs fewer heads
+    pretrain(root, "ablation_width_w64", decoder_dim=64, decoder_head=2)
+    classifier(root, "ablation_width_w64", "pretrain-cls", 0.8)
+    classifier(root, "ablation_width_w64", "pretrain-cls-lin", 0.4)
+    # mask 0.9: fine-tuning crashed (no lock)
+    pretrain(root, "ablation_mask_m0.9", mask_ratio=0.9)
+    classifier(root, "ablation_mask_m0.9", "pretrain-cls", done=1, locked=False)
+    # two seeds of one study, selected on test
+    for seed, scratch_acc in ((1, 0.5), (2, 0.54)):
+        exp = f"cpu_study_seed{seed}"
+        pretrain(root, exp, seed=seed, total_epoch=2)
+        classifier(root, exp, "scratch-cls", scratch_acc, split="test", seed=seed)
+    classifier(root, "cpu_study_seed1", "pretrain-cls", 0.61, split="test", seed=1)
+    classifier(root, "cpu_study_seed2", "pretrain-cls", done=1, seed=2)
+    # unreadable files
+    broken = root / "broken_exp" / report.PRETRAIN
+    broken.mkdir(parents=True)
+    (broken / "args.json").write_text("{not json")
+    (broken / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
+    (broken / "summary.json").write_text("[1, 2]")
+    return folder / "images" / "epoch_0002" / "reconstruction.png"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    recon = build_outputs(root)
+    return root, recon
+
+
+@pytest.fixture(scope="module")
+def runs(tree):
+    return report.collect_runs(tree[0])
+
+
+@pytest.fixture(scope="module")
+def written(tree):
+    out = tree[0].parent / "report_out"
+    return report.write_report(tree[0], out)
+
+
+def cells_by_row(table):
+    return {label: [c.text for c in cells] for label, cells in table.rows}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_corrupt_metrics_rows_are_skipped(runs):
+    run = report.find_run(runs, "main_exp_150_50", "pretrain-cls")
+    assert [r["epoch"] for r in run.rows] == [0, 1]
+    zero_filled = report.find_run(runs, "main_exp_150_50", "scratch-cls-lin")
+    assert [r["epoch"] for r in zero_filled.rows] == [0, 1]
+    broken = report.find_run(runs, "broken_exp", report.PRETRAIN)
+    assert (broken.args, broken.rows, broken.summary) == ({}, [], None)
+
+
+def test_main_table(runs):
+    table = report.main_table(runs, "main_exp_150_50")
+    assert table.columns[1:4] == ["final test acc (%)", "best val acc (%)",
+                                  "test acc at best-val epoch (%)"]
+    rows = cells_by_row(table)
+    assert rows["fine-tuned (MAE)"] == ["91.23", "92.01", "91.10", "2", "10.0"]
+    assert rows["scratch"][0] == "75.12"
+    assert rows["linear probe (MAE encoder)"][0] == "55.34"
+    assert rows["linear probe (random encoder)"][0] == "33.45"
+    assert "final kNN acc (%) 45.00" in table.notes[0]
+
+
+def test_seed_group_mean_std(runs):
+    table = report.main_table(runs, "cpu_study")
+    assert "best test acc (%)" in table.columns
+    rows = cells_by_row(table)
+    assert rows["scratch"][0] == "52.00 ± 2.83 (n=2)"
+    assert rows["fine-tuned (MAE)"][0] == "61.00 (n=1; cpu_study_seed2: running, epoch 1/2)"
+    assert rows["fine-tuned (MAE)"][1:] == ["61.78 (n=1)", "60.87 (n=1)", "2 (n=1)", "10.0 (n=1)"]
+    assert rows["linear probe (MAE encoder)"] == ["— (missing)", "—", "—", "—", "—"]
+
+
+def test_depth_ablation(runs):
+    assert report.find_ablation_base(runs) == "main_exp_150_50"
+    rows = cells_by_row(report.ablation_table(runs, "decoder_layer"))
+    assert list(rows) == ["1", "2", "4 (default)", "6", "8"]
+    assert rows["2"] == ["`ablation_depth_d2`", "87.65", "43.21"]
+    assert rows["4 (default)"][1:] == ["91.23", "55.34"]
+    assert rows["1"][1:] == ["— (running, epoch 1/2)", "— (missing)"]
+    assert rows["6"][1] == "— (pretraining running, epoch 1/3)"
+    assert rows["8"] == ["—", "— (missing)", "— (missing)"]
+
+
+def test_width_and_mask_ablations(runs):
+    width = cells_by_row(report.ablation_table(runs, "decoder_dim"))
+    assert width["64 (decoder_head=2)"][1:] == ["80.00", "40.00"]
+    assert width["192 (default)"][1] == "91.23"
+    mask = cells_by_row(report.ablation_table(runs, "mask_ratio"))
+    assert mask["0.9"][1] == "— (stopped, epoch 1/2)"
+    assert mask["0.75 (default)"][1] == "91.23"
+
+
+def test_explicit_ablation_base(runs):
+    rows = cells_by_row(report.ablation_table(runs, "decoder_layer", base="cpu_study"))
+    assert rows["4 (default)"][:2] == ["`cpu_study`",
+                                       "61.00 (n=1; cpu_study_seed2: running, epoch 1/2)"]
+    assert rows["2"] == ["—", "— (missing)", "— (missing)"]
+
+
+def test_main_tables_leave_out_ablation_variants(runs):
+    names = [t.name for t in report.main_tables(runs)]
+    assert names == ["main:ablation_depth_d2_short", "main:broken_exp", "main:cpu_study",
+                     "main:main_exp_150_50"]
+
+
+def test_stale_locked_run_is_stopped(tmp_path):
+    folder = classifier(tmp_path, "exp", "scratch-cls", done=1)
+    assert report.load_run(folder).progress() == "running, epoch 1/2"
+    for path in folder.iterdir():
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - OLD))
+    assert report.load_run(folder).progress() == "stopped, epoch 1/2"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_results_md_and_csv_hold_the_same_numbers(written):
+    text = written.read_text()
+    assert "| 2 | `ablation_depth_d2` | 87.65 | 43.21 |" in text
+    assert "| 8 | — | — (missing) | — (missing) |" in text
+    with open(written.parent / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    cell = next(r for r in rows if r["table"] == "ablation:decoder_layer" and r["row"] == "2"
+                and r["column"] == report.ABLATION_COLUMNS["pretrain-cls"])
+    assert float(cell["value"]) == pytest.approx(87.65) and cell["text"] == "87.65"
+    seeds = next(r for r in rows if r["table"] == "main:cpu_study" and r["row"] == "scratch"
+                 and r["column"] == "final test acc (%)")
+    assert (float(seeds["std"]), seeds["n"]) == (pytest.approx(2.828, abs=1e-3), "2")
+    for row in (r for r in rows if r["value"]):  # every number shown is the csv value, rounded
+        shown = row["text"].split()[0]
+        digits = len(shown.partition(".")[2])
+        assert f"{float(row['value']):.{digits}f}" == shown
+
+
+def test_figures_are_png_and_reconstruction_is_copied(tree, written):
+    out = written.parent
+    pngs = sorted(out.glob("*.png"))
+    assert {"pretrain_loss.png", "knn_acc.png", "ablation_decoder_layer.png",
+            "classifier_main_exp_150_50.png"} <= {p.name for p in pngs}
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+    assert (out / "reconstruction_main_exp_150_50.png").read_bytes() == tree[1].read_bytes()
+    assert "reconstruction_main_exp_150_50.png" in written.read_text()
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_empty_root_and_cli_default_out(tmp_path):
+    empty = report.write_report(tmp_path / "absent", tmp_path / "out").read_text()
+    assert "(no runs)" in empty and "| 4 | — | — (missing) | — (missing) |" in empty
+    args = report.get_args_parser().parse_args(["--outputs_root", str(tmp_path / "absent")])
+    report.main(args)
+    assert (tmp_path / "absent" / "report" / "results.md").is_file()
+
+
+# ----------------------------------------------------------------------------- notebook
+
+
+def test_notebook_runs_headless_on_fixture(tree, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(REPO / "metrics.ipynb", as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    monkeypatch.setenv("OUTPUTS_ROOT", str(tree[0]))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO)}}).execute()
+    assert sum("image/png" in o.get("data", {}) for o in code[1].outputs) == 2  # figures render
+    assert "87.65" in json.dumps([c.outputs for c in code])
