@@ -17,12 +17,14 @@ from torchvision.utils import make_grid, save_image
 
 import distributed
 import engine
+import knn
 from data import SPLIT_SEED, DeviceLoader, image_shape, load_dataset
 from model import MAE_ViT, MAEConfig
 from utils import CHECKPOINT_FORMAT, atomic_write, run_cli, save_checkpoint, seed_everything
 
 STAGE = "mae-pretrain"
-CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "epoch_seconds", "images_per_s"]
+CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
+              "images_per_s"]
 
 
 def get_args_parser():
@@ -65,6 +67,7 @@ def get_args_parser():
                    help="pixels between images in the grids")
     g.add_argument("--pad_value", type=float, default=1.0,
                    help="grey level of the grid padding, 0 (black) to 1 (white)")
+    knn.add_knn_args(p)
     return p
 
 
@@ -107,24 +110,33 @@ class Evaluator:
             total += loss.float() * x.shape[0]
         return total.item() / self.images.shape[0]
 
-    @torch.inference_mode()
     def grid(self):
         """(C, H', W') image: rows of masked input | reconstruction | original."""
-        self.model.eval()
         n = min(self.args.save_images_n, self.images.shape[0])
-        x, m = self.images[:n], self.model
-        _, pred, mask = m(x, noise=self.noise[:n])
-        pred = pred.float()
-        if m.config.norm_pix_loss:  # undo the per-patch normalisation of the target
-            target = m.patchify(x)
-            pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, True)
-        mask_px = m.unpatchify(mask[:, :, None].expand(-1, -1, pred.shape[-1]))  # 1 = masked
-        recon = m.unpatchify(pred) * mask_px + x * (1 - mask_px)
-        masked = x * (1 - mask_px)
-        rows = torch.stack([masked, recon, x], dim=1).flatten(0, 1)  # (3n, C, H, W)
-        rows = (rows * self.std + self.mean).clamp(0, 1)
-        return make_grid(rows, nrow=3 * max(1, int(n ** 0.5)) if n > 3 else 3,
-                         padding=self.args.pad, pad_value=self.args.pad_value)
+        return reconstruction_grid(self.model, self.images[:n], self.noise[:n], self.mean,
+                                   self.std, self.args.pad, self.args.pad_value)
+
+
+@torch.inference_mode()
+def reconstruction_grid(m, x, noise, mean, std, pad, pad_value):
+    """(C, H', W') image in [0, 1]: triplets of masked input | reconstruction | original.
+
+    x (n, C, H, W) normalised; noise (n, L) fixes the mask; mean, std (1, C, 1, 1).
+    """
+    m.eval()
+    n = x.shape[0]
+    _, pred, mask = m(x, noise=noise)
+    pred = pred.float()
+    if m.config.norm_pix_loss:  # undo the per-patch normalisation of the target
+        target = m.patchify(x)
+        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, True)
+    mask_px = m.unpatchify(mask[:, :, None].expand(-1, -1, pred.shape[-1]))  # 1 = masked
+    recon = m.unpatchify(pred) * mask_px + x * (1 - mask_px)
+    masked = x * (1 - mask_px)
+    rows = torch.stack([masked, recon, x], dim=1).flatten(0, 1)  # (3n, C, H, W)
+    rows = (rows * std + mean).clamp(0, 1)
+    return make_grid(rows, nrow=3 * max(1, int(n ** 0.5)) if n > 3 else 3,
+                     padding=pad, pad_value=pad_value)
 
 
 def save_grid(grid, path):
@@ -172,14 +184,17 @@ def train(args, dist, model, data, trainer, run):
               f"{model.num_kept(args.mask_ratio)} of {model.encoder.patch_embed.num_patches} "
               "patches")
     evaluator = Evaluator(model, data, args, trainer)
+    monitor = knn.KNNMonitor(model, data, args, trainer.autocast, dist.rank, dist.world)
     log = engine.MetricsLog(run, args.csv_fn, CSV_FIELDS, trainer.start_epoch) \
         if dist.is_main else None
 
     def on_epoch_end(epoch, stats):
         eval_loss = evaluator.loss()
+        knn_acc = monitor.accuracy() if monitor.due(epoch) else None  # all ranks gather
         row = {"epoch": epoch, "train_loss": stats["loss"],
                "lr": trainer.optimizer.param_groups[0]["lr"], "eval_loss": eval_loss,
-               "epoch_seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+               "knn_acc": knn_acc, "epoch_seconds": stats["seconds"],
+               "images_per_s": stats["images_per_s"]}
         if not dist.is_main:
             return
         log.log(row)
@@ -206,7 +221,8 @@ def finish(args, model, trainer, run, rows):
     engine.write_json(run.file(engine.SUMMARY_FN), {
         "finished": True, "epochs": args.total_epoch,
         "final_train_loss": float(rows[-1]["train_loss"]),
-        "final_eval_loss": float(rows[-1]["eval_loss"]), "wall_seconds": wall})
+        "final_eval_loss": float(rows[-1]["eval_loss"]),
+        "knn_acc": knn.last_value(rows, "knn_acc"), "wall_seconds": wall})
     print(f"finished: final train loss {rows[-1]['train_loss']}, eval loss "
           f"{rows[-1]['eval_loss']} (fixed test images and mask); model saved to {path}")
 
