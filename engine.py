@@ -29,6 +29,7 @@ from utils import (
     get_rng_state,
     load_checkpoint,
     param_groups,
+    remove_temp_files,
     save_checkpoint,
     set_lr,
     set_rng_state,
@@ -42,7 +43,10 @@ ARGS_FN = "args.json"
 SUMMARY_FN = "summary.json"
 LOCK_FN = ".lock"
 # Flags that do not change the numbers a run produces; they may differ on resume.
-NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq"}
+NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
+                   # the kNN monitor (knn.py) only observes the encoder; training is unchanged
+                   "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
+                   "knn_eval_images"}
 
 
 # --------------------------------------------------------------------------- flags
@@ -76,9 +80,8 @@ def positive_float(s):
 positive_float.__name__ = "positive number"
 
 
-def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_epoch,
-                    warmup_epoch, augment):
-    """Flags of both stages: data, optimisation, runtime and output."""
+def add_dataset_args(parser):
+    """The 'data' group with the flags every script that reads a dataset shares; returns it."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", choices=DATASETS,
                    help="cifar10/cifar100/fashion_mnist download when missing; folder reads "
@@ -87,10 +90,17 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
     g.add_argument("--image_size", type=positive_int, default=None,
                    help="resize images to this side once at load (default: the dataset's own, "
                         "32 for folder and fake); grey datasets keep 1 channel")
-    g.add_argument("--max_train_images", type=positive_int, default=None,
-                   help="use only the first N training images (quick runs)")
     g.add_argument("--max_eval_images", type=positive_int, default=None,
                    help="use only the first N test (and validation) images")
+    return g
+
+
+def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_epoch,
+                    warmup_epoch, augment):
+    """Flags of both stages: data, optimisation, runtime and output."""
+    g = add_dataset_args(parser)
+    g.add_argument("--max_train_images", type=positive_int, default=None,
+                   help="use only the first N training images (quick runs)")
     g.add_argument("--augment", default=augment, choices=AUGMENTS,
                    help="batched on-device augmentation: horizontal flip, +random crop with "
                         "4px padding, or +random resized crop (scale 0.2-1)")
@@ -182,18 +192,27 @@ class RunFolder:
         return "resume" if os.path.exists(self.ckpt_path) else "new"
 
     def open(self, fresh):
-        """Create the folder (emptied when fresh), take the lock, write args.json."""
-        if not self.is_main:
-            return
+        """Create the folder (emptied when fresh), take the lock, delete temporary files a
+        killed run left, write args.json. Rank 0 writes; every rank calls this, after
+        status(): the barriers keep rank 0 from emptying the folder while another rank reads
+        it, and the others from going on before it is ready."""
+        distributed.barrier()
+        if self.is_main:
+            self._create(fresh)
+        distributed.barrier()
+
+    def _create(self, fresh):
         try:
             if fresh and os.path.isdir(self.path):
                 self._check_lock()
                 shutil.rmtree(self.path)
             os.makedirs(self.path, exist_ok=True)
             self._take_lock()
+            remove_temp_files(self.path)
             write_json(self.file(ARGS_FN), self.args)
         except OSError as e:
-            raise UsageError(f"cannot write to {self.path}: {e.strerror or e}") from None
+            raise UsageError(f"cannot write to {self.path}: {e.strerror or e}; choose a "
+                             "writable --output_root") from None
 
     def _check_lock(self):
         lock = self.file(LOCK_FN)
@@ -319,19 +338,28 @@ class Trainer:
                 f"amp {self.dtype or 'off'}")
 
     # ---- checkpoints
-    def state(self, epoch, step):
-        """Everything a resume needs; only containers and tensors (weights_only loads it)."""
+    def state(self, epoch, step, sums, rng):
+        """Everything a resume needs; only containers and tensors (weights_only loads it).
+
+        sums: the epoch's running sums over all ranks (None between epochs); rng: a list of
+        every rank's RNG state (ranks draw their own masks and augmentations).
+        """
         state = {"format": CHECKPOINT_FORMAT, "kind": self.kind, "config": self.config,
                  "args": vars(self.args), "model": self.state_module.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                 "epoch": epoch, "step": step, "sums": self.sums, "rng": get_rng_state()}
+                 "epoch": epoch, "step": step, "sums": sums, "rng": rng}
         state.update({k: fn() for k, fn in self.extra_state.items()})
         return state
 
     def save(self, epoch, step):
+        """Rank 0 writes the checkpoint; every rank calls this (sums and RNG states are
+        gathered from all ranks)."""
+        sums = None if self.sums is None else \
+            {k: distributed.all_reduce_sum(v.clone()) for k, v in sorted(self.sums.items())}
+        rng = distributed.all_gather_object(get_rng_state())
         if self.dist.is_main:
             try:
-                save_checkpoint(self.state(epoch, step), self.run.ckpt_path)
+                save_checkpoint(self.state(epoch, step, sums, rng), self.run.ckpt_path)
             except OSError as e:
                 raise UsageError(f"cannot write checkpoint {self.run.ckpt_path}: "
                                  f"{e.strerror or e}") from None
@@ -340,18 +368,29 @@ class Trainer:
         """Restore the last checkpoint; returns it (or None for a new run)."""
         if not os.path.exists(self.run.ckpt_path):
             return None
-        ckpt = load_checkpoint(self.run.ckpt_path, kind=self.kind,
-                               map_location=self.dist.device)
+        # on the CPU: RNG states must be CPU tensors; load_state_dict moves the rest
+        ckpt = load_checkpoint(self.run.ckpt_path, kind=self.kind)
         self.state_module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else v)
-                       for k, v in ckpt["rng"].items()})
         self.start_epoch, self.start_step, self.sums = ckpt["epoch"], ckpt["step"], ckpt["sums"]
+        if self.sums is not None and not self.dist.is_main:  # rank 0 carries all ranks' sums
+            self.sums = {k: torch.zeros_like(v) for k, v in self.sums.items()}
+        self._restore_rng(ckpt["rng"])
         if self.dist.is_main:
             print(f"resuming from {self.run.ckpt_path}: epoch {self.start_epoch}, "
                   f"step {self.start_step}")
         return ckpt
+
+    def _restore_rng(self, states):
+        """Each rank continues its own random stream; with another number of processes than
+        the checkpoint's, ranks keep their fresh seeds (the run is then not bit-exact)."""
+        states = states if isinstance(states, list) else [states]  # files of one-state format
+        if len(states) == self.dist.world:
+            set_rng_state(states[self.dist.rank])
+        elif self.dist.is_main:
+            print(f"note: the checkpoint holds the random state of {len(states)} process(es), "
+                  f"this run has {self.dist.world}; random draws start from fresh seeds")
 
     # ---- signals
     def _on_signal(self, signum, frame):
@@ -383,6 +422,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.args.total_epoch):
             stats = self.train_epoch(epoch)
             on_epoch_end(epoch, stats)
+            self.stop_signal = self._stop_requested(True)  # a signal during evaluation, too
             last = epoch + 1 == self.args.total_epoch
             if last or (epoch + 1) % self.args.save_freq == 0 or self.stop_signal:
                 self.save(epoch + 1, 0)
