@@ -66,13 +66,17 @@ def _as_tuple(x):
 
 
 # --------------------------------------------------------------------------- atomic files
+TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files; a writer killed mid-write leaves one
+
+
 def atomic_write(path, write_fn, mode="wb"):
     """Write through write_fn(fileobj) into a temporary file, then os.replace it onto path.
 
     A crash at any moment leaves either the old file or the new one, never half of one.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix="-" + os.path.basename(path),
+                               dir=folder)
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
@@ -83,6 +87,14 @@ def atomic_write(path, write_fn, mode="wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_temp_files(folder):
+    """Delete the temporary files killed writers left under folder (hold its lock first)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                os.remove(os.path.join(root, name))
 
 
 def atomic_write_text(path, text):
@@ -105,10 +117,13 @@ def load_checkpoint(path, kind=None, map_location="cpu"):
         raise UsageError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
         raise UsageError(f"checkpoint is empty: {path} (delete it and rerun the stage)")
+    # torch.save writes zip archives; other bytes can crash torch.load with any exception
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupt)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported" in str(e):
+        if "Unsupported global" in str(e):  # a real pickle of classes, not corrupt bytes
             raise UsageError(f"refusing {path}: it needs arbitrary unpickling, which can run "
                              "code; only plain tensor checkpoints are loaded") from None
         raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None

@@ -1,0 +1,161 @@
+"""train_classifier.py: the four modes run and write their files, start from the MAE encoder
+exactly, the probe trains only its head (cached or not), and bad checkpoints exit 2."""
+import csv
+import json
+
+import pytest
+import torch
+from conftest import TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts
+
+import train_classifier
+from model import ClassifierConfig, ViT_Classifier
+from utils import seed_everything
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CSV_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+               "test_acc", "epoch_seconds", "images_per_s"]
+TIMING_COLUMNS = {"epoch_seconds", "images_per_s"}
+VAL_SPLIT = "16"
+MODES = {  # name -> (stage folder, model file, extra flags; "MAE" stands for the checkpoint)
+    "scratch": ("scratch-cls", "vit-t-clf-from_scratch.pt", TINY_ENCODER),
+    "finetune": ("pretrain-cls", "vit-t-clf-from_pretrained.pt", ["MAE"]),
+    "probe": ("pretrain-cls-lin", "vit-t-clf-lin-from_pretrained.pt", ["MAE", "--linear_probe"]),
+    "scratch_probe": ("scratch-cls-lin", "vit-t-clf-lin-from_scratch.pt",
+                      TINY_ENCODER + ["--linear_probe", "--val_split", VAL_SPLIT]),
+}
+
+
+def classifier_flags(mae_path, extra):
+    extra = [a for e in extra for a in (["--pretrained_model_path", mae_path] if e == "MAE"
+                                        else [e])]
+    return [*TINY_DATA, "--total_epoch", "1", "--warmup_epoch", "0", "--exp_name", "e", *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An MAE, the four modes, an uncached probe, and two bad checkpoints: one interpreter."""
+    tmp = tmp_path_factory.mktemp("classifier")
+    mae_path = str(tmp / "mae" / "e" / "mae-pretrain" / "vit-t-mae.pt")
+    cmds = [["mae_pretrain.py", *TINY_DATA, *TINY_MAE, "--total_epoch", "1", "--warmup_epoch",
+             "0", "--output_root", tmp / "mae", "--exp_name", "e"]]
+    for _, _, extra in MODES.values():
+        cmds.append(["train_classifier.py", *classifier_flags(mae_path, extra),
+                     "--output_root", tmp / "cls"])
+    cmds.append(["train_classifier.py", *classifier_flags(mae_path, MODES["probe"][2]),
+                 "--no_feature_cache", "--output_root", tmp / "uncached"])
+    clf_path = tmp / "cls" / "e" / MODES["finetune"][0] / MODES["finetune"][1]
+    for name, path in (("missing", tmp / "nothing.pt"), ("foreign", clf_path)):
+        cmds.append(["train_classifier.py", *classifier_flags(str(path), ["MAE"]),
+                     "--output_root", tmp / name])
+    results = run_scripts(cmds)
+    assert results[0].returncode == 0, results[0].stderr
+    names = list(MODES) + ["uncached", "missing", "foreign"]
+    return dict(tmp=tmp, mae_path=mae_path, results=dict(zip(names, results[1:])))
+
+
+def folder(runs, name, root="cls"):
+    return runs["tmp"] / root / "e" / MODES[name][0]
+
+
+def load_model(runs, name, root="cls"):
+    return torch.load(folder(runs, name, root) / MODES[name][1], weights_only=True)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def mae_encoder(runs):
+    state = torch.load(runs["mae_path"], weights_only=True)["model"]
+    return {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+
+
+def parse(runs, *extra):
+    args = train_classifier.get_args_parser().parse_args(
+        classifier_flags(runs["mae_path"], extra) + ["--output_root", str(runs["tmp"] / "x")])
+    train_classifier.resolve_recipe(args)
+    return args
+
+
+def initial_model(runs, *extra):
+    """The model main() builds before training (it seeds with --seed first)."""
+    args = parse(runs, *extra)
+    seed_everything(args.seed)
+    return train_classifier.build_model(args, num_classes=10, device="cpu")
+
+
+# --------------------------------------------------------------------------- CLI runs
+@pytest.mark.parametrize("name", list(MODES))
+def test_each_mode_writes_its_csv_model_and_summary(runs, name):
+    result = runs["results"][name]
+    assert result.returncode == 0, result.stderr
+    out = folder(runs, name)
+    rows = read_rows(out / "metrics.csv")
+    assert list(rows[0]) == CSV_COLUMNS and [r["epoch"] for r in rows] == ["0"]
+    assert 0 <= float(rows[0]["test_acc"]) <= 1 and float(rows[0]["train_loss"]) > 0
+    ckpt = load_model(runs, name)
+    assert ckpt["kind"] == "classifier"
+    model = ViT_Classifier(ClassifierConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])  # strict
+    assert model.config.emb_dim == 32 and model.config.encoder_layer == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] is True
+    assert summary["selection_split"] == ("val" if "--val_split" in MODES[name][2] else "test")
+    if summary["selection_split"] == "val":
+        assert rows[0]["val_acc"] != "" and summary["best_val_acc"] == pytest.approx(
+            float(rows[0]["val_acc"]))
+
+
+def test_finetuning_starts_from_the_mae_encoder_exactly(runs):
+    model = initial_model(runs, "MAE")
+    state = model.state_dict()
+    encoder = mae_encoder(runs)
+    assert set(state) - set(encoder) == model.head_keys()
+    for k, v in encoder.items():
+        assert torch.equal(state[k], v), k
+    assert all(p.requires_grad for p in model.parameters())
+    trained = load_model(runs, "finetune")["model"]
+    assert not torch.equal(trained["blocks.0.attn.qkv.weight"], encoder["blocks.0.attn.qkv.weight"])
+
+
+def test_linear_probe_freezes_the_encoder(runs):
+    model = initial_model(runs, "MAE", "--linear_probe").train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("head.") for n in trainable)
+    assert model.head.training
+    assert not any(m.training for n, m in model.named_modules() if n and not n.startswith("head"))
+
+
+@pytest.mark.parametrize("root", ["cls", "uncached"])
+def test_linear_probe_trains_only_the_head(runs, root):
+    result = runs["results"]["probe" if root == "cls" else "uncached"]
+    assert result.returncode == 0, result.stderr
+    trained = load_model(runs, "probe", root)["model"]
+    for k, v in mae_encoder(runs).items():
+        assert torch.equal(trained[k], v), k
+    start = initial_model(runs, "MAE", "--linear_probe").state_dict()
+    head = [k for k in trained if k.startswith("head.") and trained[k].is_floating_point()]
+    assert head and all(not torch.equal(trained[k], start[k]) for k in head)
+
+
+def test_cached_and_uncached_probes_agree(runs):
+    cached, uncached = load_model(runs, "probe")["model"], load_model(runs, "probe", "uncached")
+    for k, v in cached.items():
+        torch.testing.assert_close(uncached["model"][k], v, rtol=1e-4, atol=1e-5)
+    rows = [read_rows(folder(runs, "probe", root) / "metrics.csv") for root in ("cls", "uncached")]
+    for a, b in zip(*rows):
+        for k in set(CSV_COLUMNS) - TIMING_COLUMNS:
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-4, abs=1e-5), k
+
+
+# --------------------------------------------------------------------------- bad checkpoints
+@pytest.mark.parametrize("name,message", [("missing", "not found"),
+                                          ("foreign", "expected an MAE")])
+def test_a_bad_pretrained_checkpoint_exits_2_and_writes_nothing(runs, name, message):
+    result = runs["results"][name]
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    root = runs["tmp"] / name
+    assert not root.exists() or not any(root.iterdir())

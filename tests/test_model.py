@@ -1,0 +1,276 @@
+"""model.py: patches, masking, the loss, no information leak, gradients, config checks."""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, sincos_pos_embed
+
+TINY = dict(emb_dim=32, encoder_layer=2, encoder_head=2, decoder_dim=32, decoder_layer=1)
+pytestmark = pytest.mark.usefixtures("one_thread")
+BATCH = 4
+NORM_PIX_EPS = 1e-6  # the per-patch variance epsilon of the paper's normalised target
+
+
+def tiny_mae(**overrides):
+    torch.manual_seed(0)
+    return MAE_ViT(**{**TINY, **overrides})
+
+
+def images(model, batch=BATCH, seed=1):
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, cfg.in_chans, cfg.image_size, cfg.image_size, generator=g)
+
+
+def fixed_noise(model, batch=BATCH, seed=2):
+    n = model.encoder.patch_embed.num_patches
+    return torch.rand(batch, n, generator=torch.Generator().manual_seed(seed))
+
+
+def patches_by_slicing(imgs, p):
+    """Reference patchify: row-major patches, each flattened as (p, p, C)."""
+    b, c, h, w = imgs.shape
+    rows = [imgs[:, :, i:i + p, j:j + p].permute(0, 2, 3, 1).reshape(b, -1)
+            for i in range(0, h, p) for j in range(0, w, p)]
+    return torch.stack(rows, dim=1)  # (B, L, p*p*C)
+
+
+def encoder_tokens(model):
+    """A list that receives the token count entering encoder.blocks on every forward."""
+    seen = []
+    model.encoder.blocks.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    return seen
+
+
+# --------------------------------------------------------------------------- patches
+@pytest.mark.parametrize("kw", [dict(), dict(in_chans=1, patch_size=4, image_size=28)])
+def test_patchify_matches_slicing_and_unpatchify_inverts_it(kw):
+    model = tiny_mae(**kw)
+    x = images(model)
+    p = model.config.patch_size
+    patches = model.patchify(x)
+    assert patches.shape == (BATCH, (model.config.image_size // p) ** 2,
+                             p * p * model.config.in_chans)
+    assert torch.equal(patches, patches_by_slicing(x, p))
+    assert torch.equal(model.unpatchify(patches), x)
+
+
+# --------------------------------------------------------------------------- masking
+@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.6, 0.0])
+def test_encoder_sees_exactly_the_kept_patches_plus_cls(ratio):
+    model = tiny_mae()
+    seen = encoder_tokens(model)
+    num_patches = model.encoder.patch_embed.num_patches
+    _, _, mask = model(images(model), mask_ratio=ratio)
+    kept = int(num_patches * (1 - ratio))
+    assert seen == [kept + 1]
+    assert torch.equal(mask.sum(1), torch.full((BATCH,), float(num_patches - kept)))
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_masks_differ_between_samples_and_repeat_with_the_seed(train):
+    model = tiny_mae().train(train)
+    x = images(model, batch=8)
+    torch.manual_seed(123)
+    _, _, mask_a = model(x)
+    torch.manual_seed(123)
+    _, _, mask_b = model(x)
+    assert torch.equal(mask_a, mask_b)
+    assert len({tuple(m.tolist()) for m in mask_a}) == 8
+    torch.manual_seed(124)
+    assert not torch.equal(model(x)[2], mask_a)
+
+
+def test_mask_ratio_zero_masks_nothing():
+    model = tiny_mae(mask_ratio=0.0)
+    seen = encoder_tokens(model)
+    loss, pred, mask = model(images(model))
+    assert seen == [model.encoder.patch_embed.num_patches + 1]
+    assert mask.sum() == 0
+    assert torch.isfinite(loss) and torch.isfinite(pred).all()
+
+
+def test_mask_ratio_one_is_refused():
+    model = tiny_mae()
+    with pytest.raises(ValueError, match="mask_ratio"):
+        model(images(model), mask_ratio=1.0)
+
+
+# --------------------------------------------------------------------------- loss
+def masked_mse_by_hand(imgs, pred, mask, p, norm_pix):
+    b, c = imgs.shape[:2]
+    target = F.unfold(imgs, kernel_size=p, stride=p)  # (B, C*p*p, L), channel-major
+    target = target.reshape(b, c, p * p, -1).permute(0, 3, 2, 1).reshape(b, -1, p * p * c)
+    if norm_pix:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / torch.sqrt(var + NORM_PIX_EPS)
+    per_patch = ((pred - target) ** 2).mean(-1)  # (B, L)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_loss_is_the_mse_over_masked_patches(norm_pix):
+    model = tiny_mae(norm_pix_loss=norm_pix)
+    x = images(model)
+    loss, pred, mask = model(x, noise=fixed_noise(model))
+    expected = masked_mse_by_hand(x, pred, mask, model.config.patch_size, norm_pix)
+    torch.testing.assert_close(loss, expected)
+    # visible patches do not count: changing their prediction leaves the loss unchanged
+    pred2 = pred + 10.0 * (1 - mask)[..., None]
+    torch.testing.assert_close(model.forward_loss(x, pred2, mask), loss)
+
+
+# --------------------------------------------------------------------------- no leak
+def test_masked_pixels_do_not_reach_the_encoder_or_the_prediction():
+    model = tiny_mae().eval()
+    x, noise = images(model), fixed_noise(model)
+    latent, mask, _ = model.forward_encoder(x, 0.75, noise)
+    _, pred, _ = model(x, noise=noise)
+    pixel_mask = model.unpatchify(mask[..., None].expand(-1, -1, model.patchify(x).shape[-1]))
+    scrambled = torch.where(pixel_mask.bool(), torch.randn_like(x) * 5, x)
+    assert not torch.equal(scrambled, x)
+    latent2, mask2, _ = model.forward_encoder(scrambled, 0.75, noise)
+    _, pred2, _ = model(scrambled, noise=noise)
+    assert torch.equal(mask2, mask)
+    torch.testing.assert_close(latent2, latent)
+    torch.testing.assert_close(pred2, pred)
+    # the check can fail: a change to a visible pixel does change the prediction
+    visible = torch.where(pixel_mask.bool(), x, x + 1.0)
+    assert not torch.allclose(model(visible, noise=noise)[1], pred)
+
+
+# --------------------------------------------------------------------------- gradients
+def assert_every_trainable_parameter_gets_a_gradient(model, loss):
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name} gets no gradient"
+            assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+            assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_mae_backward_reaches_every_trainable_parameter(pos_embed):
+    model = tiny_mae(pos_embed=pos_embed).train()
+    loss, pred, _ = model(images(model, batch=8))
+    assert torch.isfinite(pred).all()
+    assert_every_trainable_parameter_gets_a_gradient(model, loss)
+
+
+@pytest.mark.parametrize("head,pool", [("linear", "cls"), ("bn_linear", "mean")])
+def test_classifier_backward_reaches_every_trainable_parameter(head, pool):
+    torch.manual_seed(0)
+    model = ViT_Classifier(ClassifierConfig(emb_dim=32, encoder_layer=2, encoder_head=2,
+                                            head=head, pool=pool)).train()
+    x = torch.randn(8, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+    loss = F.cross_entropy(logits, torch.arange(8) % 10)
+    assert_every_trainable_parameter_gets_a_gradient(model, loss)
+
+
+# --------------------------------------------------------------------------- position embeds
+def test_sincos_position_embeddings_are_fixed_and_frozen():
+    model = tiny_mae(pos_embed="sincos", decoder_dim=64, decoder_layer=1)
+    grid = model.encoder.patch_embed.grid_size[0]
+    enc_pos, dec_pos = model.encoder.pos_embed, model.decoder_pos_embed
+    assert not enc_pos.requires_grad and not dec_pos.requires_grad
+    assert torch.equal(enc_pos[0], sincos_pos_embed(32, grid))
+    assert torch.equal(dec_pos[0], sincos_pos_embed(64, grid))
+    assert torch.equal(enc_pos[0, 0], torch.zeros(32))  # the cls token's row
+    assert len({tuple(r.tolist()) for r in enc_pos[0, 1:]}) == grid * grid  # all distinct
+    torch.manual_seed(99)
+    assert torch.equal(MAE_ViT(**TINY, pos_embed="sincos").encoder.pos_embed, enc_pos)
+    before = (enc_pos.clone(), dec_pos.clone())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(images(model))[0].backward()
+    opt.step()
+    assert torch.equal(enc_pos, before[0]) and torch.equal(dec_pos, before[1])
+
+
+# --------------------------------------------------------------------------- encoder transfer
+def test_classifier_from_mae_holds_the_encoder_tensors():
+    mae = tiny_mae()
+    clf = ViT_Classifier.from_mae(mae.config, mae.encoder_state_dict(), num_classes=7)
+    clf_state = clf.state_dict()
+    for k, v in mae.encoder_state_dict().items():
+        assert torch.equal(clf_state[k], v), k
+    assert set(clf_state) - set(mae.encoder_state_dict()) == clf.head_keys()
+    x = images(mae)
+    enc = mae.encoder.eval()
+    torch.testing.assert_close(clf.eval().features(x),
+                               enc.forward_head(enc.forward_features(x), pre_logits=True))
+
+
+def test_mae_encoder_loads_strictly_into_a_timm_vit_with_the_same_features():
+    mae = tiny_mae().eval()
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=2,
+                            embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    vit.load_state_dict(mae.encoder_state_dict(), strict=True)
+    x = images(mae)
+    num_patches = mae.encoder.patch_embed.num_patches
+    in_order = torch.arange(num_patches).float().expand(BATCH, -1)  # keep every patch in place
+    latent, _, _ = mae.forward_encoder(x, 0.0, in_order)
+    torch.testing.assert_close(vit.eval().forward_features(x), latent)
+    torch.testing.assert_close(vit(x), latent[:, 0])
+
+
+def test_load_encoder_refuses_missing_and_unexpected_keys():
+    mae = tiny_mae()
+    clf = ViT_Classifier(ClassifierConfig(emb_dim=32, encoder_layer=2, encoder_head=2))
+    state = mae.encoder_state_dict()
+    missing = {k: v for k, v in state.items() if k != "norm.weight"}
+    with pytest.raises(KeyError, match="norm.weight"):
+        clf.load_encoder(missing)
+    with pytest.raises(KeyError, match="extra.weight"):
+        clf.load_encoder({**state, "extra.weight": torch.zeros(1)})
+    clf.load_encoder(state)  # the exact key set loads
+
+
+# --------------------------------------------------------------------------- config checks
+BAD_MAE_CONFIGS = [
+    (dict(image_size=30, patch_size=4), "image_size"),
+    (dict(emb_dim=30, encoder_head=4), "emb_dim"),
+    (dict(mask_ratio=1.0), "mask_ratio"),
+    (dict(mask_ratio=-0.1), "mask_ratio"),
+    (dict(image_size=0), "image_size"),
+    (dict(patch_size=0), "patch_size"),
+    (dict(in_chans=0), "in_chans"),
+    (dict(emb_dim=-32), "emb_dim"),
+    (dict(encoder_layer=0), "encoder_layer"),
+    (dict(encoder_head=0), "encoder_head"),
+    (dict(decoder_dim=0), "decoder_dim"),
+    (dict(decoder_layer=0), "decoder_layer"),
+    (dict(decoder_head=0), "decoder_head"),
+    (dict(decoder_dim=32, decoder_head=3), "decoder_dim"),
+    (dict(pos_embed="rope"), "pos_embed"),
+]
+
+
+@pytest.mark.parametrize("kw,name", BAD_MAE_CONFIGS)
+def test_invalid_mae_config_names_the_setting(kw, name):
+    with pytest.raises(ValueError, match=name):
+        MAEConfig(**{**TINY, **kw})
+    with pytest.raises(ValueError, match=name):
+        MAE_ViT(**{**TINY, **kw})
+
+
+@pytest.mark.parametrize("kw,name", [
+    (dict(image_size=30, patch_size=4), "image_size"),
+    (dict(emb_dim=30, encoder_head=4), "emb_dim"),
+    (dict(num_classes=0), "num_classes"),
+    (dict(pool="max"), "pool"),
+    (dict(head="mlp"), "head"),
+    (dict(drop_path=1.0), "drop_path"),
+])
+def test_invalid_classifier_config_names_the_setting(kw, name):
+    with pytest.raises(ValueError, match=name):
+        ClassifierConfig(**{**dict(emb_dim=32, encoder_layer=2, encoder_head=2), **kw})
+
+
+def test_default_decoder_heads_follow_the_width():
+    assert MAEConfig(decoder_dim=192).decoder_head == 3
+    assert MAEConfig(**TINY).decoder_head == 1  # never 0 heads

@@ -1,0 +1,158 @@
+"""mae_pretrain.py as a user runs it: outputs, resume after SIGTERM, reruns, and learning."""
+import csv
+import json
+
+import pytest
+import torch
+from conftest import TINY_DATA, TINY_MAE, run_scripts
+from PIL import Image
+
+import engine
+import mae_pretrain
+from data import DeviceLoader, load_dataset
+from model import MAE_ViT, MAEConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+STAGE = "mae-pretrain"
+MODEL_FN = "vit-t-mae.pt"
+BASE_COLUMNS = ["epoch", "train_loss", "lr", "eval_loss", "epoch_seconds", "images_per_s"]
+TIMING_COLUMNS = {"epoch_seconds", "images_per_s"}
+SIGTERM_EXIT = 128 + 15
+STEPS_PER_EPOCH = 2  # TINY_DATA: 64 images in batches of 32
+
+
+def pretrain_cmd(root, *extra):
+    return ["mae_pretrain.py", *TINY_DATA, *TINY_MAE, "--total_epoch", "2", "--warmup_epoch", "1",
+            "--visualize_freq", "1", "--output_root", root, "--exp_name", "e", *extra]
+
+
+def read_rows(folder):
+    with open(folder / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """In one interpreter: run A uninterrupted; B and C are stopped by SIGTERM (B at the end of
+    epoch 0, C in the middle of epoch 1) and rerun with the same command; then A is rerun
+    unchanged and with a changed flag."""
+    tmp = tmp_path_factory.mktemp("pretrain")
+    roots = {name: str(tmp / name) for name in "ABC"}
+    results = run_scripts([
+        pretrain_cmd(roots["A"]),
+        {"argv": pretrain_cmd(roots["B"]), "sigterm_after": STEPS_PER_EPOCH},
+        {"argv": pretrain_cmd(roots["C"]), "sigterm_after": STEPS_PER_EPOCH + 1},
+        pretrain_cmd(roots["B"]),
+        pretrain_cmd(roots["C"]),
+        pretrain_cmd(roots["A"]),
+        pretrain_cmd(roots["A"], "--mask_ratio", "0.5"),
+    ])
+    folders = {name: tmp / name / "e" / STAGE for name in "ABC"}
+    return dict(folders=folders, first=results[0], stopped=dict(zip("BC", results[1:3])),
+                resumed=dict(zip("BC", results[3:5])), rerun=results[5], changed=results[6])
+
+
+def test_a_run_writes_every_output(runs):
+    result = runs["first"]
+    assert result.returncode == 0, result.stderr
+    folder = runs["folders"]["A"]
+    for name in (MODEL_FN, "checkpoint.pt", "metrics.csv", "args.json", "summary.json"):
+        assert (folder / name).is_file(), name
+    rows = read_rows(folder)
+    assert list(rows[0]) == mae_pretrain.CSV_FIELDS
+    assert set(BASE_COLUMNS) <= set(rows[0])
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert all(float(r["train_loss"]) > 0 and float(r["eval_loss"]) > 0 for r in rows)
+    args = json.loads((folder / "args.json").read_text())
+    assert args["total_epoch"] == 2 and args["emb_dim"] == 32 and args["dataset"] == "fake"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["finished"] is True and summary["epochs"] == 2
+    assert summary["final_eval_loss"] == pytest.approx(float(rows[-1]["eval_loss"]))
+    for epoch in (0, 1):
+        png = folder / "images" / f"epoch_{epoch:04d}" / "reconstruction.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(png) as im:
+            im.verify()
+    events = list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    assert not list(folder.rglob(".tmp-*")) and not (folder / ".lock").exists()
+
+
+def test_the_model_file_loads_safely_and_rebuilds_the_model(runs):
+    ckpt = torch.load(runs["folders"]["A"] / MODEL_FN, weights_only=True)
+    assert ckpt["kind"] == "mae" and ckpt["epoch"] == 2
+    model = MAE_ViT.from_config(MAEConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])  # strict
+    assert model.config.emb_dim == 32 and model.config.encoder_layer == 2
+
+
+@pytest.mark.parametrize("name,resume_point", [("B", "epoch 1, step 0"),
+                                               ("C", "epoch 1, step 1")])
+def test_resume_after_sigterm_reproduces_the_uninterrupted_run(runs, name, resume_point):
+    stopped = runs["stopped"][name]
+    assert stopped.returncode == SIGTERM_EXIT, stopped.stderr
+    assert "SIGTERM" in stopped.stderr and "resume" in stopped.stderr
+    assert "epoch 1/2" in stopped.stdout and "epoch 2/2" not in stopped.stdout
+    resumed = runs["resumed"][name]
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {runs['folders'][name] / 'checkpoint.pt'}: {resume_point}" \
+        in resumed.stdout
+    folder, reference = runs["folders"][name], runs["folders"]["A"]
+    got = torch.load(folder / MODEL_FN, weights_only=True)["model"]
+    want = torch.load(reference / MODEL_FN, weights_only=True)["model"]
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    strip = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_rows(folder)]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING_COLUMNS}
+                     for r in read_rows(reference)]
+
+
+def test_rerunning_a_finished_run_changes_nothing(runs):
+    assert runs["rerun"].returncode == 0, runs["rerun"].stderr
+    assert "nothing to do" in runs["rerun"].stdout
+    newest = max(p.stat().st_mtime_ns for p in runs["folders"]["A"].rglob("*"))
+    assert newest <= runs["first"].end_ns  # no file or folder written since run A ended
+
+
+def test_a_changed_flag_is_refused_by_name(runs):
+    changed = runs["changed"]
+    assert changed.returncode == 2
+    lines = changed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--mask_ratio" in lines[0]
+    assert "nothing to do" not in changed.stdout
+
+
+def test_a_flag_that_does_not_change_results_may_differ_on_rerun(runs):
+    folder = runs["folders"]["A"]
+    cmd = pretrain_cmd(str(folder.parents[1]))[1:] + ["--save_freq", "2"]
+    args = mae_pretrain.get_args_parser().parse_args(cmd)
+    assert engine.RunFolder(str(folder), args).status() == "finished"
+
+
+def test_mae_loss_falls_on_the_fake_data():
+    torch.manual_seed(0)
+    data = load_dataset("fake", image_size=16, max_train=256, max_eval=32)
+    model = MAE_ViT(image_size=16, emb_dim=32, encoder_layer=2, encoder_head=2, decoder_dim=32,
+                    decoder_layer=1)
+    loader = DeviceLoader(data.train, 32, data.mean, data.std, seed=0)
+    x_eval = DeviceLoader(data.test, 32, data.mean, data.std, shuffle=False).batch(
+        torch.arange(32))[0]
+    noise = torch.rand(32, model.encoder.patch_embed.num_patches,
+                       generator=torch.Generator().manual_seed(0))
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            return model(x_eval, noise=noise)[0].item()
+
+    before = eval_loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
+    model.train()
+    for epoch in range(3):  # 24 steps
+        for x, _ in loader.epoch(epoch):
+            loss = model(x)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert eval_loss() < 0.6 * before
