@@ -6,7 +6,9 @@ sliced into batches; flips, crops and normalisation run batched on the device. G
 """
 import gzip
 import os
+import socket
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,7 @@ FAKE_SIZES = {"train": 4096, "test": 1024}
 FAKE_CLASSES = 10
 FAKE_NOISE = 0.1  # std of pixel noise in fake images, relative to the [0, 1] range
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DOWNLOAD_TIMEOUT_S = 20  # a download that receives nothing this long fails (offline machines)
 
 
 def image_shape(name, image_size=None):
@@ -123,6 +126,17 @@ def _missing(name, data_dir, what):
                       f" put {what} there, or pass --data_dir")
 
 
+@contextmanager
+def _download_timeout():
+    """torchvision downloads without a timeout; a blocked network would hang them for minutes."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _cifar(name, data_dir, image_size):
     from torchvision import datasets
 
@@ -134,7 +148,8 @@ def _cifar(name, data_dir, image_size):
             ds = cls(data_dir, train=train, download=False)
         except RuntimeError:
             try:
-                ds = cls(data_dir, train=train, download=True)
+                with _download_timeout():
+                    ds = cls(data_dir, train=train, download=True)
             except Exception:
                 raise _missing(name, data_dir,
                                f"{archive} or its extracted {cls.base_folder}/") from None
@@ -155,7 +170,8 @@ def _fashion_mnist(name, data_dir, image_size):
     if folder is None:
         from torchvision import datasets
         try:
-            datasets.FashionMNIST(data_dir, train=True, download=True)
+            with _download_timeout():
+                datasets.FashionMNIST(data_dir, train=True, download=True)
         except Exception:
             raise _missing(name, data_dir, "train-images-idx3-ubyte.gz and the other three "
                            "idx files (apt-get install dataset-fashion-mnist puts them in "

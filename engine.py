@@ -42,8 +42,10 @@ CHECKPOINT_FN = "checkpoint.pt"
 ARGS_FN = "args.json"
 SUMMARY_FN = "summary.json"
 LOCK_FN = ".lock"
-# Flags that do not change the numbers a run produces; they may differ on resume.
+# Flags that do not change the numbers a run produces; they may differ on resume (a run
+# folder may also be moved or renamed).
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
+                   "output_root", "data_dir", "exp_name",
                    # the kNN monitor (knn.py) only observes the encoder; training is unchanged
                    "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
                    "knn_eval_images"}
@@ -356,7 +358,7 @@ class Trainer:
         gathered from all ranks)."""
         sums = None if self.sums is None else \
             {k: distributed.all_reduce_sum(v.clone()) for k, v in sorted(self.sums.items())}
-        rng = distributed.all_gather_object(get_rng_state())
+        rng = distributed.all_gather_state(get_rng_state())
         if self.dist.is_main:
             try:
                 save_checkpoint(self.state(epoch, step, sums, rng), self.run.ckpt_path)
@@ -456,6 +458,7 @@ class Trainer:
                 checked = step + 1
             signum = self._stop_requested((step + 1 - start) % LOG_INTERVAL == 0 or last)
             if signum and not last:
+                self._check_finite(step_losses, checked, step + 1, epoch)  # never save NaNs
                 self.save(epoch, step + 1)
                 raise Interrupted(signum)
             if signum:

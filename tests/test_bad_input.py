@@ -1,0 +1,243 @@
+"""Bad input is refused before anything is written: exit code 2, one line naming the problem
+and the fix, no traceback, and the outputs root exactly as it was.
+
+All cases run in one interpreter (conftest.run_scripts), each as `python script.py ...`.
+"""
+import hashlib
+import os
+import shutil
+import socket
+import threading
+from dataclasses import asdict
+
+import pytest
+import torch
+from conftest import TINY_DATA, TINY_MAE, run_scripts
+
+import data
+from model import MAE_ViT, MAEConfig, ViT_Classifier
+from utils import CHECKPOINT_FORMAT, UsageError, save_checkpoint
+
+MAE, CLF, VIS = "mae_pretrain.py", "train_classifier.py", "visualize_pred.py"
+ENCODER = dict(image_size=16, patch_size=4, emb_dim=32, encoder_layer=2, encoder_head=2)
+SIZE = ["--image_size", str(ENCODER["image_size"])]
+TRAIN = ["--total_epoch", "1", "--warmup_epoch", "0", "--output_root", "{out}", "--exp_name", "e"]
+BASE = {MAE: [*TINY_DATA, *TINY_MAE, *TRAIN], CLF: [*TINY_DATA, *SIZE, *TRAIN],
+        VIS: ["--dataset", "fake", "--device", "cpu", *SIZE, "--max_eval_images", "32",
+              "--save_dir", "{out}/visualize"]}
+RANDOM_BYTES = 4096
+HANG_LIMIT_S = 60  # far above the 1 s download timeout the test sets
+# {name}: placeholders for the files and folders the `inputs` fixture makes.
+CASES = {  # id: (script, extra flags, fragments the error line must contain)
+    "width_not_divisible_by_heads": (MAE, ["--emb_dim", "30", "--encoder_head", "4"],
+                                     ["emb_dim=30 must be divisible by encoder_head=4"]),
+    "image_not_divisible_by_patch": (MAE, ["--image_size", "30", "--patch_size", "4"],
+                                     ["image_size=30 must be divisible by patch_size=4"]),
+    "mask_ratio_one": (MAE, ["--mask_ratio", "1.0"], ["mask_ratio must be in [0, 1)"]),
+    "mask_ratio_negative": (MAE, ["--mask_ratio", "-0.1"], ["mask_ratio must be in [0, 1)"]),
+    "zero_epochs": (MAE, ["--total_epoch", "0"], ["--total_epoch", "positive integer", "'0'"]),
+    "negative_batch": (MAE, ["--batch_size", "-8"], ["--batch_size", "positive integer"]),
+    "zero_image_size": (MAE, ["--image_size", "0"], ["--image_size", "positive integer"]),
+    "zero_width": (MAE, ["--emb_dim", "0"], ["--emb_dim", "positive integer"]),
+    "negative_warmup": (MAE, ["--warmup_epoch", "-1"], ["--warmup_epoch", "non-negative"]),
+    "zero_lr": (MAE, ["--base_learning_rate", "0"], ["--base_learning_rate", "positive"]),
+    "warmup_exceeds_epochs": (MAE, ["--total_epoch", "1", "--warmup_epoch", "2"],
+                              ["--warmup_epoch 2 exceeds --total_epoch 1"]),
+    "unknown_dataset": (MAE, ["--dataset", "imagenet"], ["--dataset", "invalid choice"]),
+    "cifar10_offline": (MAE, ["--dataset", "cifar10", "--data_dir", "{empty}"],
+                        ["cifar10 not found in", "--data_dir"]),
+    "fashion_mnist_offline": (MAE, ["--dataset", "fashion_mnist", "--data_dir", "{empty}"],
+                              ["fashion_mnist not found in", "--data_dir"]),
+    "folder_without_splits": (MAE, ["--dataset", "folder", "--data_dir", "{empty}"],
+                              ["folder dataset needs", "train/<class>/"]),
+    "folder_without_images": (MAE, ["--dataset", "folder", "--data_dir", "{no_images}"],
+                              ["no images found under"]),
+    "folder_one_class": (MAE, ["--dataset", "folder", "--data_dir", "{one_class}"],
+                         ["1 class folder(s)", "at least 2"]),
+    "folder_unreadable_image": (MAE, ["--dataset", "folder", "--data_dir", "{bad_image}"],
+                                ["cannot read image", "x.png", "remove or replace"]),
+    "cuda_without_cuda": (MAE, ["--device", "cuda"], ["no CUDA device", "--device cpu"]),
+    "output_root_under_a_file": (MAE, ["--output_root", "{file}/sub"],
+                                 ["cannot write to {file}/sub", "--output_root"]),
+    "exp_name_with_slash": (MAE, ["--exp_name", "a/b"], ["--exp_name must be a plain folder"]),
+    "ckpt_missing": (CLF, ["--pretrained_model_path", "{ckpt}/missing.pt"],
+                     ["checkpoint not found", "missing.pt"]),
+    "ckpt_empty": (CLF, ["--pretrained_model_path", "{ckpt}/empty.pt"],
+                   ["checkpoint is empty", "empty.pt"]),
+    "ckpt_truncated": (CLF, ["--pretrained_model_path", "{ckpt}/truncated.pt"],
+                       ["truncated or corrupt"]),
+    "ckpt_random_bytes": (CLF, ["--pretrained_model_path", "{ckpt}/random.pt"],
+                          ["truncated or corrupt"]),
+    "ckpt_classifier_not_mae": (CLF, ["--pretrained_model_path", "{ckpt}/classifier.pt"],
+                                ["is a classifier checkpoint", "expected an MAE"]),
+    "ckpt_width_contradicts_flag": (CLF, ["--pretrained_model_path", "{ckpt}/mae.pt",
+                                          "--emb_dim", "64"],
+                                    ["does not match", "--emb_dim 64 (the checkpoint has 32)"]),
+    "ckpt_image_size_contradicts_data": (CLF, ["--pretrained_model_path", "{ckpt}/mae.pt",
+                                               "--image_size", "32"],
+                                         ["does not match", "image_size 32"]),
+    "ckpt_crafted_pickle": (CLF, ["--pretrained_model_path", "{ckpt}/evil.pt"],
+                            ["refusing", "evil.pt", "can run code"]),
+    "classifier_width_not_divisible_by_heads": (CLF, ["--emb_dim", "30", "--encoder_head", "4"],
+                                                ["emb_dim=30 must be divisible by "
+                                                 "encoder_head=4"]),
+    "classifier_zero_layer_decay": (CLF, ["--layer_decay", "0"], ["--layer_decay", "(0, 1]"]),
+    "probe_with_mixup": (CLF, ["--linear_probe", "--mixup", "0.8"], ["drop --mixup"]),
+    "visualize_index_out_of_range": (VIS, ["--pretrained_ckpt", "{ckpt}/classifier.pt",
+                                           "--scratch_ckpt", "{ckpt}/classifier.pt",
+                                           "--indices", "0", "32"],
+                                     ["--indices 32 out of range", "0 to 31"]),
+    "visualize_mae_not_classifier": (VIS, ["--pretrained_ckpt", "{ckpt}/mae.pt",
+                                           "--scratch_ckpt", "{ckpt}/classifier.pt"],
+                                     ["mae.pt is a mae checkpoint", "expected a classifier"]),
+}
+ARGPARSE_CASES = {"zero_epochs", "negative_batch", "zero_image_size", "zero_width",
+                  "negative_warmup", "zero_lr", "unknown_dataset"}
+
+
+class CreatesFileWhenUnpickled:
+    """A crafted pickle: loading it with plain pickle would create `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def make_checkpoints(folder):
+    """Real MAE and classifier checkpoints, and broken or hostile ones."""
+    os.makedirs(folder)
+    cfg = MAEConfig(**ENCODER, decoder_dim=32, decoder_layer=1)
+    mae = {"format": CHECKPOINT_FORMAT, "kind": "mae", "config": asdict(cfg),
+           "model": MAE_ViT.from_config(cfg).state_dict()}
+    save_checkpoint(mae, os.path.join(folder, "mae.pt"))
+    clf = ViT_Classifier.from_mae(cfg, MAE_ViT.from_config(cfg).encoder.state_dict())
+    fake = data.load_dataset("fake", image_size=ENCODER["image_size"], max_train=1, max_eval=1)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "classifier",
+                     "config": asdict(clf.config), "model": clf.state_dict(),
+                     "classes": fake.classes, "norm_mean": fake.mean, "norm_std": fake.std},
+                    os.path.join(folder, "classifier.pt"))
+    with open(os.path.join(folder, "mae.pt"), "rb") as f:
+        blob = f.read()
+    files = {"empty.pt": b"", "truncated.pt": blob[:len(blob) // 2],
+             "random.pt": os.urandom(RANDOM_BYTES)}
+    for name, content in files.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(content)
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": "mae",
+                "model": CreatesFileWhenUnpickled(os.path.join(folder, "PWNED"))},
+               os.path.join(folder, "evil.pt"))
+
+
+def make_image_folders(root):
+    """Folder datasets that are wrong in one way each."""
+    png = os.path.join(root, "ok.png")
+    torch.manual_seed(0)
+    from torchvision.utils import save_image
+    save_image(torch.rand(3, 8, 8), png)
+    layouts = {  # dataset -> {relative file: source (None: random bytes)}; '' = empty folder
+        "no_images": {"train/a/": "", "train/b/": "", "test/a/": "", "test/b/": ""},
+        "one_class": {"train/a/i.png": png, "test/a/i.png": png},
+        "bad_image": {"train/a/x.png": None, "train/b/i.png": png, "test/a/i.png": png,
+                      "test/b/i.png": png},
+    }
+    for name, files in layouts.items():
+        for rel, src in files.items():
+            path = os.path.join(root, name, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if rel.endswith("/"):
+                continue
+            if src is None:
+                with open(path, "wb") as f:
+                    f.write(os.urandom(RANDOM_BYTES))
+            else:
+                shutil.copy(src, path)
+
+
+def tree(root):
+    """{relative path: sha256} of every file and folder under root."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(folder, d), root) + "/"] = ""
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                out[os.path.relpath(os.path.join(folder, name), root)] = \
+                    hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    paths = {k: str(root / k) for k in ("empty", "ckpt", "out", "file")}
+    os.makedirs(paths["empty"])
+    make_checkpoints(paths["ckpt"])
+    make_image_folders(str(root))
+    paths.update({k: str(root / k) for k in ("no_images", "one_class", "bad_image")})
+    os.makedirs(os.path.join(paths["out"], "other", "mae-pretrain"))
+    with open(os.path.join(paths["out"], "other", "mae-pretrain", "args.json"), "w") as f:
+        f.write("{}\n")
+    with open(paths["file"], "w") as f:
+        f.write("a regular file, not a folder\n")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def results(inputs):
+    """Every case run once; the outputs root before and after all of them."""
+    before = tree(inputs["out"]), tree(inputs["file"])
+    commands = [[script, *[a.format(**inputs) for a in BASE[script] + extra]]
+                for script, extra, _ in CASES.values()]
+    done = dict(zip(CASES, run_scripts(commands)))
+    return done, before, (tree(inputs["out"]), tree(inputs["file"]))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refused_with_one_clear_line(results, inputs, case):
+    proc = results[0][case]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if case in ARGPARSE_CASES:  # argparse: the usage, then one error line
+        assert lines[0].startswith("usage:") and ": error: argument " in lines[-1]
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in CASES[case][2]:
+        assert fragment.format(**inputs) in lines[-1]
+
+
+def test_nothing_written_under_the_outputs_root(results):
+    _, before, after = results
+    assert after == before
+
+
+def test_crafted_pickle_never_runs(results, inputs):
+    assert results[0]["ckpt_crafted_pickle"].returncode == 2
+    assert not os.path.exists(os.path.join(inputs["ckpt"], "PWNED"))
+
+
+def test_download_from_a_silent_server_times_out(tmp_path, monkeypatch):
+    """A server that accepts the connection and never answers (a blocked network) must not
+    hang the run: the download times out and the error names the missing files."""
+    from torchvision import datasets
+
+    server = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody replies
+    monkeypatch.setattr(datasets.CIFAR10, "url",
+                        f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 1)
+    errors = []
+
+    def load():
+        try:
+            data.load_dataset("cifar10", str(tmp_path))
+        except UsageError as e:
+            errors.append(str(e))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(HANG_LIMIT_S)
+    server.close()
+    assert not worker.is_alive(), "the download hangs on a silent server"
+    assert len(errors) == 1 and "cifar10 not found in" in errors[0]
