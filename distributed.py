@@ -1,4 +1,5 @@
 """torchrun / DistributedDataParallel plumbing; a plain `python script.py` is one process."""
+import io
 import os
 from dataclasses import dataclass
 
@@ -43,7 +44,8 @@ def setup(device_name):
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    cuda = dev.type == "cuda"
+    dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=dev if cuda else None)
     return DistInfo(dist.get_rank(), world, local_rank, dev)
 
 
@@ -75,3 +77,21 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_state(state):
+    """[state of rank 0, state of rank 1, ...] for containers of numbers and tensors; [state]
+    for one process. Sent as torch.save bytes: pickle fails on uint32 tensors (NumPy's RNG)."""
+    if not dist.is_initialized():
+        return [state]
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, buf.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
+
+
+def barrier():
+    """Wait until every rank gets here (no-op for one process)."""
+    if dist.is_initialized():
+        dist.barrier()

@@ -355,7 +355,8 @@ class Trainer:
 
     def save(self, epoch, step):
         """Rank 0 writes the checkpoint; every rank calls this (sums and RNG states are
-        gathered from all ranks)."""
+        gathered from all ranks) and returns once the file is written, so that no rank stops
+        before it is there."""
         sums = None if self.sums is None else \
             {k: distributed.all_reduce_sum(v.clone()) for k, v in sorted(self.sums.items())}
         rng = distributed.all_gather_state(get_rng_state())
@@ -365,6 +366,7 @@ class Trainer:
             except OSError as e:
                 raise UsageError(f"cannot write checkpoint {self.run.ckpt_path}: "
                                  f"{e.strerror or e}") from None
+        distributed.barrier()
 
     def resume(self):
         """Restore the last checkpoint; returns it (or None for a new run)."""
@@ -403,8 +405,8 @@ class Trainer:
             signal.signal(s, self._on_signal)
 
     def _stop_requested(self, at_interval):
-        """The signal any rank received, or 0. Under DDP ranks agree at log intervals only
-        (one small all-reduce), so every rank stops after the same step."""
+        """The signal any rank received, or 0. Under DDP ranks agree at log intervals and
+        epoch ends only (one small all-reduce), so every rank stops after the same step."""
         flag = self.stop_signal or 0
         if self.dist.world == 1:
             return flag
@@ -418,7 +420,8 @@ class Trainer:
         """Train from the resume point to total_epoch; on_epoch_end(epoch, stats) logs.
 
         The checkpoint is written every save_freq epochs and after the last one; a signal
-        received during an epoch saves at the next step boundary and raises Interrupted.
+        received during an epoch saves at the next step boundary (under DDP: the next log
+        interval or the epoch end, where the ranks agree) and raises Interrupted.
         """
         self.install_signal_handlers()
         for epoch in range(self.start_epoch, self.args.total_epoch):
@@ -456,13 +459,12 @@ class Trainer:
                 self._check_finite(step_losses, checked, step + 1, epoch)
                 bar.set_postfix(loss=f"{step_losses[step].item():.4f}")
                 checked = step + 1
-            signum = self._stop_requested((step + 1 - start) % LOG_INTERVAL == 0 or last)
-            if signum and not last:
+            # after the last step fit() asks, once the epoch is evaluated
+            signum = 0 if last else self._stop_requested((step + 1 - start) % LOG_INTERVAL == 0)
+            if signum:
                 self._check_finite(step_losses, checked, step + 1, epoch)  # never save NaNs
                 self.save(epoch, step + 1)
                 raise Interrupted(signum)
-            if signum:
-                self.stop_signal = signum
         bar.close()
         totals = {k: distributed.all_reduce_sum(v.clone()) for k, v in sums.items()}
         count = totals.pop("n").item()
