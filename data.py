@@ -19,6 +19,7 @@ from utils import UsageError
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder", "fake")
 AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")
+UINT8_AUGMENTS = ("flip", "crop_flip")  # run on the uint8 batch, before normalisation
 CROP_PAD = 4  # pixels of zero padding for crop_flip (the classic CIFAR recipe)
 RRC_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pretraining
 RRC_RATIO = (3 / 4, 4 / 3)
@@ -283,7 +284,8 @@ def _fake(name, data_dir, image_size):
 
 # --------------------------------------------------------------------------- augmentation
 def augment_batch(x, augment):
-    """Batched augmentation of float images in [0, 1]: (B, C, H, W) -> same shape and range."""
+    """Batched augmentation: (B, C, H, W) -> same shape and range (flips and crops also on
+    uint8; rrc_flip needs floats)."""
     if augment == "crop_flip":
         x = random_crop(x, CROP_PAD)
     elif augment == "rrc_flip":
@@ -344,6 +346,8 @@ class DeviceLoader:
         if mean is not None:
             self.mean = mean.to(split.images.device)[None, :, None, None]  # (1, C, 1, 1)
             self.std = std.to(split.images.device)[None, :, None, None]
+            self.scale = 1.0 / (255 * self.std)  # uint8 -> normalised in one multiply-add
+            self.shift = self.mean / self.std
         self.num_images = len(split) - (len(split) % batch_size) % world
 
     def __len__(self):
@@ -371,11 +375,16 @@ class DeviceLoader:
     def batch(self, idx):
         """uint8 images -> augmented, normalised floats; float splits (cached features) pass
         through unchanged."""
-        if self.split.images.is_floating_point():
-            return self.split.images[idx], self.split.labels[idx]
-        x = self.split.images[idx].float().div_(255)
-        x = augment_batch(x, self.augment)
-        return (x - self.mean) / self.std, self.split.labels[idx]
+        labels = self.split.labels.index_select(0, idx)
+        x = self.split.images.index_select(0, idx)
+        if x.is_floating_point():
+            return x, labels
+        if self.augment in UINT8_AUGMENTS:  # exact on integers, and a quarter of the bytes
+            x = augment_batch(x, self.augment)
+        x = x.float().mul_(self.scale).sub_(self.shift)
+        if self.augment not in UINT8_AUGMENTS:  # interpolation commutes with the normalisation
+            x = augment_batch(x, self.augment)
+        return x, labels
 
     def denormalize(self, x):
         return (x * self.std + self.mean).clamp(0, 1)
