@@ -228,9 +228,21 @@ class RunFolder:
                              f"to finish or stop it (then delete {lock} if it persists)")
 
     def _take_lock(self):
-        self._check_lock()
-        atomic_write_text(self.file(LOCK_FN), f"{os.getpid()}\n")
-        self.locked = True
+        """Create the lock exclusively (O_EXCL), so two runs starting at once cannot both
+        hold it; a lock whose owner is gone is removed and taken."""
+        lock = self.file(LOCK_FN)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._check_lock()  # raises while a live process holds it
+                os.remove(lock)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.locked = True
+            return
+        raise UsageError(f"could not take the lock {lock}: another run is starting there")
 
     def release(self):
         if self.locked and os.path.exists(self.file(LOCK_FN)):

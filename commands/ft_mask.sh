@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Ablation of the mask ratio: fine-tuning of each MAE of mae_pretrain_mask.sh and of the
+# default (0.75: main_exp_150_50), SHORT_CLS_EPOCHS (50) epochs -> <exp>/pretrain-cls/.
+# Settings: environment variables of commands/common.sh. Extra arguments go to the Python
+# script and override the flags here: bash commands/ft_mask.sh --device cpu
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source commands/common.sh
+
+for_ablation mask finetune "${SHORT_CLS[@]}" "$@"
