@@ -8,7 +8,8 @@
 --recipe seed (default) keeps the seed's recipe: AdamW, lr = base lr x batch / 256, warmup +
 cosine, no augmentation or regularisation. --recipe paper switches to the MAE paper's
 fine-tuning recipe (layer decay 0.75, drop path 0.1, label smoothing 0.1, mixup 0.8, cutmix 1.0,
-random resized crop + flip). Any flag given explicitly overrides its recipe value.
+random resized crop + flip); for a linear probe it means base lr 0.1 and no weight decay.
+Any flag given explicitly overrides its recipe value.
 """
 import argparse
 import os
@@ -39,9 +40,12 @@ RECIPES = {
                   smoothing=0.1, mixup=0.8, cutmix=1.0, augment="rrc_flip"),
 }
 # A linear probe trains one BN + linear layer on frozen features: no mixing or regularisation.
+# The paper probes with base lr 0.1 and no weight decay (LARS; here AdamW). At the seed's 1e-3
+# the head is under-trained: on the Fashion-MNIST CPU study the MAE probe reached 66.7% test
+# accuracy at base lr 1e-3, 72.5% at 1e-2 and 74.2% at 0.1 (50 epochs, 5,000 labels).
 PROBE_RECIPES = {
     "seed": dict(RECIPES["seed"]),
-    "paper": dict(RECIPES["seed"], weight_decay=0.0),
+    "paper": dict(RECIPES["seed"], base_learning_rate=0.1, weight_decay=0.0),
 }
 PROBE_FIXED = dict(layer_decay=1.0, drop_path=0.0, smoothing=0.0, mixup=0.0, cutmix=0.0)
 VIT_TINY = dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, pos_embed="learned")

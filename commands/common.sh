@@ -36,12 +36,15 @@ CLS_WARMUP=${CLS_WARMUP:-5}
 CLS_RECIPE=${CLS_RECIPE:-seed}                       # seed | paper (see train_classifier.py -h)
 LIN_EPOCHS=${LIN_EPOCHS:-90}                         # the paper's linear probe: 90 epochs,
 LIN_WARMUP=${LIN_WARMUP:-10}                         # 10 of them warmup
+LIN_RECIPE=${LIN_RECIPE:-paper}                      # base lr 0.1, no weight decay: at the
+                                                     # seed's 1e-3 the head is under-trained
 
 MAIN_PRETRAIN=(--total_epoch "$MAIN_PRETRAIN_EPOCHS" --warmup_epoch "$MAIN_PRETRAIN_WARMUP")
 SHORT_PRETRAIN=(--total_epoch "$SHORT_PRETRAIN_EPOCHS" --warmup_epoch "$SHORT_PRETRAIN_WARMUP")
 MAIN_CLS=(--total_epoch "$MAIN_CLS_EPOCHS" --warmup_epoch "$CLS_WARMUP" --recipe "$CLS_RECIPE")
 SHORT_CLS=(--total_epoch "$SHORT_CLS_EPOCHS" --warmup_epoch "$CLS_WARMUP" --recipe "$CLS_RECIPE")
-LIN=(--linear_probe --total_epoch "$LIN_EPOCHS" --warmup_epoch "$LIN_WARMUP")
+LIN=(--linear_probe --total_epoch "$LIN_EPOCHS" --warmup_epoch "$LIN_WARMUP"
+     --recipe "$LIN_RECIPE")
 
 # One ablation per name: the mae_pretrain.py flag it varies, the prefix of its values in the
 # experiment names (ablation_depth_d1, ablation_width_w64, ablation_mask_r0.5) and its values.
