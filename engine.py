@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
-from data import AUGMENTS, DATASETS
+from data import AUGMENTS, DATASETS, load_dataset
 from utils import (
     CHECKPOINT_FORMAT,
     CSVLogger,
@@ -272,6 +272,26 @@ def print_args(args):
     print(f"git commit: {git_commit() or 'unknown'}")
     for k, v in sorted(vars(args).items()):
         print(f"  {k}: {v}")
+
+
+def start_stage(args, stage):
+    """(dist, run folder, status) of a stage; says so when the run is already finished."""
+    dist = distributed.setup(args.device)
+    run = RunFolder(os.path.join(args.output_root, args.exp_name, stage), args, dist.is_main)
+    status = run.status()
+    if status == "finished" and dist.is_main:
+        print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
+    return dist, run, status
+
+
+def load_stage_data(args, dist, val_split=0):
+    """The stage's dataset on its device; rank 0 prints the arguments and what was loaded."""
+    data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
+                        args.max_eval_images, val_split, device=dist.device)
+    if dist.is_main:
+        print_args(args)
+        print(f"loaded {data.describe()}")
+    return data
 
 
 # --------------------------------------------------------------------------- runtime

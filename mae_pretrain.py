@@ -15,10 +15,9 @@ from dataclasses import asdict
 import torch
 from torchvision.utils import make_grid, save_image
 
-import distributed
 import engine
 import knn
-from data import SPLIT_SEED, DeviceLoader, image_shape, load_dataset
+from data import SPLIT_SEED, DeviceLoader, image_shape
 from model import MAE_ViT, MAEConfig
 from utils import CHECKPOINT_FORMAT, atomic_write, run_cli, save_checkpoint, seed_everything
 
@@ -147,19 +146,10 @@ def save_grid(grid, path):
 def main(args):
     engine.validate_common(args)
     cfg = model_config(args)
-    dist = distributed.setup(args.device)
-    run = engine.RunFolder(os.path.join(args.output_root, args.exp_name, STAGE), args,
-                           dist.is_main)
-    status = run.status()
+    dist, run, status = engine.start_stage(args, STAGE)
     if status == "finished":
-        if dist.is_main:
-            print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
         return
-    data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
-                        args.max_eval_images, device=dist.device)
-    if dist.is_main:
-        engine.print_args(args)
-        print(f"loaded {data.describe()}")
+    data = engine.load_stage_data(args, dist)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks
     engine.configure_backends(dist.device)
     model = MAE_ViT.from_config(cfg).to(dist.device)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import distributed
 import engine
-from data import DeviceLoader, Split, image_shape, load_dataset
+from data import DeviceLoader, Split, image_shape
 from model import ENCODER_FIELDS, ClassifierConfig, MAEConfig, ViT_Classifier, config_from_dict
 from utils import (
     CHECKPOINT_FORMAT,
@@ -231,22 +231,13 @@ def extract_features(model, split, batch_size, norm, autocast):
 def main(args):
     resolve_recipe(args)
     engine.validate_common(args)
-    folder, model_fn, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]
-    dist = distributed.setup(args.device)
-    run = engine.RunFolder(os.path.join(args.output_root, args.exp_name, folder), args,
-                           dist.is_main)
-    status = run.status()
+    folder, _, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]
+    dist, run, status = engine.start_stage(args, folder)
     if status == "finished":
-        if dist.is_main:
-            print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
         return
-    data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
-                        args.max_eval_images, args.val_split, device=dist.device)
+    data = engine.load_stage_data(args, dist, args.val_split)
     seed_everything(args.seed)  # same random encoder on every rank and in every run
     model = build_model(args, data.num_classes, dist.device)
-    if dist.is_main:
-        engine.print_args(args)
-        print(f"loaded {data.describe()}")
     seed_everything(args.seed + dist.rank)
     engine.configure_backends(dist.device)
     cache = args.linear_probe and args.augment == "none" and not args.no_feature_cache
