@@ -13,10 +13,8 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +23,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from fileio import atomic_write_bytes, atomic_write_text
 
 PRETRAIN = "mae-pretrain"
 CLS_STAGES = {  # stage folder -> row label in the main table
@@ -73,7 +73,6 @@ PERCENT = 100.0
 ACC_DIGITS = 2
 LOSS_DIGITS = 4
 MINUTE_DIGITS = 1
-FILE_MODE = 0o644
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
 LEGEND_FONT_SIZE = "small"
@@ -492,9 +491,11 @@ def main_tables(runs: list[Run], ablation_base: str | None = None) -> list[Table
 
 
 def build_tables(runs: list[Run], ablation_base: str | None = None) -> list[Table]:
-    """All tables of the report, in order."""
-    return [pretrain_table(runs), *main_tables(runs, ablation_base),
-            *(ablation_table(runs, key, ablation_base) for key in ABLATION_DEFAULTS)]
+    """All tables of the report, in order; ablation tables only where an experiment with the
+    default decoder and mask settings exists (a study without ablations gets none)."""
+    base = ablation_base or find_ablation_base(runs)
+    ablations = [ablation_table(runs, key, base) for key in ABLATION_DEFAULTS] if base else []
+    return [pretrain_table(runs), *main_tables(runs, ablation_base), *ablations]
 
 
 def to_markdown(table: Table) -> str:
@@ -636,24 +637,11 @@ def build_figures(runs: list[Run], tables: list[Table],
 # ----------------------------------------------------------------------------- writing
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write data to a temporary file next to path, then rename it over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_figure(fig: Figure, path: Path) -> None:
     """Render fig to PNG and write it atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIG_DPI)
-    atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def copy_reconstructions(runs: list[Run], out: Path) -> list[tuple[str, str]]:
@@ -661,7 +649,7 @@ def copy_reconstructions(runs: list[Run], out: Path) -> list[tuple[str, str]]:
     copied = []
     for exp, path in latest_reconstructions(runs):
         name = f"reconstruction_{exp}.png"
-        atomic_write(out / name, path.read_bytes())
+        atomic_write_bytes(out / name, path.read_bytes())
         copied.append((f"`{exp}`, {path.parent.name}", name))
     return copied
 
@@ -695,10 +683,10 @@ def write_report(root, out=None, ablation_base: str | None = None,
         save_figure(fig, out / name)
     images = [(name.removesuffix(".png").replace("_", " "), name) for name in figures]
     images += copy_reconstructions(runs, out)
-    atomic_write(out / "results.csv", to_csv(tables).encode())
+    atomic_write_text(out / "results.csv", to_csv(tables))
     command = f"python report.py --outputs_root {root} --out {out} --stale_hours {stale_hours}"
     command += f" --ablation_base {ablation_base}" if ablation_base else ""
-    atomic_write(out / "results.md", render_markdown(command, tables, images).encode())
+    atomic_write_text(out / "results.md", render_markdown(command, tables, images))
     return out / "results.md"
 
 

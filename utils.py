@@ -6,11 +6,18 @@ import os
 import pickle
 import random
 import sys
-import tempfile
 import zipfile
 
 import numpy as np
 import torch
+
+from fileio import (  # noqa: F401  (re-exported: the scripts import them from here)
+    TEMP_PREFIX,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_temp_files,
+)
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
 
@@ -65,47 +72,12 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-# --------------------------------------------------------------------------- atomic files
-TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files; a writer killed mid-write leaves one
-
-
-def atomic_write(path, write_fn, mode="wb"):
-    """Write through write_fn(fileobj) into a temporary file, then os.replace it onto path.
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix="-" + os.path.basename(path),
-                               dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def remove_temp_files(folder):
-    """Delete the temporary files killed writers left under folder (hold its lock first)."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.startswith(TEMP_PREFIX):
-                os.remove(os.path.join(root, name))
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text), mode="w")
-
-
+# --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(obj, path):
     """torch.save through a temporary file; obj holds only containers, numbers and tensors."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def load_checkpoint(path, kind=None, map_location="cpu"):

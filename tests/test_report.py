@@ -261,7 +261,7 @@ def test_figures_are_png_and_reconstruction_is_copied(tree, written):
 
 def test_empty_root_and_cli_default_out(tmp_path):
     empty = report.write_report(tmp_path / "absent", tmp_path / "out").read_text()
-    assert "(no runs)" in empty and "| 4 | — | — (missing) | — (missing) |" in empty
+    assert "(no runs)" in empty and "Ablation" not in empty  # no default run, no ablation
     args = report.get_args_parser().parse_args(["--outputs_root", str(tmp_path / "absent")])
     report.main(args)
     assert (tmp_path / "absent" / "report" / "results.md").is_file()

@@ -1,0 +1,49 @@
+"""Atomic file writes: a crash leaves the old file or the new one, never half of one.
+
+Imports no torch, so report.py stays light.
+"""
+import os
+import tempfile
+
+TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files; a writer killed mid-write leaves one
+
+
+def _file_mode():
+    """0o666 minus the umask: what open() would give (mkstemp alone gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path, write_fn, mode="wb"):
+    """Write through write_fn(fileobj) into a temporary file, then os.replace it onto path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix="-" + os.path.basename(path),
+                               dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def atomic_write_bytes(path, data):
+    atomic_write(path, lambda f: f.write(data))
+
+
+def remove_temp_files(folder):
+    """Delete the temporary files killed writers left under folder (hold its lock first)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                os.remove(os.path.join(root, name))
