@@ -61,8 +61,7 @@ for seed in $SEEDS; do
 done
 
 mkdir -p "$RESULTS"
-visualize "$MAE_EXP" --use_first_n --n 12
-cp "$OUTPUT_ROOT/$MAE_EXP/visualize/"*.png "$RESULTS/"
+visualize "$MAE_EXP" --use_first_n --n 12 --save_dir "$RESULTS"
 report "$RESULTS"
 {
     echo "# Environment of this study"
@@ -73,6 +72,12 @@ report "$RESULTS"
          "VAL_SPLIT=$VAL_SPLIT EVAL_IMAGES=$EVAL_IMAGES)"
     echo "- finished: $(date -u '+%Y-%m-%d %H:%M UTC'); wall time of this invocation:" \
          "$(( ($(date -u +%s) - started) / 60 )) min (a rerun that skips finished stages is short)"
+    python -c 'import glob, json, sys
+runs = glob.glob(sys.argv[1] + "/*/*/summary.json")
+total = sum(json.load(open(p))["wall_seconds"] for p in runs)
+print(f"- training time summed over the wall_seconds of {len(runs)} summary.json files"
+      f" (training epochs only, without evaluation and start-up): {total / 60:.0f} min")' \
+        "$OUTPUT_ROOT"
     echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
          "$(free -g | awk '/Mem:/ {print $2}') GiB"
     echo "- git commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"

@@ -27,7 +27,7 @@ TINY_DATA = ["--dataset", "fake", "--device", "cpu", "--image_size", "16", "--ba
 # part, or the encoder of its --pretrained_model_path).
 TINY_ENCODER = ["--emb_dim", "32", "--encoder_layer", "2", "--encoder_head", "2"]
 TINY_MAE = TINY_ENCODER + ["--decoder_layer", "1", "--decoder_dim", "32"]
-SCRIPT_TIMEOUT_S = 300
+SCRIPT_TIMEOUT_S = 900
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the CPUs are shared
 
 
