@@ -257,8 +257,8 @@ class Stage:
         self.norm = (data.mean, data.std)
         self.autocast = engine.autocast_context(engine.amp_dtype(args.amp, dist.device),
                                                 dist.device)
-        self.splits = {"val": data.val if data.val is not None else data.test,
-                       "test": data.test}
+        # evaluated every epoch; without --val_split the test split also selects the best epoch
+        self.splits = {"test": data.test, **({"val": data.val} if data.val is not None else {})}
         module, train_split = model, data.train
         if cache:  # features once; then only the head trains and is evaluated
             module = model.head
@@ -304,6 +304,8 @@ class Stage:
             loss, acc = evaluate(self.eval_model, split, self.eval_bs, self.norm, self.autocast,
                                  self.dist)
             row[f"{name}_loss"], row[f"{name}_acc"] = loss, acc
+        if "val" not in self.splits:  # the same numbers, not a second pass over the test split
+            row["val_loss"], row["val_acc"] = row["test_loss"], row["test_acc"]
         row["epoch_seconds"], row["images_per_s"] = stats["seconds"], stats["images_per_s"]
         if row["val_acc"] > self.best["val_acc"]:
             self.best = {"val_acc": row["val_acc"], "epoch": epoch, "test_acc": row["test_acc"]}
