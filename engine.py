@@ -489,7 +489,9 @@ class Trainer:
             last = step == n - 1
             if (step + 1 - start) % LOG_INTERVAL == 0 or last:
                 self._check_finite(step_losses, checked, step + 1, epoch)
-                bar.set_postfix(loss=f"{step_losses[step].item():.4f}")
+                seen = (step + 1 - start) * self.loader.batch_size
+                bar.set_postfix(loss=f"{step_losses[step].item():.4f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
                 checked = step + 1
             # after the last step fit() asks, once the epoch is evaluated
             signum = 0 if last else self._stop_requested((step + 1 - start) % LOG_INTERVAL == 0)
