@@ -385,6 +385,3 @@ class DeviceLoader:
         if self.augment not in UINT8_AUGMENTS:  # interpolation commutes with the normalisation
             x = augment_batch(x, self.augment)
         return x, labels
-
-    def denormalize(self, x):
-        return (x * self.std + self.mean).clamp(0, 1)

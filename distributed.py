@@ -70,15 +70,6 @@ def all_gather_cat(t):
     return torch.cat(out)
 
 
-def broadcast_object(obj):
-    """Rank 0's Python object on every rank."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def all_gather_state(state):
     """[state of rank 0, state of rank 1, ...] for containers of numbers and tensors; [state]
     for one process. Sent as torch.save bytes: pickle fails on uint32 tensors (NumPy's RNG)."""

@@ -20,16 +20,15 @@ from tqdm import tqdm
 
 import distributed
 from data import AUGMENTS, DATASETS, load_dataset
+from fileio import atomic_write_text, remove_temp_files
 from utils import (
     CHECKPOINT_FORMAT,
     CSVLogger,
     UsageError,
-    atomic_write_text,
     cosine_lr,
     get_rng_state,
     load_checkpoint,
     param_groups,
-    remove_temp_files,
     save_checkpoint,
     set_lr,
     set_rng_state,
@@ -543,7 +542,7 @@ def _count_before(start, n, loader):
     return min(start * loader.batch_size, loader.num_images)
 
 
-def run_stage(main_fn, args, run):
+def run_stage(main_fn, run):
     """Run a stage; turn interrupts and non-finite losses into one line and an exit code."""
     try:
         main_fn()

@@ -18,8 +18,9 @@ from torchvision.utils import make_grid, save_image
 import engine
 import knn
 from data import SPLIT_SEED, DeviceLoader, image_shape
+from fileio import atomic_write
 from model import MAE_ViT, MAEConfig
-from utils import CHECKPOINT_FORMAT, atomic_write, run_cli, save_checkpoint, seed_everything
+from utils import CHECKPOINT_FORMAT, run_cli, save_checkpoint, seed_everything
 
 STAGE = "mae-pretrain"
 CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
@@ -89,14 +90,13 @@ class Evaluator:
 
     def __init__(self, model, data, args, trainer):
         n = min(args.eval_images, len(data.test))
-        self.images = DeviceLoader(data.test, n, data.mean, data.std, shuffle=False).batch(
-            torch.arange(n, device=data.test.images.device))[0]  # (n, C, H, W) normalised
+        loader = DeviceLoader(data.test, n, data.mean, data.std, shuffle=False)
+        self.images = loader.batch(torch.arange(n, device=data.test.images.device))[0]
         g = torch.Generator().manual_seed(SPLIT_SEED)
         num_patches = model.encoder.patch_embed.num_patches
-        self.noise = torch.rand(n, num_patches, generator=g).to(self.images.device)
+        self.noise = torch.rand(n, num_patches, generator=g).to(self.images.device)  # (n, L)
         self.model, self.trainer, self.args = model, trainer, args
-        self.mean = data.mean.to(self.images.device)[None, :, None, None]
-        self.std = data.std.to(self.images.device)[None, :, None, None]
+        self.mean, self.std = loader.mean, loader.std  # (1, C, 1, 1) on the device
 
     @torch.inference_mode()
     def loss(self):
@@ -158,7 +158,7 @@ def main(args):
     run.open(fresh=status == "new")
     trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae", asdict(cfg),
                              betas=engine.ADAMW_BETAS_PRETRAIN)
-    engine.run_stage(lambda: train(args, dist, model, data, trainer, run), args, run)
+    engine.run_stage(lambda: train(args, dist, model, data, trainer, run), run)
 
 
 def pretrain_step(model, x, y):

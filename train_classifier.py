@@ -243,7 +243,7 @@ def main(args):
     cache = args.linear_probe and args.augment == "none" and not args.no_feature_cache
     run.open(fresh=status == "new")
     stage = Stage(args, dist, model, data, run, mode, cache)
-    engine.run_stage(stage.train, args, run)
+    engine.run_stage(stage.train, run)
 
 
 class Stage:

@@ -11,13 +11,7 @@ import zipfile
 import numpy as np
 import torch
 
-from fileio import (  # noqa: F401  (re-exported: the scripts import them from here)
-    TEMP_PREFIX,
-    atomic_write,
-    atomic_write_bytes,
-    atomic_write_text,
-    remove_temp_files,
-)
+from fileio import atomic_write_bytes, atomic_write_text
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
 

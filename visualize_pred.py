@@ -23,10 +23,11 @@ from matplotlib.figure import Figure
 import engine
 from data import DeviceLoader, load_dataset
 from distributed import resolve_device
+from fileio import atomic_write
 from mae_pretrain import reconstruction_grid
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
 from train_classifier import MODES
-from utils import UsageError, atomic_write, load_checkpoint, run_cli
+from utils import UsageError, load_checkpoint, run_cli
 
 DEFAULT_RUNS = os.path.join("outputs", "main_exp")  # the stages' default output_root/exp_name
 MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # --<name>_ckpt, in figure order
