@@ -344,6 +344,7 @@ class Trainer:
         self.state_module = state_module or module
         self.dtype = amp_dtype(args.amp, dist.device)
         self.autocast = autocast_context(self.dtype, dist.device)
+        self.compiled = args.compile
         model = torch.compile(module) if args.compile else module
         if dist.world > 1:
             model = DistributedDataParallel(
@@ -514,6 +515,8 @@ class Trainer:
         chunks = [(cx, cy) for cx, cy in chunks if cx.shape[0] > 0]
         step_loss = torch.zeros((), device=x.device)
         for i, (cx, cy) in enumerate(chunks):
+            if self.compiled:
+                mark_batch_dynamic(cx)
             sync = i == len(chunks) - 1 or not isinstance(self.model, DistributedDataParallel)
             with (nullcontext() if sync else self.model.no_sync()), self.autocast():
                 loss, batch_sums = self.step_fn(self.model, cx, cy)
@@ -535,6 +538,14 @@ class Trainer:
         if flag.item() > 0:
             first = lo + int(bad.nonzero()[0]) if bad.any() else lo
             raise NonFiniteLoss(f"loss is not finite at epoch {epoch}, step {first}")
+
+
+def mark_batch_dynamic(x):
+    """Compile the model for any micro-batch size, once: tensor_split gives micro-batches of
+    unequal sizes, and an epoch's last batch is smaller. Without this, Dynamo compiles one
+    graph for the first size and a second, dynamic one at the first other size; marking the
+    batch dimension up front makes the first graph the dynamic one (no padding: exact)."""
+    torch._dynamo.maybe_mark_dynamic(x, 0)
 
 
 def _count_before(start, n, loader):
