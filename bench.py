@@ -2,7 +2,7 @@
 
     python bench.py --preset tiny --device cpu               # a couple of minutes on a CPU
     python bench.py --compile --out bench.json               # ViT-T/2 MAE, batch 4096, on a GPU
-    bash scripts/gpu_bench.sh                                # the main GPU configurations
+    bash scripts/gpu_check.sh                                # the prepared GPU check
 
 Each phase times the project's code ("fast") and a seed-style reference ("seed") on the same
 images and configuration, interleaving their steps so that background load hits both alike;
@@ -22,7 +22,9 @@ every figure is the median of the timed steps after warm-up, and each speed-up i
 
 Both paths take optimizer steps of --batch_size images, accumulating gradients over
 micro-batches of at most --max_device_batch_size (fast) and --seed_max_device_batch_size (seed)
-images, as the stages and the seed do. See BENCHMARKS.md for measured tables.
+images, as the stages and the seed do. With --compile --with_eager the pretrain and finetune
+phases also time the fast path uncompiled ("eager") in the same interleaved run, and report
+compiled / eager. See BENCHMARKS.md for measured tables.
 """
 import argparse
 import datetime
@@ -105,6 +107,9 @@ def get_args_parser():
                    help="autocast of the fast path (auto: bf16 on CUDA, off on CPU); the seed "
                         "path is always fp32")
     g.add_argument("--compile", action="store_true", help="torch.compile the fast path's model")
+    g.add_argument("--with_eager", action="store_true",
+                   help="with --compile: also time the fast path uncompiled ('eager'), "
+                        "interleaved in the same run (pretrain and finetune phases)")
     g.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
                    help="what to measure")
     g.add_argument("--threads", type=engine.positive_int, default=None,
@@ -123,6 +128,8 @@ def get_args_parser():
 
 def resolve_preset(args):
     """Fill unset flags from the preset; check the batch splits into micro-batches."""
+    if args.with_eager and not args.compile:
+        raise UsageError("--with_eager compares with the compiled fast path: add --compile")
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -321,6 +328,17 @@ class Bench:
                         compile=self.args.compile, dataset=self.args.dataset, **extra)
         return ns
 
+    def trainers(self, ns, make_module, split, step_fn, **kwargs):
+        """{'fast': the stage's Trainer} and, with --compile --with_eager, {'eager': the
+        same uncompiled}, on models of equal weights from make_module()."""
+        out = {"fast": self.trainer(ns, make_module(), split, step_fn, **kwargs)}
+        if self.args.compile and self.args.with_eager:
+            eager = argparse.Namespace(**{**vars(ns), "compile": False})
+            module = make_module()
+            module.load_state_dict(out["fast"].module.state_dict())
+            out["eager"] = self.trainer(eager, module, split, step_fn, **kwargs)
+        return out
+
     def trainer(self, ns, module, split, step_fn, **kwargs):
         """engine.Trainer, the stages' training step, over the split's DeviceLoader."""
         loader = DeviceLoader(split, ns.batch_size, self.data.mean, self.data.std, ns.augment)
@@ -413,24 +431,30 @@ def bench_data(b):
     return compare(b.record(times["fast"], n), b.record(times["seed"], n))
 
 
-def train_phase(b, ns, trainer, reference, seed_loss, flops, **adamw):
-    """Optimizer steps of the stage's Trainer vs the seed's loop on the same batch size."""
-    times = b.measure({
-        "fast": b.fast_step(trainer, b.fast_batches(b.data.train, ns.augment)),
-        "seed": b.seed_step(reference, b.seed_batches(flip=ns.augment != "none"), seed_loss,
-                            ns, **adamw)})
+def train_phase(b, ns, trainers, reference, seed_loss, flops, **adamw):
+    """Optimizer steps of the stage's Trainer(s) vs the seed's loop on the same batch size;
+    an 'eager' trainer adds the compile speed-up fast / eager."""
+    fns = {name: b.fast_step(t, b.fast_batches(b.data.train, ns.augment))
+           for name, t in trainers.items()}
+    fns["seed"] = b.seed_step(reference, b.seed_batches(flip=ns.augment != "none"), seed_loss,
+                              ns, **adamw)
+    times = b.measure(fns)
     n = b.args.batch_size
-    return compare(b.record(times["fast"], n, flops), b.record(times["seed"], n, flops))
+    out = compare(b.record(times["fast"], n, flops), b.record(times["seed"], n, flops))
+    if "eager" in times:
+        out["eager"] = b.record(times["eager"], n, flops)
+        out["compile_speedup"] = out["fast"]["images_per_s"] / out["eager"]["images_per_s"]
+    return out
 
 
 def bench_pretrain(b):
     ns = b.stage_args(mae_pretrain.get_args_parser())
-    model = MAE_ViT.from_config(b.mae_cfg).to(b.device)
-    reference = SeedStyleMAE.from_config(b.mae_cfg).to(b.device)
-    reference.load_state_dict(model.state_dict())
     betas = engine.ADAMW_BETAS_PRETRAIN
-    trainer = b.trainer(ns, model, b.data.train, mae_pretrain.pretrain_step, betas=betas)
-    return train_phase(b, ns, trainer, reference, mae_loss, mae_train_flops(b.mae_cfg),
+    trainers = b.trainers(ns, lambda: MAE_ViT.from_config(b.mae_cfg).to(b.device),
+                          b.data.train, mae_pretrain.pretrain_step, betas=betas)
+    reference = SeedStyleMAE.from_config(b.mae_cfg).to(b.device)
+    reference.load_state_dict(trainers["fast"].module.state_dict())
+    return train_phase(b, ns, trainers, reference, mae_loss, mae_train_flops(b.mae_cfg),
                        betas=betas)
 
 
@@ -455,10 +479,12 @@ def classifier_pair(cfg, device, linear_probe):
 
 def bench_finetune(b):
     ns, cfg = classifier_setup(b, linear_probe=False)
-    model, reference = classifier_pair(cfg, b.device, linear_probe=False)
     objective = train_classifier.Objective(ns, b.data.num_classes)
-    trainer = b.trainer(ns, model, b.data.train, objective)
-    return train_phase(b, ns, trainer, reference, ce_loss,
+    trainers = b.trainers(ns, lambda: ViT_Classifier(cfg).to(b.device), b.data.train,
+                          objective)
+    reference = ViT_Classifier(cfg).to(b.device)
+    reference.load_state_dict(trainers["fast"].module.state_dict())
+    return train_phase(b, ns, trainers, reference, ce_loss,
                        classifier_flops(cfg, b.data.num_classes, train_trunk=True))
 
 
@@ -544,7 +570,7 @@ def print_results(results, peak):
     print(f"{'phase':<9} {'path':<8} {'images/s':>11} {'ms/step':>10} {'GFLOP/img':>10} "
           f"{'TFLOP/s':>8} {'%peak':>6}")
     for phase, res in results.items():
-        for path in ("fast", "extract", "head", "seed"):
+        for path in ("fast", "eager", "extract", "head", "seed"):
             if path in res:
                 print(row(phase, path, res[path]))
         if phase == "probe":
@@ -553,6 +579,8 @@ def print_results(results, peak):
                   f"{res['fast_epoch_s']:,.2f} s/epoch) vs re-encoding {res['seed_total_s']:,.1f}"
                   f" s ({res['seed_epoch_s']:,.1f} s/epoch)")
         print(f"{'':<9} speed-up {phase}: x{res['speedup']:.2f}")
+        if "compile_speedup" in res:
+            print(f"{'':<9} compiled / eager {phase}: x{res['compile_speedup']:.2f}")
     if peak is None:
         print("%peak: unknown (CPU, or a GPU missing from PEAK_BF16_TFLOPS)")
 
