@@ -7,7 +7,9 @@ sliced into batches; flips, crops and normalisation run batched on the device. G
 import gzip
 import os
 import socket
+import stat
 import struct
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -93,6 +95,8 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
     loader = {"cifar10": _cifar, "cifar100": _cifar, "fashion_mnist": _fashion_mnist,
               "folder": _folder, "fake": _fake}[name]
     train, test, classes, source = loader(name, data_dir, image_size)
+    for split, what in ((train, "training"), (test, "test")):
+        check_split(split, len(classes), f"{what} split of {source}")
     if image_size is not None:
         train, test = _resize(train, image_size), _resize(test, image_size)
     mean, std = channel_stats(train.images)
@@ -106,6 +110,21 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
         val = val.head(max_eval).to(device)
     return Dataset(name, source, train.head(max_train).to(device),
                    test.head(max_eval).to(device), val, classes, mean, std)
+
+
+def check_split(split, num_classes, what):
+    """UsageError unless split holds (N, C, H, W) images with N labels in [0, num_classes)."""
+    n_img, n_lab = split.images.shape[0], split.labels.shape[0]
+    if split.images.ndim != 4 or split.labels.ndim != 1:
+        raise UsageError(f"the {what} has images of shape {tuple(split.images.shape)} and "
+                         f"labels of shape {tuple(split.labels.shape)}; are the image and "
+                         "label files swapped?")
+    if n_img != n_lab:
+        raise UsageError(f"the {what} has {n_img} images but {n_lab} labels; a file is "
+                         "truncated or from another dataset")
+    if n_lab and not 0 <= int(split.labels.min()) <= int(split.labels.max()) < num_classes:
+        raise UsageError(f"the {what} has labels outside 0..{num_classes - 1} (found "
+                         f"{int(split.labels.min())}..{int(split.labels.max())})")
 
 
 def channel_stats(images):
@@ -209,7 +228,7 @@ def _read_idx(folder, stem):
         if zero != 0 or dtype != 0x08:
             raise ValueError("not a uint8 idx file")
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as e:
+    except (OSError, ValueError, struct.error, EOFError, zlib.error) as e:
         raise UsageError(f"cannot read {path}: {e}") from None
     return torch.from_numpy(arr.copy())
 
@@ -222,7 +241,11 @@ def _folder(name, data_dir, image_size):
     if not os.path.isdir(os.path.join(data_dir, "train")) or test_dir is None:
         raise UsageError(f"folder dataset needs {data_dir}/train/<class>/ and "
                          f"{data_dir}/test/<class>/ (or val/) with images")
-    classes = sorted(d.name for d in os.scandir(os.path.join(data_dir, "train")) if d.is_dir())
+    try:
+        classes = sorted(d.name for d in os.scandir(os.path.join(data_dir, "train"))
+                         if d.is_dir() and not d.name.startswith("."))  # not .ipynb_checkpoints
+    except OSError as e:
+        raise UsageError(f"cannot list {data_dir}/train: {e.strerror}") from None
     if len(classes) < 2:
         raise UsageError(f"{data_dir}/train has {len(classes)} class folder(s); "
                          "a classification dataset needs at least 2")
@@ -236,22 +259,35 @@ def _read_image_tree(root, classes, size):
 
     images, labels = [], []
     for label, cls in enumerate(classes):
-        folder = os.path.join(root, cls)
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)) \
-            if os.path.isdir(folder) else []
-        for f in files:
-            path = os.path.join(folder, f)
+        for path in _image_files(os.path.join(root, cls)):
             try:
                 with Image.open(path) as im:
                     im = im.convert("RGB").resize((size, size), Image.BILINEAR)
                     images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-            except (OSError, UnidentifiedImageError):
-                raise UsageError(f"cannot read image {path}; remove or replace it") from None
+            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+                raise UsageError(f"cannot read image {path} ({e}); remove or replace "
+                                 "it") from None
             labels.append(label)
     if not images:
         raise UsageError(f"no images found under {root} (extensions: "
                          f"{', '.join(IMAGE_EXTENSIONS)})")
     return Split(torch.stack(images), torch.tensor(labels, dtype=torch.long))
+
+
+def _image_files(folder):
+    """Sorted image paths in a class folder (none if it is missing); UsageError for a folder
+    that cannot be listed or an image name that is not a regular file (a FIFO would hang)."""
+    if not os.path.isdir(folder):
+        return []
+    try:
+        names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        paths = [os.path.join(folder, f) for f in names]
+        irregular = next((p for p in paths if not stat.S_ISREG(os.stat(p).st_mode)), None)
+    except OSError as e:
+        raise UsageError(f"cannot list {e.filename or folder}: {e.strerror}") from None
+    if irregular:
+        raise UsageError(f"{irregular} is not a regular file; remove it")
+    return paths
 
 
 def _fake(name, data_dir, image_size):

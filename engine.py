@@ -4,6 +4,7 @@ The loop keeps the GPU busy: losses are summed on the device and read once per l
 the learning rate follows a per-step warmup + cosine schedule; checkpoints hold everything a
 resume needs (model, optimizer, scaler, RNG states, position in the epoch).
 """
+import fcntl
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 import distributed
 from data import AUGMENTS, DATASETS, load_dataset
-from fileio import atomic_write_text, remove_temp_files
+from fileio import TEMP_PREFIX, atomic_write_text, file_sha256, remove_temp_files
 from utils import (
     CHECKPOINT_FORMAT,
     CSVLogger,
@@ -38,13 +39,23 @@ ADAMW_BETAS_PRETRAIN = (0.9, 0.95)  # MAE pretraining betas
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
 CHECKPOINT_FN = "checkpoint.pt"
+RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 ARGS_FN = "args.json"
 SUMMARY_FN = "summary.json"
 LOCK_FN = ".lock"
+TENSORBOARD_DIR = "tensorboard"
+LOCK_MODE = 0o666  # of a new lock file, before the umask
+PID_MAX_CHARS = 16  # a lock file holding more is not a pid
+# args.json key of a classifier's upstream: the sha256 of --pretrained_model_path's bytes
+# (None from scratch). The path's spelling does not matter; its content does.
+UPSTREAM_KEY = "pretrained_sha256"
+HASH_SHOWN = 12  # hex digits of a hash shown in messages
 # Flags that do not change the numbers a run produces; they may differ on resume (a run
 # folder may also be moved or renamed).
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
                    "output_root", "data_dir", "exp_name",
+                   # compared by content: UPSTREAM_KEY
+                   "pretrained_model_path",
                    # the kNN monitor (knn.py) only observes the encoder; training is unchanged
                    "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
                    "knn_eval_images"}
@@ -81,6 +92,28 @@ def positive_float(s):
 positive_float.__name__ = "positive number"
 
 
+def finite_float(s):
+    v = float(s)
+    if not math.isfinite(v):
+        raise ValueError
+    return v
+
+
+finite_float.__name__ = "finite number"
+
+SEED_LIMIT = 2 ** 32  # seeds are in [0, 2**32), as NumPy takes them
+
+
+def seed_int(s):
+    v = int(s)
+    if not 0 <= v < SEED_LIMIT:
+        raise ValueError
+    return v
+
+
+seed_int.__name__ = f"integer in [0, {SEED_LIMIT})"
+
+
 def add_dataset_args(parser):
     """The 'data' group with the flags every script that reads a dataset shares; returns it."""
     g = parser.add_argument_group("data")
@@ -115,7 +148,7 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
                         "batches are split and their gradients accumulated")
     g.add_argument("--base_learning_rate", type=positive_float, default=base_lr,
                    help="lr = base_learning_rate * batch_size / 256")
-    g.add_argument("--weight_decay", type=float, default=0.05,
+    g.add_argument("--weight_decay", type=finite_float, default=0.05,
                    help="AdamW weight decay (not applied to biases, norms, tokens, pos-embeds)")
     g.add_argument("--total_epoch", type=positive_int, default=total_epoch,
                    help="training epochs")
@@ -123,7 +156,7 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
                    help="epochs of linear lr warmup, then cosine decay (updated every step)")
 
     g = parser.add_argument_group("runtime")
-    g.add_argument("--seed", type=int, default=42, help="seed of every RNG")
+    g.add_argument("--seed", type=seed_int, default=42, help="seed of every RNG")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="autocast: auto = bf16 on a CUDA card that has it, off on CPU; "
@@ -163,100 +196,181 @@ def model_error(e):
 
 
 # --------------------------------------------------------------------------- run folder
+RUN_FILES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN)  # what makes a folder a run of this project
+# Names of the run folder's own files and folders, refused for output file flags.
+RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
+
+
 class RunFolder:
-    """One stage's output folder: finished / resumable / new, argument checks and a pid lock."""
+    """One stage's output folder and its state: new / unfinished / finished / foreign.
+
+    The state is decided from every file present: a readable args.json (or, if it is gone,
+    the flags saved in checkpoint.pt) names the run; summary.json marks it finished, and
+    checkpoint.pt makes it resumable. Files that no flags can be found for make the folder
+    foreign: it is refused, and only --overwrite deletes anything. While a run writes, it holds
+    an fcntl lock on LOCK_FN (released by the kernel when the process dies); only the owner
+    removes the file.
+    """
 
     def __init__(self, path, args, is_main=True):
         self.path, self.args, self.is_main = path, vars(args).copy(), is_main
         self.ckpt_path = os.path.join(path, CHECKPOINT_FN)
-        self.locked = False
+        self.lock_fd = None
+        self.folders = []  # outside folders output files go to (check_output_path)
+        self.decided = None  # the status() this process acts on, re-checked under the lock
 
     def file(self, name):
         return os.path.join(self.path, name)
 
     def status(self):
-        """'new', 'resume' or 'finished'; refuses changed flags. Reads only."""
-        saved_path = self.file(ARGS_FN)
-        if self.args.get("overwrite") or not os.path.exists(saved_path):
+        """'new', 'unfinished' or 'finished'; refuses changed flags and foreign folders."""
+        self.decided = self._status()
+        return self.decided
+
+    def _status(self):
+        if self.args.get("overwrite") or not self._has_run_files():
             return "new"
-        with open(saved_path) as f:
-            saved = json.load(f)
+        saved = self._saved_args()
         diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
                 for k in sorted(set(saved) | set(self.args))
-                if k not in NON_RESULT_ARGS and saved.get(k) != self.args.get(k)]
+                if k not in NON_RESULT_ARGS and k != UPSTREAM_KEY
+                and saved.get(k) != self.args.get(k)]
         if diff:
             raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
                              + ". Use the same flags to resume, another --exp_name, or "
                                "--overwrite")
+        self._check_upstream(saved)
         if os.path.exists(self.file(SUMMARY_FN)):
             return "finished"
-        return "resume" if os.path.exists(self.ckpt_path) else "new"
+        return "unfinished" if os.path.exists(self.ckpt_path) else "new"
+
+    def _has_run_files(self):
+        """Anything besides the lock and killed writers' temporary files."""
+        try:
+            names = os.listdir(self.path)
+        except (FileNotFoundError, NotADirectoryError):  # open() says why it cannot write
+            return False
+        except OSError as e:
+            raise UsageError(f"cannot read {self.path}: {e.strerror}") from None
+        return any(n != LOCK_FN and not n.startswith(TEMP_PREFIX) for n in names)
+
+    def _saved_args(self):
+        """The flags the folder's run was started with: args.json, else checkpoint.pt's."""
+        path = self.file(ARGS_FN)
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"{path} is damaged ({e}); restore it, or start again with "
+                                 "--overwrite") from None
+            if not isinstance(saved, dict):
+                raise UsageError(f"{path} is damaged (not a JSON object); restore it, or "
+                                 "start again with --overwrite")
+            return saved
+        if os.path.exists(self.ckpt_path):
+            saved = load_checkpoint(self.ckpt_path).get("args")
+            if isinstance(saved, dict):
+                return saved
+        raise UsageError(f"{self.path} holds files of an unknown run (no {ARGS_FN}); use "
+                         "another --exp_name, or --overwrite to delete them")
+
+    def _check_upstream(self, saved):
+        """A run started from a model file continues only from the same bytes."""
+        if UPSTREAM_KEY not in saved:  # a run folder of an older version
+            return
+        was, now = saved[UPSTREAM_KEY], self.args.get(UPSTREAM_KEY)
+        if was != now:
+            raise UsageError(
+                f"{self.path} was trained from a pretrained model with sha256 "
+                f"{str(was)[:HASH_SHOWN]}, but --pretrained_model_path now holds "
+                f"{str(now)[:HASH_SHOWN]}; start again with --overwrite (or another "
+                "--exp_name)")
 
     def open(self, fresh):
-        """Create the folder (emptied when fresh), take the lock, delete temporary files a
-        killed run left, write args.json. Rank 0 writes; every rank calls this, after
-        status(): the barriers keep rank 0 from emptying the folder while another rank reads
-        it, and the others from going on before it is ready."""
+        """Create the folder, take the lock, re-check the status under it, empty the folder
+        when --overwrite says so, delete temporary files a killed run left, write args.json.
+        Rank 0 writes; every rank calls this, after status(): the barriers keep rank 0 from
+        emptying the folder while another rank reads it, and the others from going on before
+        it is ready."""
         distributed.barrier()
         if self.is_main:
-            self._create(fresh)
+            try:
+                self._create(fresh)
+            except BaseException:
+                self.release()
+                raise
         distributed.barrier()
 
     def _create(self, fresh):
         try:
-            if fresh and os.path.isdir(self.path):
-                self._check_lock()
-                shutil.rmtree(self.path)
             os.makedirs(self.path, exist_ok=True)
             self._take_lock()
+            for folder in self.folders:
+                os.makedirs(folder, exist_ok=True)
+            if self.decided is not None and self._status() != self.decided:
+                raise UsageError(f"{self.path} changed while this run was starting (another "
+                                 "run?); run the command again")
+            if fresh and self.args.get("overwrite"):
+                self._empty()
             remove_temp_files(self.path)
             write_json(self.file(ARGS_FN), self.args)
         except OSError as e:
             raise UsageError(f"cannot write to {self.path}: {e.strerror or e}; choose a "
                              "writable --output_root") from None
 
-    def _check_lock(self):
-        lock = self.file(LOCK_FN)
-        try:
-            with open(lock) as f:
-                pid = int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        if pid != os.getpid() and _pid_alive(pid):
-            raise UsageError(f"another run (pid {pid}) is writing to {self.path}; wait for it "
-                             f"to finish or stop it (then delete {lock} if it persists)")
+    def _empty(self):
+        """Delete everything but the lock (deleting it would let a second run take another)."""
+        for entry in os.scandir(self.path):
+            if entry.name == LOCK_FN:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
 
     def _take_lock(self):
-        """Create the lock exclusively (O_EXCL), so two runs starting at once cannot both
-        hold it; a lock whose owner is gone is removed and taken."""
+        """flock LOCK_FN for this process's life. The lock must still be the file at LOCK_FN
+        once held: its owner may have removed it (on release) after we opened it."""
         lock = self.file(LOCK_FN)
-        for _ in range(2):
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, LOCK_MODE)
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                self._check_lock()  # raises while a live process holds it
-                os.remove(lock)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            self.locked = True
-            return
-        raise UsageError(f"could not take the lock {lock}: another run is starting there")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _read_pid(fd)
+                os.close(fd)
+                who = f"another run (pid {pid})" if pid else "another run"
+                raise UsageError(f"{who} is writing to {self.path}; wait for it to finish or "
+                                 "stop it") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # a file its owner removed: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
 
     def release(self):
-        if self.locked and os.path.exists(self.file(LOCK_FN)):
+        """Only the owner releases: remove the file while still holding it, then unlock."""
+        if self.lock_fd is None:
+            return
+        try:
             os.remove(self.file(LOCK_FN))
-        self.locked = False
+        except FileNotFoundError:
+            pass
+        os.close(self.lock_fd)
+        self.lock_fd = None
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _read_pid(fd):
+    """The pid a lock file names, or None when it holds something else."""
+    text = os.pread(fd, PID_MAX_CHARS, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() and len(text) < PID_MAX_CHARS else None
+
 
 
 def git_commit():
@@ -276,6 +390,7 @@ def print_args(args):
 def start_stage(args, stage):
     """(dist, run folder, status) of a stage; says so when the run is already finished."""
     dist = distributed.setup(args.device)
+    amp_dtype(args.amp, dist.device)  # refused before the run folder is touched
     run = RunFolder(os.path.join(args.output_root, args.exp_name, stage), args, dist.is_main)
     status = run.status()
     if status == "finished" and dist.is_main:
@@ -290,7 +405,58 @@ def load_stage_data(args, dist, val_split=0):
     if dist.is_main:
         print_args(args)
         print(f"loaded {data.describe()}")
+        if args.batch_size > len(data.train):
+            print(f"warning: --batch_size {args.batch_size} exceeds the {len(data.train)} "
+                  "training images: each step sees the whole split, and the lr (scaled by the "
+                  "batch size) is far from the recipe's")
     return data
+
+
+def check_file_names(names):
+    """names {flag: file name in the stage folder}: each a plain name, distinct, and not one
+    of the run folder's own files; UsageError naming the flag otherwise."""
+    seen = {}
+    for flag, name in names.items():
+        if not name or os.sep in name or name in (".", "..") or name.startswith(TEMP_PREFIX):
+            raise UsageError(f"{flag} is a file name in the stage folder, got {name!r}")
+        if name in RESERVED_NAMES:
+            raise UsageError(f"{flag} {name} would overwrite the run's own {name}; choose "
+                             "another name")
+        if name in seen:
+            raise UsageError(f"{flag} and {seen[name]} both name {name}; choose different "
+                             "names")
+        seen[name] = flag
+
+
+def check_output_path(run, flag, path, names):
+    """A file path outside the naming rules of check_file_names: refused now, not after
+    training, if it cannot be written; its missing folders are created when the run opens.
+    names: the stage folder's other output names ({flag: name})."""
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    if folder == os.path.abspath(run.path):
+        check_file_names({**names, flag: os.path.basename(full)})
+    if os.path.isdir(full):
+        raise UsageError(f"{flag} {path} is a folder; give a file path")
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot create files under {existing}; choose a "
+                         "writable path")
+    run.folders.append(folder)
+
+
+def upstream_hash(path):
+    """The sha256 of a pretrained model file (None without one), or UsageError."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
 
 
 # --------------------------------------------------------------------------- runtime
@@ -406,9 +572,14 @@ class Trainer:
             return None
         # on the CPU: RNG states must be CPU tensors; load_state_dict moves the rest
         ckpt = load_checkpoint(self.run.ckpt_path, kind=self.kind)
-        self.state_module.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        self._check_resumable(ckpt)
+        try:
+            self.state_module.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f"{self.run.ckpt_path} does not fit this run: "
+                             f"{str(e).splitlines()[0]}; start again with --overwrite") from None
         self.start_epoch, self.start_step, self.sums = ckpt["epoch"], ckpt["step"], ckpt["sums"]
         if self.sums is not None and not self.dist.is_main:  # rank 0 carries all ranks' sums
             self.sums = {k: torch.zeros_like(v) for k, v in self.sums.items()}
@@ -417,6 +588,20 @@ class Trainer:
             print(f"resuming from {self.run.ckpt_path}: epoch {self.start_epoch}, "
                   f"step {self.start_step}")
         return ckpt
+
+    def _check_resumable(self, ckpt):
+        """A checkpoint of this model with everything a resume needs, or UsageError."""
+        path = self.run.ckpt_path
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing:
+            raise UsageError(f"{path} is not a resumable checkpoint (no {', '.join(missing)}; "
+                             "a final model file?); restore it, or start again with "
+                             "--overwrite")
+        if ckpt["config"] != self.config:
+            diff = [f"{k} {ckpt['config'].get(k)!r} (checkpoint) vs {v!r} (now)"
+                    for k, v in self.config.items() if ckpt["config"].get(k) != v]
+            raise UsageError(f"{path} holds another model ({'; '.join(diff)}); was "
+                             f"{ARGS_FN} edited? Start again with --overwrite")
 
     def _restore_rng(self, states):
         """Each rank continues its own random stream; with another number of processes than
@@ -581,7 +766,7 @@ class MetricsLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.csv = CSVLogger(run.file(csv_fn), fieldnames, start_epoch)
-        self.tb = SummaryWriter(run.file("tensorboard"), purge_step=start_epoch or None)
+        self.tb = SummaryWriter(run.file(TENSORBOARD_DIR), purge_step=start_epoch or None)
 
     def log(self, row):
         self.csv.log(row)

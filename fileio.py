@@ -2,9 +2,11 @@
 
 Imports no torch, so report.py stays light.
 """
+import hashlib
 import os
 import tempfile
 
+HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files; a writer killed mid-write leaves one
 
 
@@ -27,9 +29,11 @@ def atomic_write(path, write_fn, mode="wb"):
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # name the file, not the temporary (ENOSPC names none)
+            raise OSError(e.errno, e.strerror or str(e), path) from e
         raise
 
 
@@ -47,3 +51,12 @@ def remove_temp_files(folder):
         for name in files:
             if name.startswith(TEMP_PREFIX):
                 os.remove(os.path.join(root, name))
+
+
+def file_sha256(path):
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()

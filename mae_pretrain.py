@@ -18,9 +18,9 @@ from torchvision.utils import make_grid, save_image
 import engine
 import knn
 from data import SPLIT_SEED, DeviceLoader, image_shape
-from fileio import atomic_write
+from fileio import atomic_write, file_sha256
 from model import MAE_ViT, MAEConfig
-from utils import CHECKPOINT_FORMAT, run_cli, save_checkpoint, seed_everything
+from utils import CHECKPOINT_FORMAT, UsageError, run_cli, save_checkpoint, seed_everything
 
 STAGE = "mae-pretrain"
 CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
@@ -45,7 +45,7 @@ def get_args_parser():
                    help="decoder width (Table 1b of the paper)")
     g.add_argument("--decoder_head", type=engine.positive_int, default=None,
                    help="decoder heads (default: max(1, decoder_dim // 64))")
-    g.add_argument("--mask_ratio", type=float, default=0.75,
+    g.add_argument("--mask_ratio", type=engine.finite_float, default=0.75,
                    help="fraction of patches masked, in [0, 1)")
     g.add_argument("--norm_pix_loss", action="store_true",
                    help="reconstruct per-patch normalised pixels (the paper's better target)")
@@ -65,7 +65,7 @@ def get_args_parser():
                    help="write a reconstruction grid every N epochs (and the last)")
     g.add_argument("--pad", type=engine.non_negative_int, default=2,
                    help="pixels between images in the grids")
-    g.add_argument("--pad_value", type=float, default=1.0,
+    g.add_argument("--pad_value", type=engine.finite_float, default=1.0,
                    help="grey level of the grid padding, 0 (black) to 1 (white)")
     knn.add_knn_args(p)
     return p
@@ -143,8 +143,17 @@ def save_grid(grid, path):
     atomic_write(path, lambda f: save_image(grid, f, format="png"))
 
 
-def main(args):
+def validate(args):
+    """Checks of this stage's flags that need no disk."""
     engine.validate_common(args)
+    if not 0 <= args.pad_value <= 1:
+        raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
+    engine.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
+                             "--save_images_dir": args.save_images_dir})
+
+
+def main(args):
+    validate(args)
     cfg = model_config(args)
     dist, run, status = engine.start_stage(args, STAGE)
     if status == "finished":
@@ -156,9 +165,13 @@ def main(args):
     loader = DeviceLoader(data.train, args.batch_size, data.mean, data.std, args.augment,
                           seed=args.seed, rank=dist.rank, world=dist.world)
     run.open(fresh=status == "new")
-    trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae", asdict(cfg),
-                             betas=engine.ADAMW_BETAS_PRETRAIN)
-    engine.run_stage(lambda: train(args, dist, model, data, trainer, run), run)
+
+    def stage():
+        trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae",
+                                 asdict(cfg), betas=engine.ADAMW_BETAS_PRETRAIN)
+        train(args, dist, model, data, trainer, run)
+
+    engine.run_stage(stage, run)
 
 
 def pretrain_step(model, x, y):
@@ -212,7 +225,8 @@ def finish(args, model, trainer, run, rows):
         "finished": True, "epochs": args.total_epoch,
         "final_train_loss": float(rows[-1]["train_loss"]),
         "final_eval_loss": float(rows[-1]["eval_loss"]),
-        "knn_acc": knn.last_value(rows, "knn_acc"), "wall_seconds": wall})
+        "knn_acc": knn.last_value(rows, "knn_acc"), "wall_seconds": wall,
+        "model_sha256": file_sha256(path)})
     print(f"finished: final train loss {rows[-1]['train_loss']}, eval loss "
           f"{rows[-1]['eval_loss']} (fixed test images and mask); model saved to {path}")
 

@@ -111,6 +111,8 @@ def validate_vit(image_size, patch_size, in_chans, emb_dim, encoder_layer, encod
     _check_divisible("image_size", image_size, "patch_size", patch_size)
     _check_divisible("emb_dim", emb_dim, "encoder_head", encoder_head)
     _check_choice("pos_embed", pos_embed, POS_EMBEDS)
+    if pos_embed == "sincos" and emb_dim % 4:
+        raise ValueError(f"pos_embed='sincos' needs emb_dim divisible by 4, got {emb_dim}")
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -75,12 +75,15 @@ def get_args_parser():
     g.add_argument("--recipe", default="seed", choices=tuple(RECIPES),
                    help="defaults of the flags below and of --base_learning_rate, "
                         "--weight_decay and --augment (see the top of --help)")
-    g.add_argument("--layer_decay", type=float, default=None,
+    g.add_argument("--layer_decay", type=engine.finite_float, default=None,
                    help="layer-wise lr decay (1 = off; the paper fine-tunes with 0.75)")
-    g.add_argument("--drop_path", type=float, default=None, help="stochastic depth rate")
-    g.add_argument("--smoothing", type=float, default=None, help="label smoothing")
-    g.add_argument("--mixup", type=float, default=None, help="mixup alpha (0 = off)")
-    g.add_argument("--cutmix", type=float, default=None, help="cutmix alpha (0 = off)")
+    g.add_argument("--drop_path", type=engine.finite_float, default=None,
+                   help="stochastic depth rate")
+    g.add_argument("--smoothing", type=engine.finite_float, default=None, help="label smoothing")
+    g.add_argument("--mixup", type=engine.finite_float, default=None,
+                   help="mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=engine.finite_float, default=None,
+                   help="cutmix alpha (0 = off)")
     g.add_argument("--pool", default="cls", choices=("cls", "mean"),
                    help="features: the cls token or the mean of patch tokens")
     g.add_argument("--val_split", type=engine.non_negative_int, default=0,
@@ -119,8 +122,6 @@ def resolve_recipe(args):
             raise UsageError(f"--{k} must be in [0, 1), got {getattr(args, k)}")
     if args.mixup < 0 or args.cutmix < 0:
         raise UsageError("--mixup and --cutmix must be >= 0")
-    if os.sep in args.csv_log:
-        raise UsageError(f"--csv_log is a file name in the stage folder, got {args.csv_log!r}")
 
 
 def classifier_config(args, mae_cfg, num_classes):
@@ -228,11 +229,30 @@ def extract_features(model, split, batch_size, norm, autocast):
 
 
 # --------------------------------------------------------------------------- main
+def check_outputs(args, run):
+    """The CSV and model paths, refused now if they would clash or cannot be written."""
+    names = {"--csv_log": csv_name(args)}
+    engine.check_file_names(names)
+    if args.output_model_path == "auto":
+        return
+    engine.check_output_path(run, "--output_model_path", args.output_model_path, names)
+    if args.pretrained_model_path and os.path.exists(args.output_model_path) and \
+            os.path.samefile(args.output_model_path, args.pretrained_model_path):
+        raise UsageError("--output_model_path would overwrite --pretrained_model_path")
+
+
+def csv_name(args):
+    return "metrics.csv" if args.csv_log == "auto" else args.csv_log
+
+
 def main(args):
     resolve_recipe(args)
     engine.validate_common(args)
+    # the upstream's identity is its content: compared on resume, recorded in the results
+    args.pretrained_sha256 = engine.upstream_hash(args.pretrained_model_path)
     folder, _, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]
     dist, run, status = engine.start_stage(args, folder)
+    check_outputs(args, run)
     if status == "finished":
         return
     data = engine.load_stage_data(args, dist, args.val_split)
@@ -242,8 +262,7 @@ def main(args):
     engine.configure_backends(dist.device)
     cache = args.linear_probe and args.augment == "none" and not args.no_feature_cache
     run.open(fresh=status == "new")
-    stage = Stage(args, dist, model, data, run, mode, cache)
-    engine.run_stage(stage.train, run)
+    engine.run_stage(lambda: Stage(args, dist, model, data, run, mode, cache).train(), run)
 
 
 class Stage:
@@ -270,7 +289,8 @@ class Stage:
             args, dist, module, loader, Objective(args, data.num_classes), run, "classifier",
             asdict(model.config),
             layer_decay=args.layer_decay, state_module=model,
-            extra_state={"best": lambda: dict(self.best)})
+            extra_state={"best": lambda: dict(self.best),
+                         engine.UPSTREAM_KEY: lambda: args.pretrained_sha256})
         self.eval_model = module
 
     def features(self, split):
@@ -285,7 +305,7 @@ class Stage:
             print(f"mode {self.mode}; {'cached features' if self.cache else 'images'}; "
                   f"{sum(p.numel() for p in self.trainer.module.parameters() if p.requires_grad):,}"
                   " trainable parameters")
-        log = engine.MetricsLog(self.run, self.csv_name(), CSV_FIELDS,
+        log = engine.MetricsLog(self.run, csv_name(self.args), CSV_FIELDS,
                                 self.trainer.start_epoch) if self.dist.is_main else None
         self.log = log
         self.trainer.fit(self.on_epoch_end)
@@ -293,9 +313,6 @@ class Stage:
             log.close()
             self.finish()
             self.report()
-
-    def csv_name(self):
-        return "metrics.csv" if self.args.csv_log == "auto" else self.args.csv_log
 
     def on_epoch_end(self, epoch, stats):
         row = {"epoch": epoch, "lr": self.trainer.optimizer.param_groups[-1]["lr"],
@@ -325,13 +342,15 @@ class Stage:
                          "config": asdict(self.model.config), "model": self.model.state_dict(),
                          "classes": self.data.classes, "norm_mean": self.data.mean,
                          "norm_std": self.data.std, "epoch": self.args.total_epoch,
-                         "args": vars(self.args)}, self.model_path())
+                         "args": vars(self.args),
+                         engine.UPSTREAM_KEY: self.args.pretrained_sha256}, self.model_path())
         self.summary = {
             "finished": True, "mode": self.mode, "epochs": self.args.total_epoch,
             "final_test_acc": float(rows[-1]["test_acc"]),
             "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
             "test_acc_at_best": self.best["test_acc"],
             "selection_split": "val" if self.args.val_split else "test",
+            engine.UPSTREAM_KEY: self.args.pretrained_sha256,
             "wall_seconds": sum(float(r["epoch_seconds"]) for r in rows)}
         engine.write_json(self.run.file(engine.SUMMARY_FN), self.summary)
 

@@ -1,5 +1,6 @@
 """Small shared pieces: errors, seeding, RNG state, atomic files, checkpoints, schedule, CSV."""
 import csv
+import errno
 import io
 import math
 import os
@@ -26,8 +27,32 @@ def run_cli(main, parser):
     try:
         main(args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
+    except OSError as e:  # a write that failed (disk full, read-only) or an unreadable file
+        fail(os_error_message(e))
+    except KeyboardInterrupt:  # Ctrl-C before training installed its handlers
+        print("stopped by SIGINT before training started; nothing to resume yet: run the "
+              "same command again", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
+
+
+EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports it
+
+
+def fail(message):
+    """One `error:` line (newlines in file names escaped) and exit code 2."""
+    print("error: " + message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+    sys.exit(2)
+
+
+def os_error_message(e):
+    """What failed, on which file, and the remedy."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    verb = "cannot write" if full or e.errno in (errno.EROFS, errno.EACCES) else "cannot use"
+    what = f"{verb} {e.filename}" if e.filename else "a file operation failed"
+    hint = "free some space, then run the same command to resume" if full else \
+        "choose a writable folder" if verb == "cannot write" else "check the path"
+    return f"{what}: {e.strerror or e}; {hint}"
 
 
 # --------------------------------------------------------------------------- randomness
@@ -89,7 +114,7 @@ def load_checkpoint(path, kind=None, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # a real pickle of classes, not corrupt bytes
+        if "unsupported global" in str(e).lower():  # a pickle of classes or functions
             raise UsageError(f"refusing {path}: it needs arbitrary unpickling, which can run "
                              "code; only plain tensor checkpoints are loaded") from None
         raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
@@ -161,8 +186,7 @@ class CSVLogger:
     def __init__(self, path, fieldnames, start_epoch=0):
         self.path, self.fieldnames, self.rows = path, list(fieldnames), []
         if start_epoch > 0 and os.path.exists(path):
-            with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
+            self.rows = [r for r in read_metrics(path) if int(r["epoch"]) < start_epoch]
 
     def log(self, row):
         self.rows.append({k: _fmt(row.get(k)) for k in self.fieldnames})
@@ -171,6 +195,37 @@ class CSVLogger:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, buf.getvalue())
+
+
+def read_metrics(path):
+    """The rows of a metrics CSV (a UTF-8 BOM, as Excel writes, is fine); UsageError naming
+    the first damaged line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"cannot read {path}: {e}; restore it, or start again with "
+                         "--overwrite") from None
+    for line, row in enumerate(rows, start=2):
+        if not _numeric_row(row):
+            raise UsageError(f"{path} line {line} is damaged; repair or delete that line, or "
+                             "start again with --overwrite")
+    return rows
+
+
+def _numeric_row(row):
+    """An integer epoch and a number or blank in every other cell, none missing or extra."""
+    if None in row or None in row.values() or not (row.get("epoch") or "").isdigit():
+        return False
+    return all(_is_number(v) for v in row.values() if v)
+
+
+def _is_number(s):
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
 
 
 def _fmt(v):

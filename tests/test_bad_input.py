@@ -3,13 +3,18 @@ and the fix, no traceback, and the outputs root exactly as it was.
 
 All cases run in one interpreter (conftest.run_scripts), each as `python script.py ...`.
 """
+import gzip
 import hashlib
 import os
 import shutil
 import socket
+import struct
 import threading
+import zipfile
+import zlib
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_DATA, TINY_MAE, run_scripts
@@ -90,9 +95,74 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
     "visualize_mae_not_classifier": (VIS, ["--pretrained_ckpt", "{ckpt}/mae.pt",
                                            "--scratch_ckpt", "{ckpt}/classifier.pt"],
                                      ["mae.pt is a mae checkpoint", "expected a classifier"]),
+    # issue 17: hostile but realistic input
+    "ckpt_os_system_pickle": (CLF, ["--pretrained_model_path", "{ckpt}/system.pt"],
+                              ["refusing", "system.pt", "it needs arbitrary unpickling"]),
+    "sincos_width_not_divisible_by_4": (MAE, ["--pos_embed", "sincos", "--emb_dim", "30"],
+                                        ["pos_embed='sincos' needs emb_dim divisible by 4"]),
+    "seed_overflow": (MAE, ["--seed", "99999999999999999999999"], ["--seed", "integer in"]),
+    "weight_decay_nan": (MAE, ["--weight_decay", "nan"], ["--weight_decay", "finite number"]),
+    "mixup_nan": (CLF, ["--mixup", "nan"], ["--mixup", "finite number"]),
+    "cutmix_inf": (CLF, ["--cutmix", "inf"], ["--cutmix", "finite number"]),
+    "pad_value_nan": (MAE, ["--pad_value", "nan"], ["--pad_value", "finite number"]),
+    "pad_value_out_of_range": (MAE, ["--pad_value", "2"], ["--pad_value must be in [0, 1]"]),
+    "amp_fp16_on_cpu": (MAE, ["--amp", "fp16"], ["--amp fp16 needs a CUDA device"]),
+    "csv_log_args_json": (CLF, ["--csv_log", "args.json"],
+                          ["--csv_log args.json would overwrite the run's own args.json"]),
+    "csv_log_checkpoint": (CLF, ["--csv_log", "checkpoint.pt"], ["would overwrite", "checkpoint"]),
+    "csv_fn_summary": (MAE, ["--csv_fn", "summary.json"], ["--csv_fn summary.json would"]),
+    "model_fn_lock": (MAE, ["--model_fn", ".lock"], ["--model_fn .lock would overwrite"]),
+    "model_fn_in_subfolder": (MAE, ["--model_fn", "sub/x.pt"],
+                              ["--model_fn is a file name in the stage folder", "sub/x.pt"]),
+    "csv_fn_equals_model_fn": (MAE, ["--csv_fn", "m.pt", "--model_fn", "m.pt"],
+                               ["both name m.pt"]),
+    "output_model_path_reserved": (CLF, ["--output_model_path",
+                                         "{out}/e/scratch-cls/checkpoint.pt"],
+                                   ["--output_model_path checkpoint.pt would overwrite"]),
+    "output_model_path_is_a_folder": (CLF, ["--output_model_path", "{empty}"],
+                                      ["--output_model_path", "is a folder"]),
+    "output_model_path_under_a_file": (CLF, ["--output_model_path", "{file}/x.pt"],
+                                       ["cannot create files under {file}"]),
+    "output_model_path_is_the_upstream": (CLF, ["--pretrained_model_path", "{ckpt}/mae.pt",
+                                                "--output_model_path", "{ckpt}/./mae.pt"],
+                                          ["would overwrite --pretrained_model_path"]),
+    "fashion_corrupt_deflate": (MAE, ["--dataset", "fashion_mnist", "--data_dir",
+                                      "{fashion_corrupt}"], ["cannot read", "idx3-ubyte.gz"]),
+    "fashion_labels_as_images": (MAE, ["--dataset", "fashion_mnist", "--data_dir",
+                                       "{fashion_swapped}"], ["swapped"]),
+    "fashion_label_200": (MAE, ["--dataset", "fashion_mnist", "--data_dir",
+                                "{fashion_label200}"], ["labels outside 0..9", "200"]),
+    "fashion_fewer_labels": (MAE, ["--dataset", "fashion_mnist", "--data_dir",
+                                   "{fashion_short}"], ["images but", "labels"]),
+    "folder_decompression_bomb": (MAE, ["--dataset", "folder", "--data_dir", "{bomb}"],
+                                  ["cannot read image", "x.png", "remove or replace"]),
+    "folder_symlink_loop": (MAE, ["--dataset", "folder", "--data_dir", "{loop}"],
+                            ["cannot list", "x.png", "symbolic links"]),
+    "folder_fifo": (MAE, ["--dataset", "folder", "--data_dir", "{fifo}"],
+                    ["x.png is not a regular file"]),
+    "folder_hidden_class": (MAE, ["--dataset", "folder", "--data_dir", "{hidden}"],
+                            ["1 class folder(s)"]),
+    "folder_newline_in_name": (MAE, ["--dataset", "folder", "--data_dir", "{newline}"],
+                               ["cannot read image", "bad\\nname.png"]),
+    "args_json_invalid": (MAE, ["--exp_name", "invalid"], ["args.json is damaged"]),
+    "args_json_empty": (MAE, ["--exp_name", "empty"], ["args.json is damaged"]),
+    "args_json_list": (MAE, ["--exp_name", "list"], ["args.json is damaged",
+                                                      "not a JSON object"]),
+    "args_json_gone_checkpoint_left": (MAE, ["--exp_name", "noargs"],
+                                       ["holds a run with other flags", "--seed: 7 (saved)"]),
+    "args_json_gone_summary_left": (MAE, ["--exp_name", "summary_only"],
+                                    ["holds files of an unknown run", "--overwrite"]),
+    "visualize_png_is_a_folder": (VIS, ["--pretrained_ckpt", "{ckpt}/classifier.pt",
+                                        "--scratch_ckpt", "{ckpt}/classifier.pt",
+                                        "--save_dir", "{vis}"],
+                                  ["predictions.png", "Is a directory"]),
 }
 ARGPARSE_CASES = {"zero_epochs", "negative_batch", "zero_image_size", "zero_width",
-                  "negative_warmup", "zero_lr", "unknown_dataset"}
+                  "negative_warmup", "zero_lr", "unknown_dataset", "seed_overflow",
+                  "weight_decay_nan", "mixup_nan", "cutmix_inf", "pad_value_nan"}
+HAND_EDITED_ARGS = {"invalid": "{\"seed\": ", "empty": "", "list": "[]\n"}  # exp -> args.json
+BOMB_SIDE = 20000  # pixels: a PNG header claiming 20000 x 20000 (PIL refuses > 2 x 89 M)
+FASHION_IMAGES = 8  # images per idx file the Fashion-MNIST fixtures write
 
 
 class CreatesFileWhenUnpickled:
@@ -103,6 +173,16 @@ class CreatesFileWhenUnpickled:
 
     def __reduce__(self):
         return open, (self.path, "w")
+
+
+class RunsShellCommand:
+    """A pickle of os.system (posix.system): unpickled, it would run the shell command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
 
 
 def make_checkpoints(folder):
@@ -128,6 +208,9 @@ def make_checkpoints(folder):
     torch.save({"format": CHECKPOINT_FORMAT, "kind": "mae",
                 "model": CreatesFileWhenUnpickled(os.path.join(folder, "PWNED"))},
                os.path.join(folder, "evil.pt"))
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": "mae",
+                "model": RunsShellCommand(f"touch {os.path.join(folder, 'PWNED_SYSTEM')}")},
+               os.path.join(folder, "system.pt"))
 
 
 def make_image_folders(root):
@@ -155,6 +238,80 @@ def make_image_folders(root):
                 shutil.copy(src, path)
 
 
+def png_header(width, height):
+    """The first chunks of a PNG of that size (enough for PIL to read its size)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+
+def make_hostile_folders(root, png):
+    """Folder datasets a hostile review used: a decompression bomb, a symlink loop, a FIFO, a
+    hidden folder (the only second class), a bad file with a newline in its name."""
+    ok = {"train/b/i.png": png, "test/a/i.png": png, "test/b/i.png": png}
+    for name in ("bomb", "loop", "fifo", "newline"):
+        for rel, src in ok.items():
+            os.makedirs(os.path.join(root, name, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy(src, os.path.join(root, name, rel))
+        os.makedirs(os.path.join(root, name, "train", "a"))
+    with open(os.path.join(root, "bomb", "train", "a", "x.png"), "wb") as f:
+        f.write(png_header(BOMB_SIDE, BOMB_SIDE))
+    os.symlink("x.png", os.path.join(root, "loop", "train", "a", "x.png"))
+    os.mkfifo(os.path.join(root, "fifo", "train", "a", "x.png"))
+    with open(os.path.join(root, "newline", "train", "a", "bad\nname.png"), "wb") as f:
+        f.write(os.urandom(RANDOM_BYTES))
+    for rel in ("train/a/i.png", "train/.ipynb_checkpoints/i.png", "test/a/i.png"):
+        os.makedirs(os.path.join(root, "hidden", os.path.dirname(rel)), exist_ok=True)
+        shutil.copy(png, os.path.join(root, "hidden", rel))
+
+
+def idx_bytes(arr):
+    """A uint8 array in the idx format (the MNIST files)."""
+    return struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) \
+        + arr.astype(np.uint8).tobytes()
+
+
+def make_fashion_folders(root):
+    """Fashion-MNIST .gz files damaged in one way each -> {name: folder}."""
+    rng = np.random.default_rng(0)
+    images = idx_bytes(rng.integers(0, 256, (FASHION_IMAGES, 28, 28)))
+    labels = rng.integers(0, 10, FASHION_IMAGES)
+    good = {"images": images, "labels": idx_bytes(labels)}
+    compressed = gzip.compress(images)
+    corrupt = compressed[:20] + bytes(b ^ 0xFF for b in compressed[20:40]) + compressed[40:]
+    variants = {
+        "fashion_corrupt": {"train-images-idx3-ubyte.gz": corrupt},
+        "fashion_swapped": {"train-images-idx3-ubyte.gz": gzip.compress(good["labels"])},
+        "fashion_label200": {"train-labels-idx1-ubyte.gz": gzip.compress(
+            idx_bytes(np.where(np.arange(FASHION_IMAGES) == 1, 200, labels)))},
+        "fashion_short": {"train-labels-idx1-ubyte.gz": gzip.compress(idx_bytes(labels[:-1]))},
+    }
+    for name, damaged in variants.items():
+        os.makedirs(os.path.join(root, name))
+        for split in ("train", "t10k"):
+            for kind, idx in (("images", 3), ("labels", 1)):
+                fn = f"{split}-{kind}-idx{idx}-ubyte.gz"
+                with open(os.path.join(root, name, fn), "wb") as f:
+                    f.write(damaged.get(fn, gzip.compress(good[kind])))
+    return {name: os.path.join(root, name) for name in variants}
+
+
+def make_run_folders(out):
+    """Run folders a user edited by hand: args.json broken or deleted."""
+    for exp, text in HAND_EDITED_ARGS.items():
+        os.makedirs(os.path.join(out, exp, "mae-pretrain"))
+        with open(os.path.join(out, exp, "mae-pretrain", "args.json"), "w") as f:
+            f.write(text)
+    folder = os.path.join(out, "noargs", "mae-pretrain")  # flags survive in the checkpoint
+    os.makedirs(folder)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "args": {"seed": 7}},
+                    os.path.join(folder, "checkpoint.pt"))
+    folder = os.path.join(out, "summary_only", "mae-pretrain")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        f.write('{"finished": true}\n')
+
+
 def tree(root):
     """{relative path: sha256} of every file and folder under root."""
     out = {}
@@ -176,6 +333,12 @@ def inputs(tmp_path_factory):
     make_checkpoints(paths["ckpt"])
     make_image_folders(str(root))
     paths.update({k: str(root / k) for k in ("no_images", "one_class", "bad_image")})
+    make_hostile_folders(str(root), str(root / "ok.png"))
+    paths.update({k: str(root / k) for k in ("bomb", "loop", "fifo", "hidden", "newline")})
+    paths.update(make_fashion_folders(str(root)))
+    paths["vis"] = str(root / "vis")
+    os.makedirs(os.path.join(paths["vis"], "predictions.png"))
+    make_run_folders(paths["out"])
     os.makedirs(os.path.join(paths["out"], "other", "mae-pretrain"))
     with open(os.path.join(paths["out"], "other", "mae-pretrain", "args.json"), "w") as f:
         f.write("{}\n")
@@ -216,6 +379,15 @@ def test_nothing_written_under_the_outputs_root(results):
 def test_crafted_pickle_never_runs(results, inputs):
     assert results[0]["ckpt_crafted_pickle"].returncode == 2
     assert not os.path.exists(os.path.join(inputs["ckpt"], "PWNED"))
+
+
+def test_os_system_pickle_is_refused_unrun(results, inputs):
+    """A torch zip checkpoint holding a pickle of posix.system: refused, never run."""
+    with zipfile.ZipFile(os.path.join(inputs["ckpt"], "system.pt")) as z:
+        pickled = next(z.read(n) for n in z.namelist() if n.endswith("data.pkl"))
+    assert b"posix" in pickled and b"system" in pickled  # the payload is really there
+    assert results[0]["ckpt_os_system_pickle"].returncode == 2
+    assert not os.path.exists(os.path.join(inputs["ckpt"], "PWNED_SYSTEM"))
 
 
 def test_download_from_a_silent_server_times_out(tmp_path, monkeypatch):

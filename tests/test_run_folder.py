@@ -1,0 +1,260 @@
+"""The run folder keeps results apart: its state comes from every file in it, one run at a
+time holds it, a classifier knows the exact MAE file it started from, and files a user edited
+by hand give one line instead of a traceback (issue 17)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts, script_env
+
+import engine
+from fileio import file_sha256
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+RACE_ROUNDS = 320  # tries, each two processes starting the same run at the same instant
+RACE_TIMEOUT_S = 300
+MAE = "mae_pretrain.py"
+CLF = "train_classifier.py"
+EPOCHS = ["--total_epoch", "2", "--warmup_epoch", "0"]
+STEPS_PER_EPOCH = 2  # TINY_DATA: 64 images, batch 32
+
+# Two processes (forked after the imports) meet at a barrier, then both do what a stage does
+# at start: status(), open(), and while holding the folder mkdir a marker that a second
+# holder could not create. Rounds cycle through a new folder, a lock left by a dead process
+# (pid 1 never holds it), a lock with garbage in it, and an unfinished run (args.json).
+_RACE = r"""
+import json, multiprocessing as mp, os, sys, time
+from argparse import Namespace
+import engine
+from utils import UsageError
+root, rounds = sys.argv[1], int(sys.argv[2])
+KINDS = ("new", "stale_lock", "garbage_lock", "unfinished")
+args = Namespace(overwrite=False, seed=1)
+
+def prepare(i):
+    path = os.path.join(root, f"r{i}")
+    kind = KINDS[i % len(KINDS)]
+    if kind != "new":
+        os.makedirs(path)
+    if kind == "stale_lock":
+        open(os.path.join(path, engine.LOCK_FN), "w").write("1\n")
+    if kind == "garbage_lock":
+        open(os.path.join(path, engine.LOCK_FN), "w").write("\x00garbage 99999999999999999999")
+    if kind == "unfinished":
+        engine.write_json(os.path.join(path, engine.ARGS_FN), vars(args))
+    return path
+
+def worker(barrier, out):
+    held = refused = double = 0
+    for i in range(rounds):
+        barrier.wait()
+        run = engine.RunFolder(os.path.join(root, f"r{i}"), args)
+        try:
+            run.open(fresh=run.status() == "new")
+        except UsageError:
+            refused += 1
+            barrier.wait()
+            continue
+        try:
+            os.mkdir(os.path.join(root, f"r{i}.holder"))
+        except FileExistsError:
+            double += 1
+        held += 1
+        time.sleep(0.001)
+        run.release()
+        barrier.wait()
+        try:
+            os.rmdir(os.path.join(root, f"r{i}.holder"))
+        except FileNotFoundError:
+            pass
+    out.put({"held": held, "refused": refused, "double": double})
+
+for i in range(rounds):
+    prepare(i)
+ctx = mp.get_context("fork")
+barrier, out = ctx.Barrier(2), ctx.Queue()
+procs = [ctx.Process(target=worker, args=(barrier, out)) for _ in range(2)]
+for p in procs:
+    p.start()
+results = [out.get() for _ in procs]
+for p in procs:
+    p.join()
+print(json.dumps(results))
+"""
+
+
+def test_two_processes_never_both_hold_the_lock(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _RACE, str(tmp_path), str(RACE_ROUNDS)],
+                          cwd=REPO, env=script_env(), capture_output=True, text=True,
+                          timeout=RACE_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert sum(r["double"] for r in results) == 0
+    # every round had exactly one holder at a time and at least one holder in all
+    assert sum(r["held"] + r["refused"] for r in results) == 2 * RACE_ROUNDS
+    assert sum(r["held"] for r in results) >= RACE_ROUNDS
+    assert not any(n.endswith(".holder") for n in os.listdir(tmp_path))
+
+
+def test_only_the_owner_releases_the_lock(tmp_path):
+    from argparse import Namespace
+    owner = engine.RunFolder(str(tmp_path), Namespace(overwrite=False))
+    owner.open(fresh=True)
+    other = engine.RunFolder(str(tmp_path), Namespace(overwrite=False))
+    with pytest.raises(engine.UsageError, match=f"another run \\(pid {os.getpid()}\\)"):
+        other.open(fresh=False)
+    other.release()  # it never held the lock: a no-op
+    assert os.path.exists(tmp_path / engine.LOCK_FN)
+    owner.release()
+    assert not os.path.exists(tmp_path / engine.LOCK_FN)
+
+
+# --------------------------------------------------------------------------- hand-edited files
+def mae_flags(root, exp, *extra):
+    return [MAE, *TINY_DATA, *TINY_MAE, *EPOCHS, "--output_root", root, "--exp_name", exp,
+            *extra]
+
+
+def edit(folder, name, change):
+    path = os.path.join(folder, name)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(change(text))
+
+
+EDITS = {  # exp -> (file, edit, extra flags, expected returncode, fragment of the output)
+    "bom": ("metrics.csv", lambda t: "\ufeff" + t, [], 0, "resuming from"),
+    "garbage_row": ("metrics.csv", lambda t: t + "x,y\n", [], 2, "line 3 is damaged"),
+    "emb_dim": ("args.json", lambda t: t.replace('"emb_dim": 32', '"emb_dim": 64'),
+                ["--emb_dim", "64"], 2, "holds another model (emb_dim 32 (checkpoint)"),
+    "huge_pid": (".lock", lambda t: "9" * 20 + "\n", [], 0, "resuming from"),
+    "args_gone": ("args.json", None, [], 0, "resuming from"),
+    "args_gone_other_flags": ("args.json", None, ["--seed", "1"], 2,
+                              "--seed: 42 (saved) vs 1 (now)"),
+}
+
+
+@pytest.fixture(scope="module")
+def edited(tmp_path_factory):
+    """An unfinished run (stopped by SIGTERM in its second epoch), copied and edited once per
+    case, then resumed; and a finished one whose args.json is deleted, run with other flags."""
+    root = str(tmp_path_factory.mktemp("edited"))
+    first = run_scripts([{"argv": mae_flags(root, "base"), "sigterm_after": STEPS_PER_EPOCH + 1},
+                         mae_flags(root, "done")])
+    assert [p.returncode for p in first] == [143, 0], first[0].stderr
+    base = os.path.join(root, "base", "mae-pretrain")
+    for exp, (name, change, _, _, _) in EDITS.items():
+        folder = os.path.join(root, exp, "mae-pretrain")
+        shutil.copytree(base, folder)
+        if change is None:
+            os.remove(os.path.join(folder, name))
+        else:
+            if not os.path.exists(os.path.join(folder, name)):
+                open(os.path.join(folder, name), "w").close()
+            edit(folder, name, change)
+    done = os.path.join(root, "done", "mae-pretrain")
+    os.remove(os.path.join(done, "args.json"))
+    before = sorted(os.listdir(done))
+    procs = run_scripts([mae_flags(root, exp, *EDITS[exp][2]) for exp in EDITS]
+                        + [mae_flags(root, "done", "--mask_ratio", "0.5")])
+    return dict(zip([*EDITS, "done"], procs)), before, sorted(os.listdir(done))
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_hand_edited_run_files(edited, case):
+    proc = edited[0][case]
+    code, fragment = EDITS[case][3], EDITS[case][4]
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if code:
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    else:
+        assert fragment in proc.stdout and "epoch 1, step 1" in proc.stdout
+
+
+def test_finished_run_without_args_json_is_not_wiped(edited):
+    """Issue 17, case 1: other flags are refused (the checkpoint still names the run)."""
+    procs, before, after = edited
+    proc = procs["done"]
+    assert proc.returncode == 2 and "--mask_ratio: 0.75 (saved) vs 0.5 (now)" in proc.stderr
+    assert after == before and "summary.json" in after and "vit-t-mae.pt" in after
+
+
+# --------------------------------------------------------------------------- upstream identity
+def test_classifier_follows_the_content_of_its_mae(tmp_path):
+    """Issue 17, case 3: the hash is recorded; the same file spelled or placed differently is
+    the same upstream; a re-pretrained MAE is reported with --overwrite as the remedy."""
+    root = str(tmp_path)
+    mae = os.path.join(root, "m", "mae-pretrain", "vit-t-mae.pt")
+    moved = os.path.join(root, "moved.pt")
+    clf = [CLF, *TINY_DATA, "--total_epoch", "1", "--warmup_epoch", "0", "--output_root",
+           root, "--exp_name", "c", "--output_model_path", os.path.join(root, "new", "c.pt")]
+    first = run_scripts([mae_flags(root, "m"), [*clf, "--pretrained_model_path", mae]])
+    assert [p.returncode for p in first] == [0, 0], first[-1].stderr
+    shutil.copy(mae, moved)
+    again = run_scripts([
+        [*clf, "--pretrained_model_path", "./" + os.path.relpath(mae, REPO)],
+        [*clf, "--pretrained_model_path", moved],
+        mae_flags(root, "m", "--overwrite", "--mask_ratio", "0.5"),
+        [*clf, "--pretrained_model_path", mae],
+    ])
+    with open(os.path.join(root, "c", "pretrain-cls", "summary.json")) as f:
+        summary = json.load(f)
+    mae_summary_path = os.path.join(root, "m", "mae-pretrain", "summary.json")
+    assert summary["pretrained_sha256"] == file_sha256(moved)
+    assert os.path.exists(os.path.join(root, "new", "c.pt"))  # its folder made at the start
+    for proc in again[:2]:
+        assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stderr
+    assert again[2].returncode == 0
+    with open(mae_summary_path) as f:
+        assert json.load(f)["model_sha256"] == file_sha256(mae) != file_sha256(moved)
+    lines = again[3].stderr.strip().splitlines()
+    assert again[3].returncode == 2 and len(lines) == 1
+    assert f"trained from a pretrained model with sha256 {file_sha256(moved)[:12]}" in lines[0]
+    assert "--overwrite" in lines[0]
+
+
+# --------------------------------------------------------------------------- Ctrl-C, sizes
+# `python ctrl_c.py MODULE OWNER NAME script args`: OWNER.NAME of MODULE (OWNER "-" for the
+# module itself) raises KeyboardInterrupt, as Ctrl-C during it would; then the script runs.
+CTRL_C = """
+import importlib, runpy, sys
+module, owner, name = sys.argv[1:4]
+target = importlib.import_module(module)
+target = target if owner == "-" else getattr(target, owner)
+original = getattr(target, name)
+def interrupted(*a, **k):
+    raise KeyboardInterrupt
+setattr(target, name, interrupted)
+try:
+    sys.argv = sys.argv[4:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    setattr(target, name, original)
+"""
+
+
+def test_ctrl_c_before_training_and_absurd_sizes(tmp_path):
+    wrapper = tmp_path / "ctrl_c.py"
+    wrapper.write_text(CTRL_C)
+    root = str(tmp_path)
+    probe = [CLF, *TINY_DATA, "--total_epoch", "1", "--warmup_epoch", "0", "--output_root",
+             root, "--linear_probe", *TINY_ENCODER]
+    procs = run_scripts([
+        [wrapper, "engine", "-", "load_dataset", *mae_flags(root, "load")],
+        [wrapper, "model", "ViT_Classifier", "features", *probe, "--exp_name", "cache"],
+        [*mae_flags(root, "big"), "--batch_size", "100000000", "--total_epoch", "1"],
+    ])
+    for proc in procs[:2]:
+        assert proc.returncode == 130, proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            "stopped by SIGINT before training started; nothing to resume yet: run the same "
+            "command again"]
+    assert not os.path.exists(os.path.join(root, "cache", "scratch-cls-lin", engine.LOCK_FN))
+    assert procs[2].returncode == 0, procs[2].stderr
+    assert "warning: --batch_size 100000000 exceeds the 64 training images" in procs[2].stdout
