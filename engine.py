@@ -29,6 +29,7 @@ from utils import (
     cosine_lr,
     get_rng_state,
     load_checkpoint,
+    os_error_hint,
     param_groups,
     save_checkpoint,
     set_lr,
@@ -272,7 +273,7 @@ class RunFolder:
             saved = load_checkpoint(self.ckpt_path).get("args")
             if isinstance(saved, dict):
                 return saved
-        raise UsageError(f"{self.path} holds files of an unknown run (no {ARGS_FN}); use "
+        raise UsageError(f"{self.path} holds files of an unknown run (no args.json); use "
                          "another --exp_name, or --overwrite to delete them")
 
     def _check_upstream(self, saved):
@@ -316,8 +317,8 @@ class RunFolder:
             remove_temp_files(self.path)
             write_json(self.file(ARGS_FN), self.args)
         except OSError as e:
-            raise UsageError(f"cannot write to {self.path}: {e.strerror or e}; choose a "
-                             "writable --output_root") from None
+            hint = os_error_hint(e, "choose a writable --output_root")
+            raise UsageError(f"cannot write to {self.path}: {e.strerror or e}; {hint}") from None
 
     def _empty(self):
         """Delete everything but the lock (deleting it would let a second run take another)."""
@@ -558,12 +559,8 @@ class Trainer:
         sums = None if self.sums is None else \
             {k: distributed.all_reduce_sum(v.clone()) for k, v in sorted(self.sums.items())}
         rng = distributed.all_gather_state(get_rng_state())
-        if self.dist.is_main:
-            try:
-                save_checkpoint(self.state(epoch, step, sums, rng), self.run.ckpt_path)
-            except OSError as e:
-                raise UsageError(f"cannot write checkpoint {self.run.ckpt_path}: "
-                                 f"{e.strerror or e}") from None
+        if self.dist.is_main:  # a failed write: one line from utils.run_cli
+            save_checkpoint(self.state(epoch, step, sums, rng), self.run.ckpt_path)
         distributed.barrier()
 
     def resume(self):
@@ -601,7 +598,7 @@ class Trainer:
             diff = [f"{k} {ckpt['config'].get(k)!r} (checkpoint) vs {v!r} (now)"
                     for k, v in self.config.items() if ckpt["config"].get(k) != v]
             raise UsageError(f"{path} holds another model ({'; '.join(diff)}); was "
-                             f"{ARGS_FN} edited? Start again with --overwrite")
+                             "args.json edited? Start again with --overwrite")
 
     def _restore_rng(self, states):
         """Each rank continues its own random stream; with another number of processes than

@@ -47,12 +47,17 @@ def fail(message):
 
 def os_error_message(e):
     """What failed, on which file, and the remedy."""
-    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-    verb = "cannot write" if full or e.errno in (errno.EROFS, errno.EACCES) else "cannot use"
-    what = f"{verb} {e.filename}" if e.filename else "a file operation failed"
-    hint = "free some space, then run the same command to resume" if full else \
-        "choose a writable folder" if verb == "cannot write" else "check the path"
-    return f"{what}: {e.strerror or e}; {hint}"
+    writing = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+    what = f"{'cannot write' if writing else 'cannot use'} {e.filename}" if e.filename else \
+        "a file operation failed"
+    return f"{what}: {e.strerror or e}; {os_error_hint(e, 'check the path')}"
+
+
+def os_error_hint(e, otherwise):
+    """The remedy for a failed write: free space when the disk is full, else `otherwise`."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space, then run the same command to resume"
+    return "choose a writable folder" if e.errno in (errno.EROFS, errno.EACCES) else otherwise
 
 
 # --------------------------------------------------------------------------- randomness

@@ -51,13 +51,24 @@ def run_script(script, *args):
                           capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
 
 
-# Runs each {"argv": [script, *args], "sigterm_after": N or None} as __main__ and prints a
-# JSON list of {"returncode", "stdout", "stderr", "end_ns"}. sigterm_after=N sends SIGTERM
-# to the process right after its N-th optimizer step, like a scheduler pre-empting the job.
+# Runs each {"argv": [script, *args], "sigterm_after": N or None, "enospc_at": M or None} as
+# __main__ and prints a JSON list of {"returncode", "stdout", "stderr", "end_ns", "writes"}.
+# sigterm_after=N sends SIGTERM to the process right after its N-th optimizer step, like a
+# scheduler pre-empting the job. enospc_at=M makes the M-th atomic write (fileio) fail with
+# ENOSPC, as on a full disk; "writes" counts the command's atomic writes.
 _DRIVER = r"""
-import contextlib, io, json, os, runpy, signal, sys, time, traceback
-import engine
+import contextlib, errno, io, json, os, runpy, signal, sys, time, traceback, types
+import engine, fileio
 commands = json.loads(sys.argv[1])
+class FullDisk(types.ModuleType):  # fileio's view of os: every atomic write ends in fsync
+    def __getattr__(self, name):
+        return getattr(os, name)
+    def fsync(self, fd):
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.fsync(fd)
+disk = fileio.os = FullDisk("os")
 step = engine.Trainer._optimizer_step
 def counting_step(self, *a):
     out = step(self, *a)
@@ -69,6 +80,7 @@ engine.Trainer._optimizer_step = counting_step
 results = []
 for cmd in commands:
     counting_step.calls, counting_step.stop_at = 0, cmd.get("sigterm_after")
+    disk.writes, disk.fail_at = 0, cmd.get("enospc_at")
     sys.argv = [str(a) for a in cmd["argv"]]
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -80,15 +92,16 @@ for cmd in commands:
             traceback.print_exc()
             code = 1
     results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                    "end_ns": time.time_ns()})
+                    "end_ns": time.time_ns(), "writes": disk.writes})
 print(json.dumps(results))
 """
 
 
 def run_scripts(commands):
-    """Run commands (lists [script, *args], or dicts {"argv": [...], "sigterm_after": N}) in
-    order in one fresh interpreter -> a CompletedProcess per command, whose .end_ns is the
-    time.time_ns() at which the command returned (files it wrote are no newer)."""
+    """Run commands (lists [script, *args], or dicts {"argv": [...], "sigterm_after": N,
+    "enospc_at": M}) in order in one fresh interpreter -> a CompletedProcess per command,
+    whose .end_ns is the time.time_ns() at which the command returned (files it wrote are no
+    newer) and .writes the number of its atomic writes."""
     specs = [c if isinstance(c, dict) else {"argv": c} for c in commands]
     proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(specs, default=str)],
                           cwd=REPO, env=script_env(), capture_output=True, text=True,
@@ -99,5 +112,5 @@ def run_scripts(commands):
     for spec, r in zip(specs, json.loads(proc.stdout.splitlines()[-1])):
         results.append(subprocess.CompletedProcess(spec["argv"], r["returncode"], r["stdout"],
                                                    r["stderr"]))
-        results[-1].end_ns = r["end_ns"]
+        results[-1].end_ns, results[-1].writes = r["end_ns"], r["writes"]
     return results

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from argparse import Namespace
 
 import pytest
 from conftest import REPO, TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts, script_env
@@ -22,9 +23,10 @@ EPOCHS = ["--total_epoch", "2", "--warmup_epoch", "0"]
 STEPS_PER_EPOCH = 2  # TINY_DATA: 64 images, batch 32
 
 # Two processes (forked after the imports) meet at a barrier, then both do what a stage does
-# at start: status(), open(), and while holding the folder mkdir a marker that a second
-# holder could not create. Rounds cycle through a new folder, a lock left by a dead process
-# (pid 1 never holds it), a lock with garbage in it, and an unfinished run (args.json).
+# at start: status(), open(), and while holding the folder mkdir (then rmdir) a marker that
+# a second holder at the same time could not create. Rounds cycle through a new folder, a
+# lock left by a dead process (pid 1 never holds it), a lock with garbage in it, and an
+# unfinished run (args.json).
 _RACE = r"""
 import json, multiprocessing as mp, os, sys, time
 from argparse import Namespace
@@ -58,18 +60,17 @@ def worker(barrier, out):
             refused += 1
             barrier.wait()
             continue
+        held += 1
+        marker = os.path.join(root, f"r{i}.holder")
         try:
-            os.mkdir(os.path.join(root, f"r{i}.holder"))
+            os.mkdir(marker)  # fails while the other process holds the folder too
         except FileExistsError:
             double += 1
-        held += 1
-        time.sleep(0.001)
+        else:
+            time.sleep(0.001)
+            os.rmdir(marker)
         run.release()
         barrier.wait()
-        try:
-            os.rmdir(os.path.join(root, f"r{i}.holder"))
-        except FileNotFoundError:
-            pass
     out.put({"held": held, "refused": refused, "double": double})
 
 for i in range(rounds):
@@ -100,7 +101,6 @@ def test_two_processes_never_both_hold_the_lock(tmp_path):
 
 
 def test_only_the_owner_releases_the_lock(tmp_path):
-    from argparse import Namespace
     owner = engine.RunFolder(str(tmp_path), Namespace(overwrite=False))
     owner.open(fresh=True)
     other = engine.RunFolder(str(tmp_path), Namespace(overwrite=False))
@@ -110,6 +110,26 @@ def test_only_the_owner_releases_the_lock(tmp_path):
     assert os.path.exists(tmp_path / engine.LOCK_FN)
     owner.release()
     assert not os.path.exists(tmp_path / engine.LOCK_FN)
+
+
+# --------------------------------------------------------------------------- Ctrl-C, sizes
+# `python ctrl_c.py MODULE OWNER NAME script args`: OWNER.NAME of MODULE (OWNER "-" for the
+# module itself) raises KeyboardInterrupt, as Ctrl-C during it would; then the script runs.
+CTRL_C = """
+import importlib, runpy, sys
+module, owner, name = sys.argv[1:4]
+target = importlib.import_module(module)
+target = target if owner == "-" else getattr(target, owner)
+original = getattr(target, name)
+def interrupted(*a, **k):
+    raise KeyboardInterrupt
+setattr(target, name, interrupted)
+try:
+    sys.argv = sys.argv[4:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    setattr(target, name, original)
+"""
 
 
 # --------------------------------------------------------------------------- hand-edited files
@@ -138,14 +158,31 @@ EDITS = {  # exp -> (file, edit, extra flags, expected returncode, fragment of t
 }
 
 
+def classifier_flags(root, *extra):
+    return [CLF, *TINY_DATA, "--total_epoch", "1", "--warmup_epoch", "0", "--output_root", root,
+            *extra]
+
+
+def upstream_flags(root, mae):
+    return classifier_flags(root, "--exp_name", "c", "--pretrained_model_path", mae,
+                            "--output_model_path", os.path.join(root, "new", "c.pt"))
+
+
 @pytest.fixture(scope="module")
-def edited(tmp_path_factory):
-    """An unfinished run (stopped by SIGTERM in its second epoch), copied and edited once per
-    case, then resumed; and a finished one whose args.json is deleted, run with other flags."""
-    root = str(tmp_path_factory.mktemp("edited"))
+def runs(tmp_path_factory):
+    """Two interpreters. First: an unfinished run (stopped by SIGTERM in its second epoch), a
+    finished one, an MAE and a classifier fine-tuned from it. In between: the unfinished run
+    copied and edited once per case, the finished one's args.json deleted, the MAE copied
+    elsewhere. Then: the edited runs resumed, the finished one run with other flags, the
+    classifier with its MAE spelled or placed differently, the MAE re-pretrained and the
+    classifier once more, and Ctrl-C before training (CTRL_C) -> facts for the tests."""
+    tmp = tmp_path_factory.mktemp("run_folder")
+    root = str(tmp)
+    mae = os.path.join(root, "m", "mae-pretrain", "vit-t-mae.pt")
     first = run_scripts([{"argv": mae_flags(root, "base"), "sigterm_after": STEPS_PER_EPOCH + 1},
-                         mae_flags(root, "done")])
-    assert [p.returncode for p in first] == [143, 0], first[0].stderr
+                         mae_flags(root, "done"), mae_flags(root, "m"),
+                         upstream_flags(root, mae)])
+    assert [p.returncode for p in first] == [143, 0, 0, 0], [p.stderr for p in first]
     base = os.path.join(root, "base", "mae-pretrain")
     for exp, (name, change, _, _, _) in EDITS.items():
         folder = os.path.join(root, exp, "mae-pretrain")
@@ -159,14 +196,31 @@ def edited(tmp_path_factory):
     done = os.path.join(root, "done", "mae-pretrain")
     os.remove(os.path.join(done, "args.json"))
     before = sorted(os.listdir(done))
-    procs = run_scripts([mae_flags(root, exp, *EDITS[exp][2]) for exp in EDITS]
-                        + [mae_flags(root, "done", "--mask_ratio", "0.5")])
-    return dict(zip([*EDITS, "done"], procs)), before, sorted(os.listdir(done))
+    moved = os.path.join(root, "moved.pt")
+    shutil.copy(mae, moved)
+    wrapper = tmp / "ctrl_c.py"
+    wrapper.write_text(CTRL_C)
+    probe = classifier_flags(root, "--linear_probe", *TINY_ENCODER, "--exp_name", "cache")
+    commands = {
+        **{exp: mae_flags(root, exp, *EDITS[exp][2]) for exp in EDITS},
+        "done": mae_flags(root, "done", "--mask_ratio", "0.5"),
+        "respelled": upstream_flags(root, "./" + os.path.relpath(mae, REPO)),
+        "moved": upstream_flags(root, moved),
+        "repretrain": mae_flags(root, "m", "--overwrite", "--mask_ratio", "0.5"),
+        "stale": upstream_flags(root, mae),
+        "ctrl_c_load": [wrapper, "engine", "-", "load_dataset", *mae_flags(root, "load")],
+        "ctrl_c_cache": [wrapper, "model", "ViT_Classifier", "features", *probe],
+        "huge_batch": [*mae_flags(root, "big"), "--batch_size", "100000000", "--total_epoch",
+                       "1"],
+    }
+    procs = dict(zip(commands, run_scripts(list(commands.values()))))
+    return {"root": root, "procs": procs, "done_before": before, "mae": mae, "moved": moved,
+            "done_after": sorted(os.listdir(done))}
 
 
 @pytest.mark.parametrize("case", list(EDITS))
-def test_hand_edited_run_files(edited, case):
-    proc = edited[0][case]
+def test_hand_edited_run_files(runs, case):
+    proc = runs["procs"][case]
     code, fragment = EDITS[case][3], EDITS[case][4]
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -177,84 +231,44 @@ def test_hand_edited_run_files(edited, case):
         assert fragment in proc.stdout and "epoch 1, step 1" in proc.stdout
 
 
-def test_finished_run_without_args_json_is_not_wiped(edited):
+def test_finished_run_without_args_json_is_not_wiped(runs):
     """Issue 17, case 1: other flags are refused (the checkpoint still names the run)."""
-    procs, before, after = edited
-    proc = procs["done"]
+    proc, before, after = runs["procs"]["done"], runs["done_before"], runs["done_after"]
     assert proc.returncode == 2 and "--mask_ratio: 0.75 (saved) vs 0.5 (now)" in proc.stderr
     assert after == before and "summary.json" in after and "vit-t-mae.pt" in after
 
 
 # --------------------------------------------------------------------------- upstream identity
-def test_classifier_follows_the_content_of_its_mae(tmp_path):
+def test_classifier_follows_the_content_of_its_mae(runs):
     """Issue 17, case 3: the hash is recorded; the same file spelled or placed differently is
     the same upstream; a re-pretrained MAE is reported with --overwrite as the remedy."""
-    root = str(tmp_path)
-    mae = os.path.join(root, "m", "mae-pretrain", "vit-t-mae.pt")
-    moved = os.path.join(root, "moved.pt")
-    clf = [CLF, *TINY_DATA, "--total_epoch", "1", "--warmup_epoch", "0", "--output_root",
-           root, "--exp_name", "c", "--output_model_path", os.path.join(root, "new", "c.pt")]
-    first = run_scripts([mae_flags(root, "m"), [*clf, "--pretrained_model_path", mae]])
-    assert [p.returncode for p in first] == [0, 0], first[-1].stderr
-    shutil.copy(mae, moved)
-    again = run_scripts([
-        [*clf, "--pretrained_model_path", "./" + os.path.relpath(mae, REPO)],
-        [*clf, "--pretrained_model_path", moved],
-        mae_flags(root, "m", "--overwrite", "--mask_ratio", "0.5"),
-        [*clf, "--pretrained_model_path", mae],
-    ])
+    root, procs, mae, moved = runs["root"], runs["procs"], runs["mae"], runs["moved"]
     with open(os.path.join(root, "c", "pretrain-cls", "summary.json")) as f:
         summary = json.load(f)
-    mae_summary_path = os.path.join(root, "m", "mae-pretrain", "summary.json")
     assert summary["pretrained_sha256"] == file_sha256(moved)
     assert os.path.exists(os.path.join(root, "new", "c.pt"))  # its folder made at the start
-    for proc in again[:2]:
+    for case in ("respelled", "moved"):
+        proc = procs[case]
         assert proc.returncode == 0 and "nothing to do" in proc.stdout, proc.stderr
-    assert again[2].returncode == 0
-    with open(mae_summary_path) as f:
+    assert procs["repretrain"].returncode == 0
+    with open(os.path.join(root, "m", "mae-pretrain", "summary.json")) as f:
         assert json.load(f)["model_sha256"] == file_sha256(mae) != file_sha256(moved)
-    lines = again[3].stderr.strip().splitlines()
-    assert again[3].returncode == 2 and len(lines) == 1
+    lines = procs["stale"].stderr.strip().splitlines()
+    assert procs["stale"].returncode == 2 and len(lines) == 1
     assert f"trained from a pretrained model with sha256 {file_sha256(moved)[:12]}" in lines[0]
     assert "--overwrite" in lines[0]
 
 
 # --------------------------------------------------------------------------- Ctrl-C, sizes
-# `python ctrl_c.py MODULE OWNER NAME script args`: OWNER.NAME of MODULE (OWNER "-" for the
-# module itself) raises KeyboardInterrupt, as Ctrl-C during it would; then the script runs.
-CTRL_C = """
-import importlib, runpy, sys
-module, owner, name = sys.argv[1:4]
-target = importlib.import_module(module)
-target = target if owner == "-" else getattr(target, owner)
-original = getattr(target, name)
-def interrupted(*a, **k):
-    raise KeyboardInterrupt
-setattr(target, name, interrupted)
-try:
-    sys.argv = sys.argv[4:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    setattr(target, name, original)
-"""
-
-
-def test_ctrl_c_before_training_and_absurd_sizes(tmp_path):
-    wrapper = tmp_path / "ctrl_c.py"
-    wrapper.write_text(CTRL_C)
-    root = str(tmp_path)
-    probe = [CLF, *TINY_DATA, "--total_epoch", "1", "--warmup_epoch", "0", "--output_root",
-             root, "--linear_probe", *TINY_ENCODER]
-    procs = run_scripts([
-        [wrapper, "engine", "-", "load_dataset", *mae_flags(root, "load")],
-        [wrapper, "model", "ViT_Classifier", "features", *probe, "--exp_name", "cache"],
-        [*mae_flags(root, "big"), "--batch_size", "100000000", "--total_epoch", "1"],
-    ])
-    for proc in procs[:2]:
+def test_ctrl_c_before_training_and_absurd_sizes(runs):
+    root, procs = runs["root"], runs["procs"]
+    for case in ("ctrl_c_load", "ctrl_c_cache"):
+        proc = procs[case]
         assert proc.returncode == 130, proc.stderr
         assert proc.stderr.strip().splitlines() == [
             "stopped by SIGINT before training started; nothing to resume yet: run the same "
             "command again"]
     assert not os.path.exists(os.path.join(root, "cache", "scratch-cls-lin", engine.LOCK_FN))
-    assert procs[2].returncode == 0, procs[2].stderr
-    assert "warning: --batch_size 100000000 exceeds the 64 training images" in procs[2].stdout
+    proc = procs["huge_batch"]
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --batch_size 100000000 exceeds the 64 training images" in proc.stdout
