@@ -82,7 +82,7 @@ def get_args_parser():
     g.add_argument("--encoder_head", type=engine.positive_int, help="encoder heads")
     g.add_argument("--decoder_dim", type=engine.positive_int, help="decoder width")
     g.add_argument("--decoder_layer", type=engine.positive_int, help="decoder blocks")
-    g.add_argument("--mask_ratio", type=float, default=0.75, help="MAE mask ratio")
+    g.add_argument("--mask_ratio", type=engine.finite_float, default=0.75, help="MAE mask ratio")
     g.add_argument("--batch_size", type=engine.positive_int,
                    help="images per optimizer step (and per feature-extraction call)")
     g.add_argument("--max_device_batch_size", type=engine.positive_int,

@@ -244,8 +244,8 @@ def _folder(name, data_dir, image_size):
     try:
         classes = sorted(d.name for d in os.scandir(os.path.join(data_dir, "train"))
                          if d.is_dir() and not d.name.startswith("."))  # not .ipynb_checkpoints
-    except OSError as e:
-        raise UsageError(f"cannot list {data_dir}/train: {e.strerror}") from None
+    except OSError as e:  # a symlink loop among the class folders, say
+        raise UsageError(f"cannot list {e.filename}: {e.strerror}") from None
     if len(classes) < 2:
         raise UsageError(f"{data_dir}/train has {len(classes)} class folder(s); "
                          "a classification dataset needs at least 2")

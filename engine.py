@@ -197,7 +197,6 @@ def model_error(e):
 
 
 # --------------------------------------------------------------------------- run folder
-RUN_FILES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN)  # what makes a folder a run of this project
 # Names of the run folder's own files and folders, refused for output file flags.
 RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
 
@@ -224,7 +223,9 @@ class RunFolder:
         return os.path.join(self.path, name)
 
     def status(self):
-        """'new', 'unfinished' or 'finished'; refuses changed flags and foreign folders."""
+        """'new' (nothing to resume: no files, --overwrite, or only the args.json of a run
+        stopped before its first checkpoint), 'unfinished' or 'finished'; refuses changed
+        flags and foreign folders. Reads only."""
         self.decided = self._status()
         return self.decided
 

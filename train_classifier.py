@@ -232,9 +232,11 @@ def extract_features(model, split, batch_size, norm, autocast):
 def check_outputs(args, run):
     """The CSV and model paths, refused now if they would clash or cannot be written."""
     names = {"--csv_log": csv_name(args)}
-    engine.check_file_names(names)
     if args.output_model_path == "auto":
+        model_fn = MODES[(args.pretrained_model_path is not None, args.linear_probe)][1]
+        engine.check_file_names({**names, "--output_model_path": model_fn})
         return
+    engine.check_file_names(names)
     engine.check_output_path(run, "--output_model_path", args.output_model_path, names)
     if args.pretrained_model_path and os.path.exists(args.output_model_path) and \
             os.path.samefile(args.output_model_path, args.pretrained_model_path):

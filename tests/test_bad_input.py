@@ -114,6 +114,8 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
     "model_fn_lock": (MAE, ["--model_fn", ".lock"], ["--model_fn .lock would overwrite"]),
     "model_fn_in_subfolder": (MAE, ["--model_fn", "sub/x.pt"],
                               ["--model_fn is a file name in the stage folder", "sub/x.pt"]),
+    "csv_log_is_the_model": (CLF, ["--csv_log", "vit-t-clf-from_scratch.pt"],
+                             ["both name vit-t-clf-from_scratch.pt"]),
     "csv_fn_equals_model_fn": (MAE, ["--csv_fn", "m.pt", "--model_fn", "m.pt"],
                                ["both name m.pt"]),
     "output_model_path_reserved": (CLF, ["--output_model_path",
@@ -138,6 +140,8 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                                   ["cannot read image", "x.png", "remove or replace"]),
     "folder_symlink_loop": (MAE, ["--dataset", "folder", "--data_dir", "{loop}"],
                             ["cannot list", "x.png", "symbolic links"]),
+    "folder_class_symlink_loop": (MAE, ["--dataset", "folder", "--data_dir", "{classloop}"],
+                                  ["cannot list", "train/c", "symbolic links"]),
     "folder_fifo": (MAE, ["--dataset", "folder", "--data_dir", "{fifo}"],
                     ["x.png is not a regular file"]),
     "folder_hidden_class": (MAE, ["--dataset", "folder", "--data_dir", "{hidden}"],
@@ -246,10 +250,11 @@ def png_header(width, height):
 
 
 def make_hostile_folders(root, png):
-    """Folder datasets a hostile review used: a decompression bomb, a symlink loop, a FIFO, a
-    hidden folder (the only second class), a bad file with a newline in its name."""
+    """Folder datasets a hostile review used: a decompression bomb, symlink loops (an image,
+    a class folder), a FIFO, a hidden folder (the only second class), a bad file with a
+    newline in its name."""
     ok = {"train/b/i.png": png, "test/a/i.png": png, "test/b/i.png": png}
-    for name in ("bomb", "loop", "fifo", "newline"):
+    for name in ("bomb", "loop", "fifo", "newline", "classloop"):
         for rel, src in ok.items():
             os.makedirs(os.path.join(root, name, os.path.dirname(rel)), exist_ok=True)
             shutil.copy(src, os.path.join(root, name, rel))
@@ -258,6 +263,7 @@ def make_hostile_folders(root, png):
         f.write(png_header(BOMB_SIDE, BOMB_SIDE))
     os.symlink("x.png", os.path.join(root, "loop", "train", "a", "x.png"))
     os.mkfifo(os.path.join(root, "fifo", "train", "a", "x.png"))
+    os.symlink("c", os.path.join(root, "classloop", "train", "c"))
     with open(os.path.join(root, "newline", "train", "a", "bad\nname.png"), "wb") as f:
         f.write(os.urandom(RANDOM_BYTES))
     for rel in ("train/a/i.png", "train/.ipynb_checkpoints/i.png", "test/a/i.png"):
@@ -334,7 +340,8 @@ def inputs(tmp_path_factory):
     make_image_folders(str(root))
     paths.update({k: str(root / k) for k in ("no_images", "one_class", "bad_image")})
     make_hostile_folders(str(root), str(root / "ok.png"))
-    paths.update({k: str(root / k) for k in ("bomb", "loop", "fifo", "hidden", "newline")})
+    paths.update({k: str(root / k)
+                  for k in ("bomb", "loop", "fifo", "hidden", "newline", "classloop")})
     paths.update(make_fashion_folders(str(root)))
     paths["vis"] = str(root / "vis")
     os.makedirs(os.path.join(paths["vis"], "predictions.png"))
