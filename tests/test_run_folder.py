@@ -155,7 +155,10 @@ EDITS = {  # exp -> (file, edit, extra flags, expected returncode, fragment of t
     "args_gone": ("args.json", None, [], 0, "resuming from"),
     "args_gone_other_flags": ("args.json", None, ["--seed", "1"], 2,
                               "--seed: 42 (saved) vs 1 (now)"),
+    "model_as_checkpoint": ("checkpoint.pt", "final model", [], 2,
+                            "is not a resumable checkpoint (no optimizer"),
 }
+FINAL_MODEL = "final model"  # an edit: the finished run's model file copied over the file
 
 
 def classifier_flags(root, *extra):
@@ -189,6 +192,9 @@ def runs(tmp_path_factory):
         shutil.copytree(base, folder)
         if change is None:
             os.remove(os.path.join(folder, name))
+        elif change == FINAL_MODEL:
+            shutil.copy(os.path.join(root, "done", "mae-pretrain", "vit-t-mae.pt"),
+                        os.path.join(folder, name))
         else:
             if not os.path.exists(os.path.join(folder, name)):
                 open(os.path.join(folder, name), "w").close()
