@@ -26,6 +26,7 @@ from utils import (
     CHECKPOINT_FORMAT,
     CSVLogger,
     UsageError,
+    add_config_arg,
     cosine_lr,
     get_rng_state,
     load_checkpoint,
@@ -54,7 +55,7 @@ HASH_SHOWN = 12  # hex digits of a hash shown in messages
 # Flags that do not change the numbers a run produces; they may differ on resume (a run
 # folder may also be moved or renamed).
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
-                   "output_root", "data_dir", "exp_name",
+                   "output_root", "data_dir", "exp_name", "config",
                    # compared by content: UPSTREAM_KEY
                    "pretrained_model_path",
                    # the kNN monitor (knn.py) only observes the encoder; training is unchanged
@@ -132,7 +133,8 @@ def add_dataset_args(parser):
 
 def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_epoch,
                     warmup_epoch, augment):
-    """Flags of both stages: data, optimisation, runtime and output."""
+    """Flags of both stages: --config, data, optimisation, runtime and output."""
+    add_config_arg(parser)
     g = add_dataset_args(parser)
     g.add_argument("--max_train_images", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
@@ -154,7 +156,8 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
     g.add_argument("--total_epoch", type=positive_int, default=total_epoch,
                    help="training epochs")
     g.add_argument("--warmup_epoch", type=non_negative_int, default=warmup_epoch,
-                   help="epochs of linear lr warmup, then cosine decay (updated every step)")
+                   help="epochs of linear lr warmup, then cosine decay (updated every step); "
+                        "more than --total_epoch is cut to half the run, with a note")
 
     g = parser.add_argument_group("runtime")
     g.add_argument("--seed", type=seed_int, default=42, help="seed of every RNG")
@@ -175,10 +178,14 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
 
 
 def validate_common(args):
-    """Checks that need no disk: raise UsageError naming the flag."""
+    """Checks that need no disk: raise UsageError naming the flag. A warmup longer than the
+    run (a default warmup on a short run) is cut to half the run, with one printed line."""
     if args.warmup_epoch > args.total_epoch:
-        raise UsageError(f"--warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
-                         f"{args.total_epoch}")
+        clamped = args.total_epoch // 2
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: --warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
+                  f"{args.total_epoch}; warming up for {clamped} epoch(s), half the run")
+        args.warmup_epoch = clamped
     if args.weight_decay < 0:
         raise UsageError(f"--weight_decay must be >= 0, got {args.weight_decay}")
     world = int(os.environ.get("WORLD_SIZE", "1"))

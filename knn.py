@@ -27,8 +27,9 @@ def add_knn_args(parser):
                    help="neighbours that vote")
     g.add_argument("--knn_t", type=engine.positive_float, default=0.07,
                    help="temperature of the vote weights exp(similarity / T)")
-    g.add_argument("--knn_feature", default="cls", choices=POOLS,
-                   help="feature: the cls token or the mean of the patch tokens")
+    g.add_argument("--pool", "--knn_feature", dest="knn_feature", default="cls", choices=POOLS,
+                   help="feature the kNN monitor reads: the cls token or the mean of the patch "
+                        "tokens (train_classifier.py's --pool)")
     g.add_argument("--knn_train_images", type=engine.positive_int, default=10000,
                    help="first N training images form the memory bank")
     g.add_argument("--knn_eval_images", type=engine.positive_int, default=2000,

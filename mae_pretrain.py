@@ -1,10 +1,13 @@
 """Self-supervised MAE pretraining (He et al., 2022) of a ViT on CIFAR-10 and friends.
 
-    python mae_pretrain.py                                   # ViT-T/2, decoder 4 x 192, CIFAR-10
-    python mae_pretrain.py --dataset fake --device cpu --emb_dim 32 --encoder_layer 2 \
-        --decoder_layer 1 --decoder_dim 32 --total_epoch 2      # a smoke run, offline
+    python mae_pretrain.py                          # ViT-T/2, decoder 4 x 192, CIFAR-10
+    python mae_pretrain.py --dataset fake --device cpu --emb_dim 32 --encoder_layer 2 \\
+        --encoder_head 2 --decoder_layer 1 --decoder_dim 32 --total_epoch 2 --exp_name smoke
+    python mae_pretrain.py --config outputs/smoke/mae-pretrain/args.json --exp_name smoke2
 
-Writes OUTPUT_ROOT/EXP_NAME/mae-pretrain/: the model (MODEL_FN), a resumable checkpoint.pt,
+The second line is a smoke run on generated images (seconds on a CPU); the third replays it
+into another folder. Writes OUTPUT_ROOT/EXP_NAME/mae-pretrain/: the model (MODEL_FN), a
+resumable checkpoint.pt,
 metrics.csv, args.json, summary.json, images/epoch_XXXX/reconstruction.png, tensorboard/.
 Running the same command again resumes an unfinished run and leaves a finished one alone.
 """
@@ -20,7 +23,14 @@ import knn
 from data import SPLIT_SEED, DeviceLoader, image_shape
 from fileio import atomic_write, file_sha256
 from model import MAE_ViT, MAEConfig
-from utils import CHECKPOINT_FORMAT, UsageError, run_cli, save_checkpoint, seed_everything
+from utils import (
+    CHECKPOINT_FORMAT,
+    HelpFormatter,
+    UsageError,
+    run_cli,
+    save_checkpoint,
+    seed_everything,
+)
 
 STAGE = "mae-pretrain"
 CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
@@ -29,7 +39,7 @@ CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_second
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     engine.add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
                            total_epoch=600, warmup_epoch=40, augment="flip")
     g = p.add_argument_group("model")
@@ -53,16 +63,18 @@ def get_args_parser():
                    help="learned or fixed 2-D sin-cos position embeddings")
 
     g = p.add_argument_group("outputs")
-    g.add_argument("--model_fn", default="vit-t-mae.pt", help="file name of the final model")
-    g.add_argument("--csv_fn", default="metrics.csv", help="file name of the per-epoch CSV")
+    g.add_argument("--model_fn", "--output_model_path", dest="model_fn", default="vit-t-mae.pt",
+                   help="file name of the final model, in the run folder")
+    g.add_argument("--csv_fn", "--csv_log", dest="csv_fn", default="metrics.csv",
+                   help="file name of the per-epoch CSV, in the run folder")
     g.add_argument("--eval_images", type=engine.positive_int, default=1024,
                    help="test images (with one fixed mask) for eval_loss each epoch")
     g.add_argument("--save_images_dir", default="images",
                    help="folder (in the run folder) of reconstruction grids")
     g.add_argument("--save_images_n", type=engine.positive_int, default=16,
                    help="test images shown in each reconstruction grid")
-    g.add_argument("--visualize_freq", type=engine.positive_int, default=10,
-                   help="write a reconstruction grid every N epochs (and the last)")
+    g.add_argument("--visualize_freq", type=engine.non_negative_int, default=10,
+                   help="write a reconstruction grid every N epochs (and the last); 0 = off")
     g.add_argument("--pad", type=engine.non_negative_int, default=2,
                    help="pixels between images in the grids")
     g.add_argument("--pad_value", type=engine.finite_float, default=1.0,
@@ -202,7 +214,8 @@ def train(args, dist, model, data, trainer, run):
             return
         log.log(row)
         print(engine.epoch_line(epoch, args.total_epoch, row))
-        if (epoch + 1) % args.visualize_freq == 0 or epoch + 1 == args.total_epoch:
+        if args.visualize_freq and ((epoch + 1) % args.visualize_freq == 0
+                                    or epoch + 1 == args.total_epoch):
             grid = evaluator.grid()
             save_grid(grid, run.file(os.path.join(args.save_images_dir, f"epoch_{epoch:04d}",
                                                   "reconstruction.png")))
@@ -211,14 +224,16 @@ def train(args, dist, model, data, trainer, run):
     trainer.fit(on_epoch_end)
     if dist.is_main:
         log.close()
-        finish(args, model, trainer, run, log.csv.rows)
+        finish(args, model, trainer, run, log.csv.rows, data)
 
 
-def finish(args, model, trainer, run, rows):
-    """Write the final model and summary.json (the mark of a finished run)."""
+def finish(args, model, trainer, run, rows, data):
+    """Write the final model and summary.json (the mark of a finished run). The model file
+    carries the normalisation its encoder expects (export.py passes it on)."""
     path = run.file(args.model_fn)
     save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "config": trainer.config,
                      "model": model.state_dict(), "epoch": args.total_epoch,
+                     "norm_mean": data.mean.cpu(), "norm_std": data.std.cpu(),
                      "args": vars(args)}, path)
     wall = sum(float(r["epoch_seconds"]) for r in rows)
     engine.write_json(run.file(engine.SUMMARY_FN), {

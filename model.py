@@ -13,6 +13,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # the eps timm and official MAE use for ViTs
 MLP_RATIO = 4.0
+BN_EPS = 1e-6  # the linear probe's BatchNorm (export.py folds it into a linear head)
 TOKEN_INIT_STD = 0.02  # MAE's init for cls and mask tokens (and learned position embeddings)
 POS_EMBEDS = ("learned", "sincos")
 POOLS = ("cls", "mean")
@@ -307,7 +308,7 @@ class ViT_Classifier(VisionTransformer):
             grid = self.patch_embed.grid_size[0]
             self.pos_embed.data.copy_(sincos_pos_embed(cfg.emb_dim, grid).unsqueeze(0))
         if cfg.head == "bn_linear":
-            self.head = nn.Sequential(nn.BatchNorm1d(cfg.emb_dim, affine=False, eps=1e-6),
+            self.head = nn.Sequential(nn.BatchNorm1d(cfg.emb_dim, affine=False, eps=BN_EPS),
                                       nn.Linear(cfg.emb_dim, cfg.num_classes))
         nn.init.trunc_normal_(self.head_linear.weight, std=TOKEN_INIT_STD)
         nn.init.zeros_(self.head_linear.bias)

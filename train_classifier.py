@@ -1,9 +1,14 @@
 """Image classification with a ViT: from scratch, fine-tuned from MAE, or linear probing.
 
     python train_classifier.py                                  # scratch -> scratch-cls/
-    python train_classifier.py --pretrained_model_path P        # fine-tune -> pretrain-cls/
-    python train_classifier.py --pretrained_model_path P --linear_probe  # pretrain-cls-lin/
+    python train_classifier.py --pretrained_model_path outputs/main_exp/mae-pretrain/vit-t-mae.pt
+    python train_classifier.py --pretrained_model_path outputs/main_exp/mae-pretrain/vit-t-mae.pt \\
+        --linear_probe                                          # -> pretrain-cls-lin/
     python train_classifier.py --linear_probe      # random frozen encoder -> scratch-cls-lin/
+
+The second line fine-tunes (-> pretrain-cls/). --pretrained_model_path also takes a timm ViT
+state dict (.pth or .safetensors, e.g. export.py's) or an official MAE pretraining checkpoint
+({'model': ...}); their encoder keys are mapped explicitly and the decoder is ignored.
 
 --recipe seed (default) keeps the seed's recipe: AdamW, lr = base lr x batch / 256, warmup +
 cosine, no augmentation or regularisation. --recipe paper switches to the MAE paper's
@@ -20,12 +25,13 @@ import torch.nn.functional as F
 
 import distributed
 import engine
+import weights
 from data import DeviceLoader, Split, image_shape
-from model import ENCODER_FIELDS, ClassifierConfig, MAEConfig, ViT_Classifier, config_from_dict
+from model import ClassifierConfig, ViT_Classifier
 from utils import (
     CHECKPOINT_FORMAT,
+    HelpFormatter,
     UsageError,
-    load_checkpoint,
     run_cli,
     save_checkpoint,
     seed_everything,
@@ -59,12 +65,14 @@ MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mo
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     engine.add_common_args(p, batch_size=128, max_device_batch_size=256, base_lr=None,
                            total_epoch=100, warmup_epoch=5, augment=None)
     g = p.add_argument_group("classifier")
-    g.add_argument("--pretrained_model_path", default=None,
-                   help="MAE checkpoint (mae_pretrain.py's model file) to start from; the "
+    g.add_argument("--pretrained_model_path", "--mae_ckpt", "--pretrained_ckpt",
+                   dest="pretrained_model_path", default=None,
+                   help="MAE checkpoint to start from (mae_pretrain.py's model file; or a timm "
+                        "ViT state dict .pth/.safetensors, or an official MAE checkpoint); the "
                         "encoder configuration comes from it")
     g.add_argument("--linear_probe", action="store_true",
                    help="freeze the encoder (eval mode) and train BatchNorm + linear on its "
@@ -89,9 +97,10 @@ def get_args_parser():
     g.add_argument("--val_split", type=engine.non_negative_int, default=0,
                    help="hold out N training images for choosing the best epoch; 0: the "
                         "best epoch is chosen on the test set (and labelled so)")
-    g.add_argument("--output_model_path", default="auto",
+    g.add_argument("--model_fn", "--output_model_path", dest="output_model_path",
+                   default="auto",
                    help="where to write the final classifier (auto: in the stage folder)")
-    g.add_argument("--csv_log", default="auto",
+    g.add_argument("--csv_fn", "--csv_log", dest="csv_log", default="auto",
                    help="per-epoch CSV file name in the stage folder (auto: metrics.csv)")
 
     g = p.add_argument_group("model from scratch (default: taken from the MAE checkpoint)")
@@ -148,25 +157,15 @@ def classifier_config(args, mae_cfg, num_classes):
         raise engine.model_error(e) from None
 
 
-def load_mae(path):
-    """(MAEConfig, encoder state dict) from an MAE checkpoint, or UsageError."""
-    ckpt = load_checkpoint(path, kind="mae")
-    try:
-        cfg = config_from_dict(MAEConfig, ckpt["config"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise UsageError(f"{path} holds an invalid MAE configuration: {e}") from None
-    prefix = "encoder."
-    encoder = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    return cfg, encoder
-
-
 def build_model(args, num_classes, device):
-    mae = load_mae(args.pretrained_model_path) if args.pretrained_model_path else None
+    mae = weights.load_pretrained(args.pretrained_model_path, args.encoder_head) \
+        if args.pretrained_model_path else None
     cfg = classifier_config(args, mae[0] if mae else None, num_classes)
     model = ViT_Classifier(cfg)
     if mae:
-        overrides = {k: v for k, v in asdict(cfg).items() if k not in ENCODER_FIELDS}
-        model = ViT_Classifier.from_mae(mae[0], mae[1], **overrides)
+        # the tensors must be those the configuration describes: one line names the first not
+        weights.check_tensors(model.encoder_state_dict(), mae[1], args.pretrained_model_path)
+        model.load_encoder(mae[1])
     if args.linear_probe:
         model.freeze_trunk()
     return model.to(device)

@@ -1,7 +1,9 @@
-"""Small shared pieces: errors, seeding, RNG state, atomic files, checkpoints, schedule, CSV."""
+"""Small shared pieces: errors, the CLI, seeding, RNG state, checkpoints, schedule, CSV."""
+import argparse
 import csv
 import errno
 import io
+import json
 import math
 import os
 import pickle
@@ -21,11 +23,57 @@ class UsageError(Exception):
     """Bad input: the scripts print the message on one line and exit with code 2."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's layout (its example commands) and shows every default."""
+
+
+CONFIG_FLAG = "--config"
+
+
+def add_config_arg(parser):
+    parser.add_argument(CONFIG_FLAG, default=None, metavar="ARGS_JSON",
+                        help="replay a run: the values in this args.json (a run folder's) "
+                             "become the defaults; flags given on the command line override "
+                             "them")
+
+
+def parse_args(parser, argv=None):
+    """Parse argv; with --config FILE, FILE's values are the defaults (two passes), so flags
+    on the command line win wherever they stand. UsageError for an unreadable file or a key
+    the parser does not know."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(CONFIG_FLAG, default=None)
+    path = pre.parse_known_args(argv)[0].config
+    if path is not None:
+        parser.set_defaults(**read_config(parser, path))
+    return parser.parse_args(argv)
+
+
+def read_config(parser, path):
+    """{dest: value} of an args.json, checked against the parser's flags."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{CONFIG_FLAG} {path}: cannot read it as JSON: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{CONFIG_FLAG} {path}: expected a JSON object of flag values, got "
+                         f"{type(values).__name__}")
+    dests = {a.dest for a in parser._actions} - {"help"}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        raise UsageError(f"{CONFIG_FLAG} {path}: unknown keys {', '.join(unknown)} (is it "
+                         f"an args.json of {parser.prog}?)")
+    values.pop("config", None)  # the file a replayed run was itself replayed from
+    return values
+
+
 def run_cli(main, parser):
     """Parse arguments and run main(args); UsageError -> one line on stderr, exit 2."""
-    args = parser.parse_args()
     try:
-        main(args)
+        main(parse_args(parser))
     except UsageError as e:
         fail(str(e))
     except OSError as e:  # a write that failed (disk full, read-only) or an unreadable file
@@ -109,6 +157,18 @@ def load_checkpoint(path, kind=None, map_location="cpu"):
 
     kind: 'mae' or 'classifier' to insist on one kind of file.
     """
+    ckpt = read_torch_file(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a checkpoint written by this project")
+    if kind is not None and ckpt.get("kind") != kind:
+        want = {"mae": "an MAE pretraining checkpoint (mae_pretrain.py)",
+                "classifier": "a classifier checkpoint (train_classifier.py)"}
+        raise UsageError(f"{path} is a {ckpt.get('kind')} checkpoint; expected {want[kind]}")
+    return ckpt
+
+
+def read_torch_file(path, map_location="cpu"):
+    """torch.load(weights_only=True) of any torch.save file, or UsageError."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
@@ -125,12 +185,6 @@ def load_checkpoint(path, kind=None, map_location="cpu"):
         raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
         raise UsageError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path} is not a checkpoint written by this project")
-    if kind is not None and ckpt.get("kind") != kind:
-        want = {"mae": "an MAE pretraining checkpoint (mae_pretrain.py)",
-                "classifier": "a classifier checkpoint (train_classifier.py)"}
-        raise UsageError(f"{path} is a {ckpt.get('kind')} checkpoint; expected {want[kind]}")
     return ckpt
 
 

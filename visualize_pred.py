@@ -1,9 +1,9 @@
 """Test images under the MAE fine-tuned and the from-scratch classifier, side by side.
 
     python visualize_pred.py                       # the classifiers of outputs/main_exp
-    python visualize_pred.py --indices 3 17 42 --mae_ckpt outputs/main_exp/mae-pretrain/vit-t-mae.pt
-    python visualize_pred.py --dataset fake --device cpu --pretrained_ckpt P --scratch_ckpt S \
-        --use_first_n --n 8                         # offline
+    python visualize_pred.py --indices 3 17 42 \\
+        --pretrained_model_path outputs/main_exp/mae-pretrain/vit-t-mae.pt
+    python visualize_pred.py --use_first_n --n 8 --save_dir outputs/main_exp/visualize_first
 
 Writes to SAVE_DIR: predictions.png (the chosen test images under both classifiers: true label
 below, prediction above, green when right and red when wrong), disagreements.png (up to N test
@@ -27,11 +27,14 @@ from fileio import atomic_write
 from mae_pretrain import reconstruction_grid
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
 from train_classifier import MODES
-from utils import UsageError, load_checkpoint, run_cli
+from utils import HelpFormatter, UsageError, load_checkpoint, run_cli
 
 DEFAULT_RUNS = os.path.join("outputs", "main_exp")  # the stages' default output_root/exp_name
-MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # --<name>_ckpt, in figure order
-          "scratch": "trained from scratch"}
+MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # label -> what it usually is,
+          "scratch": "trained from scratch"}                 # in figure order
+# label -> (flag, old name kept as an alias); the parsed value is args.<label>_ckpt
+MODEL_FLAGS = {"pretrained": ("--finetuned_model_path", "--pretrained_ckpt"),
+               "scratch": ("--scratch_model_path", "--scratch_ckpt")}
 GRID_COLS = 6  # images per row of block in the prediction figures
 PANEL_INCHES = 1.7  # side of one image panel
 FIG_DPI = 120
@@ -41,14 +44,15 @@ GRID_PAD, GRID_PAD_VALUE = 2, 1.0  # pixels (white) between reconstruction image
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("models")
     for name, what in MODELS.items():
         folder, model_fn, _ = MODES[(name == "pretrained", False)]
-        g.add_argument(f"--{name}_ckpt", default=os.path.join(DEFAULT_RUNS, folder, model_fn),
+        g.add_argument(*MODEL_FLAGS[name], dest=f"{name}_ckpt",
+                       default=os.path.join(DEFAULT_RUNS, folder, model_fn),
                        help=f"classifier labelled '{name}' in the figures, usually {what} "
                             "(train_classifier.py's model file)")
-    g.add_argument("--mae_ckpt", default=None,
+    g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="mae_ckpt", default=None,
                    help="MAE checkpoint (mae_pretrain.py's model file): also draw its "
                         "reconstructions of the shown images")
 

@@ -1,0 +1,174 @@
+"""Weights out (export.py -> timm, strict, identical outputs) and in (--pretrained_model_path
+from a timm state dict or an official MAE checkpoint); bad files give one error line."""
+import json
+import shutil
+
+import pytest
+import timm
+import torch
+from conftest import TINY_DATA, TINY_MAE, run_scripts
+from safetensors.torch import save_file
+
+import train_classifier
+from model import MAE_ViT, MAEConfig
+from utils import UsageError, load_checkpoint, seed_everything
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+EPOCH = ["--total_epoch", "1", "--warmup_epoch", "0"]
+FT = "pretrain-cls/vit-t-clf-from_pretrained.pt"
+LIN = "pretrain-cls-lin/vit-t-clf-lin-from_pretrained.pt"
+
+
+def cls_cmd(root, model_path, *extra):
+    return ["train_classifier.py", *TINY_DATA, *EPOCH, "--output_root", root, "--exp_name", "e",
+            "--pretrained_model_path", model_path, *extra]
+
+
+def foreign_files(tmp, mae_path):
+    """A timm classifier's state dict (.pth, .safetensors) and an official MAE checkpoint,
+    built from the trained MAE: the same encoder tensors under their own layouts."""
+    mae = load_checkpoint(mae_path, kind="mae")["model"]
+    encoder = {k.removeprefix("encoder."): v for k, v in mae.items() if k.startswith("encoder.")}
+    timm_model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=2,
+                                   embed_dim=32, depth=2, num_heads=2, num_classes=7)
+    timm_model.load_state_dict(encoder, strict=False)  # head stays timm's own
+    files = {"timm_pth": tmp / "timm.pth", "timm_st": tmp / "timm.safetensors",
+             "official": tmp / "official.pth"}
+    torch.save(timm_model.state_dict(), files["timm_pth"])
+    save_file(timm_model.state_dict(), files["timm_st"])
+    # official MAE names: the encoder at the top level, decoder_* and mask_token beside it
+    torch.save({"model": {k.removeprefix("encoder."): v for k, v in mae.items()}},
+               files["official"])
+    bad = dict(timm_model.state_dict())
+    bad["blocks.1.mlp.fc1.weight"] = bad["blocks.1.mlp.fc1.weight"][:, :16].clone()
+    files["bad_shape"] = tmp / "bad.pth"
+    torch.save(bad, files["bad_shape"])
+    return encoder, files
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("weights")
+    mae_path = tmp / "e" / "mae-pretrain" / "vit-t-mae.pt"
+    first = run_scripts([
+        ["mae_pretrain.py", *TINY_DATA, *TINY_MAE, *EPOCH, "--output_root", tmp, "--exp_name",
+         "e"],
+        cls_cmd(tmp, mae_path),
+        cls_cmd(tmp, mae_path, "--linear_probe"),
+        ["export.py", mae_path],
+        ["export.py", tmp / "e" / FT],
+        ["export.py", tmp / "e" / LIN, "--out_dir", tmp / "lin_export"]])
+    for r in first:
+        assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
+    encoder, files = foreign_files(tmp, mae_path)
+    # item 8 of issue 17: checkpoints that lie about themselves
+    ckpt = load_checkpoint(mae_path, kind="mae")
+    lies = {"contradicting": {**ckpt, "config": {**ckpt["config"], "emb_dim": 64,
+                                                  "encoder_head": 2}},
+            "no_model": {k: v for k, v in ckpt.items() if k != "model"},
+            "list_model": {**ckpt, "model": [1, 2]}}
+    for name, obj in lies.items():
+        files[name] = tmp / f"{name}.pt"
+        torch.save(obj, files[name])
+    copied = tmp / "copied"
+    (copied / "e" / "pretrain-cls").mkdir(parents=True)
+    shutil.copy(tmp / "e" / FT, copied / "e" / "pretrain-cls" / "checkpoint.pt")
+    shutil.copy(tmp / "e" / "pretrain-cls" / "args.json", copied / "e" / "pretrain-cls")
+    cmds = {"official": cls_cmd(tmp / "official", files["official"]),
+            "timm_pth": cls_cmd(tmp / "timm", files["timm_pth"], "--encoder_head", "2",
+                                "--linear_probe"),
+            "copied_final": cls_cmd(copied, mae_path)}
+    for name in ("bad_shape", "contradicting", "no_model", "list_model"):
+        cmds[name] = cls_cmd(tmp / name, files[name], "--encoder_head", "2")
+    results = dict(zip(cmds, run_scripts(list(cmds.values()))))
+    return dict(tmp=tmp, mae_path=mae_path, encoder=encoder, files=files, results=results)
+
+
+def timm_from_export(folder, name):
+    meta = json.loads((folder / f"{name}.json").read_text())
+    weights = str(folder / f"{name}.safetensors")
+    model = timm.create_model(meta["architecture"], checkpoint_path=weights, **meta["model_args"])
+    return model.eval(), meta
+
+
+def test_mae_export_loads_strictly_into_timm_with_identical_features(runs):
+    folder = runs["mae_path"].parent
+    model, meta = timm_from_export(folder, "vit-t-mae")  # create_model loads strictly
+    ckpt = load_checkpoint(runs["mae_path"], kind="mae")
+    mae = MAE_ViT.from_config(MAEConfig(**ckpt["config"]))
+    mae.load_state_dict(ckpt["model"])
+    mae.eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), mae.encoder.forward_features(x))
+        assert torch.equal(model(x), mae.encoder(x))  # pooled features (num_classes 0)
+    assert meta["mean"] == ckpt["norm_mean"].tolist() and len(meta["std"]) == 3
+    assert meta["model_args"]["num_classes"] == 0
+
+
+def test_classifier_exports_with_timm_head_keys(runs):
+    folder = runs["mae_path"].parents[1]
+    clf = train_classifier.ViT_Classifier
+    for path, out, name in ((folder / FT, folder / "pretrain-cls", "vit-t-clf-from_pretrained"),
+                            (folder / LIN, runs["tmp"] / "lin_export",
+                             "vit-t-clf-lin-from_pretrained")):
+        ckpt = load_checkpoint(path, kind="classifier")
+        ours = clf(train_classifier.ClassifierConfig(**ckpt["config"]))
+        ours.load_state_dict(ckpt["model"])
+        ours.eval()
+        model, meta = timm_from_export(out, name)
+        assert {"head.weight", "head.bias"} <= set(model.state_dict())
+        x = torch.randn(5, 3, 16, 16)
+        with torch.no_grad():
+            if "head" in meta:  # the probe's BatchNorm folded into the linear layer
+                torch.testing.assert_close(model(x), ours(x), rtol=1e-5, atol=1e-5)
+            else:
+                assert torch.equal(model(x), ours(x))
+        assert meta["classes"] == ckpt["classes"]
+
+
+@pytest.mark.parametrize("name", ["timm_pth", "timm_st", "official"])
+def test_foreign_encoders_load_exactly(runs, name):
+    """build_model maps the keys and copies every encoder tensor bit for bit."""
+    args = train_classifier.get_args_parser().parse_args(
+        [*TINY_DATA, "--pretrained_model_path", str(runs["files"][name]), "--encoder_head", "2"])
+    train_classifier.resolve_recipe(args)
+    seed_everything(0)
+    model = train_classifier.build_model(args, 10, torch.device("cpu"))
+    got = model.encoder_state_dict()
+    assert set(got) == set(runs["encoder"])
+    assert all(torch.equal(got[k], v) for k, v in runs["encoder"].items())
+
+
+def test_foreign_checkpoints_train(runs):
+    for name in ("official", "timm_pth"):
+        r = runs["results"][name]
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "final test accuracy" in r.stdout
+
+
+@pytest.mark.parametrize("name,words", [
+    ("bad_shape", ["blocks.1.mlp.fc1.weight", "(128, 16)", "(128, 32)"]),
+    ("contradicting", ["tensor cls_token", "(1, 1, 32)", "(1, 1, 64)"]),
+    ("no_model", ["no 'model' tensors", "NoneType"]),
+    ("list_model", ["no 'model' tensors", "list"]),
+    ("copied_final", ["not a resumable checkpoint", "optimizer", "--overwrite"]),
+])
+def test_bad_pretrained_files_give_one_error_line(runs, name, words):
+    r = runs["results"][name]
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_unreadable_foreign_file_is_one_usage_error(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"not safetensors")
+    from weights import load_pretrained
+    with pytest.raises(UsageError, match="not a readable safetensors"):
+        load_pretrained(str(path))
+    torch.save({"a": 1}, tmp_path / "y.pth")
+    with pytest.raises(UsageError, match="neither a checkpoint of this project"):
+        load_pretrained(str(tmp_path / "y.pth"))

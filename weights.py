@@ -1,0 +1,155 @@
+"""Weights in and out of the project.
+
+Out: an encoder (or a classifier) as safetensors under timm's own keys, with a JSON holding the
+`timm.create_model` arguments and the normalisation its inputs need (export.py).
+In: `--pretrained_model_path` reads this project's MAE file, a timm ViT state dict (.pth or
+.safetensors) or an official MAE pretraining checkpoint ({'model': ...}).
+
+The key map is explicit: official MAE and timm name the encoder's tensors alike
+(patch_embed.proj.*, cls_token, pos_embed, blocks.N.*, norm.*), and this project's encoder *is*
+a timm VisionTransformer, so encoder keys map to themselves; this project's MAE file prefixes
+them with 'encoder.'; the MAE decoder (decoder_*, mask_token) and a timm classifier's head
+(head.*, fc_norm.*) are dropped. Everything is loaded without unpickling code.
+"""
+import json
+import math
+import os
+import re
+
+import torch
+
+from model import MAEConfig, config_from_dict, vit_kwargs
+from utils import UsageError, load_checkpoint, read_torch_file
+
+TIMM_ARCH = "vit_tiny_patch16_224"  # a registered timm name; model_args override every size
+PROJECT_PREFIX = "encoder."  # this project's MAE file: encoder keys under this prefix
+DROPPED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")  # decoder, timm heads
+HEAD_DIM = 64  # width per attention head of the ViT family (ViT-T/S/B/L), when not recorded
+TIMM_ONLY_ARGS = ("norm_layer", "drop_path_rate")  # timm's defaults already match
+
+
+# --------------------------------------------------------------------------- out
+def timm_model_args(cfg, num_classes=0, pool="cls"):
+    """JSON-able timm.create_model keyword arguments of an encoder config (MAEConfig or
+    ClassifierConfig)."""
+    kwargs = vit_kwargs(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.emb_dim,
+                        cfg.encoder_layer, cfg.encoder_head, num_classes=num_classes, pool=pool)
+    return {k: v for k, v in kwargs.items() if k not in TIMM_ONLY_ARGS}
+
+
+def fold_bn_linear(head_state):
+    """A BatchNorm1d(affine=False) + Linear head (eval mode) as one timm Linear head:
+    W' = W / sqrt(var + eps), b' = b - W' @ mean. Equal up to float rounding."""
+    from model import BN_EPS
+
+    scale = (head_state["0.running_var"].double() + BN_EPS).rsqrt()  # (D,)
+    w = head_state["1.weight"].double() * scale  # (K, D)
+    b = head_state["1.bias"].double() - w @ head_state["0.running_mean"].double()
+    return {"head.weight": w.float(), "head.bias": b.float()}
+
+
+# --------------------------------------------------------------------------- in
+def load_pretrained(path, encoder_head=None):
+    """(MAEConfig of the encoder, encoder state dict under timm keys) of any supported file.
+
+    encoder_head: heads of a foreign file (its tensors do not tell); default: the JSON
+    export.py wrote beside it, else width / 64."""
+    obj = _read(path)
+    if isinstance(obj, dict) and "format" in obj:  # this project's file
+        return _load_project(path)
+    state, source = _foreign_state(path, obj)
+    encoder = {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
+    cfg = _infer_config(path, encoder, encoder_head, source)
+    return cfg, encoder
+
+
+def _read(path):
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UsageError(f"{path} is not a readable safetensors file: {e}") from None
+    return read_torch_file(path)
+
+
+def _load_project(path):
+    ckpt = load_checkpoint(path, kind="mae")
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not model:
+        raise UsageError(f"{path} has no 'model' tensors (found {type(model).__name__}); "
+                         "pass the model file mae_pretrain.py wrote")
+    try:
+        cfg = config_from_dict(MAEConfig, ckpt["config"])
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UsageError(f"{path} holds an invalid MAE configuration: {e}") from None
+    encoder = {k[len(PROJECT_PREFIX):]: v for k, v in model.items()
+               if k.startswith(PROJECT_PREFIX)}
+    return cfg, encoder
+
+
+def _foreign_state(path, obj):
+    """(state dict, 'official MAE' or 'timm') of a file not written by this project."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj, source = obj["model"], "official MAE"
+    else:
+        source = "timm"
+    if not isinstance(obj, dict) or not obj or \
+            not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+        raise UsageError(f"{path} is neither a checkpoint of this project, a timm ViT state "
+                         "dict nor an official MAE checkpoint ({'model': state dict})")
+    return obj, source
+
+
+def _infer_config(path, state, encoder_head, source):
+    """The encoder's sizes from its tensors; heads from the flag, the export JSON or D/64."""
+    for key in ("patch_embed.proj.weight", "pos_embed", "cls_token"):
+        if key not in state:
+            raise UsageError(f"{path} ({source}) lacks the tensor {key}: not a ViT encoder "
+                             "with a cls token")
+    emb_dim, in_chans, patch, _ = state["patch_embed.proj.weight"].shape  # (D, C, p, p)
+    num_patches = state["pos_embed"].shape[1] - 1  # (1, 1+L, D)
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise UsageError(f"{path}: pos_embed holds {num_patches} patch positions, not a "
+                         "square grid")
+    depth = 1 + max((int(m.group(1)) for k in state
+                     if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    heads = encoder_head or _exported_heads(path)
+    if heads is None:
+        heads = max(1, emb_dim // HEAD_DIM)
+        print(f"note: {path} does not record its attention heads; assuming {heads} (width "
+              f"{emb_dim} / {HEAD_DIM}); pass --encoder_head if that is wrong")
+    try:
+        return MAEConfig(image_size=grid * patch, patch_size=patch, in_chans=in_chans,
+                         emb_dim=emb_dim, encoder_layer=depth, encoder_head=heads)
+    except ValueError as e:
+        raise UsageError(f"{path} ({source}): not a ViT this project builds: {e}") from None
+
+
+def _exported_heads(path):
+    """num_heads from the JSON export.py writes beside its safetensors, if there."""
+    try:
+        with open(os.path.splitext(path)[0] + ".json") as f:
+            return int(json.load(f)["model_args"]["num_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_tensors(expected, given, path):
+    """UsageError naming the first tensor of `given` that `expected` (a state dict) lacks,
+    or that it holds with another shape, or the first expected tensor missing."""
+    for k, v in given.items():
+        if k not in expected:
+            raise UsageError(f"{path}: unexpected tensor {k} {tuple(v.shape)}; the encoder "
+                             "has no such key")
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise UsageError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the encoder "
+                             f"its configuration describes needs {tuple(expected[k].shape)}")
+    for k in expected:
+        if k not in given:
+            raise UsageError(f"{path}: tensor {k} is missing")
