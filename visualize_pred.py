@@ -7,7 +7,7 @@
 
 Writes to SAVE_DIR: predictions.png (the chosen test images under both classifiers: true label
 below, prediction above, green when right and red when wrong), disagreements.png (up to N test
-images on which the classifiers disagree) and, with --mae_ckpt, reconstruction.png (masked
+images on which the classifiers disagree) and, with --pretrained_model_path, reconstruction.png (masked
 input | MAE reconstruction | original, of the same images). Prints each classifier's accuracy
 on the shown images and on the whole test split. Pass the dataset flags of the training runs;
 images are normalised with the statistics stored in each checkpoint.
@@ -48,11 +48,12 @@ def get_args_parser():
     g = p.add_argument_group("models")
     for name, what in MODELS.items():
         folder, model_fn, _ = MODES[(name == "pretrained", False)]
-        g.add_argument(*MODEL_FLAGS[name], dest=f"{name}_ckpt",
+        g.add_argument(*MODEL_FLAGS[name], dest=f"{name}_ckpt", metavar="PATH",
                        default=os.path.join(DEFAULT_RUNS, folder, model_fn),
                        help=f"classifier labelled '{name}' in the figures, usually {what} "
                             "(train_classifier.py's model file)")
-    g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="mae_ckpt", default=None,
+    g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="mae_ckpt", metavar="PATH",
+                   default=None,
                    help="MAE checkpoint (mae_pretrain.py's model file): also draw its "
                         "reconstructions of the shown images")
 

@@ -1,0 +1,110 @@
+"""The command line explains itself: every default in --help, one flag name per concept (old
+names as aliases), --config replays a run, a too-long warmup is cut with a note, and the seed's
+--visualize_freq 0 means off."""
+import argparse
+import json
+
+import pytest
+from conftest import TINY_DATA, TINY_MAE, run_scripts
+
+import export
+import mae_pretrain
+import train_classifier
+import visualize_pred
+from utils import HelpFormatter, UsageError, parse_args
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PARSERS = {"mae_pretrain": mae_pretrain, "train_classifier": train_classifier,
+           "visualize_pred": visualize_pred, "export": export}
+# canonical flag -> old names that must still work, per script
+ALIASES = {
+    "mae_pretrain": {"--model_fn": ["--output_model_path"], "--csv_fn": ["--csv_log"],
+                     "--pool": ["--knn_feature"]},
+    "train_classifier": {"--model_fn": ["--output_model_path"], "--csv_fn": ["--csv_log"],
+                         "--pretrained_model_path": ["--mae_ckpt", "--pretrained_ckpt"]},
+    "visualize_pred": {"--pretrained_model_path": ["--mae_ckpt"],
+                       "--finetuned_model_path": ["--pretrained_ckpt"],
+                       "--scratch_model_path": ["--scratch_ckpt"]},
+}
+
+
+def flags(parser):
+    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS
+            and not isinstance(a, argparse._HelpAction)]
+
+
+@pytest.mark.parametrize("name", PARSERS)
+def test_help_shows_every_default(name):
+    parser = PARSERS[name].get_args_parser()
+    text = "".join(parser.format_help().split())  # argparse wraps lines at spaces and hyphens
+    missing = [a.option_strings[0] for a in flags(parser)
+               if "%(default)" not in HelpFormatter("x")._get_help_string(a)]
+    assert not missing, f"{name}: no default shown for {missing}"
+    for a in flags(parser):
+        assert f"(default:{a.default})".replace(" ", "") in text, (name, a.option_strings[0])
+
+
+def test_help_shows_the_numbers_users_look_for():
+    text = " ".join(mae_pretrain.get_args_parser().format_help().split())
+    for value in ("(default: 4096)", "(default: 600)", "(default: 0.00015)", "(default: 40)"):
+        assert value in text
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_old_flag_names_are_aliases(name):
+    parser = PARSERS[name].get_args_parser()
+    for canonical, old in ALIASES[name].items():
+        want = vars(parser.parse_args([canonical, "v.pt" if "pool" not in canonical else "mean"]))
+        for alias in old:
+            value = "v.pt" if "pool" not in canonical else "mean"
+            assert vars(parser.parse_args([alias, value])) == want, (name, alias)
+
+
+def test_stages_share_flag_names():
+    shared = {"--model_fn", "--csv_fn", "--pool", "--config", "--exp_name", "--seed"}
+    for module in (mae_pretrain, train_classifier):
+        names = {s for a in flags(module.get_args_parser()) for s in a.option_strings}
+        assert shared <= names, module.__name__
+
+
+def test_config_errors_are_one_usage_error(tmp_path):
+    parser = mae_pretrain.get_args_parser()
+    bad = tmp_path / "args.json"
+    for content, words in (('{"emb_dim": 32, "nonsense": 1}', "unknown keys nonsense"),
+                           ("[]", "expected a JSON object"), ("{", "cannot read it as JSON")):
+        bad.write_text(content)
+        with pytest.raises(UsageError, match=words):
+            parse_args(parser, ["--config", str(bad)])
+
+
+def test_config_values_are_defaults_and_flags_override(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"emb_dim": 48, "mask_ratio": 0.5, "config": "old.json"}))
+    for argv in (["--config", str(path), "--emb_dim", "64"],
+                 ["--emb_dim", "64", "--config", str(path)]):
+        args = parse_args(mae_pretrain.get_args_parser(), argv)
+        assert (args.emb_dim, args.mask_ratio, args.config) == (64, 0.5, str(path))
+
+
+def test_replay_warmup_note_and_visualize_off(tmp_path):
+    """A short run with the default warmup (40 > 2 epochs) runs with a note; --config of its
+    args.json finds it finished; with another --exp_name it trains the same flags again."""
+    tiny = [*TINY_DATA, *TINY_MAE, "--output_root", tmp_path]
+    args_json = tmp_path / "a" / "mae-pretrain" / "args.json"
+    first, replay, again = run_scripts([
+        ["mae_pretrain.py", *tiny, "--total_epoch", "2", "--visualize_freq", "0",
+         "--exp_name", "a"],
+        ["mae_pretrain.py", "--config", args_json],
+        ["mae_pretrain.py", "--config", args_json, "--exp_name", "b"]])
+    assert first.returncode == 0, first.stderr[-2000:]
+    note = [line for line in first.stdout.splitlines() if "--warmup_epoch 40" in line]
+    assert note == ["note: --warmup_epoch 40 exceeds --total_epoch 2; warming up for 1 "
+                    "epoch(s), half the run"]
+    saved = json.loads(args_json.read_text())
+    assert saved["warmup_epoch"] == 1 and saved["visualize_freq"] == 0
+    assert not (tmp_path / "a" / "mae-pretrain" / "images").exists()  # 0 = off
+    assert replay.returncode == 0 and "nothing to do" in replay.stdout, replay.stderr
+    assert again.returncode == 0, again.stderr[-2000:]
+    b = json.loads((tmp_path / "b" / "mae-pretrain" / "args.json").read_text())
+    keys = set(saved) | set(b)
+    assert {k for k in keys if saved.get(k) != b.get(k)} == {"exp_name", "config"}
