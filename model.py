@@ -9,6 +9,7 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn as nn
+from einops import rearrange
 from timm.models.vision_transformer import Block, VisionTransformer
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # the eps timm and official MAE use for ViTs
@@ -209,19 +210,14 @@ class MAE_ViT(nn.Module):
     # ---- patches
     def patchify(self, imgs):
         """(B, C, H, W) -> (B, L, p*p*C), patches in row-major order, pixels as (p, p, C)."""
-        p, c = self.config.patch_size, self.config.in_chans
-        b, _, h, w = imgs.shape
-        x = imgs.reshape(b, c, h // p, p, w // p, p)
-        x = torch.einsum("bchpwq->bhwpqc", x)
-        return x.reshape(b, (h // p) * (w // p), p * p * c)
+        p = self.config.patch_size
+        return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
 
     def unpatchify(self, x):
         """(B, L, p*p*C) -> (B, C, H, W), the exact inverse of patchify."""
-        p, c = self.config.patch_size, self.config.in_chans
+        p = self.config.patch_size
         g = self.config.image_size // p
-        x = x.reshape(x.shape[0], g, g, p, p, c)
-        x = torch.einsum("bhwpqc->bchpwq", x)
-        return x.reshape(x.shape[0], c, g * p, g * p)
+        return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
 
     def num_kept(self, mask_ratio):
         """Patches the encoder sees: int(L * (1 - mask_ratio))."""

@@ -7,10 +7,10 @@
 
 Writes to SAVE_DIR: predictions.png (the chosen test images under both classifiers: true label
 below, prediction above, green when right and red when wrong), disagreements.png (up to N test
-images on which the classifiers disagree) and, with --pretrained_model_path, reconstruction.png (masked
-input | MAE reconstruction | original, of the same images). Prints each classifier's accuracy
-on the shown images and on the whole test split. Pass the dataset flags of the training runs;
-images are normalised with the statistics stored in each checkpoint.
+images on which the classifiers disagree) and, with --pretrained_model_path (the MAE file),
+reconstruction.png (masked input | MAE reconstruction | original, of the same images). Prints
+each classifier's accuracy on the shown images and on the whole test split. Pass the dataset
+flags of the training runs; images are normalised with the statistics stored in each checkpoint.
 """
 import argparse
 import os

@@ -48,9 +48,22 @@ LIN=(--linear_probe --total_epoch "$LIN_EPOCHS" --warmup_epoch "$LIN_WARMUP"
 
 # One ablation per name: the mae_pretrain.py flag it varies, the prefix of its values in the
 # experiment names (ablation_depth_d1, ablation_width_w64, ablation_mask_r0.5) and its values.
-declare -A ABLATION_FLAG=([depth]=--decoder_layer [width]=--decoder_dim [mask]=--mask_ratio)
-declare -A ABLATION_PREFIX=([depth]=d [width]=w [mask]=r)
-declare -A ABLATION_VALUES=([depth]=$DEPTHS [width]=$WIDTHS [mask]=$MASK_RATIOS)
+# (Functions with case, not associative arrays: the drivers run on macOS's bash 3.2.)
+# ablation_setting NAME flag|prefix|values: one of the three for ablation NAME.
+ablation_setting() {
+    case "$1:$2" in
+        depth:flag) echo --decoder_layer ;;
+        depth:prefix) echo d ;;
+        depth:values) echo "$DEPTHS" ;;
+        width:flag) echo --decoder_dim ;;
+        width:prefix) echo w ;;
+        width:values) echo "$WIDTHS" ;;
+        mask:flag) echo --mask_ratio ;;
+        mask:prefix) echo r ;;
+        mask:values) echo "$MASK_RATIOS" ;;
+        *) echo "unknown ablation setting $1 $2" >&2; return 1 ;;
+    esac
+}
 
 DATA=(--dataset "$DATASET" --data_dir "$DATA_DIR")
 
@@ -100,14 +113,14 @@ probe() {
 
 # ablation_exp NAME VALUE: the experiment of one non-default value, e.g. ablation_depth_d1.
 ablation_exp() {
-    echo "ablation_${1}_${ABLATION_PREFIX[$1]}$2"
+    echo "ablation_${1}_$(ablation_setting "$1" prefix)$2"
 }
 
 # ablation_exps NAME: the experiments of one ablation, its default (SHORT_EXP) first.
 ablation_exps() {
     local value
     echo "$SHORT_EXP"
-    for value in ${ABLATION_VALUES[$1]}; do
+    for value in $(ablation_setting "$1" values); do
         ablation_exp "$1" "$value"
     done
 }
@@ -127,9 +140,9 @@ for_ablation() {
 pretrain_ablation() {
     local name=$1 value
     shift
-    for value in ${ABLATION_VALUES[$name]}; do
+    for value in $(ablation_setting "$name" values); do
         pretrain "$(ablation_exp "$name" "$value")" "${SHORT_PRETRAIN[@]}" \
-            "${ABLATION_FLAG[$name]}" "$value" "$@"
+            "$(ablation_setting "$name" flag)" "$value" "$@"
     done
 }
 
