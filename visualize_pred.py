@@ -1,7 +1,7 @@
 """Test images under the MAE fine-tuned and the from-scratch classifier, side by side.
 
     python visualize_pred.py                       # the classifiers of outputs/main_exp
-    python visualize_pred.py --indices 3 17 42 \\
+    python visualize_pred.py --indices 3 17 29 \\
         --pretrained_model_path outputs/main_exp/mae-pretrain/vit-t-mae.pt
     python visualize_pred.py --use_first_n --n 8 --save_dir outputs/main_exp/visualize_first
 

@@ -97,14 +97,14 @@ print(json.dumps(results))
 """
 
 
-def run_scripts(commands):
+def run_scripts(commands, cwd=REPO):
     """Run commands (lists [script, *args], or dicts {"argv": [...], "sigterm_after": N,
-    "enospc_at": M}) in order in one fresh interpreter -> a CompletedProcess per command,
-    whose .end_ns is the time.time_ns() at which the command returned (files it wrote are no
-    newer) and .writes the number of its atomic writes."""
+    "enospc_at": M}) in order in one fresh interpreter, in folder cwd -> a CompletedProcess
+    per command, whose .end_ns is the time.time_ns() at which the command returned (files it
+    wrote are no newer) and .writes the number of its atomic writes."""
     specs = [c if isinstance(c, dict) else {"argv": c} for c in commands]
     proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(specs, default=str)],
-                          cwd=REPO, env=script_env(), capture_output=True, text=True,
+                          cwd=cwd, env=script_env(), capture_output=True, text=True,
                           timeout=SCRIPT_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"the script driver failed:\n{proc.stderr[-4000:]}")
