@@ -50,7 +50,7 @@ import mae_pretrain
 import train_classifier
 from data import DeviceLoader, image_shape, load_dataset
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
-from utils import UsageError, run_cli, seed_everything
+from utils import HelpFormatter, UsageError, run_cli, seed_everything
 
 PRESETS = {  # the seed's ViT-T/2 MAE (decoder 4 x 192), and a tiny model for CPU checks
     "vit-t": dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, decoder_dim=192,
@@ -71,7 +71,7 @@ PROBE_EPOCHS = 90
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("configuration (unset flags take the preset's value)")
     g.add_argument("--preset", default="vit-t", choices=tuple(PRESETS),
                    help="vit-t: the seed's ViT-T/2 MAE with a 4 x 192 decoder at batch 4096; "

@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import TINY_DATA, TINY_MAE, run_scripts
 
+import bench
 import export
 import mae_pretrain
 import train_classifier
@@ -15,7 +16,7 @@ from utils import HelpFormatter, UsageError, parse_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PARSERS = {"mae_pretrain": mae_pretrain, "train_classifier": train_classifier,
-           "visualize_pred": visualize_pred, "export": export}
+           "visualize_pred": visualize_pred, "export": export, "bench": bench}
 # canonical flag -> old names that must still work, per script
 ALIASES = {
     "mae_pretrain": {"--model_fn": ["--output_model_path"], "--csv_fn": ["--csv_log"],
@@ -108,3 +109,18 @@ def test_replay_warmup_note_and_visualize_off(tmp_path):
     b = json.loads((tmp_path / "b" / "mae-pretrain" / "args.json").read_text())
     keys = set(saved) | set(b)
     assert {k for k in keys if saved.get(k) != b.get(k)} == {"exp_name", "config"}
+
+
+BASH4_ONLY = ("declare -A", "local -A", "mapfile", "readarray", ",,}", "^^}", "&>>", "|&",
+              "coproc", "declare -n", "shopt -s globstar")
+
+
+def test_drivers_use_no_bash4_only_syntax():
+    """macOS ships bash 3.2: the drivers avoid what it lacks (a static check: no bash 3.2
+    here to run them under)."""
+    from conftest import REPO
+
+    for path in sorted((REPO / "commands").glob("*.sh")):
+        code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+        found = [c for c in BASH4_ONLY if c in code]
+        assert not found, f"{path.name} uses {found}"
