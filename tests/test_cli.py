@@ -124,3 +124,31 @@ def test_drivers_use_no_bash4_only_syntax():
         code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
         found = [c for c in BASH4_ONLY if c in code]
         assert not found, f"{path.name} uses {found}"
+
+
+# The seed's interface: flags and values its README names (and the names its scripts used).
+SEED_FLAGS = {
+    "mae_pretrain": [["--seed", "42"], ["--exp_name", "main_exp_150_50"],
+                     *[["--decoder_layer", d] for d in ("2", "4", "6", "8")],
+                     *[["--decoder_dim", w] for w in ("64", "128", "192", "256", "512")],
+                     ["--visualize_freq", "0"], ["--model_fn", "vit-t-mae.pt"],
+                     ["--csv_fn", "metrics.csv"]],
+    "train_classifier": [["--linear_probe"], ["--seed", "42"],
+                         ["--pretrained_model_path", "outputs/main_exp/mae-pretrain/vit-t-mae.pt"],
+                         ["--output_model_path", "x.pt"], ["--csv_log", "m.csv"]],
+}
+
+
+@pytest.mark.parametrize("name", SEED_FLAGS)
+def test_seed_flags_and_values_parse(name):
+    parser = PARSERS[name].get_args_parser()
+    for argv in SEED_FLAGS[name]:
+        args = parser.parse_args(argv)
+        dest = next(a.dest for a in parser._actions if argv[0] in a.option_strings)
+        assert getattr(args, dest) == (True if len(argv) == 1 else
+                                       type(getattr(args, dest))(argv[1])), argv
+    defaults = parser.parse_args([])
+    assert defaults.seed == 42 and defaults.exp_name == "main_exp"
+    if name == "mae_pretrain":
+        assert (defaults.model_fn, defaults.csv_fn, defaults.save_images_dir) == \
+            ("vit-t-mae.pt", "metrics.csv", "images")
