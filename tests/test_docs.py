@@ -15,6 +15,7 @@ packages satisfy the requirements (no network); `python -m pytest` (this suite) 
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,7 @@ SEED_COMMANDS = [
 ]
 HELP_SCRIPTS = ("mae_pretrain.py", "train_classifier.py", "visualize_pred.py", "export.py")
 SKIP_LINKS = {".git", "outputs", "data", ".pytest_cache", "__pycache__"}
+COPIED = {"results"}
 EPOCH = ["--total_epoch", "1", "--warmup_epoch", "0"]
 TINY = {  # script -> sizes appended to a launch that names no --dataset (or to every driver's)
     "mae_pretrain.py": [*TINY_DATA, *TINY_MAE, *EPOCH, "--knn_freq", "0"],
@@ -110,7 +112,9 @@ class Sandbox:
     def __init__(self, path):
         self.path, self.bin, self.queue = path, path / ".bin", path / ".queue"
         for entry in REPO.iterdir():
-            if entry.name not in SKIP_LINKS:
+            if entry.name in COPIED:  # folders a driver may write into: copies, not links
+                shutil.copytree(entry, path / entry.name)
+            elif entry.name not in SKIP_LINKS:
                 (path / entry.name).symlink_to(entry)
         self.bin.mkdir()
         for name in ("python", "torchrun", "srun"):
