@@ -221,6 +221,9 @@ def test_help_examples_run(docs_run):
     _, _, helps = docs_run
     for script in HELP_SCRIPTS:
         assert help_examples(script), f"{script} --help shows no example"
+        # a continuation that lost its backslash prints as a run of spaces inside a command
+        text = __import__(script.removesuffix(".py")).get_args_parser().format_help()
+        assert not re.search(r"\S {4,}--", text.split("\noptions:")[0]), script
     assert {argv[0] for argv, _ in helps} == set(HELP_SCRIPTS)
 
 
