@@ -12,6 +12,7 @@ except for the seed's main experiment, whose drivers run for real with tiny size
 quick start runs for real in test_commands.py. `pip install -r` checks that the installed
 packages satisfy the requirements (no network); `python -m pytest` (this suite) is not rerun.
 """
+import json
 import os
 import re
 import shlex
@@ -212,6 +213,10 @@ def test_readme_and_docs_commands_run(docs_run):
     out = sandbox.path / "outputs"
     assert (out / "smoke" / "mae-pretrain" / "summary.json").is_file()  # as written, no sizes
     assert (out / "smoke_again" / "mae-pretrain" / "summary.json").is_file()  # --config replay
+    smoke, again = (json.loads((out / e / "mae-pretrain" / "args.json").read_text())
+                    for e in ("smoke", "smoke_again"))
+    assert {k for k in smoke.keys() | again.keys() if smoke.get(k) != again.get(k)} == \
+        {"exp_name", "config"}
     for stage in ("scratch-cls", "pretrain-cls", "pretrain-cls-lin", "scratch-cls-lin"):
         assert (out / "main_exp" / stage / "summary.json").is_file(), stage
     assert (out / "main_exp" / "mae-pretrain" / "vit-t-mae.safetensors").is_file()
