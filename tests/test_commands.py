@@ -91,7 +91,9 @@ def record(fake_bin):
             log = fake_bin / "calls.log"
             log.unlink(missing_ok=True)
             full_env = {"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
-                        "CALLS_LOG": str(log), "OUTPUT_ROOT": OUT, **env}
+                        "CALLS_LOG": str(log), "OUTPUT_ROOT": OUT,
+                        # cpu_study.sh writes its environment.md there, not into the repo
+                        "RESULTS": str(fake_bin / "results"), **env}
             proc = subprocess.run(["bash", str(COMMANDS / driver), *args], env=full_env,
                                   capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, f"{driver} failed:\n{proc.stderr}"
