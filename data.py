@@ -17,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from augment import rand_augment, random_erasing
 from utils import UsageError
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder", "fake")
 AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")
 UINT8_AUGMENTS = ("flip", "crop_flip")  # run on the uint8 batch, before normalisation
 CROP_PAD = 4  # pixels of zero padding for crop_flip (the classic CIFAR recipe)
-RRC_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pretraining
+RRC_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pretraining (fine-tuning: 0.08)
 RRC_RATIO = (3 / 4, 4 / 3)
 SPLIT_SEED = 0  # fixes the held-out validation images and the fake dataset, whatever --seed
 FOLDER_DEFAULT_SIZE = 32  # side of folder and fake images unless --image_size says otherwise
@@ -319,13 +320,13 @@ def _fake(name, data_dir, image_size):
 
 
 # --------------------------------------------------------------------------- augmentation
-def augment_batch(x, augment):
+def augment_batch(x, augment, crop_scale=RRC_SCALE):
     """Batched augmentation: (B, C, H, W) -> same shape and range (flips and crops also on
-    uint8; rrc_flip needs floats)."""
+    uint8; rrc_flip needs floats). crop_scale: rrc_flip's range of crop areas."""
     if augment == "crop_flip":
         x = random_crop(x, CROP_PAD)
     elif augment == "rrc_flip":
-        x = random_resized_crop(x)
+        x = random_resized_crop(x, crop_scale)
     if augment != "none":
         x = random_flip(x)
     return x
@@ -348,16 +349,24 @@ def random_crop(x, pad):
     return xp.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
+def rrc_boxes(b, scale, ratio, device):
+    """(w, h, cx, cy) of b crops: sides as fractions of the image, centres in [-1, 1].
+
+    The area w * h lies in `scale`: a side clamped to the whole image only happens for areas
+    above ratio[0] (>= 0.75), and the other side then keeps the area >= 0.75."""
+    area = torch.empty(b, device=device).uniform_(*scale)
+    log_r = torch.empty(b, device=device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, device=device) * 2 - 1) * (1 - w)
+    cy = (torch.rand(b, device=device) * 2 - 1) * (1 - h)
+    return w, h, cx, cy
+
+
 def random_resized_crop(x, scale=RRC_SCALE, ratio=RRC_RATIO):
     """RandomResizedCrop per image via one affine grid_sample over the batch."""
-    b = x.shape[0]
-    area = torch.empty(b, device=x.device).uniform_(*scale)
-    log_r = torch.empty(b, device=x.device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
-    aspect = torch.exp(log_r)
-    w = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width as a fraction of the image
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (torch.rand(b, device=x.device) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
-    cy = (torch.rand(b, device=x.device) * 2 - 1) * (1 - h)
+    w, h, cx, cy = rrc_boxes(x.shape[0], scale, ratio, x.device)
     zero = torch.zeros_like(w)
     theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -374,17 +383,26 @@ class DeviceLoader:
     """
 
     def __init__(self, split, batch_size, mean=None, std=None, augment="none", shuffle=True,
-                 seed=0, rank=0, world=1):
+                 seed=0, rank=0, world=1, crop_scale=RRC_SCALE, rand_augment=None, reprob=0.0,
+                 drop_last=False):
+        """rand_augment: None or (n, magnitude, mstd) of augment.rand_augment; reprob: the
+        probability of random erasing; drop_last: skip the last partial batch (MAE
+        pretraining does), else it is kept and rounded down to a multiple of world."""
         if augment not in AUGMENTS:
             raise UsageError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
         self.split, self.batch_size, self.augment = split, batch_size, augment
         self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
+        self.crop_scale, self.rand_augment, self.reprob = crop_scale, rand_augment, reprob
         if mean is not None:
             self.mean = mean.to(split.images.device)[None, :, None, None]  # (1, C, 1, 1)
             self.std = std.to(split.images.device)[None, :, None, None]
             self.scale = 1.0 / (255 * self.std)  # uint8 -> normalised in one multiply-add
             self.shift = self.mean / self.std
-        self.num_images = len(split) - (len(split) % batch_size) % world
+        keep = len(split) % batch_size if drop_last else (len(split) % batch_size) % world
+        self.num_images = len(split) - keep
+        if drop_last and self.num_images == 0:
+            raise UsageError(f"{len(split)} images make no full batch of {batch_size}; "
+                             "lower --batch_size or use more images")
 
     def __len__(self):
         return -(-self.num_images // self.batch_size)
@@ -417,7 +435,16 @@ class DeviceLoader:
             return x, labels
         if self.augment in UINT8_AUGMENTS:  # exact on integers, and a quarter of the bytes
             x = augment_batch(x, self.augment)
-        x = x.float().mul_(self.scale).sub_(self.shift)
-        if self.augment not in UINT8_AUGMENTS:  # interpolation commutes with the normalisation
-            x = augment_batch(x, self.augment)
+        if self.rand_augment is not None:  # its pixel ops work on [0, 1] values
+            x = x.float().div_(255)
+            if self.augment not in UINT8_AUGMENTS:
+                x = augment_batch(x, self.augment, self.crop_scale)
+            x = rand_augment(x, *self.rand_augment, fill=self.mean)
+            x = x.sub_(self.mean).div_(self.std)
+        else:
+            x = x.float().mul_(self.scale).sub_(self.shift)
+            if self.augment not in UINT8_AUGMENTS:  # interpolation commutes with normalising
+                x = augment_batch(x, self.augment, self.crop_scale)
+        if self.reprob > 0:  # on normalised pixels, as timm's RandomErasing
+            x = random_erasing(x, self.reprob)
         return x, labels

@@ -24,6 +24,7 @@ from data import AUGMENTS, DATASETS, load_dataset
 from fileio import TEMP_PREFIX, atomic_write_text, file_sha256, remove_temp_files
 from utils import (
     CHECKPOINT_FORMAT,
+    NO_DECAY_NAMES,
     CSVLogger,
     UsageError,
     add_config_arg,
@@ -38,6 +39,7 @@ from utils import (
 )
 
 ADAMW_BETAS_PRETRAIN = (0.9, 0.95)  # MAE pretraining betas
+LARS_MOMENTUM = 0.9  # the MAE linear probe's LARS
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
 CHECKPOINT_FN = "checkpoint.pt"
@@ -512,7 +514,8 @@ class Trainer:
     """
 
     def __init__(self, args, dist, module, loader, step_fn, run, kind, config,
-                 betas=(0.9, 0.999), layer_decay=1.0, state_module=None, extra_state=None):
+                 betas=(0.9, 0.999), layer_decay=1.0, state_module=None, extra_state=None,
+                 optimizer="adamw", min_lr=0.0, decay_tokens=False):
         self.args, self.dist, self.loader, self.step_fn, self.run = args, dist, loader, step_fn, run
         self.kind, self.config, self.extra_state = kind, config, extra_state or {}
         self.module = module
@@ -526,10 +529,10 @@ class Trainer:
                 model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
         self.model = model
         self.lr = args.base_learning_rate * args.batch_size / LR_REFERENCE_BATCH
-        fused = {"fused": True} if dist.device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(
-            param_groups(module, args.weight_decay, layer_decay), lr=self.lr, betas=betas,
-            **fused)
+        self.min_lr = min_lr
+        groups = param_groups(module, args.weight_decay, layer_decay,
+                              () if decay_tokens else NO_DECAY_NAMES)
+        self.optimizer = build_optimizer(optimizer, groups, self.lr, betas, dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.steps_per_epoch = len(loader)
         self.total_steps = args.total_epoch * self.steps_per_epoch
@@ -673,7 +676,7 @@ class Trainer:
                    disable=not (self.dist.is_main and sys.stderr.isatty()))
         for step, (x, y) in enumerate(self.loader.epoch(epoch, start), start=start):
             set_lr(self.optimizer, cosine_lr(epoch * n + step, self.total_steps,
-                                             self.warmup_steps, self.lr))
+                                             self.warmup_steps, self.lr, self.min_lr))
             step_losses[step] = self._optimizer_step(x, y, sums)
             bar.update(1)
             last = step == n - 1
@@ -736,6 +739,19 @@ def mark_batch_dynamic(x):
     graph for the first size and a second, dynamic one at the first other size; marking the
     batch dimension up front makes the first graph the dynamic one (no padding: exact)."""
     torch._dynamo.maybe_mark_dynamic(x, 0)
+
+
+def build_optimizer(name, groups, lr, betas, device):
+    """AdamW (fused on CUDA), or LARS as the official MAE probe: timm's Lars adapts the
+    update of each weight matrix by its trust ratio; biases (ndim 1) get plain momentum."""
+    if name == "lars":
+        from timm.optim import Lars
+
+        for g in groups:
+            g["always_adapt"] = all(p.ndim > 1 for p in g["params"])
+        return Lars(groups, lr=lr, momentum=LARS_MOMENTUM)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **fused)
 
 
 def _count_before(start, n, loader):

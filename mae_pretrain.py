@@ -11,6 +11,13 @@ override its values). Writes OUTPUT_ROOT/EXP_NAME/mae-pretrain/: the model (MODE
 resumable checkpoint.pt, metrics.csv, args.json, summary.json,
 images/epoch_XXXX/reconstruction.png, tensorboard/.
 Running the same command again resumes an unfinished run and leaves a finished one alone.
+
+--recipe seed (default) augments with flips only, keeps each epoch's last partial batch and
+leaves the cls and mask tokens without weight decay; --recipe paper is the MAE appendix's
+Table 8: random resized crops (scale 0.2-1) + flip, drop_last, and weight decay on every
+tensor of more than one dimension, as the official code. Both: AdamW (0.9, 0.95), base lr
+1.5e-4, weight decay 0.05, batch 4096, 40 warmup epochs. The run prints the resolved recipe
+and saves it in args.json; flags given explicitly override (see docs/recipes.md).
 """
 import argparse
 import os
@@ -21,6 +28,7 @@ from torchvision.utils import make_grid, save_image
 
 import engine
 import knn
+import recipes
 from data import SPLIT_SEED, DeviceLoader, image_shape
 from fileio import atomic_write, file_sha256
 from model import MAE_ViT, MAEConfig
@@ -81,6 +89,7 @@ def get_args_parser():
     g.add_argument("--pad_value", type=engine.finite_float, default=1.0,
                    help="grey level of the grid padding, 0 (black) to 1 (white)")
     knn.add_knn_args(p)
+    recipes.add_recipe_args(p, ("pretrain",))
     return p
 
 
@@ -157,31 +166,37 @@ def save_grid(grid, path):
 
 
 def validate(args):
-    """Checks of this stage's flags that need no disk."""
+    """Resolve the recipe, then check this stage's flags (no disk) -> the recipe's rows."""
+    recipe = recipes.resolve(args, "pretrain")
     engine.validate_common(args)
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
     engine.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
                              "--save_images_dir": args.save_images_dir})
+    return recipe
 
 
 def main(args):
-    validate(args)
+    recipe = validate(args)
     cfg = model_config(args)
     dist, run, status = engine.start_stage(args, STAGE)
     if status == "finished":
         return
+    if dist.is_main:
+        print(recipes.describe("pretrain", args.recipe, recipe))
     data = engine.load_stage_data(args, dist)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks
     engine.configure_backends(dist.device)
     model = MAE_ViT.from_config(cfg).to(dist.device)
     loader = DeviceLoader(data.train, args.batch_size, data.mean, data.std, args.augment,
-                          seed=args.seed, rank=dist.rank, world=dist.world)
+                          seed=args.seed, rank=dist.rank, world=dist.world,
+                          **recipes.loader_kwargs(args))
     run.open(fresh=status == "new")
 
     def stage():
         trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae",
-                                 asdict(cfg), betas=engine.ADAMW_BETAS_PRETRAIN)
+                                 asdict(cfg), betas=args.betas, min_lr=args.min_lr,
+                                 decay_tokens=args.decay_tokens)
         train(args, dist, model, data, trainer, run)
 
     engine.run_stage(stage, run)

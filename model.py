@@ -57,7 +57,8 @@ class ClassifierConfig:
     encoder_head: int = 3
     pos_embed: str = "learned"  # 'sincos' initialises the (trainable) position embedding
     num_classes: int = 10
-    pool: str = "cls"  # 'cls' token or 'mean' of patch tokens
+    pool: str = "cls"  # 'cls' token after the final norm, or 'mean': official MAE global pool
+    # (average of the pre-norm patch tokens, then a fresh LayerNorm fc_norm; norm = Identity)
     head: str = "linear"  # 'linear', or 'bn_linear' = BatchNorm1d(affine=False) + linear
     drop_path: float = 0.0  # stochastic depth rate of the last block
 
@@ -138,14 +139,15 @@ def vit_kwargs(image_size, patch_size, in_chans, emb_dim, encoder_layer, encoder
                num_classes=0, pool="cls", drop_path=0.0):
     """Arguments of a timm VisionTransformer: the MAE encoder (num_classes=0) or a classifier.
 
-    fc_norm=False keeps the final LayerNorm in `norm` for both poolings, so encoder weights
-    map one-to-one whatever the pooling.
+    pool 'cls' keeps the final LayerNorm in `norm`; pool 'mean' is the official MAE global
+    pool: timm averages the patch tokens before any norm and applies `fc_norm` (`norm` is then
+    an Identity), so the pretrained final norm is left out as in main_finetune.py.
     """
     return dict(
         img_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
         global_pool="token" if pool == "cls" else "avg", embed_dim=emb_dim,
         depth=encoder_layer, num_heads=encoder_head, mlp_ratio=MLP_RATIO, qkv_bias=True,
-        fc_norm=False, norm_layer=LayerNorm, drop_path_rate=drop_path)
+        fc_norm=pool == "mean", norm_layer=LayerNorm, drop_path_rate=drop_path)
 
 
 def _xavier_init(module):
@@ -306,7 +308,12 @@ class ViT_Classifier(VisionTransformer):
         if cfg.head == "bn_linear":
             self.head = nn.Sequential(nn.BatchNorm1d(cfg.emb_dim, affine=False, eps=BN_EPS),
                                       nn.Linear(cfg.emb_dim, cfg.num_classes))
-        nn.init.trunc_normal_(self.head_linear.weight, std=TOKEN_INIT_STD)
+        self.init_head(TOKEN_INIT_STD)
+
+    def init_head(self, std):
+        """Truncated-normal head weights of this std and zero bias (MAE: 2e-5 to fine-tune,
+        0.01 to probe)."""
+        nn.init.trunc_normal_(self.head_linear.weight, std=std)
         nn.init.zeros_(self.head_linear.bias)
 
     def freeze_trunk(self):
@@ -332,12 +339,26 @@ class ViT_Classifier(VisionTransformer):
         return {"head." + k for k in self.head.state_dict()}
 
     def encoder_state_dict(self):
-        return {k: v for k, v in self.state_dict().items() if k not in self.head_keys()}
+        """The tensors that come from the encoder (not the head, nor a fresh fc_norm)."""
+        return {k: v for k, v in self.state_dict().items() if k not in self.fresh_keys()}
+
+    def from_encoder(self, encoder_state):
+        """The encoder tensors this model takes: with pool 'mean' the encoder's final norm is
+        dropped, as official MAE fine-tuning does (fc_norm starts fresh instead)."""
+        if self.config.pool != "mean":
+            return encoder_state
+        return {k: v for k, v in encoder_state.items() if not k.startswith("norm.")}
+
+    def fresh_keys(self):
+        """Keys that start fresh rather than from the encoder: the head, and fc_norm."""
+        return self.head_keys() | {"fc_norm." + k for k in self.fc_norm.state_dict()}
 
     def load_encoder(self, encoder_state):
-        """Copy encoder tensors exactly; any missing or unexpected key is an error."""
-        missing, unexpected = self.load_state_dict(encoder_state, strict=False)
-        missing = set(missing) - self.head_keys()
+        """Copy encoder tensors exactly (see from_encoder); any missing or unexpected key is
+        an error."""
+        missing, unexpected = self.load_state_dict(self.from_encoder(encoder_state),
+                                                   strict=False)
+        missing = set(missing) - self.fresh_keys()
         if missing or unexpected:
             raise KeyError(f"encoder keys do not match: missing {sorted(missing)}, "
                            f"unexpected {sorted(unexpected)}")

@@ -10,11 +10,15 @@ The second line fine-tunes (-> pretrain-cls/). --pretrained_model_path also take
 state dict (.pth or .safetensors, e.g. export.py's) or an official MAE pretraining checkpoint
 ({'model': ...}); their encoder keys are mapped explicitly and the decoder is ignored.
 
---recipe seed (default) keeps the seed's recipe: AdamW, lr = base lr x batch / 256, warmup +
-cosine, no augmentation or regularisation. --recipe paper switches to the MAE paper's
-fine-tuning recipe (layer decay 0.75, drop path 0.1, label smoothing 0.1, mixup 0.8, cutmix 1.0,
-random resized crop + flip); for a linear probe it means base lr 0.1 and no weight decay.
-Any flag given explicitly overrides its recipe value.
+Recipes (recipes.py; docs/recipes.md lists how each differs from the paper). Fine-tuning and
+training from scratch default to --recipe seed: the seed's AdamW, lr = base lr x batch / 256,
+warmup + cosine, no augmentation or regularisation. --recipe paper is the MAE appendix's
+fine-tuning (Table 9): layer decay 0.65, RandAugment(9, 0.5), random erasing 0.25, mixup 0.8,
+cutmix 1.0, label smoothing 0.1, drop path 0.1, global pooling with fc_norm, batch 1024.
+--linear_probe defaults to --recipe fast: AdamW at base lr 0.1 without weight decay on
+features computed once (no augmentation); --recipe paper is Table 10's probe: LARS, batch
+16384, random resized crop + flip through the frozen encoder every step. The run prints the
+resolved recipe and saves it in args.json; any flag given explicitly overrides its value.
 """
 import argparse
 import os
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 
 import distributed
 import engine
+import recipes
 import weights
 from data import DeviceLoader, Split, image_shape
 from model import ClassifierConfig, ViT_Classifier
@@ -39,21 +44,6 @@ from utils import (
 
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
               "test_acc", "epoch_seconds", "images_per_s"]
-RECIPES = {
-    "seed": dict(base_learning_rate=1e-3, weight_decay=0.05, layer_decay=1.0, drop_path=0.0,
-                 smoothing=0.0, mixup=0.0, cutmix=0.0, augment="none"),
-    "paper": dict(base_learning_rate=1e-3, weight_decay=0.05, layer_decay=0.75, drop_path=0.1,
-                  smoothing=0.1, mixup=0.8, cutmix=1.0, augment="rrc_flip"),
-}
-# A linear probe trains one BN + linear layer on frozen features: no mixing or regularisation.
-# The paper probes with base lr 0.1 and no weight decay (LARS; here AdamW). At the seed's 1e-3
-# the head is under-trained: on the Fashion-MNIST CPU study the MAE probe reached 66.7% test
-# accuracy at base lr 1e-3, 72.5% at 1e-2 and 74.2% at 0.1 (50 epochs, 5,000 labels).
-PROBE_RECIPES = {
-    "seed": dict(RECIPES["seed"]),
-    "paper": dict(RECIPES["seed"], base_learning_rate=0.1, weight_decay=0.0),
-}
-PROBE_FIXED = dict(layer_decay=1.0, drop_path=0.0, smoothing=0.0, mixup=0.0, cutmix=0.0)
 VIT_TINY = dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, pos_embed="learned")
 MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mode)
     (False, False): ("scratch-cls", "vit-t-clf-from_scratch.pt", "scratch"),
@@ -80,9 +70,6 @@ def get_args_parser():
     g.add_argument("--no_feature_cache", action="store_true",
                    help="linear probe: re-run the frozen encoder every step even without "
                         "augmentation (slow; for checking the cache)")
-    g.add_argument("--recipe", default="seed", choices=tuple(RECIPES),
-                   help="defaults of the flags below and of --base_learning_rate, "
-                        "--weight_decay and --augment (see the top of --help)")
     g.add_argument("--layer_decay", type=engine.finite_float, default=None,
                    help="layer-wise lr decay (1 = off; the paper fine-tunes with 0.75)")
     g.add_argument("--drop_path", type=engine.finite_float, default=None,
@@ -92,8 +79,10 @@ def get_args_parser():
                    help="mixup alpha (0 = off)")
     g.add_argument("--cutmix", type=engine.finite_float, default=None,
                    help="cutmix alpha (0 = off)")
-    g.add_argument("--pool", default="cls", choices=("cls", "mean"),
-                   help="features: the cls token or the mean of patch tokens")
+    g.add_argument("--pool", default=None, choices=("cls", "mean"),
+                   help="features: the cls token after the final norm, or the official MAE "
+                        "global pool (mean of the patch tokens before the final norm, then "
+                        "a new LayerNorm fc_norm)")
     g.add_argument("--val_split", type=engine.non_negative_int, default=0,
                    help="hold out N training images for choosing the best epoch; 0: the "
                         "best epoch is chosen on the test set (and labelled so)")
@@ -110,17 +99,15 @@ def get_args_parser():
     g.add_argument("--encoder_head", type=engine.positive_int, default=None, help="heads")
     g.add_argument("--pos_embed", default=None, choices=("learned", "sincos"),
                    help="position embedding initialisation")
+    recipes.add_recipe_args(p, ("finetune", "linprobe"))
     return p
 
 
 def resolve_recipe(args):
-    """Fill every recipe flag that was not given; the probe ignores fine-tuning extras."""
-    recipe = (PROBE_RECIPES if args.linear_probe else RECIPES)[args.recipe]
-    for k, v in recipe.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    """Fill every recipe flag that was not given -> the rows of the resolved recipe."""
+    rows = recipes.resolve(args, "linprobe" if args.linear_probe else "finetune")
     if args.linear_probe:
-        given = [k for k, v in PROBE_FIXED.items() if getattr(args, k) != v]
+        given = [k for k, v in recipes.PROBE_FIXED.items() if getattr(args, k) != v]
         if given:
             raise UsageError(f"--linear_probe trains a linear head on frozen features; "
                              f"drop {', '.join('--' + k for k in given)}")
@@ -131,6 +118,7 @@ def resolve_recipe(args):
             raise UsageError(f"--{k} must be in [0, 1), got {getattr(args, k)}")
     if args.mixup < 0 or args.cutmix < 0:
         raise UsageError("--mixup and --cutmix must be >= 0")
+    return rows
 
 
 def classifier_config(args, mae_cfg, num_classes):
@@ -164,28 +152,44 @@ def build_model(args, num_classes, device):
     model = ViT_Classifier(cfg)
     if mae:
         # the tensors must be those the configuration describes: one line names the first not
-        weights.check_tensors(model.encoder_state_dict(), mae[1], args.pretrained_model_path)
+        weights.check_tensors(model.encoder_state_dict(), model.from_encoder(mae[1]),
+                              args.pretrained_model_path)
         model.load_encoder(mae[1])
+    model.init_head(args.head_init_std)
     if args.linear_probe:
         model.freeze_trunk()
     return model.to(device)
 
 
 # --------------------------------------------------------------------------- loss and steps
+def any_size_mixup(**kwargs):
+    """timm's Mixup in 'batch' mode (one lambda per batch, image i mixed with image B-1-i),
+    for any batch size: timm refuses odd sizes, but its mixing needs none; the middle image
+    of an odd batch is mixed with itself, so it and its label stay as they are."""
+    from timm.data import Mixup
+    from timm.data.mixup import mixup_target
+
+    class AnySizeMixup(Mixup):
+        def __call__(self, x, target):
+            lam = self._mix_batch(x)  # in place, on the device
+            return x, mixup_target(target, self.num_classes, lam, self.label_smoothing)
+
+    return AnySizeMixup(mode="batch", **kwargs)
+
+
 class Objective:
     """Training loss with optional mixup/cutmix (timm, on device batches) and smoothing."""
 
     def __init__(self, args, num_classes):
         self.mixup = None
         if args.mixup > 0 or args.cutmix > 0:
-            from timm.data import Mixup
-            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
-                               label_smoothing=args.smoothing, num_classes=num_classes)
+            self.mixup = any_size_mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+                                        label_smoothing=args.smoothing, num_classes=num_classes)
         self.smoothing = args.smoothing
 
     def __call__(self, model, x, y):
         target = y
-        if self.mixup is not None and x.shape[0] % 2 == 0:  # timm mixes pairs of images
+        if self.mixup is not None:
             x, target = self.mixup(x, y)
         logits = model(x)
         if target.ndim == 2:
@@ -247,7 +251,7 @@ def csv_name(args):
 
 
 def main(args):
-    resolve_recipe(args)
+    recipe = resolve_recipe(args)
     engine.validate_common(args)
     # the upstream's identity is its content: compared on resume, recorded in the results
     args.pretrained_sha256 = engine.upstream_hash(args.pretrained_model_path)
@@ -256,6 +260,9 @@ def main(args):
     check_outputs(args, run)
     if status == "finished":
         return
+    if dist.is_main:
+        print(recipes.describe("linprobe" if args.linear_probe else "finetune", args.recipe,
+                               recipe))
     data = engine.load_stage_data(args, dist, args.val_split)
     seed_everything(args.seed)  # same random encoder on every rank and in every run
     model = build_model(args, data.num_classes, dist.device)
@@ -285,13 +292,15 @@ class Stage:
             train_split = self.features(data.train)
             self.splits = {k: self.features(v) for k, v in self.splits.items()}
         loader = DeviceLoader(train_split, args.batch_size, data.mean, data.std, args.augment,
-                              seed=args.seed, rank=dist.rank, world=dist.world)
+                              seed=args.seed, rank=dist.rank, world=dist.world,
+                              **recipes.loader_kwargs(args))
         self.trainer = engine.Trainer(
             args, dist, module, loader, Objective(args, data.num_classes), run, "classifier",
-            asdict(model.config),
+            asdict(model.config), betas=args.betas,
             layer_decay=args.layer_decay, state_module=model,
             extra_state={"best": lambda: dict(self.best),
-                         engine.UPSTREAM_KEY: lambda: args.pretrained_sha256})
+                         engine.UPSTREAM_KEY: lambda: args.pretrained_sha256},
+            optimizer=args.optimizer, min_lr=args.min_lr)
         self.eval_model = module
 
     def features(self, split):

@@ -200,8 +200,10 @@ def cosine_lr(step, total_steps, warmup_steps, peak_lr, min_lr=0.0):
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
 
 
-def param_groups(model, weight_decay, layer_decay=1.0):
-    """AdamW groups: no decay on biases, norms, tokens and position embeddings.
+def param_groups(model, weight_decay, layer_decay=1.0, no_decay_names=NO_DECAY_NAMES):
+    """AdamW groups: no decay on biases, norms (ndim <= 1) and names containing one of
+    no_decay_names (default: tokens and position embeddings, as official MAE fine-tuning;
+    official pretraining passes none, so it decays its tokens).
 
     layer_decay < 1 scales each ViT block's lr by layer_decay ** (depth + 1 - layer_id)
     (embeddings are layer 0, the head layer depth + 1), as in BEiT and MAE fine-tuning.
@@ -212,7 +214,7 @@ def param_groups(model, weight_decay, layer_decay=1.0):
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
+        no_decay = p.ndim <= 1 or any(k in name for k in no_decay_names)
         layer = _layer_id(name, depth)
         key = (layer, no_decay)
         if key not in groups:
