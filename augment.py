@@ -33,6 +33,9 @@ SOLARIZE_ADD_MAX = 110
 SOLARIZE_ADD_CAP = 128
 SOLARIZE_ADD_THRESHOLD = 128
 LEVELS = 256  # uint8 grey levels
+# timm rounds levels down from float64; float32's 0.9 is 0.89999998, so nudge before flooring
+# (magnitude 9 must give timm's posterize 1 bit, solarize 26, solarize-add 99)
+FLOOR_EPS = 1e-4
 GREY = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights
 SMOOTH = ((1, 1, 1), (1, 5, 1), (1, 1, 1))  # PIL's SMOOTH filter (sharpness degenerates to it)
 OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add",
@@ -65,14 +68,23 @@ def _per_image(v):
     return v[:, None, None, None]
 
 
+def _floor(v):
+    return (v + FLOOR_EPS).floor()
+
+
 def _quantised(x):
     return (x * (LEVELS - 1)).round()
 
 
 def auto_contrast(x, level, sign):
-    lo = x.amin(dim=(2, 3), keepdim=True)
-    hi = x.amax(dim=(2, 3), keepdim=True)
-    return torch.where(hi > lo, (x - lo) / (hi - lo).clamp(min=1e-12), x)
+    """PIL's ImageOps.autocontrast: stretch each channel to 0..255, truncating levels (in
+    float64 as PIL, whose truncation float32 would not reproduce)."""
+    q = _quantised(x).double()
+    lo = q.amin(dim=(2, 3), keepdim=True)
+    hi = q.amax(dim=(2, 3), keepdim=True)
+    scale = torch.full_like(hi, LEVELS - 1) / (hi - lo).clamp(min=1)  # PIL's 255.0 / (hi - lo)
+    stretched = (q * scale - lo * scale).floor().clamp(0, LEVELS - 1) / (LEVELS - 1)
+    return torch.where(hi > lo, stretched.to(x.dtype), x)
 
 
 def equalize(x, level, sign):
@@ -96,19 +108,19 @@ def invert(x, level, sign):
 
 
 def posterize(x, level, sign):
-    bits = POSTERIZE_MAX_BITS - (level * POSTERIZE_MAX_BITS).floor()  # (B,) 4 .. 0
+    bits = POSTERIZE_MAX_BITS - _floor(level * POSTERIZE_MAX_BITS)  # (B,) 4 .. 0
     unit = _per_image(2 ** (8 - bits))
     return torch.div(_quantised(x), unit, rounding_mode="floor") * unit / (LEVELS - 1)
 
 
 def solarize(x, level, sign):
-    threshold = _per_image(LEVELS - (level * LEVELS).floor())
+    threshold = _per_image(LEVELS - _floor(level * LEVELS))
     q = _quantised(x)
     return torch.where(q >= threshold, LEVELS - 1 - q, q) / (LEVELS - 1)
 
 
 def solarize_add(x, level, sign):
-    add = _per_image((level * SOLARIZE_ADD_MAX).floor().clamp(max=SOLARIZE_ADD_CAP))
+    add = _per_image(_floor(level * SOLARIZE_ADD_MAX).clamp(max=SOLARIZE_ADD_CAP))
     q = _quantised(x)
     return torch.where(q < SOLARIZE_ADD_THRESHOLD, (q + add).clamp(max=LEVELS - 1), q) / (
         LEVELS - 1)

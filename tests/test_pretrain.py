@@ -9,6 +9,7 @@ from PIL import Image
 
 import engine
 import mae_pretrain
+import recipes
 from data import DeviceLoader, load_dataset
 from model import MAE_ViT, MAEConfig
 
@@ -127,6 +128,7 @@ def test_a_flag_that_does_not_change_results_may_differ_on_rerun(runs):
     folder = runs["folders"]["A"]
     cmd = pretrain_cmd(str(folder.parents[1]))[1:] + ["--save_freq", "2"]
     args = mae_pretrain.get_args_parser().parse_args(cmd)
+    recipes.resolve(args, "pretrain")  # as main() does before the run folder reads args.json
     assert engine.RunFolder(str(folder), args).status() == "finished"
 
 
