@@ -47,6 +47,7 @@ from PIL import Image
 import distributed
 import engine
 import mae_pretrain
+import recipes
 import train_classifier
 from data import DeviceLoader, image_shape, load_dataset
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
@@ -449,6 +450,7 @@ def train_phase(b, ns, trainers, reference, seed_loss, flops, **adamw):
 
 def bench_pretrain(b):
     ns = b.stage_args(mae_pretrain.get_args_parser())
+    recipes.resolve(ns, "pretrain")
     betas = engine.ADAMW_BETAS_PRETRAIN
     trainers = b.trainers(ns, lambda: MAE_ViT.from_config(b.mae_cfg).to(b.device),
                           b.data.train, mae_pretrain.pretrain_step, betas=betas)
