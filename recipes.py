@@ -67,10 +67,6 @@ DEFAULT_RECIPE = {"pretrain": "seed", "finetune": "seed", "linprobe": "fast"}
 FIXED_KEYS = ("optimizer", "betas", "momentum")
 
 
-def recipe_names(stage):
-    return tuple(RECIPES[stage])
-
-
 def add_recipe_args(parser, stages):
     """--recipe and the recipe-valued flags of `stages` (beside add_common_args's).
 
