@@ -515,7 +515,7 @@ class Trainer:
 
     def __init__(self, args, dist, module, loader, step_fn, run, kind, config,
                  betas=(0.9, 0.999), layer_decay=1.0, state_module=None, extra_state=None,
-                 optimizer="adamw", min_lr=0.0, decay_tokens=False):
+                 optimizer="adamw", min_lr=0.0, decay_tokens=False, momentum=LARS_MOMENTUM):
         self.args, self.dist, self.loader, self.step_fn, self.run = args, dist, loader, step_fn, run
         self.kind, self.config, self.extra_state = kind, config, extra_state or {}
         self.module = module
@@ -532,7 +532,8 @@ class Trainer:
         self.min_lr = min_lr
         groups = param_groups(module, args.weight_decay, layer_decay,
                               () if decay_tokens else NO_DECAY_NAMES)
-        self.optimizer = build_optimizer(optimizer, groups, self.lr, betas, dist.device)
+        self.optimizer = build_optimizer(optimizer, groups, self.lr, betas, dist.device,
+                                         momentum)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.steps_per_epoch = len(loader)
         self.total_steps = args.total_epoch * self.steps_per_epoch
@@ -741,7 +742,7 @@ def mark_batch_dynamic(x):
     torch._dynamo.maybe_mark_dynamic(x, 0)
 
 
-def build_optimizer(name, groups, lr, betas, device):
+def build_optimizer(name, groups, lr, betas, device, momentum=LARS_MOMENTUM):
     """AdamW (fused on CUDA), or LARS as the official MAE probe: timm's Lars adapts the
     update of each weight matrix by its trust ratio; biases (ndim 1) get plain momentum."""
     if name == "lars":
@@ -749,7 +750,7 @@ def build_optimizer(name, groups, lr, betas, device):
 
         for g in groups:
             g["always_adapt"] = all(p.ndim > 1 for p in g["params"])
-        return Lars(groups, lr=lr, momentum=LARS_MOMENTUM)
+        return Lars(groups, lr=lr, momentum=momentum)
     fused = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **fused)
 

@@ -27,8 +27,8 @@ _SEED_PRETRAIN = dict(
     weight_decay=0.05, batch_size=4096, warmup_epoch=40, min_lr=0.0,
     augment="flip", crop_scale=(0.2, 1.0), drop_last=False, decay_tokens=False)
 _SEED_FINETUNE = dict(
-    optimizer="adamw", betas=ADAMW_BETAS, base_learning_rate=1e-3, weight_decay=0.05,
-    layer_decay=1.0, batch_size=128, warmup_epoch=5, total_epoch=100, min_lr=0.0,
+    optimizer="adamw", betas=ADAMW_BETAS, momentum=LARS_MOMENTUM, base_learning_rate=1e-3,
+    weight_decay=0.05, layer_decay=1.0, batch_size=128, warmup_epoch=5, total_epoch=100, min_lr=0.0,
     augment="none", crop_scale=(0.08, 1.0), drop_last=False, rand_augment=NO_RAND_AUGMENT,
     reprob=0.0, smoothing=0.0, mixup=0.0, cutmix=0.0, drop_path=0.0, pool="cls",
     head_init_std=SEED_HEAD_INIT_STD)
@@ -56,15 +56,12 @@ RECIPES = {
         # seed's base lr 1e-3, 72.5% at 1e-2 and 74.2% at 0.1 (50 epochs, 5,000 labels).
         "fast": dict(_SEED_FINETUNE, **PROBE_FIXED, base_learning_rate=0.1, weight_decay=0.0),
         "paper": dict(
-            _SEED_FINETUNE, **PROBE_FIXED, optimizer="lars", betas=None, momentum=LARS_MOMENTUM,
-            base_learning_rate=0.1, weight_decay=0.0, batch_size=16384, warmup_epoch=10,
-            total_epoch=90, min_lr=0.0, augment="rrc_flip", crop_scale=(0.08, 1.0),
-            drop_last=True, head_init_std=0.01),
+            _SEED_FINETUNE, **PROBE_FIXED, optimizer="lars", base_learning_rate=0.1,
+            weight_decay=0.0, batch_size=16384, warmup_epoch=10, total_epoch=90, min_lr=0.0,
+            augment="rrc_flip", crop_scale=(0.08, 1.0), drop_last=True, head_init_std=0.01),
     },
 }
 DEFAULT_RECIPE = {"pretrain": "seed", "finetune": "seed", "linprobe": "fast"}
-# table entries that are not flags: fixed by the recipe (and saved with it)
-FIXED_KEYS = ("optimizer", "betas", "momentum")
 
 
 def add_recipe_args(parser, stages):
@@ -82,6 +79,10 @@ def add_recipe_args(parser, stages):
     g.add_argument("--crop_scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="area range of --augment rrc_flip's random resized crops")
     flags = {
+        "optimizer": dict(choices=("adamw", "lars"), help="AdamW, or LARS (timm's, set as the "
+                                                          "official MAE probe's)"),
+        "betas": dict(type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"),
+        "momentum": dict(type=float, help="LARS momentum"),
         "drop_last": dict(action=argparse.BooleanOptionalAction,
                           help="skip each epoch's last partial batch (the official code does)"),
         "decay_tokens": dict(action=argparse.BooleanOptionalAction,
@@ -98,11 +99,11 @@ def add_recipe_args(parser, stages):
     for k, kw in flags.items():
         if k in keys:
             g.add_argument("--" + k, default=None, **kw)
-    parser.set_defaults(**{k: None for k in keys if k not in FIXED_KEYS})
+    parser.set_defaults(**{k: None for k in keys})
 
 
 def resolve(args, stage):
-    """Fill every recipe flag that was not given; record the recipe and its fixed settings.
+    """Fill every recipe flag that was not given, and record the recipe's name.
 
     Returns the list of (key, value, 'recipe' | 'flag') of the resolved table, for printing.
     """
@@ -113,7 +114,7 @@ def resolve(args, stage):
     table = RECIPES[stage][args.recipe]
     rows = []
     for k, v in table.items():
-        given = getattr(args, k, None) is not None and k not in FIXED_KEYS
+        given = getattr(args, k, None) is not None
         if not given:
             setattr(args, k, list(v) if isinstance(v, tuple) else v)
         rows.append((k, getattr(args, k), "flag" if given else "recipe"))

@@ -300,7 +300,7 @@ class Stage:
             layer_decay=args.layer_decay, state_module=model,
             extra_state={"best": lambda: dict(self.best),
                          engine.UPSTREAM_KEY: lambda: args.pretrained_sha256},
-            optimizer=args.optimizer, min_lr=args.min_lr)
+            optimizer=args.optimizer, min_lr=args.min_lr, momentum=args.momentum)
         self.eval_model = module
 
     def features(self, split):

@@ -19,7 +19,7 @@ import recipes
 import train_classifier
 from data import DeviceLoader, Split, rrc_boxes
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
-from utils import UsageError, cosine_lr, param_groups
+from utils import UsageError, cosine_lr, param_groups, parse_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,6 +98,17 @@ def test_paper_recipe_is_the_appendix(stage):
     args = resolved(stage, "--recipe", "paper")
     got = {k: args[k] for k in PAPER[stage]}
     assert got == PAPER[stage]
+
+
+def test_a_saved_recipe_replays_through_config(tmp_path):
+    """args.json holds only flags, so --config takes a resolved recipe back unchanged."""
+    args = resolved("linprobe", "--recipe", "paper")
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(args))
+    parser = train_classifier.get_args_parser()
+    again = vars(parse_args(parser, ["--config", str(path)]))
+    assert {k: again[k] for k in args if k != "config"} == \
+        {k: v for k, v in args.items() if k != "config"}
 
 
 def test_explicit_flags_override_the_recipe_and_defaults_are_documented():
