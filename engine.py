@@ -142,7 +142,7 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
                    help="use only the first N training images (quick runs)")
     g.add_argument("--augment", default=augment, choices=AUGMENTS,
                    help="batched on-device augmentation: horizontal flip, +random crop with "
-                        "4px padding, or +random resized crop (scale 0.2-1)")
+                        "4px padding, or +random resized crop (areas: --crop_scale)")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=positive_int, default=batch_size,

@@ -64,10 +64,42 @@ RECIPES = {
 DEFAULT_RECIPE = {"pretrain": "seed", "finetune": "seed", "linprobe": "fast"}
 
 
+class RecipeDefault:
+    """Marks a parser default that came from a recipe table, not from the command line."""
+
+
+class _Int(RecipeDefault, int):
+    pass
+
+
+class _Float(RecipeDefault, float):
+    pass
+
+
+class _Str(RecipeDefault, str):
+    pass
+
+
+class _List(RecipeDefault, list):
+    pass
+
+
+def _marked(v):
+    """v as a marked default, so --help shows it and resolve() knows it was not given
+    (bools cannot be subclassed: they stay None until resolved)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    for base, marked in ((int, _Int), (float, _Float), (str, _Str), (tuple, _List)):
+        if isinstance(v, base):
+            return marked(v)
+    raise TypeError(f"no marked default for {v!r}")
+
+
 def add_recipe_args(parser, stages):
     """--recipe and the recipe-valued flags of `stages` (beside add_common_args's).
 
-    Recipe flags default to None, so that resolve() can tell a given flag from a default."""
+    Recipe flags default to the first stage's default recipe (shown by --help), marked so
+    that resolve() can tell a given flag from a default."""
     names = sorted({r for s in stages for r in RECIPES[s]})
     keys = {k for s in stages for r in RECIPES[s].values() for k in r}
     g = parser.add_argument_group("recipe (defaults come from --recipe; flags override)")
@@ -99,7 +131,8 @@ def add_recipe_args(parser, stages):
     for k, kw in flags.items():
         if k in keys:
             g.add_argument("--" + k, default=None, **kw)
-    parser.set_defaults(**{k: None for k in keys})
+    table = RECIPES[stages[0]][DEFAULT_RECIPE[stages[0]]]
+    parser.set_defaults(**{k: _marked(table.get(k)) for k in keys})
 
 
 def resolve(args, stage):
@@ -114,7 +147,8 @@ def resolve(args, stage):
     table = RECIPES[stage][args.recipe]
     rows = []
     for k, v in table.items():
-        given = getattr(args, k, None) is not None
+        value = getattr(args, k, None)
+        given = value is not None and not isinstance(value, RecipeDefault)
         if not given:
             setattr(args, k, list(v) if isinstance(v, tuple) else v)
         rows.append((k, getattr(args, k), "flag" if given else "recipe"))
