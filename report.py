@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fileio import atomic_write_bytes, atomic_write_text
+from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
+from utils import UsageError, run_cli
 
 PRETRAIN = "mae-pretrain"
 CLS_STAGES = {  # stage folder -> row label in the main table
@@ -33,7 +35,8 @@ CLS_STAGES = {  # stage folder -> row label in the main table
     "pretrain-cls-lin": "linear probe (MAE encoder)",
     "scratch-cls-lin": "linear probe (random encoder)",
 }
-STAGES = (PRETRAIN, *CLS_STAGES)
+EXTRA_STAGES = ("mae-knn", "mae-lin", "pixels-lin", "pixels-knn")  # baselines.py
+STAGES = (PRETRAIN, *CLS_STAGES, *EXTRA_STAGES)
 FINISHED = "finished"
 DASH = "—"
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
@@ -42,7 +45,7 @@ SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 PRETRAIN_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "mask_ratio",
     "decoder_layer", "decoder_dim", "decoder_head", "emb_dim", "encoder_layer", "encoder_head",
-    "patch_size", "norm_pix_loss", "pos_embed", "augment",
+    "patch_size", "norm_pix_loss", "pos_embed", "augment", "max_train_images",
 )
 CLS_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "linear_probe",
@@ -146,20 +149,44 @@ def run_status(stage_dir: Path, finished: bool, stale_hours: float) -> str:
         return FINISHED
     if not (stage_dir / LOCK_FN).exists():
         return "stopped"
-    mtimes = [p.stat().st_mtime for p in stage_dir.iterdir() if p.is_file()]
+    mtimes = []
+    for p in stage_dir.iterdir():
+        if p.name.startswith(TEMP_PREFIX):  # a writer's temporary file, renamed any moment
+            continue
+        try:
+            mtimes.append(p.stat().st_mtime)
+        except OSError:  # renamed or deleted since iterdir
+            pass
     age_hours = (time.time() - max(mtimes, default=0.0)) / SECONDS_PER_HOUR
     return "running" if age_hours < stale_hours else "stopped"
 
 
+def hashable_args(args: dict) -> dict:
+    """args.json with list and dict values as their JSON text (settings are compared and
+    grouped by value; a hand-edited list must not break that)."""
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+            for k, v in args.items()}
+
+
+def with_total_seconds(summary: dict | None) -> dict | None:
+    """summary plus total_seconds = wall_seconds + feature_seconds (a probe's feature
+    extraction runs before its epochs and is not in wall_seconds)."""
+    if not summary or not isinstance(summary.get("wall_seconds"), (int, float)):
+        return summary
+    features = summary.get("feature_seconds")
+    extra = features if isinstance(features, (int, float)) else 0.0
+    return {**summary, "total_seconds": summary["wall_seconds"] + extra}
+
+
 def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> Run:
     """Read one stage folder."""
-    summary = read_json(stage_dir / "summary.json")
+    summary = with_total_seconds(read_json(stage_dir / "summary.json"))
     finished = bool(summary and summary.get("finished"))
     return Run(
         exp=stage_dir.parent.name,
         stage=stage_dir.name,
         path=stage_dir,
-        args=read_json(stage_dir / "args.json") or {},
+        args=hashable_args(read_json(stage_dir / "args.json") or {}),
         rows=read_metrics(stage_dir / "metrics.csv"),
         summary=summary if finished else None,
         status=run_status(stage_dir, finished, stale_hours),
@@ -171,7 +198,8 @@ def collect_runs(root, stale_hours: float = STALE_HOURS) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
         return []
-    exp_dirs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: exp_order(p.name))
+    exp_dirs = sorted((p for p in root.iterdir() if p.is_dir()
+                       and not p.name.startswith(TEMP_PREFIX)), key=lambda p: exp_order(p.name))
     return [
         load_run(exp_dir / stage, stale_hours)
         for exp_dir in exp_dirs
@@ -209,7 +237,7 @@ def latest_reconstruction(run: Run) -> Path | None:
     grids = {}
     for path in (run.path / "images").glob("epoch_*/reconstruction.png"):
         epoch = path.parent.name.removeprefix("epoch_")
-        if epoch.isdigit():
+        if epoch.isdigit() and path.is_file():
             grids[int(epoch)] = path
     return grids[max(grids)] if grids else None
 
@@ -261,6 +289,11 @@ def member_status(runs: list[Run], exp: str, stage: str) -> str:
     run = find_run(runs, exp, stage)
     if run is not None:
         return run.progress()
+    if stage == PRETRAIN:
+        sources = {Path(str(r.args.get("pretrained_model_path"))).parent.parent.name
+                   for r in runs if r.exp == exp and r.args.get("pretrained_model_path")}
+        if sources and exp not in sources:
+            return f"none by design: its classifiers use {', '.join(sorted(sources))}'s MAE"
     pretrain = find_run(runs, exp, PRETRAIN)
     if stage.startswith("pretrain-") and pretrain is not None and pretrain.status != FINISHED:
         return f"pretraining {pretrain.progress()}"
@@ -358,14 +391,15 @@ def main_table(runs: list[Run], group: str) -> Table:
     splits = selection_splits(runs, members)
     split = "/".join(splits) if splits else "selection-split"
     columns = ["classifier", "final test acc (%)", f"best {split} acc (%)",
-               f"test acc at best-{split} epoch (%)", "epochs", "wall time (min)"]
+               f"test acc at best-{split} epoch (%)", "epochs",
+               "wall time incl. feature extraction (min)"]
     rows = [(label, [
         summary_cell(runs, members, stage, "final_test_acc", PERCENT),
         summary_cell(runs, members, stage, "best_val_acc", PERCENT, status=False),
         summary_cell(runs, members, stage, "test_acc_at_best", PERCENT, status=False),
         summary_cell(runs, members, stage, "epochs", digits=0, status=False),
-        summary_cell(runs, members, stage, "wall_seconds", 1 / SECONDS_PER_MINUTE, MINUTE_DIGITS,
-                     status=False),
+        summary_cell(runs, members, stage, "total_seconds", 1 / SECONDS_PER_MINUTE,
+                     MINUTE_DIGITS, status=False),
     ]) for stage, label in CLS_STAGES.items()]
     pre = dict(zip(PRETRAIN_COLUMNS, pretrain_row(runs, members), strict=True))
     has_pretrain = any(find_run(runs, exp, PRETRAIN) for exp in members)
@@ -500,13 +534,18 @@ def build_tables(runs: list[Run], ablation_base: str | None = None) -> list[Tabl
 
 def to_markdown(table: Table) -> str:
     """The table as a GitHub Markdown table with its title and notes."""
-    lines = [f"### {table.title}", "", "| " + " | ".join(table.columns) + " |",
+    lines = [f"### {table.title}", "", "| " + " | ".join(map(escape, table.columns)) + " |",
              "|" + "---|" * len(table.columns)]
-    lines += [f"| {label} | " + " | ".join(c.text for c in cells) + " |"
+    lines += [f"| {escape(label)} | " + " | ".join(escape(c.text) for c in cells) + " |"
               for label, cells in table.rows]
     if not table.rows:
         lines.append("| (no runs) |" + " |" * (len(table.columns) - 1))
     return "\n".join(lines + [""] + [f"- {note}" for note in table.notes]) + "\n"
+
+
+def escape(text: str) -> str:
+    """text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def to_csv(tables: list[Table]) -> str:
@@ -525,6 +564,209 @@ def to_csv(tables: list[Table]) -> str:
 def optional(value) -> str:
     """repr of a number, '' for None."""
     return "" if value is None else repr(value)
+
+
+# ----------------------------------------------------------------------------- the study
+# (pandas: one row per finished run; groupby gives mean ± std (n) over pretraining seeds)
+
+KNN = "mae-knn"  # baselines.py stages
+PIXEL_STAGES = {"pixels-lin": "linear probe on raw pixels", "pixels-knn": "kNN on raw pixels"}
+ACC_KEYS = {"final_test_acc": "final test acc (%)", "best_val_acc": "best val acc (%)",
+            "test_acc_at_best": "test acc at best-val epoch (%)"}
+STUDY_KEYS = {"decoder_layer": "depth", "decoder_dim": "width", "mask_ratio": "mask"}
+# The paper's Table 1 (ViT-L, ImageNet-1K; fine-tune / linear probe top-1 %), as transcribed
+# in issue 13. The search tool found no copy of the paper's text to check them against:
+# UNVERIFIED. The mask ratio (Figure 5) is given as its trend only.
+PAPER_TABLE1 = {
+    "decoder_layer": {1: (84.8, 65.5), 2: (84.9, 70.0), 4: (84.9, 71.9), 8: (84.9, 73.5),
+                      12: (84.4, 73.3)},
+    "decoder_dim": {128: (84.9, 69.1), 256: (84.8, 71.3), 512: (84.9, 73.5), 768: (84.4, 73.1),
+                    1024: (84.3, 73.1)},
+}
+PAPER_TRENDS = {
+    "decoder_layer": ("deeper decoder -> better probe, fine-tune flat", 1, 8),
+    "decoder_dim": ("wider decoder -> better probe up to 0.5x-1x the encoder width, "
+                    "fine-tune flat", None, None),
+    "mask_ratio": ("75% best for fine-tune and probe; the probe falls off on either side "
+                   "(Figure 5, trend only)", None, None),
+}
+PAPER_NOTE = ("paper values as transcribed in issue 13, not checked against the paper's text "
+              "(unverified)")
+
+
+def runs_frame(runs: list[Run]) -> "pd.DataFrame":
+    """One row per finished run: exp, group, seed, stage, the summary numbers and the
+    pretraining settings of its group (from the MAE run's args.json)."""
+    configs = pretrain_configs(runs)
+    rows = []
+    for r in runs:
+        if r.summary is None:
+            continue
+        match = SEED_SUFFIX.search(r.exp)
+        row = {"exp": r.exp, "group": group_name(r.exp), "seed": int(match.group(1)) if match
+               else None, "stage": r.stage, "pool": r.args.get("pool"),
+               "block": r.args.get("block"), "base_lr": r.args.get("base_learning_rate"),
+               "selection_split": r.summary.get("selection_split"),
+               "paired": pairing(runs, r)}
+        for key in (*ACC_KEYS, "wall_seconds", "feature_seconds", "epochs", "knn_acc"):
+            value = r.summary.get(key)
+            row[key] = float(value) if isinstance(value, (int, float)) else float("nan")
+        row.update(configs.get(group_name(r.exp), {}))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pairing(runs: list[Run], run: Run) -> str:
+    """'yes' if a fine-tune/probe of this experiment's MAE started from that very file (the
+    summaries' pretrained_sha256 == model_sha256), 'no' if not, 'legacy' without hashes."""
+    if not run.stage.startswith("pretrain-") and run.stage != KNN:
+        return "n/a"
+    mae = find_run(runs, run.exp, PRETRAIN)
+    ours = run.summary.get("pretrained_sha256") if run.summary else None
+    theirs = mae.summary.get("model_sha256") if mae is not None and mae.summary else None
+    if ours is None or theirs is None:
+        return "legacy"
+    return "yes" if ours == theirs else "no"
+
+
+def mean_std_n(values: "pd.Series", digits: int = ACC_DIGITS) -> str:
+    """'mean ± std (n)' of the non-NaN values (std over seeds, ddof=1), or DASH."""
+    values = values.dropna()
+    if values.empty:
+        return DASH
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f} (n=1)"
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} (n={len(values)})"
+
+
+def frame_markdown(frame: "pd.DataFrame") -> str:
+    """A GitHub Markdown table of frame (index as the first column); `|` escaped."""
+    header = [frame.index.name or "", *map(str, frame.columns)]
+    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(escape(v) for v in (index, *row)) + " |"
+              for index, row in zip(frame.index, frame.itertuples(index=False), strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def usable(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """Runs a table may use: everything but classifiers paired with another MAE file."""
+    return frame[frame["paired"] != "no"] if "paired" in frame else frame
+
+
+def stage_values(frame: "pd.DataFrame", groups: list[str], stage: str,
+                 key: str = "final_test_acc") -> "pd.Series":
+    """key * 100 of the finished runs of groups at stage (one value per seed)."""
+    if frame.empty:
+        return pd.Series(dtype=float)
+    rows = usable(frame)
+    rows = rows[rows["group"].isin(groups) & (rows["stage"] == stage)]
+    return rows[key] * PERCENT
+
+
+def study_ablation(frame: "pd.DataFrame", runs: list[Run], key: str, base: str) -> dict:
+    """Table 1 layout for one ablation: a DataFrame (rows = setting), the numbers behind it,
+    the generated sentence and notes."""
+    by_value = ablation_groups(runs, key, base) if base else {}
+    numbers, cells = {}, {}
+    for value in sorted(by_value, key=value_order):
+        ft = stage_values(frame, by_value[value], "pretrain-cls")
+        lin = stage_values(frame, by_value[value], "pretrain-cls-lin")
+        numbers[value] = (ft, lin)
+        paper = PAPER_TABLE1.get(key, {}).get(value)
+        label = f"{value}" + (" (main arm)" if base in by_value[value] else "")
+        cells[label] = {"fine-tune (%)": mean_std_n(ft), "linear probe (%)": mean_std_n(lin),
+                        "kNN (%)": mean_std_n(stage_values(frame, by_value[value], KNN))}
+    table = pd.DataFrame.from_dict(cells, orient="index")
+    table.index.name = ABLATION_TITLES[key]
+    paper = pd.DataFrame.from_dict(
+        {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
+         for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
+    paper.index.name = ABLATION_TITLES[key]
+    base_ft, base_lin = numbers.get(configs_value(runs, base, key), ([], []))
+    noise = f"{pd.Series(base_lin).std():.{ACC_DIGITS}f}" if len(base_lin) > 1 else "n/a"
+    notes = [f"final-epoch accuracy on the whole test split; mean ± std (n) over pretraining "
+             f"seeds; a row with n=1 has one seed: compare it with the main arm's spread "
+             f"(probe std {noise} points) as the noise floor",
+             f"paper trend: {PAPER_TRENDS[key][0]}"]
+    return {"table": table, "paper": paper, "numbers": numbers,
+            "sentence": ablation_sentence(key, numbers, base_lin), "notes": notes}
+
+
+def configs_value(runs: list[Run], group: str | None, key: str):
+    """The pretraining setting key of group, or None."""
+    return pretrain_configs(runs).get(group, {}).get(key) if group else None
+
+
+def ablation_sentence(key: str, numbers: dict, noise_runs) -> str:
+    """'lowest -> highest value: probe +X ± Y points, fine-tune +Z; ...' judged against the
+    main arm's seed spread: inside the noise when |difference| <= 2 std of the difference."""
+    values = [v for v, (ft, lin) in numbers.items() if len(lin.dropna()) and len(ft.dropna())]
+    if len(values) < 2:
+        return f"{ABLATION_TITLES[key]}: fewer than two finished rows; no finding yet."
+    lo, hi = values[0], values[-1]
+    noise = pd.Series(noise_runs, dtype=float).std() if len(noise_runs) > 1 else float("nan")
+    parts = []
+    for name, index in (("probe", 1), ("fine-tune", 0)):
+        diff = numbers[hi][index].mean() - numbers[lo][index].mean()
+        # std of a difference of two means of (n_hi, n_lo) seeds with the main arm's spread
+        spread = noise * (1 / len(numbers[hi][index]) + 1 / len(numbers[lo][index])) ** 0.5
+        verdict = "no spread to judge against (one seed)" if spread != spread else (
+            "inside the noise" if abs(diff) <= 2 * spread else
+            ("higher" if diff > 0 else "lower"))
+        parts.append(f"{name} {diff:+.{ACC_DIGITS}f} ± {spread:.{ACC_DIGITS}f} points "
+                     f"({verdict})")
+    return (f"{ABLATION_TITLES[key]} {lo} -> {hi}: " + "; ".join(parts)
+            + f". Paper: {PAPER_TRENDS[key][0]}.")
+
+
+BASELINE_ROWS = (  # (group suffix, stage, row label)
+    ("baseline", "pixels-lin", "linear probe on raw pixels"),
+    ("baseline", "pixels-knn", "kNN on raw pixels"),
+    ("main", "scratch-cls-lin", "linear probe of a random encoder"),
+    ("main", "scratch-cls", "scratch, same epochs as fine-tuning"),
+    ("scratch_long", "scratch-cls", "scratch, long budget"),
+    ("main", "pretrain-cls-lin", "MAE linear probe"),
+    ("main", "pretrain-cls", "MAE fine-tune"),
+    ("main", KNN, "MAE kNN"),
+)
+
+
+def baselines_frame(frame: "pd.DataFrame", main: str = "main") -> "pd.DataFrame":
+    """The baselines table: every row on the same labelled subset, validation and test split."""
+    rows = {}
+    for group, stage, label in BASELINE_ROWS:
+        group = main if group == "main" else group
+        wall = (stage_values(frame, [group], stage, "wall_seconds")
+                + stage_values(frame, [group], stage, "feature_seconds").fillna(0)) / PERCENT
+        rows[label] = {
+            "experiment": f"`{group}` {stage}",
+            **{title: mean_std_n(stage_values(frame, [group], stage, k))
+               for k, title in ACC_KEYS.items()},
+            "epochs": mean_std_n(stage_values(frame, [group], stage, "epochs") / PERCENT, 0),
+            "wall time incl. features (min)": mean_std_n(wall / SECONDS_PER_MINUTE,
+                                                         MINUTE_DIGITS)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "model"
+    return table
+
+
+def search_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """The validation-only search: every probe/kNN run of probe_lr* and search_* experiments
+    and of the main arm's first seed, by best validation accuracy (test not shown)."""
+    if frame.empty:
+        return pd.DataFrame()
+    rows = frame[frame["group"].str.match(r"(probe_lr|search_)") & frame["stage"].isin(
+        ("pretrain-cls-lin", "mae-lin", KNN))]
+    if rows.empty:
+        return pd.DataFrame()
+    table = pd.DataFrame({
+        "experiment": "`" + rows["exp"] + "`", "stage": rows["stage"],
+        "pool": rows["pool"].fillna("cls"), "block": rows["block"].fillna(-1).astype(int),
+        "probe base lr": rows["base_lr"], "best val acc (%)": (rows["best_val_acc"] * PERCENT)
+        .map(lambda v: f"{v:.{ACC_DIGITS}f}"),
+        "selection split": rows["selection_split"]})
+    table = table.iloc[(-rows["best_val_acc"]).argsort(kind="stable").to_numpy()]
+    return table.set_index("experiment")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -654,7 +896,68 @@ def copy_reconstructions(runs: list[Run], out: Path) -> list[tuple[str, str]]:
     return copied
 
 
-def render_markdown(command: str, tables: list[Table], images: list[tuple[str, str]]) -> str:
+def study_markdown(runs: list[Run], base: str | None) -> tuple[str, dict[str, Figure]]:
+    """The study's sections (baselines, one Table-1-style table per ablation with the paper
+    alongside, the validation-only search) and their figures; '' when there is no study."""
+    frame = runs_frame(runs)
+    if frame.empty or base is None or base not in set(frame["group"]):
+        return "", {}
+    parts = ["## The study", "",
+             "Every row uses the same labelled training images, validation split and whole test "
+             "split. Final = last epoch; best = best epoch on the validation split (selection "
+             "never sees the test split).", "", "### Baselines", "",
+             frame_markdown(baselines_frame(frame, base))]
+    figures = {}
+    for key in ABLATION_DEFAULTS:
+        ablation = study_ablation(frame, runs, key, base)
+        if ablation["table"].empty:
+            continue
+        parts += [f"### Ablation: {ABLATION_TITLES[key]}", "", frame_markdown(ablation["table"])]
+        if not ablation["paper"].empty:
+            parts += ["The paper's Table 1 (ViT-L, ImageNet-1K):", "",
+                      frame_markdown(ablation["paper"]), f"- {PAPER_NOTE}"]
+        parts += [f"- {note}" for note in ablation["notes"]]
+        parts += ["", f"**Finding:** {ablation['sentence']}", ""]
+        name = f"study_{STUDY_KEYS[key]}.png"
+        figures[name] = plot_study_ablation(ablation["numbers"], ABLATION_TITLES[key])
+        parts += [f"![{ABLATION_TITLES[key]}]({name})", ""]
+    search = search_frame(frame)
+    if not search.empty:
+        parts += ["### Validation-only search (probe lr, pooling, block, pretraining variants)",
+                  "", frame_markdown(search),
+                  "- sorted by best validation accuracy; test accuracies are in the run files "
+                  "and are not used to choose", ""]
+    legacy = frame[frame["paired"] == "legacy"]["exp"].nunique()
+    if legacy:
+        parts.append(f"- {legacy} experiment(s) have runs without pretrained_sha256 / "
+                     "model_sha256 (written before hashes were recorded): shown, but not "
+                     "checked to come from their experiment's MAE file")
+    if (frame["paired"] == "no").any():
+        parts.append("- runs whose pretrained_sha256 differs from their MAE's model_sha256 are "
+                     "left out of the study tables: " + ", ".join(sorted(
+                         frame.loc[frame["paired"] == "no", "exp"] + "/"
+                         + frame.loc[frame["paired"] == "no", "stage"])))
+    return "\n".join(parts) + "\n", figures
+
+
+def plot_study_ablation(numbers: dict, title: str) -> Figure:
+    """Fine-tune and probe accuracy (mean, error bar = std over seeds) vs the setting."""
+    fig, axes = new_figure(2)
+    labels = [str(v) for v in numbers]
+    for ax, (index, name) in zip(axes, ((0, "fine-tune"), (1, "linear probe")), strict=True):
+        means = [numbers[v][index].mean() for v in numbers]
+        stds = [numbers[v][index].std() if len(numbers[v][index]) > 1 else 0.0
+                for v in numbers]
+        if any(m == m for m in means):
+            ax.errorbar(range(len(labels)), means, yerr=stds, marker="o", capsize=3, label=name)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_title(f"{title}: {name}")
+        finish_axes(ax, title, "final test acc (%)")
+    return fig
+
+
+def render_markdown(command: str, tables: list[Table], images: list[tuple[str, str]],
+                    study: str = "") -> str:
     """results.md: the command that made it, the tables, then the figures."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = [
@@ -666,28 +969,46 @@ def render_markdown(command: str, tables: list[Table], images: list[tuple[str, s
          "(`<name>_seed<N>`) are shown as mean ± sample std (n = finished seeds). "
          f"{DASH} (status) marks a run without a result."), "",
     ]
-    body = [to_markdown(t) for t in tables]
+    body = [study] if study else []
+    body += [to_markdown(t) for t in tables]
     figures = ["## Figures", ""] + [f"![{caption}]({name})\n" for caption, name in images]
     return "\n".join(header + body + figures)
 
 
 def write_report(root, out=None, ablation_base: str | None = None,
                  stale_hours: float = STALE_HOURS) -> Path:
-    """Write results.md, results.csv and the PNG figures of root into out; returns results.md."""
+    """Write results.md, results.csv and the PNG figures of root into out; returns results.md.
+    A root that is not a folder, or an unwritable out, is a UsageError (nothing is created)."""
+    if not Path(root).is_dir():
+        raise UsageError(f"--outputs_root {root} is not a folder of run folders")
     out = Path(out) if out is not None else Path(root) / "report"
-    out.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(root, stale_hours)
     tables = build_tables(runs, ablation_base)
     figures = build_figures(runs, tables, ablation_base)
-    for name, fig in figures.items():
-        save_figure(fig, out / name)
-    images = [(name.removesuffix(".png").replace("_", " "), name) for name in figures]
-    images += copy_reconstructions(runs, out)
-    atomic_write_text(out / "results.csv", to_csv(tables))
+    study, study_figures = study_markdown(runs, ablation_base or find_ablation_base(runs))
     command = f"python report.py --outputs_root {root} --out {out} --stale_hours {stale_hours}"
     command += f" --ablation_base {ablation_base}" if ablation_base else ""
-    atomic_write_text(out / "results.md", render_markdown(command, tables, images))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temp_files_here(out)
+        for name, fig in {**figures, **study_figures}.items():
+            save_figure(fig, out / name)
+        images = [(name.removesuffix(".png").replace("_", " "), name) for name in figures]
+        images += copy_reconstructions(runs, out)
+        atomic_write_text(out / "results.csv", to_csv(tables))
+        atomic_write_text(out / "results.md", render_markdown(command, tables, images, study))
+    except OSError as e:
+        raise UsageError(f"cannot write the report to {out}: "
+                         f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
+                         ) from None
     return out / "results.md"
+
+
+def remove_temp_files_here(out: Path) -> None:
+    """Delete .tmp-* files a killed report left in out (not in subfolders: run folders)."""
+    for path in out.glob(TEMP_PREFIX + "*"):
+        if path.is_file():
+            path.unlink()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -716,4 +1037,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())

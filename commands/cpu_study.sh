@@ -9,6 +9,7 @@
 #   3. prediction figures, report.py, and environment.md (command, wall time, machine,
 #      library versions) -> RESULTS.
 # Every stage skips itself when finished and resumes when interrupted: rerun after any stop.
+# The full study, with seeds, ablations, baselines and committed run files, is study.sh.
 # apt-get install dataset-fashion-mnist provides the default DATA_DIR; elsewhere use
 # DATA_DIR=./data to download through torchvision.
 set -euo pipefail
@@ -24,7 +25,7 @@ LIN_WARMUP=${LIN_WARMUP:-5}
 CLS_WARMUP=${CLS_WARMUP:-2}
 source commands/common.sh
 
-RESULTS=${RESULTS:-results/cpu_fashion_mnist}
+RESULTS=${RESULTS:-$OUTPUT_ROOT/report}  # the committed study is commands/study.sh
 EXP=${EXP:-fmnist}
 SEEDS=${SEEDS:-"1 2"}
 PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-60000}

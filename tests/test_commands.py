@@ -19,7 +19,8 @@ from conftest import REPO, SCRIPT_TIMEOUT_S, THREAD_ENV
 COMMANDS = REPO / "commands"
 SHELL_FILES = sorted(p.name for p in COMMANDS.glob("*.sh"))
 DRIVERS = [name for name in SHELL_FILES if name != "common.sh"]
-SCRIPTS = ("mae_pretrain.py", "train_classifier.py", "visualize_pred.py", "report.py")
+SCRIPTS = ("mae_pretrain.py", "train_classifier.py", "visualize_pred.py", "report.py",
+           "baselines.py")
 TRAINING = ("mae_pretrain.py", "train_classifier.py")
 # Appends one launch to CALLS_LOG: its name and arguments, each ended by NUL, then a newline.
 RECORDER = """#!/usr/bin/env bash
@@ -238,7 +239,7 @@ def test_reproduce_runs_every_driver_in_dependency_order(record):
             made.add(outputs(call))
     assert calls[-1].script == "report.py" and calls[-1].ns.outputs_root == OUT
     assert "visualize_pred.py" in [c.script for c in calls]
-    standalone = {"reproduce.sh", "quickstart.sh", "cpu_study.sh"}
+    standalone = {"reproduce.sh", "quickstart.sh", "cpu_study.sh", "study.sh"}
     wanted = {tuple(c.args) for d in DRIVERS if d not in standalone for c in record(d)}
     assert wanted == {tuple(c.args) for c in calls[:-1]}
     runs = {}  # model file -> the distinct argument lists that write it

@@ -260,11 +260,15 @@ def test_figures_are_png_and_reconstruction_is_copied(tree, written):
 
 
 def test_empty_root_and_cli_default_out(tmp_path):
-    empty = report.write_report(tmp_path / "absent", tmp_path / "out").read_text()
+    with pytest.raises(report.UsageError, match="not a folder"):  # a mistyped root
+        report.write_report(tmp_path / "absent", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()
+    empty = report.write_report(tmp_path / "empty", tmp_path / "out").read_text()
     assert "(no runs)" in empty and "Ablation" not in empty  # no default run, no ablation
-    args = report.get_args_parser().parse_args(["--outputs_root", str(tmp_path / "absent")])
+    args = report.get_args_parser().parse_args(["--outputs_root", str(tmp_path / "empty")])
     report.main(args)
-    assert (tmp_path / "absent" / "report" / "results.md").is_file()
+    assert (tmp_path / "empty" / "report" / "results.md").is_file()
 
 
 # ----------------------------------------------------------------------------- notebook

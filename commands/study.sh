@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# The real-image study of issue 13 on Fashion-MNIST, in parts that each fit a session on 2 CPU
+# cores (measured times per part: results/fashion_mnist_study/environment/<part>.md):
+#   PART=main       3 pretraining seeds; for each: fine-tune, scratch (same epochs), linear
+#                   probe, random-encoder probe, kNN
+#   PART=baselines  linear probe and kNN on raw pixels; scratch at LONG_FACTOR x the epochs;
+#                   the mask-ratio ablation (0.5, 0.9)
+#   PART=depth      decoder depth ablation (DEPTHS; the main arm's depth is the default row)
+#   PART=width      decoder width ablation (WIDTHS, 0.5x-4x the encoder width)
+#   PART=search     validation-only search: probe lr, pooling, block, norm_pix_loss, lr,
+#                   pretraining images x epochs
+#   PART=report     results.md and figures from the committed run files (report.py)
+#   no PART         every part in that order
+# Every arm uses the same labelled subset (LABELLED training images, VAL_SPLIT of them held out
+# for selection) and the whole test split. Each part copies its runs' args.json, metrics.csv and
+# summary.json to RESULTS/runs/ and writes RESULTS/environment/<part>.md when it finishes;
+# commit them. Every stage skips itself when finished and resumes when interrupted: rerun the
+# same command after any stop. SMOKE=1 runs every arm in minutes on generated images (tests).
+#   PART=main bash commands/study.sh
+#   SMOKE=1 OUTPUT_ROOT=/tmp/o RESULTS=/tmp/r bash commands/study.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${SMOKE:-}" ]]; then  # tiny sizes on generated images: every arm in a few minutes
+    DATASET=${DATASET:-fake}
+    OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_smoke}
+    RESULTS=${RESULTS:-outputs/study_smoke_results}
+    SIZE=(--image_size 16)
+    MODEL=(--patch_size 4 --emb_dim 32 --encoder_layer 2 --encoder_head 2)
+    : "${WIDTHS:=16 64 128}" "${DECODER_DIM:=32}" "${PRETRAIN_IMAGES:=64}"
+    : "${PRETRAIN_EPOCHS:=1}" "${PRETRAIN_WARMUP:=0}" "${CLS_EPOCHS:=1}" "${CLS_WARMUP:=0}"
+    : "${LIN_EPOCHS:=1}" "${LIN_WARMUP:=0}" "${LABELLED:=64}" "${VAL_SPLIT:=16}"
+    : "${EVAL_IMAGES:=32}" "${BATCH:=32}" "${SEARCH_IMAGES:=96}" "${SEARCH_EPOCHS:=1}"
+    : "${SEARCH_BLOCK:=0}"
+else
+    SIZE=()
+    MODEL=(--patch_size 4 --emb_dim 64 --encoder_layer 6 --encoder_head 4)
+fi
+# common.sh settings with this study's defaults (set before it fills in the rest)
+DATASET=${DATASET:-fashion_mnist}
+DATA_DIR=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
+DEVICE=${DEVICE:-cpu}
+OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study}
+LIN_EPOCHS=${LIN_EPOCHS:-50}
+LIN_WARMUP=${LIN_WARMUP:-5}
+CLS_WARMUP=${CLS_WARMUP:-1}
+DEPTHS=${DEPTHS:-"1 4 8"}          # with the main arm's 2: 1, 2, 4, 8
+WIDTHS=${WIDTHS:-"32 128 256"}     # with the main arm's 64: 0.5x, 1x, 2x, 4x the encoder width
+source commands/common.sh
+
+RESULTS=${RESULTS:-results/fashion_mnist_study}
+PART=${PART:-all}
+SEEDS=${SEEDS:-"1 2 3"}            # pretraining seeds of the main arm (and its classifiers')
+ABLATION_SEED=${ABLATION_SEED:-1}  # ablation rows: one pretraining seed (noise floor: main arm)
+DECODER_LAYER=${DECODER_LAYER:-2}  # the main arm's decoder and mask; one changes per ablation
+DECODER_DIM=${DECODER_DIM:-64}
+MASK=${MASK:-0.75}
+MASKS=${MASKS:-"0.5 0.9"}          # with the main arm's 0.75
+PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-20000}
+PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}
+PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-1}
+PRETRAIN_LR=${PRETRAIN_LR:-1e-3}   # base lr at batch 256; ViT-T's 1.5e-4 is slow for 10 epochs
+CLS_EPOCHS=${CLS_EPOCHS:-8}        # fine-tuning and scratch alike
+LONG_FACTOR=${LONG_FACTOR:-4}      # scratch at the long budget: LONG_FACTOR x CLS_EPOCHS
+LABELLED=${LABELLED:-5000}         # labelled training images of every classifier and baseline
+VAL_SPLIT=${VAL_SPLIT:-2000}       # of them held out: selection (best epoch, search) only
+EVAL_IMAGES=${EVAL_IMAGES:-10000}  # the whole Fashion-MNIST test split
+BATCH=${BATCH:-128}
+PROBE_LRS=${PROBE_LRS:-"0.001 0.01 0.1 1.0"}  # the validation-only probe lr sweep
+SEARCH_IMAGES=${SEARCH_IMAGES:-40000}  # search: 2x images x 1x epochs vs the main arm's budget
+SEARCH_EPOCHS=${SEARCH_EPOCHS:-10}
+SEARCH_LR=${SEARCH_LR:-3e-3}
+SEARCH_BLOCK=${SEARCH_BLOCK:-2}    # an intermediate encoder block (0-based) for the probe
+
+SPLIT=(--max_train_images "$LABELLED" --val_split "$VAL_SPLIT" --max_eval_images "$EVAL_IMAGES"
+       --batch_size "$BATCH" "${SIZE[@]}")
+CLS=(--total_epoch "$CLS_EPOCHS" --warmup_epoch "$CLS_WARMUP" --recipe "$CLS_RECIPE"
+     --augment flip)
+LONG_CLS=(--total_epoch $((LONG_FACTOR * CLS_EPOCHS)) --warmup_epoch "$CLS_WARMUP"
+          --recipe "$CLS_RECIPE" --augment flip)
+DECODER=(--decoder_layer "$DECODER_LAYER" --decoder_dim "$DECODER_DIM" --mask_ratio "$MASK")
+
+NORM_PIX=(--norm_pix_loss)  # the main arm's target; a search row drops it
+
+# mae EXP SEED FLAGS...: MAE pretraining of the study's encoder (FLAGS change the defaults).
+mae() {
+    local exp=$1 seed=$2
+    shift 2
+    pretrain "$exp" "${MODEL[@]}" "${SIZE[@]}" --seed "$seed" "${DECODER[@]}" "${NORM_PIX[@]}" \
+        --augment flip --batch_size 256 --max_device_batch_size 256 \
+        --base_learning_rate "$PRETRAIN_LR" --total_epoch "$PRETRAIN_EPOCHS" \
+        --warmup_epoch "$PRETRAIN_WARMUP" --max_train_images "$PRETRAIN_IMAGES" \
+        --max_eval_images "$EVAL_IMAGES" --visualize_freq "$PRETRAIN_EPOCHS" --knn_freq 0 "$@"
+}
+
+# baseline EXP FLAGS...: baselines.py (probe or kNN on frozen features) on the study's split.
+baseline() {
+    local exp=$1
+    shift
+    launch baselines.py "${DATA[@]}" --device "$DEVICE" --output_root "$OUTPUT_ROOT" \
+        --exp_name "$exp" "${SPLIT[@]}" "$@"
+}
+probe_flags() { echo --total_epoch "$LIN_EPOCHS" --warmup_epoch "$LIN_WARMUP"; }
+
+# arm EXP SEED FLAGS...: pretrain, then fine-tune, linear probe and kNN of that encoder.
+arm() {
+    local exp=$1 seed=$2
+    shift 2
+    mae "$exp" "$seed" "$@"
+    local enc=(--pretrained_model_path "$(mae_model "$exp")" --seed "$seed")
+    classify "$exp" "${SPLIT[@]}" "${CLS[@]}" "${enc[@]}"
+    classify "$exp" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}"
+    baseline "$exp" --method knn "${enc[@]}"
+}
+
+# collect EXP...: copy the finished runs' small files to RESULTS/runs/ (never checkpoints).
+collect() {
+    local exp stage file
+    for exp in "$@"; do
+        for stage in "$OUTPUT_ROOT/$exp"/*/; do
+            [[ -f "$stage/summary.json" ]] || continue
+            mkdir -p "$RESULTS/runs/$exp/$(basename "$stage")"
+            for file in args.json metrics.csv summary.json; do
+                cp "$stage/$file" "$RESULTS/runs/$exp/$(basename "$stage")/"
+            done
+        done
+    done
+}
+
+# environment PART STARTED EXP...: RESULTS/environment/PART.md, written once when the part
+# first finishes (a later rerun that skips everything leaves it as it is).
+environment() {
+    local part=$1 started=$2 file="$RESULTS/environment/$1.md"
+    shift 2
+    if [[ -f "$file" ]]; then
+        echo "$file exists; left as written by the run that finished the part"
+        return
+    fi
+    mkdir -p "$RESULTS/environment"
+    {
+        echo "# Environment of part \`$part\`"
+        echo
+        echo "- command: \`PART=$part bash commands/study.sh\` (SMOKE=${SMOKE:-}," \
+             "SEEDS=$SEEDS, PRETRAIN_IMAGES=$PRETRAIN_IMAGES, PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS," \
+             "CLS_EPOCHS=$CLS_EPOCHS, LIN_EPOCHS=$LIN_EPOCHS, LABELLED=$LABELLED," \
+             "VAL_SPLIT=$VAL_SPLIT, EVAL_IMAGES=$EVAL_IMAGES, OMP_NUM_THREADS=${OMP_NUM_THREADS:-})"
+        echo "- finished: $(date -u '+%Y-%m-%d %H:%M UTC'); wall time of the invocation that" \
+             "finished it: $(( ($(date -u +%s) - started) / 60 )) min"
+        python -c 'import glob, json, sys
+paths = [p for exp in sys.argv[2:] for p in glob.glob(f"{sys.argv[1]}/{exp}/*/summary.json")]
+total = sum(json.load(open(p)).get("wall_seconds", 0) + json.load(open(p)).get(
+    "feature_seconds", 0) for p in paths)
+print(f"- training + feature time summed over {len(paths)} runs: {total / 60:.1f} min")' \
+            "$OUTPUT_ROOT" "$@"
+        echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
+             xargs), $(free -g | awk '/Mem:/ {print $2}') GiB; load average at the end:" \
+             "$(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "- git commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+             "$(git diff --quiet HEAD 2>/dev/null || echo '(with uncommitted changes)')"
+        python -c 'import platform, torch, torchvision, timm, numpy, pandas
+print(f"- python {platform.python_version()}, torch {torch.__version__}, torchvision "
+      f"{torchvision.__version__}, timm {timm.__version__}, numpy {numpy.__version__}, "
+      f"pandas {pandas.__version__}")'
+    } > "$file.tmp"
+    mv "$file.tmp" "$file"
+}
+
+part_main() {
+    local seed
+    for seed in $SEEDS; do
+        arm "main_seed$seed" "$seed"
+        local exp="main_seed$seed"
+        classify "$exp" "${SPLIT[@]}" "${CLS[@]}" "${MODEL[@]}" --seed "$seed"  # scratch
+        classify "$exp" "${SPLIT[@]}" "${LIN[@]}" "${MODEL[@]}" --seed "$seed"  # random enc.
+        PART_EXPS+=("$exp")
+    done
+}
+
+part_baselines() {
+    local seed=${SEEDS%% *} ratio
+    PART_EXPS+=(baseline_seed1 scratch_long_seed1)
+    baseline baseline_seed1 --features pixels --method linear $(probe_flags) --seed "$seed"
+    baseline baseline_seed1 --features pixels --method knn
+    classify scratch_long_seed1 "${SPLIT[@]}" "${LONG_CLS[@]}" "${MODEL[@]}" --seed "$seed"
+    for ratio in $MASKS; do
+        arm "mask_r${ratio}_seed$ABLATION_SEED" "$ABLATION_SEED" --mask_ratio "$ratio"
+        PART_EXPS+=("mask_r${ratio}_seed$ABLATION_SEED")
+    done
+}
+
+part_depth() {
+    local depth
+    for depth in $DEPTHS; do
+        arm "depth_d${depth}_seed$ABLATION_SEED" "$ABLATION_SEED" --decoder_layer "$depth"
+        PART_EXPS+=("depth_d${depth}_seed$ABLATION_SEED")
+    done
+}
+
+part_width() {
+    local width
+    for width in $WIDTHS; do  # decoder heads: mae_pretrain.py's default, one per 64 channels
+        arm "width_w${width}_seed$ABLATION_SEED" "$ABLATION_SEED" --decoder_dim "$width"
+        PART_EXPS+=("width_w${width}_seed$ABLATION_SEED")
+    done
+}
+
+# The search selects on the validation split only (best_val_acc); probes are trained on the
+# LABELLED - VAL_SPLIT images like every other probe. Its rows vary one thing each. It probes
+# PART=main's first-seed encoder (train_classifier.py says so in one line if it is missing).
+part_search() {
+    local seed=$ABLATION_SEED lr
+    local enc=(--pretrained_model_path "$(mae_model "main_seed$seed")" --seed "$seed")
+    for lr in $PROBE_LRS; do  # the probe lr (item 5), on train_classifier.py's probe
+        classify "probe_lr${lr}_seed$seed" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}" \
+            --base_learning_rate "$lr"
+        PART_EXPS+=("probe_lr${lr}_seed$seed")
+    done
+    local feature pool block
+    for feature in "mean -1" "cls $SEARCH_BLOCK" "mean $SEARCH_BLOCK"; do
+        read -r pool block <<< "$feature"
+        local exp="search_pool${pool}_block${block}_seed$seed"
+        baseline "$exp" --method linear $(probe_flags) "${enc[@]}" --pool "$pool" --block "$block"
+        baseline "$exp" --method knn "${enc[@]}" --pool "$pool" --block "$block"
+        PART_EXPS+=("$exp")
+    done
+    local variant
+    for variant in "nonormpix" "lr$SEARCH_LR" "images${SEARCH_IMAGES}x$SEARCH_EPOCHS"; do
+        local exp="search_${variant}_seed$seed" flags=()
+        case $variant in
+            nonormpix) flags=(--no_norm_pix) ;;
+            lr*) flags=(--base_learning_rate "$SEARCH_LR") ;;
+            images*) flags=(--max_train_images "$SEARCH_IMAGES" --total_epoch "$SEARCH_EPOCHS") ;;
+        esac
+        search_arm "$exp" "$seed" "${flags[@]}"
+        PART_EXPS+=("$exp")
+    done
+}
+
+# search_arm EXP SEED FLAGS...: a pretraining variant judged by its probe and kNN (no
+# fine-tuning); --no_norm_pix first drops the main arm's --norm_pix_loss.
+search_arm() {
+    local exp=$1 seed=$2 NORM_PIX=("${NORM_PIX[@]}")
+    shift 2
+    if [[ "${1:-}" == --no_norm_pix ]]; then
+        NORM_PIX=()
+        shift
+    fi
+    mae "$exp" "$seed" "$@"
+    local enc=(--pretrained_model_path "$(mae_model "$exp")" --seed "$seed")
+    classify "$exp" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}"
+    baseline "$exp" --method knn "${enc[@]}"
+}
+
+part_report() {
+    python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" --ablation_base main
+}
+
+# any_finished EXP...: whether a run of one of the experiments has its summary.json.
+any_finished() {
+    local exp
+    for exp in "$@"; do
+        compgen -G "$OUTPUT_ROOT/$exp/*/summary.json" > /dev/null && return 0
+    done
+    return 1
+}
+
+# run_part NAME: one part, its runs collected and its environment written.
+run_part() {
+    local started
+    started=$(date -u +%s)
+    PART_EXPS=()  # filled by part_NAME: the experiments whose runs it trained
+    echo "=== part $1"
+    "part_$1"
+    if ! any_finished "${PART_EXPS[@]}"; then  # e.g. a dry run with a stand-in python
+        echo "part $1 finished no run: nothing to collect"
+        return
+    fi
+    collect "${PART_EXPS[@]}"
+    environment "$1" "$started" "${PART_EXPS[@]}"
+}
+
+case $PART in
+    main | baselines | depth | width | search) run_part "$PART" ;;
+    report) part_report ;;
+    all)
+        for part in main baselines depth width search; do
+            run_part "$part"
+        done
+        part_report
+        ;;
+    *) echo "error: PART must be main, baselines, depth, width, search, report or empty," \
+            "got '$PART'" >&2; exit 2 ;;
+esac
