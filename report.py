@@ -3,9 +3,14 @@
 Reads <outputs_root>/<exp_name>/<stage>/{args.json, metrics.csv, summary.json} and writes
 results.md, results.csv (long format) and PNG figures. Missing or unfinished runs show as
 "—" with their status; corrupt metrics rows are skipped. Experiments named <name>_seed<N>
-are grouped and reported as mean ± sample std over the finished seeds.
+are grouped and reported as mean ± sample std over the finished seeds. With --ablation_base
+(commands/study.sh) the study's sections come first: they are pandas DataFrames (one row per
+finished run, groupby over pretraining seeds), and classifiers count for an MAE only when their
+summary's pretrained_sha256 matches its model_sha256. Bad input is one `error:` line, exit 2.
 
     python report.py --outputs_root outputs --out outputs/report
+    python report.py --outputs_root results/fashion_mnist_study/runs \
+        --out results/fashion_mnist_study --ablation_base main
 """
 
 import argparse
@@ -594,7 +599,7 @@ PAPER_NOTE = ("paper values as transcribed in issue 13, not checked against the 
               "(unverified)")
 
 
-def runs_frame(runs: list[Run]) -> "pd.DataFrame":
+def runs_frame(runs: list[Run]) -> pd.DataFrame:
     """One row per finished run: exp, group, seed, stage, the summary numbers and the
     pretraining settings of its group (from the MAE run's args.json)."""
     configs = pretrain_configs(runs)
@@ -608,7 +613,7 @@ def runs_frame(runs: list[Run]) -> "pd.DataFrame":
                "block": r.args.get("block"), "base_lr": r.args.get("base_learning_rate"),
                "selection_split": r.summary.get("selection_split"),
                "paired": pairing(runs, r)}
-        for key in (*ACC_KEYS, "wall_seconds", "feature_seconds", "epochs", "knn_acc"):
+        for key in (*ACC_KEYS, "total_seconds", "epochs"):
             value = r.summary.get(key)
             row[key] = float(value) if isinstance(value, (int, float)) else float("nan")
         row.update(configs.get(group_name(r.exp), {}))
@@ -629,7 +634,7 @@ def pairing(runs: list[Run], run: Run) -> str:
     return "yes" if ours == theirs else "no"
 
 
-def mean_std_n(values: "pd.Series", digits: int = ACC_DIGITS) -> str:
+def mean_std_n(values: pd.Series, digits: int = ACC_DIGITS) -> str:
     """'mean ± std (n)' of the non-NaN values (std over seeds, ddof=1), or DASH."""
     values = values.dropna()
     if values.empty:
@@ -639,7 +644,7 @@ def mean_std_n(values: "pd.Series", digits: int = ACC_DIGITS) -> str:
     return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} (n={len(values)})"
 
 
-def frame_markdown(frame: "pd.DataFrame") -> str:
+def frame_markdown(frame: pd.DataFrame) -> str:
     """A GitHub Markdown table of frame (index as the first column); `|` escaped."""
     header = [frame.index.name or "", *map(str, frame.columns)]
     lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
@@ -648,22 +653,22 @@ def frame_markdown(frame: "pd.DataFrame") -> str:
     return "\n".join(lines) + "\n"
 
 
-def usable(frame: "pd.DataFrame") -> "pd.DataFrame":
+def usable(frame: pd.DataFrame) -> pd.DataFrame:
     """Runs a table may use: everything but classifiers paired with another MAE file."""
     return frame[frame["paired"] != "no"] if "paired" in frame else frame
 
 
-def stage_values(frame: "pd.DataFrame", groups: list[str], stage: str,
-                 key: str = "final_test_acc") -> "pd.Series":
-    """key * 100 of the finished runs of groups at stage (one value per seed)."""
+def stage_values(frame: pd.DataFrame, groups: list[str], stage: str,
+                 key: str = "final_test_acc", scale: float = PERCENT) -> pd.Series:
+    """key * scale of the finished runs of groups at stage (one value per seed)."""
     if frame.empty:
         return pd.Series(dtype=float)
     rows = usable(frame)
     rows = rows[rows["group"].isin(groups) & (rows["stage"] == stage)]
-    return rows[key] * PERCENT
+    return rows[key] * scale
 
 
-def study_ablation(frame: "pd.DataFrame", runs: list[Run], key: str, base: str) -> dict:
+def study_ablation(frame: pd.DataFrame, runs: list[Run], key: str, base: str) -> dict:
     """Table 1 layout for one ablation: a DataFrame (rows = setting), the numbers behind it,
     the generated sentence and notes."""
     by_value = ablation_groups(runs, key, base) if base else {}
@@ -731,26 +736,24 @@ BASELINE_ROWS = (  # (group suffix, stage, row label)
 )
 
 
-def baselines_frame(frame: "pd.DataFrame", main: str = "main") -> "pd.DataFrame":
+def baselines_frame(frame: pd.DataFrame, main: str = "main") -> pd.DataFrame:
     """The baselines table: every row on the same labelled subset, validation and test split."""
     rows = {}
     for group, stage, label in BASELINE_ROWS:
         group = main if group == "main" else group
-        wall = (stage_values(frame, [group], stage, "wall_seconds")
-                + stage_values(frame, [group], stage, "feature_seconds").fillna(0)) / PERCENT
+        minutes = stage_values(frame, [group], stage, "total_seconds", 1 / SECONDS_PER_MINUTE)
         rows[label] = {
             "experiment": f"`{group}` {stage}",
             **{title: mean_std_n(stage_values(frame, [group], stage, k))
                for k, title in ACC_KEYS.items()},
-            "epochs": mean_std_n(stage_values(frame, [group], stage, "epochs") / PERCENT, 0),
-            "wall time incl. features (min)": mean_std_n(wall / SECONDS_PER_MINUTE,
-                                                         MINUTE_DIGITS)}
+            "epochs": mean_std_n(stage_values(frame, [group], stage, "epochs", 1.0), 0),
+            "wall time incl. features (min)": mean_std_n(minutes, MINUTE_DIGITS)}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "model"
     return table
 
 
-def search_frame(frame: "pd.DataFrame") -> "pd.DataFrame":
+def search_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The validation-only search: every probe/kNN run of probe_lr* and search_* experiments
     and of the main arm's first seed, by best validation accuracy (test not shown)."""
     if frame.empty:
@@ -898,7 +901,8 @@ def copy_reconstructions(runs: list[Run], out: Path) -> list[tuple[str, str]]:
 
 def study_markdown(runs: list[Run], base: str | None) -> tuple[str, dict[str, Figure]]:
     """The study's sections (baselines, one Table-1-style table per ablation with the paper
-    alongside, the validation-only search) and their figures; '' when there is no study."""
+    alongside, the validation-only search) and their figures, around the main arm `base`
+    (--ablation_base, as commands/study.sh passes it); '' without one."""
     frame = runs_frame(runs)
     if frame.empty or base is None or base not in set(frame["group"]):
         return "", {}
@@ -985,7 +989,7 @@ def write_report(root, out=None, ablation_base: str | None = None,
     runs = collect_runs(root, stale_hours)
     tables = build_tables(runs, ablation_base)
     figures = build_figures(runs, tables, ablation_base)
-    study, study_figures = study_markdown(runs, ablation_base or find_ablation_base(runs))
+    study, study_figures = study_markdown(runs, ablation_base)
     command = f"python report.py --outputs_root {root} --out {out} --stale_hours {stale_hours}"
     command += f" --ablation_base {ablation_base}" if ablation_base else ""
     try:
@@ -1023,7 +1027,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation_base", default=None,
                         help="experiment used as the default row of the ablation tables "
                              "(default: the experiment with decoder depth 4, width 192, "
-                             "mask 0.75 that has the most one-setting variants)")
+                             "mask 0.75 that has the most one-setting variants); given, it "
+                             "also adds the study's sections (baselines, Table-1-style "
+                             "ablations beside the paper, validation-only search)")
     # output
     parser.add_argument("--out", default=None,
                         help="folder for results.md, results.csv and the PNG figures "
