@@ -753,19 +753,24 @@ def baselines_frame(frame: pd.DataFrame, main: str = "main") -> pd.DataFrame:
     return table
 
 
-def search_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def search_frame(frame: pd.DataFrame, reference: str = "") -> pd.DataFrame:
     """The validation-only search: every probe/kNN run of probe_lr* and search_* experiments
-    and of the main arm's first seed, by best validation accuracy (test not shown)."""
+    and of the reference experiment (the main arm's seed they vary), by best validation
+    accuracy (test accuracy not shown: it plays no part in the choice)."""
     if frame.empty:
         return pd.DataFrame()
-    rows = frame[frame["group"].str.match(r"(probe_lr|search_)") & frame["stage"].isin(
+    searched = frame["group"].str.match(r"(probe_lr|search_)")
+    if not searched.any():
+        return pd.DataFrame()
+    rows = frame[(searched | (frame["exp"] == reference)) & frame["stage"].isin(
         ("pretrain-cls-lin", "mae-lin", KNN))]
     if rows.empty:
         return pd.DataFrame()
     table = pd.DataFrame({
         "experiment": "`" + rows["exp"] + "`", "stage": rows["stage"],
         "pool": rows["pool"].fillna("cls"), "block": rows["block"].fillna(-1).astype(int),
-        "probe base lr": rows["base_lr"], "best val acc (%)": (rows["best_val_acc"] * PERCENT)
+        "probe base lr": rows["base_lr"].where(rows["stage"] != KNN, DASH),
+        "best val acc (%)": (rows["best_val_acc"] * PERCENT)
         .map(lambda v: f"{v:.{ACC_DIGITS}f}"),
         "selection split": rows["selection_split"]})
     table = table.iloc[(-rows["best_val_acc"]).argsort(kind="stable").to_numpy()]
@@ -925,7 +930,8 @@ def study_markdown(runs: list[Run], base: str | None) -> tuple[str, dict[str, Fi
         name = f"study_{STUDY_KEYS[key]}.png"
         figures[name] = plot_study_ablation(ablation["numbers"], ABLATION_TITLES[key])
         parts += [f"![{ABLATION_TITLES[key]}]({name})", ""]
-    search = search_frame(frame)
+    seeds = frame.loc[frame["group"].str.match(r"(probe_lr|search_)"), "seed"].dropna()
+    search = search_frame(frame, f"{base}_seed{int(seeds.iloc[0])}" if len(seeds) else "")
     if not search.empty:
         parts += ["### Validation-only search (probe lr, pooling, block, pretraining variants)",
                   "", frame_markdown(search),

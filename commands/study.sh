@@ -127,15 +127,11 @@ collect() {
     done
 }
 
-# environment PART STARTED EXP...: RESULTS/environment/PART.md, written once when the part
-# first finishes (a later rerun that skips everything leaves it as it is).
+# environment PART STARTED EXP...: RESULTS/environment/PART.md, written by an invocation
+# of the part that trained something (a rerun that skips everything leaves it as it is).
 environment() {
     local part=$1 started=$2 file="$RESULTS/environment/$1.md"
     shift 2
-    if [[ -f "$file" ]]; then
-        echo "$file exists; left as written by the run that finished the part"
-        return
-    fi
     mkdir -p "$RESULTS/environment"
     {
         echo "# Environment of part \`$part\`"
@@ -255,24 +251,21 @@ part_report() {
     python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" --ablation_base main
 }
 
-# any_finished EXP...: whether a run of one of the experiments has its summary.json.
-any_finished() {
-    local exp
-    for exp in "$@"; do
-        compgen -G "$OUTPUT_ROOT/$exp/*/summary.json" > /dev/null && return 0
-    done
-    return 1
+# n_finished: the number of finished runs (summary.json files) under OUTPUT_ROOT.
+n_finished() {
+    find "$OUTPUT_ROOT" -name summary.json 2> /dev/null | wc -l
 }
 
 # run_part NAME: one part, its runs collected and its environment written.
 run_part() {
-    local started
+    local started before
     started=$(date -u +%s)
+    before=$(n_finished)
     PART_EXPS=()  # filled by part_NAME: the experiments whose runs it trained
     echo "=== part $1"
     "part_$1"
-    if ! any_finished "${PART_EXPS[@]}"; then  # e.g. a dry run with a stand-in python
-        echo "part $1 finished no run: nothing to collect"
+    if (( $(n_finished) == before )); then  # all skipped, or a dry run with a stand-in python
+        echo "part $1 trained nothing new: run files and environment left as they are"
         return
     fi
     collect "${PART_EXPS[@]}"
