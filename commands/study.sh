@@ -55,7 +55,7 @@ ABLATION_SEED=${ABLATION_SEED:-1}  # ablation rows: one pretraining seed (noise 
 DECODER_LAYER=${DECODER_LAYER:-2}  # the main arm's decoder and mask; one changes per ablation
 DECODER_DIM=${DECODER_DIM:-64}
 MASK=${MASK:-0.75}
-MASKS=${MASKS:-"0.5 0.9"}          # with the main arm's 0.75
+MASKS=${MASKS-"0.5 0.9"}           # with the main arm's 0.75 (MASKS="": none)
 PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-20000}
 PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}
 PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-1}
