@@ -253,7 +253,11 @@ part_report() {
 
 # n_finished: the number of finished runs (summary.json files) under OUTPUT_ROOT.
 n_finished() {
-    find "$OUTPUT_ROOT" -name summary.json 2> /dev/null | wc -l
+    if [[ -d "$OUTPUT_ROOT" ]]; then
+        find "$OUTPUT_ROOT" -name summary.json | wc -l
+    else
+        echo 0
+    fi
 }
 
 # run_part NAME: one part, its runs collected and its environment written.
