@@ -141,14 +141,14 @@ environment() {
              "CLS_EPOCHS=$CLS_EPOCHS, LIN_EPOCHS=$LIN_EPOCHS, LABELLED=$LABELLED," \
              "VAL_SPLIT=$VAL_SPLIT, EVAL_IMAGES=$EVAL_IMAGES, OMP_NUM_THREADS=${OMP_NUM_THREADS:-})"
         echo "- finished: $(date -u '+%Y-%m-%d %H:%M UTC'); wall time of the invocation that" \
-             "finished it: $(( ($(date -u +%s) - started) / 60 )) min"
+             "finished it: $(awk "BEGIN {printf \"%.1f\", ($(date -u +%s) - $started) / 60}") min"
         python -c 'import glob, json, sys
 paths = [p for exp in sys.argv[2:] for p in glob.glob(f"{sys.argv[1]}/{exp}/*/summary.json")]
 total = sum(json.load(open(p)).get("wall_seconds", 0) + json.load(open(p)).get(
     "feature_seconds", 0) for p in paths)
 print(f"- training + feature time summed over {len(paths)} runs: {total / 60:.1f} min")' \
             "$OUTPUT_ROOT" "$@"
-        echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
+        echo "- machine: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
              xargs), $(free -g | awk '/Mem:/ {print $2}') GiB; load average at the end:" \
              "$(cut -d' ' -f1-3 /proc/loadavg)"
         echo "- git commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)" \
