@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-image study of issue 13 on Fashion-MNIST, in parts that each fit a session on 2 CPU
-# cores (measured times per part: results/fashion_mnist_study/environment/<part>.md):
+# cores (measured times: results/fashion_mnist_study/environment/<part>_<time>.md):
 #   PART=main       3 pretraining seeds; for each: fine-tune, scratch (same epochs), linear
 #                   probe, random-encoder probe, kNN
 #   PART=baselines  linear probe and kNN on raw pixels; scratch at LONG_FACTOR x the epochs;
@@ -13,7 +13,7 @@
 #   no PART         every part in that order
 # Every arm uses the same labelled subset (LABELLED training images, VAL_SPLIT of them held out
 # for selection) and the whole test split. Each part copies its runs' args.json, metrics.csv and
-# summary.json to RESULTS/runs/ and writes RESULTS/environment/<part>.md when it finishes;
+# summary.json to RESULTS/runs/ and writes RESULTS/environment/<part>_<time>.md when it ends;
 # commit them. Every stage skips itself when finished and resumes when interrupted: rerun the
 # same command after any stop. SMOKE=1 runs every arm in minutes on generated images (tests).
 #   PART=main bash commands/study.sh
@@ -56,7 +56,7 @@ DECODER_LAYER=${DECODER_LAYER:-2}  # the main arm's decoder and mask; one change
 DECODER_DIM=${DECODER_DIM:-64}
 MASK=${MASK:-0.75}
 MASKS=${MASKS-"0.5 0.9"}           # with the main arm's 0.75 (MASKS="": none)
-PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-20000}
+PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-15000}
 PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}
 PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-1}
 PRETRAIN_LR=${PRETRAIN_LR:-1e-3}   # base lr at batch 256; ViT-T's 1.5e-4 is slow for 10 epochs
@@ -67,7 +67,7 @@ VAL_SPLIT=${VAL_SPLIT:-2000}       # of them held out: selection (best epoch, se
 EVAL_IMAGES=${EVAL_IMAGES:-10000}  # the whole Fashion-MNIST test split
 BATCH=${BATCH:-128}
 PROBE_LRS=${PROBE_LRS:-"0.001 0.01 0.1 1.0"}  # the validation-only probe lr sweep
-SEARCH_IMAGES=${SEARCH_IMAGES:-40000}  # search: 2x images x 1x epochs vs the main arm's budget
+SEARCH_IMAGES=${SEARCH_IMAGES:-30000}  # search: 2x images x 1x epochs vs the main arm's budget
 SEARCH_EPOCHS=${SEARCH_EPOCHS:-10}
 SEARCH_LR=${SEARCH_LR:-3e-3}
 SEARCH_BLOCK=${SEARCH_BLOCK:-2}    # an intermediate encoder block (0-based) for the probe
@@ -127,14 +127,16 @@ collect() {
     done
 }
 
-# environment PART STARTED EXP...: RESULTS/environment/PART.md, written by an invocation
-# of the part that trained something (a rerun that skips everything leaves it as it is).
+# environment PART STARTED EXP...: RESULTS/environment/PART_<UTC time>.md, one per invocation
+# of the part that trained something (a part split over sessions has one per session; a rerun
+# that skips everything writes none); never edited after.
 environment() {
-    local part=$1 started=$2 file="$RESULTS/environment/$1.md"
+    local part=$1 started=$2 file
+    file="$RESULTS/environment/${part}_$(date -u +%Y%m%dT%H%M%SZ).md"
     shift 2
     mkdir -p "$RESULTS/environment"
     {
-        echo "# Environment of part \`$part\`"
+        echo "# Environment of one invocation of part \`$part\`"
         echo
         echo "- command: \`PART=$part bash commands/study.sh\` (SMOKE=${SMOKE:-}," \
              "SEEDS=$SEEDS, PRETRAIN_IMAGES=$PRETRAIN_IMAGES, PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS," \
