@@ -159,6 +159,7 @@ def run_knn(args, dist, model, data, run):
                "final_test_acc": row["test_acc"], "best_val_acc": row[f"{selection}_acc"],
                "best_epoch": 0, "test_acc_at_best": row["test_acc"],
                "selection_split": selection, "memory_images": len(data.train),
+               engine.UPSTREAM_KEY: args.pretrained_sha256,
                "wall_seconds": row["epoch_seconds"], "feature_seconds": row["epoch_seconds"]}
     engine.write_json(run.file(engine.SUMMARY_FN), summary)
     print(f"kNN (k={args.knn_k}, T={args.knn_t}) test accuracy {row['test_acc']:.4f}")
@@ -168,6 +169,8 @@ def main(args):
     validate(args)
     train_classifier.resolve_recipe(args)
     engine.validate_common(args)
+    # the encoder's identity is its content, as for train_classifier.py's runs
+    args.pretrained_sha256 = engine.upstream_hash(args.pretrained_model_path)
     dist, run, status = engine.start_stage(args, stage_name(args))
     if status == "finished":
         return

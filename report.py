@@ -627,6 +627,8 @@ def pairing(runs: list[Run], run: Run) -> str:
     if not run.stage.startswith("pretrain-") and run.stage != KNN:
         return "n/a"
     mae = find_run(runs, run.exp, PRETRAIN)
+    if mae is None:  # e.g. a search row probing another experiment's MAE
+        return "n/a"
     ours = run.summary.get("pretrained_sha256") if run.summary else None
     theirs = mae.summary.get("model_sha256") if mae is not None and mae.summary else None
     if ours is None or theirs is None:
