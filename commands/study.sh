@@ -73,7 +73,7 @@ SEARCH_LR=${SEARCH_LR:-3e-3}
 SEARCH_BLOCK=${SEARCH_BLOCK:-2}    # an intermediate encoder block (0-based) for the probe
 
 SPLIT=(--max_train_images "$LABELLED" --val_split "$VAL_SPLIT" --max_eval_images "$EVAL_IMAGES"
-       --batch_size "$BATCH" "${SIZE[@]}")
+       --batch_size "$BATCH" ${SIZE[@]+"${SIZE[@]}"})
 CLS=(--total_epoch "$CLS_EPOCHS" --warmup_epoch "$CLS_WARMUP" --recipe "$CLS_RECIPE"
      --augment flip)
 LONG_CLS=(--total_epoch $((LONG_FACTOR * CLS_EPOCHS)) --warmup_epoch "$CLS_WARMUP"
@@ -81,12 +81,14 @@ LONG_CLS=(--total_epoch $((LONG_FACTOR * CLS_EPOCHS)) --warmup_epoch "$CLS_WARMU
 DECODER=(--decoder_layer "$DECODER_LAYER" --decoder_dim "$DECODER_DIM" --mask_ratio "$MASK")
 
 NORM_PIX=(--norm_pix_loss)  # the main arm's target; a search row drops it
+# ${A[@]+"${A[@]}"}: an array that may be empty, under set -u on bash 3.2 too
 
 # mae EXP SEED FLAGS...: MAE pretraining of the study's encoder (FLAGS change the defaults).
 mae() {
     local exp=$1 seed=$2
     shift 2
-    pretrain "$exp" "${MODEL[@]}" "${SIZE[@]}" --seed "$seed" "${DECODER[@]}" "${NORM_PIX[@]}" \
+    pretrain "$exp" "${MODEL[@]}" ${SIZE[@]+"${SIZE[@]}"} --seed "$seed" "${DECODER[@]}" \
+        ${NORM_PIX[@]+"${NORM_PIX[@]}"} \
         --augment flip --batch_size 256 --max_device_batch_size 256 \
         --base_learning_rate "$PRETRAIN_LR" --total_epoch "$PRETRAIN_EPOCHS" \
         --warmup_epoch "$PRETRAIN_WARMUP" --max_train_images "$PRETRAIN_IMAGES" \
