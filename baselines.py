@@ -37,7 +37,7 @@ KNN_FIELDS = ["epoch", "val_acc", "test_acc", "epoch_seconds"]
 def get_args_parser():
     p = train_classifier.get_args_parser()
     p.description = __doc__
-    p.set_defaults(linear_probe=True, recipe="paper", total_epoch=50, augment="none")
+    p.set_defaults(linear_probe=True, recipe="fast", total_epoch=50, augment="none")
     g = p.add_argument_group("baseline")
     g.add_argument("--features", default=None, choices=FEATURES,
                    help="raw pixels, or the encoder of --pretrained_model_path (default: "
