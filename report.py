@@ -1,12 +1,13 @@
-"""Tables and figures for the MAE CIFAR-10 runs, built only from the files the runs write.
+"""Tables and figures for the MAE runs, built only from the files the runs write.
 
-Reads <outputs_root>/<exp_name>/<stage>/{args.json, metrics.csv, summary.json} and writes
-results.md, results.csv (long format) and PNG figures. Missing or unfinished runs show as
-"—" with their status; corrupt metrics rows are skipped. Experiments named <name>_seed<N>
-are grouped and reported as mean ± sample std over the finished seeds. With --ablation_base
-(commands/study.sh) the study's sections come first: they are pandas DataFrames (one row per
-finished run, groupby over pretraining seeds), and classifiers count for an MAE only when their
-summary's pretrained_sha256 matches its model_sha256. Bad input is one `error:` line, exit 2.
+Reads <outputs_root>/<exp_name>/<stage>/{args.json, metrics.csv, summary.json} into one pandas
+DataFrame (one row per run folder) and writes results.md, results.csv (long format: one row per
+table cell) and PNG figures. Experiments named <name>_seed<N> form a group, reported as
+mean ± sample std (n) over its finished seeds (groupby). A run without a result shows as
+"—" with its status; corrupt metrics rows are skipped. A fine-tune, probe or kNN run counts for
+its experiment's MAE only when its summary's pretrained_sha256 matches the MAE's model_sha256.
+With --ablation_base (commands/study.sh) the study's baselines and validation-only search
+tables are added. Bad input is one `error:` line, exit 2.
 
     python report.py --outputs_root outputs --out outputs/report
     python report.py --outputs_root results/fashion_mnist_study/runs \
@@ -19,12 +20,11 @@ import io
 import json
 import math
 import re
-import statistics
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -34,17 +34,19 @@ from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
 from utils import UsageError, run_cli
 
 PRETRAIN = "mae-pretrain"
-CLS_STAGES = {  # stage folder -> row label in the main table
+CLS_STAGES = {  # stage folder -> row label in the classification tables
     "scratch-cls": "scratch",
     "pretrain-cls": "fine-tuned (MAE)",
     "pretrain-cls-lin": "linear probe (MAE encoder)",
     "scratch-cls-lin": "linear probe (random encoder)",
 }
-EXTRA_STAGES = ("mae-knn", "mae-lin", "pixels-lin", "pixels-knn")  # baselines.py
+KNN = "mae-knn"
+EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn")  # baselines.py
 STAGES = (PRETRAIN, *CLS_STAGES, *EXTRA_STAGES)
 FINISHED = "finished"
 DASH = "—"
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
+SEARCH_GROUPS = r"(probe_lr|search_)"  # study.sh's validation-only search experiments
 
 # Pretraining settings that define an experiment; seed and exp_name are what seeds may change.
 PRETRAIN_CONFIG_KEYS = (
@@ -56,8 +58,12 @@ CLS_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "linear_probe",
     "recipe", "val_split",
 )
+SUMMARY_NUMBERS = ("epochs", "final_train_loss", "final_eval_loss", "knn_acc", "wall_seconds",
+                   "feature_seconds", "final_test_acc", "best_val_acc", "test_acc_at_best")
+SUMMARY_TEXTS = ("selection_split", "pretrained_sha256", "model_sha256")
+ARG_COLUMNS = ("pool", "block", "base_learning_rate", "pretrained_model_path")
 ABLATION_DEFAULTS = {"decoder_layer": 4, "decoder_dim": 192, "mask_ratio": 0.75}
-ABLATION_VALUES = {  # planned rows; values found in the runs are added
+ABLATION_VALUES = {  # planned rows around ABLATION_DEFAULTS; values found in the runs are added
     "decoder_layer": (1, 2, 4, 6, 8),
     "decoder_dim": (64, 128, 192, 256, 512),
     "mask_ratio": (0.5, 0.6, 0.75, 0.85, 0.9),
@@ -68,10 +74,38 @@ ABLATION_TITLES = {
     "mask_ratio": "mask ratio",
 }
 COUPLED_KEYS = {"decoder_dim": ("decoder_head",)}  # the head count must divide the width
-ABLATION_COLUMNS = {  # stage -> column header in the ablation tables
+ABLATION_STAGES = {  # stage -> column of the ablation tables (kNN only where it was run)
     "pretrain-cls": "fine-tune: final test acc (%)",
     "pretrain-cls-lin": "linear probe: final test acc (%)",
+    KNN: "kNN: test acc (%)",
 }
+# The paper's Table 1 (ViT-L, ImageNet-1K; fine-tune / linear probe top-1 %), as transcribed
+# in issue 13. The search tool found no copy of the paper's text to check them against:
+# UNVERIFIED. The mask ratio (Figure 5) is given as its trend only.
+PAPER_TABLE1 = {
+    "decoder_layer": {1: (84.8, 65.5), 2: (84.9, 70.0), 4: (84.9, 71.9), 8: (84.9, 73.5),
+                      12: (84.4, 73.3)},
+    "decoder_dim": {128: (84.9, 69.1), 256: (84.8, 71.3), 512: (84.9, 73.5), 768: (84.4, 73.1),
+                    1024: (84.3, 73.1)},
+}
+PAPER_TRENDS = {
+    "decoder_layer": "deeper decoder -> better probe, fine-tune flat",
+    "decoder_dim": "wider decoder -> better probe up to 0.5x-1x the encoder width, fine-tune flat",
+    "mask_ratio": "75% best for fine-tune and probe; the probe falls off on either side "
+                  "(Figure 5, trend only)",
+}
+PAPER_NOTE = ("paper values as transcribed in issue 13, not checked against the paper's text "
+              "(unverified)")
+BASELINE_ROWS = (  # (group, stage, row label); "main" is the --ablation_base group
+    ("baseline", "pixels-lin", "linear probe on raw pixels"),
+    ("baseline", "pixels-knn", "kNN on raw pixels"),
+    ("main", "scratch-cls-lin", "linear probe of a random encoder"),
+    ("main", "scratch-cls", "scratch, same epochs as fine-tuning"),
+    ("scratch_long", "scratch-cls", "scratch, long budget"),
+    ("main", "pretrain-cls-lin", "MAE linear probe"),
+    ("main", "pretrain-cls", "MAE fine-tune"),
+    ("main", KNN, "MAE kNN"),
+)
 
 LOCK_FN = ".lock"  # engine.py's lock file, present while a process writes the run folder
 STALE_HOURS = 2.0  # a locked unfinished run with no file written for this long is "stopped"
@@ -81,32 +115,16 @@ PERCENT = 100.0
 ACC_DIGITS = 2
 LOSS_DIGITS = 4
 MINUTE_DIGITS = 1
+NOISE_STDS = 2.0  # a difference within this many stds of the seed noise is "inside the noise"
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
 LEGEND_FONT_SIZE = "small"
-PNG_NAMES = {"pretrain": "pretrain_loss.png", "knn": "knn_acc.png"}
+RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "args", "metrics",
+               *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds"]
+CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "text"]
 
 
 # ----------------------------------------------------------------------------- reading runs
-
-
-@dataclass
-class Run:
-    """One stage folder: <root>/<exp>/<stage>."""
-
-    exp: str
-    stage: str
-    path: Path
-    args: dict  # args.json, {} when missing or unreadable
-    rows: list  # metrics.csv rows (column -> float, nan for empty cells), one per epoch
-    summary: dict | None  # summary.json when the run finished, else None
-    status: str  # "finished", "running" or "stopped"
-
-    def progress(self) -> str:
-        """Status text such as 'finished' or 'running, epoch 12/50'."""
-        if self.status == FINISHED:
-            return FINISHED
-        return f"{self.status}, epoch {len(self.rows)}/{self.args.get('total_epoch', '?')}"
 
 
 def read_json(path: Path) -> dict | None:
@@ -131,21 +149,20 @@ def parse_row(raw: dict) -> dict | None:
     return row if math.isfinite(epoch) and epoch.is_integer() else None
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> pd.DataFrame:
     """Valid rows of metrics.csv sorted by epoch; a repeated epoch (resume) keeps its last row."""
+    rows = []
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return []
-    by_epoch = {}
-    try:
-        for raw in csv.DictReader(io.StringIO(text)):
+        for raw in csv.DictReader(io.StringIO(path.read_text())):
             row = parse_row(raw)
             if row is not None:
-                by_epoch[int(row["epoch"])] = row
+                rows.append(row)
+    except (OSError, UnicodeDecodeError):
+        pass
     except csv.Error:  # e.g. a damaged field over the csv size limit: keep the rows before it
         pass
-    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    frame = pd.DataFrame(rows, columns=None if rows else ["epoch"])
+    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
 
 
 def run_status(stage_dir: Path, finished: bool, stale_hours: float) -> str:
@@ -173,49 +190,61 @@ def hashable_args(args: dict) -> dict:
             for k, v in args.items()}
 
 
-def with_total_seconds(summary: dict | None) -> dict | None:
-    """summary plus total_seconds = wall_seconds + feature_seconds (a probe's feature
-    extraction runs before its epochs and is not in wall_seconds)."""
-    if not summary or not isinstance(summary.get("wall_seconds"), (int, float)):
-        return summary
-    features = summary.get("feature_seconds")
-    extra = features if isinstance(features, (int, float)) else 0.0
-    return {**summary, "total_seconds": summary["wall_seconds"] + extra}
+def number(value) -> float:
+    """value as a float, nan when it is not a number."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number else float("nan")
 
 
-def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> Run:
-    """Read one stage folder."""
-    summary = with_total_seconds(read_json(stage_dir / "summary.json"))
-    finished = bool(summary and summary.get("finished"))
-    return Run(
-        exp=stage_dir.parent.name,
-        stage=stage_dir.name,
-        path=stage_dir,
-        args=hashable_args(read_json(stage_dir / "args.json") or {}),
-        rows=read_metrics(stage_dir / "metrics.csv"),
-        summary=summary if finished else None,
-        status=run_status(stage_dir, finished, stale_hours),
-    )
+def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
+    """One stage folder as a row of the runs frame. Summary fields are filled only when the
+    run finished; total_seconds = wall_seconds + feature_seconds (a probe's feature extraction
+    runs before its epochs and is not in wall_seconds)."""
+    exp, stage = stage_dir.parent.name, stage_dir.name
+    summary = read_json(stage_dir / "summary.json") or {}
+    finished = bool(summary.get("finished"))
+    summary = summary if finished else {}
+    args = hashable_args(read_json(stage_dir / "args.json") or {})
+    metrics = read_metrics(stage_dir / "metrics.csv")
+    status = run_status(stage_dir, finished, stale_hours)
+    seed = SEED_SUFFIX.search(exp)
+    row = {"exp": exp, "group": group_name(exp), "seed": int(seed.group(1)) if seed else None,
+           "stage": stage, "path": stage_dir, "status": status,
+           "progress": status if finished else
+           f"{status}, epoch {len(metrics)}/{args.get('total_epoch', '?')}",
+           "args": args, "metrics": metrics}
+    row |= {k: number(summary.get(k)) for k in SUMMARY_NUMBERS}
+    row |= {k: summary.get(k) for k in SUMMARY_TEXTS}
+    row |= {k: args.get(k) for k in ARG_COLUMNS}
+    row["total_seconds"] = row["wall_seconds"] + np.nan_to_num(row["feature_seconds"])
+    return row
 
 
-def collect_runs(root, stale_hours: float = STALE_HOURS) -> list[Run]:
-    """Every stage folder under root, sorted by experiment then stage; [] if root is absent."""
+def collect_runs(root, stale_hours: float = STALE_HOURS) -> pd.DataFrame:
+    """The runs frame: one row per stage folder under root, sorted by group, seed and stage;
+    with `paired` (see pairing) and `usable` (finished and not paired with another MAE)."""
     root = Path(root)
-    if not root.is_dir():
-        return []
-    exp_dirs = sorted((p for p in root.iterdir() if p.is_dir()
-                       and not p.name.startswith(TEMP_PREFIX)), key=lambda p: exp_order(p.name))
-    return [
-        load_run(exp_dir / stage, stale_hours)
-        for exp_dir in exp_dirs
-        for stage in STAGES
-        if (exp_dir / stage).is_dir()
-    ]
+    exp_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(TEMP_PREFIX)
+                ] if root.is_dir() else []
+    rows = [load_run(exp_dir / stage, stale_hours)
+            for exp_dir in sorted(exp_dirs, key=lambda p: exp_order(p.name))
+            for stage in STAGES if (exp_dir / stage).is_dir()]
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    frame["paired"] = pairing(frame)
+    frame["usable"] = (frame["status"] == FINISHED) & (frame["paired"] != "no")
+    return frame
 
 
-def find_run(runs: list[Run], exp: str, stage: str) -> Run | None:
-    """The run of exp at stage, or None."""
-    return next((r for r in runs if r.exp == exp and r.stage == stage), None)
+def pairing(frame: pd.DataFrame) -> pd.Series:
+    """'yes' if a fine-tune/probe/kNN run of an experiment's MAE started from that very file
+    (its pretrained_sha256 == the MAE summary's model_sha256), 'no' if not, 'legacy' when a
+    hash is missing, 'n/a' for other stages and for experiments without their own MAE."""
+    mae = frame[frame["stage"] == PRETRAIN].set_index("exp")["model_sha256"]
+    theirs, ours = frame["exp"].map(mae), frame["pretrained_sha256"]
+    applies = (frame["stage"].str.startswith("pretrain-") | (frame["stage"] == KNN)) & frame[
+        "exp"].isin(mae.index)
+    return pd.Series(np.select([~applies, ours.isna() | theirs.isna(), ours == theirs],
+                               ["n/a", "legacy", "yes"], "no"), index=frame.index)
 
 
 def group_name(exp: str) -> str:
@@ -229,264 +258,205 @@ def exp_order(exp: str) -> tuple:
     return group_name(exp), int(match.group(1)) if match else -1
 
 
-def group_experiments(runs: list[Run]) -> dict[str, list[str]]:
+def group_experiments(frame: pd.DataFrame) -> dict[str, list[str]]:
     """Group name -> its experiments (seeds), both sorted."""
-    groups = {}
-    for exp in sorted({r.exp for r in runs}, key=exp_order):
-        groups.setdefault(group_name(exp), []).append(exp)
-    return groups
+    return {g: list(dict.fromkeys(exps)) for g, exps in frame.groupby("group", sort=False)["exp"]}
 
 
-def latest_reconstruction(run: Run) -> Path | None:
-    """images/epoch_XXXX/reconstruction.png of the highest epoch, or None."""
-    grids = {}
-    for path in (run.path / "images").glob("epoch_*/reconstruction.png"):
-        epoch = path.parent.name.removeprefix("epoch_")
-        if epoch.isdigit() and path.is_file():
-            grids[int(epoch)] = path
-    return grids[max(grids)] if grids else None
+def latest_reconstructions(frame: pd.DataFrame) -> list[tuple[str, Path]]:
+    """(experiment, images/epoch_XXXX/reconstruction.png of the highest epoch) for every
+    pretraining run that saved one."""
+    found = []
+    for exp, path in frame.loc[frame["stage"] == PRETRAIN, ["exp", "path"]].itertuples(
+            index=False):
+        grids = {int(p.parent.name.removeprefix("epoch_")): p
+                 for p in path.glob("images/epoch_*/reconstruction.png")
+                 if p.parent.name.removeprefix("epoch_").isdigit() and p.is_file()}
+        if grids:
+            found.append((exp, grids[max(grids)]))
+    return found
 
 
-def latest_reconstructions(runs: list[Run]) -> list[tuple[str, Path]]:
-    """(experiment, latest reconstruction grid) for every pretraining run that saved one."""
-    found = [(r.exp, latest_reconstruction(r)) for r in runs if r.stage == PRETRAIN]
-    return [(exp, path) for exp, path in found if path is not None]
+def pretrain_configs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Group -> its pretraining settings (the first seed with a readable args.json)."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["args"].map(bool)]
+    configs = pd.DataFrame([{k: a.get(k) for k in PRETRAIN_CONFIG_KEYS} for a in runs["args"]],
+                           index=runs["group"], columns=list(PRETRAIN_CONFIG_KEYS), dtype=object)
+    return configs[~configs.index.duplicated()]
 
 
-# ----------------------------------------------------------------------------- cells & tables
+def differing(args: pd.DataFrame, keys: tuple) -> list[str]:
+    """Keys whose values differ between the rows of args (dicts of settings)."""
+    settings = pd.DataFrame(list(args), columns=list(keys), dtype=object).map(repr)
+    return [k for k in keys if settings[k].nunique() > 1]
 
 
-@dataclass
-class Cell:
-    """A table cell: the text shown and the numbers behind it (in the displayed unit)."""
-
-    text: str
-    value: float | None = None  # mean over the finished seeds
-    std: float | None = None  # sample std (ddof=1), only when n > 1
-    n: int = 0
+# ----------------------------------------------------------------------------- cells
 
 
-@dataclass
-class Table:
-    name: str  # id of the table in results.csv
-    title: str
-    columns: list[str]  # the first one heads the row labels
-    rows: list[tuple[str, list[Cell]]]
-    notes: list[str] = field(default_factory=list)
-    keys: list = field(default_factory=list)  # the varied value of each row (ablations)
-
-
-def make_cell(values: list[float], notes: list[str], digits: int, show_n: bool) -> Cell:
-    """Mean ± std (n) of values, followed by the status notes of the members without one."""
-    if not values:
-        return Cell(f"{DASH} ({'; '.join(notes)})" if notes else DASH)
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else None
-    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-    extra = ([f"n={len(values)}"] if show_n else []) + notes
-    if extra:
-        text += f" ({'; '.join(extra)})"
-    return Cell(text, mean, std, len(values))
-
-
-def member_status(runs: list[Run], exp: str, stage: str) -> str:
-    """Why exp has no result at stage: its progress, its pretraining's progress, or missing."""
-    run = find_run(runs, exp, stage)
-    if run is not None:
-        return run.progress()
-    if stage == PRETRAIN:
-        sources = {Path(str(r.args.get("pretrained_model_path"))).parent.parent.name
-                   for r in runs if r.exp == exp and r.args.get("pretrained_model_path")}
-        if sources and exp not in sources:
+def member_why(frame: pd.DataFrame, member) -> str:
+    """Why one member run (exp, stage) has no value: its progress, its pretraining's
+    progress, another MAE file, 'none by design', 'n/a' (finished without it) or missing."""
+    if member.status == FINISHED:
+        return "trained from another MAE file: pretrained_sha256 differs" if member.paired == "no" \
+            else "n/a"
+    if isinstance(member.status, str):
+        return member.progress
+    own = frame[frame["exp"] == member.exp]
+    if member.stage == PRETRAIN:
+        sources = {Path(p).parent.parent.name for p in own["pretrained_model_path"].dropna()}
+        if sources and member.exp not in sources:
             return f"none by design: its classifiers use {', '.join(sorted(sources))}'s MAE"
-    pretrain = find_run(runs, exp, PRETRAIN)
-    if stage.startswith("pretrain-") and pretrain is not None and pretrain.status != FINISHED:
-        return f"pretraining {pretrain.progress()}"
+    mae = own[own["stage"] == PRETRAIN]
+    if member.stage.startswith("pretrain-") and len(mae) and mae["status"].iloc[0] != FINISHED:
+        return f"pretraining {mae['progress'].iloc[0]}"
     return "missing"
 
 
-def summary_cell(runs: list[Run], members: list[str], stage: str, key: str,
-                 scale: float = 1.0, digits: int = ACC_DIGITS, status: bool = True) -> Cell:
-    """summary.json[key] * scale of the members' runs at stage, aggregated over seeds.
-
-    status: say why members have no value (off for all but the first cell of a row).
-    """
-    if not members:
-        return Cell(f"{DASH} (missing)" if status else DASH)
-    values, whys = [], {}
-    for exp in members:
-        run = find_run(runs, exp, stage)
-        value = run.summary.get(key) if run is not None and run.summary else None
-        if isinstance(value, (int, float)):
-            values.append(value * scale)
-        else:
-            whys[exp] = "n/a" if run is not None and run.summary else member_status(
-                runs, exp, stage)
-    if values or len(set(whys.values())) > 1:  # name the members when it matters
-        notes = [f"{exp}: {why}" if len(members) > 1 else why for exp, why in whys.items()]
+def cell(members: pd.DataFrame, frame: pd.DataFrame, digits: int, why: bool) -> dict:
+    """Mean ± std (n) of members' x, then why the members without one have none (if why).
+    n is shown for groups of seeds."""
+    values = members["x"].dropna()
+    whys = {m.exp: member_why(frame, m) for m in members[members["x"].isna()].itertuples()
+            } if why else {}
+    if len(values) or len(set(whys.values())) > 1:  # name the members when it matters
+        notes = [f"{exp}: {w}" if len(members) > 1 else w for exp, w in whys.items()]
     else:
         notes = sorted(set(whys.values()))
-    return make_cell(values, notes if status else [], digits, len(members) > 1)
+    if values.empty:
+        return {"value": None, "std": None, "n": 0,
+                "text": f"{DASH} ({'; '.join(notes)})" if notes else DASH}
+    mean, std = values.mean(), values.std() if len(values) > 1 else None
+    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    seeded = any(SEED_SUFFIX.search(exp) for exp in members["exp"].dropna())
+    extra = ([f"n={len(values)}"] if seeded else []) + notes
+    text += f" ({'; '.join(extra)})" if extra else ""
+    return {"value": mean, "std": std, "n": len(values), "text": text}
 
 
-def differing_keys(a: dict, b: dict, keys: tuple) -> list[str]:
-    """Keys among keys whose values differ between a and b."""
-    return [k for k in keys if a.get(k) != b.get(k)]
+def member_values(frame: pd.DataFrame, members: pd.DataFrame, key: str,
+                  scale: float = 1.0) -> pd.DataFrame:
+    """members (row, exp, stage; exp None for a row without runs) with their run's columns
+    and x = key * scale where the run is usable."""
+    rows = members.merge(frame, on=["exp", "stage"], how="left")
+    rows["x"] = rows[key].where(rows["usable"].eq(True)) * scale
+    return rows
 
 
-def stage_args(runs: list[Run], members: list[str], stage: str) -> list[dict]:
-    """The non-empty args.json of the members' runs at stage."""
-    found = (find_run(runs, exp, stage) for exp in members)
-    return [run.args for run in found if run is not None and run.args]
+def aggregate(frame: pd.DataFrame, members: pd.DataFrame, column: str, key: str,
+              scale: float = 1.0, digits: int = ACC_DIGITS, why: bool = True) -> pd.DataFrame:
+    """One table column: a cell (value, std, n, text) per row, over the row's members."""
+    rows = member_values(frame, members, key, scale)
+    cells = [{"row": row, "column": column, **cell(group, frame, digits, why)}
+             for row, group in rows.groupby("row", sort=False)]
+    return pd.DataFrame(cells)
 
 
-def seed_notes(runs: list[Run], members: list[str]) -> list[str]:
-    """A note per stage whose settings differ between seeds of one group (other than seed)."""
-    notes = []
-    for stage in STAGES:
-        args = stage_args(runs, members, stage)
-        keys = PRETRAIN_CONFIG_KEYS if stage == PRETRAIN else CLS_CONFIG_KEYS
-        diff = sorted({k for a in args[1:] for k in differing_keys(args[0], a, keys)})
-        if diff:
-            notes.append(f"{stage}: settings differ between seeds: {', '.join(diff)}")
-    return notes
+def text_column(members: pd.DataFrame, column: str, texts: dict) -> pd.DataFrame:
+    """A column of text cells (row -> text), no numbers."""
+    rows = members["row"].drop_duplicates()
+    return pd.DataFrame({"row": rows, "column": column, "value": None, "std": None, "n": 0,
+                         "text": rows.map(texts)})
 
 
-def selection_splits(runs: list[Run], members: list[str]) -> list[str]:
-    """Sorted selection splits named in the members' classifier summaries."""
-    return sorted({
-        str(r.summary.get("selection_split"))
-        for r in runs
-        if r.exp in members and r.stage in CLS_STAGES and r.summary
-    })
+def cls_columns(split: str) -> list[tuple]:
+    """(column, summary key, scale, digits, why) of a classifier row."""
+    return [("final test acc (%)", "final_test_acc", PERCENT, ACC_DIGITS, True),
+            (f"best {split} acc (%)", "best_val_acc", PERCENT, ACC_DIGITS, False),
+            (f"test acc at best-{split} epoch (%)", "test_acc_at_best", PERCENT, ACC_DIGITS,
+             False),
+            ("epochs", "epochs", 1.0, 0, False),
+            ("wall time incl. feature extraction (min)", "total_seconds",
+             1 / SECONDS_PER_MINUTE, MINUTE_DIGITS, False)]
 
 
-def pretrain_row(runs: list[Run], members: list[str]) -> list[Cell]:
-    """Epochs, losses, kNN accuracy and wall time of a group's pretraining."""
-    return [
-        summary_cell(runs, members, PRETRAIN, "epochs", digits=0),
-        summary_cell(runs, members, PRETRAIN, "final_train_loss", digits=LOSS_DIGITS,
-                     status=False),
-        summary_cell(runs, members, PRETRAIN, "final_eval_loss", digits=LOSS_DIGITS,
-                     status=False),
-        summary_cell(runs, members, PRETRAIN, "knn_acc", PERCENT, status=False),
-        summary_cell(runs, members, PRETRAIN, "wall_seconds", 1 / SECONDS_PER_MINUTE,
-                     MINUTE_DIGITS, status=False),
-    ]
+PRETRAIN_COLUMNS = [("epochs", "epochs", 1.0, 0, True),
+                    ("final train loss", "final_train_loss", 1.0, LOSS_DIGITS, False),
+                    ("final eval loss", "final_eval_loss", 1.0, LOSS_DIGITS, False),
+                    ("final kNN acc (%)", "knn_acc", PERCENT, ACC_DIGITS, False),
+                    ("wall time (min)", "wall_seconds", 1 / SECONDS_PER_MINUTE, MINUTE_DIGITS,
+                     False)]
 
 
-PRETRAIN_COLUMNS = ["epochs", "final train loss", "final eval loss", "final kNN acc (%)",
-                    "wall time (min)"]
+def aggregate_columns(frame: pd.DataFrame, members: pd.DataFrame, columns: list[tuple],
+                      *texts: pd.DataFrame) -> pd.DataFrame:
+    """A table's cells in long format (row, column, value, std, n, text): the text columns,
+    then one aggregate per (column, key, scale, digits, why) over members (row, exp, stage)."""
+    parts = [*texts, *(aggregate(frame, members, *spec) for spec in columns)] if len(
+        members) else []
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CSV_COLUMNS[1:])
 
 
-def pretrain_table(runs: list[Run]) -> Table:
+def table(name: str, title: str, index: str, cells: pd.DataFrame, notes=()) -> dict:
+    """A report table: its long cells, name (in results.csv), title, row header and notes."""
+    return {"name": name, "title": title, "index": index, "cells": cells, "notes": list(notes)}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def members_of(groups: dict[str, list[str]], rows: list[tuple]) -> pd.DataFrame:
+    """(row label, group or None, stage) -> one member (row, exp, stage) per experiment."""
+    return pd.DataFrame([(row, exp, stage) for row, group, stage in rows
+                         for exp in groups.get(group, [None])],
+                        columns=["row", "exp", "stage"])
+
+
+def pretrain_table(frame: pd.DataFrame) -> dict:
     """One row per experiment group with a pretraining stage."""
-    groups = group_experiments(runs)
-    rows = [
-        (f"`{group}`", pretrain_row(runs, members))
-        for group, members in groups.items()
-        if any(find_run(runs, exp, PRETRAIN) for exp in members)
-    ]
-    return Table("pretrain", "MAE pretraining", ["experiment", *PRETRAIN_COLUMNS], rows)
+    groups = group_experiments(frame)
+    with_mae = frame.loc[frame["stage"] == PRETRAIN, "group"].unique()
+    members = members_of(groups, [(f"`{g}`", g, PRETRAIN) for g in groups if g in with_mae])
+    return table("pretrain", "MAE pretraining", "experiment",
+                 aggregate_columns(frame, members, PRETRAIN_COLUMNS))
 
 
-def main_table(runs: list[Run], group: str) -> Table:
+def main_table(frame: pd.DataFrame, group: str) -> dict:
     """Scratch / fine-tuned / linear probes of one experiment group (mean ± std over seeds)."""
-    members = group_experiments(runs).get(group, [])
-    splits = selection_splits(runs, members)
-    split = "/".join(splits) if splits else "selection-split"
-    columns = ["classifier", "final test acc (%)", f"best {split} acc (%)",
-               f"test acc at best-{split} epoch (%)", "epochs",
-               "wall time incl. feature extraction (min)"]
-    rows = [(label, [
-        summary_cell(runs, members, stage, "final_test_acc", PERCENT),
-        summary_cell(runs, members, stage, "best_val_acc", PERCENT, status=False),
-        summary_cell(runs, members, stage, "test_acc_at_best", PERCENT, status=False),
-        summary_cell(runs, members, stage, "epochs", digits=0, status=False),
-        summary_cell(runs, members, stage, "total_seconds", 1 / SECONDS_PER_MINUTE,
-                     MINUTE_DIGITS, status=False),
-    ]) for stage, label in CLS_STAGES.items()]
-    pre = dict(zip(PRETRAIN_COLUMNS, pretrain_row(runs, members), strict=True))
-    has_pretrain = any(find_run(runs, exp, PRETRAIN) for exp in members)
-    notes = [f"MAE pretraining: {', '.join(f'{k} {c.text}' for k, c in pre.items())}"
-             ] if has_pretrain else []
+    groups = group_experiments(frame)
+    own = frame[frame["group"] == group]
+    splits = sorted(own.loc[own["stage"].isin(CLS_STAGES) & (own["status"] == FINISHED),
+                            "selection_split"].astype(str).unique())
+    members = members_of(groups, [(label, group, stage) for stage, label in CLS_STAGES.items()])
+    notes = []
+    if (own["stage"] == PRETRAIN).any():
+        pre = aggregate_columns(frame, members_of(groups, [("", group, PRETRAIN)]),
+                                PRETRAIN_COLUMNS)
+        notes.append("MAE pretraining: " + ", ".join(pre["column"] + " " + pre["text"]))
     if len(splits) > 1:
         notes.append(f"runs differ in selection split ({', '.join(splits)}), see summary.json")
-    notes += seed_notes(runs, members)
-    return Table(f"main:{group}", f"Classification: `{group}`", columns, rows, notes)
+    for stage, runs in own.groupby("stage", sort=False):
+        keys = PRETRAIN_CONFIG_KEYS if stage == PRETRAIN else CLS_CONFIG_KEYS
+        diff = differing(runs.loc[runs["args"].map(bool), "args"], keys)
+        if diff:
+            notes.append(f"{stage}: settings differ between seeds: {', '.join(sorted(diff))}")
+    cells = aggregate_columns(frame, members, cls_columns("/".join(splits) or "selection-split"))
+    return table(f"main:{group}", f"Classification: `{group}`", "classifier", cells, notes)
 
 
-def pretrain_configs(runs: list[Run]) -> dict[str, dict]:
-    """Group -> pretraining settings (first seed with a readable args.json)."""
-    configs = {}
-    for group, members in group_experiments(runs).items():
-        args = stage_args(runs, members, PRETRAIN)
-        if args:
-            configs[group] = {k: args[0].get(k) for k in PRETRAIN_CONFIG_KEYS}
-    return configs
+def is_variant(configs: pd.DataFrame, base: str, key: str) -> pd.Series:
+    """Groups whose pretraining differs from base's in key (and the keys coupled to it) only."""
+    shown = configs.drop(columns=list(COUPLED_KEYS.get(key, ()))).map(repr)
+    differs = shown.ne(shown.loc[base])
+    return differs[key] & (differs.sum(axis=1) == 1)
 
 
-def is_variant(config: dict, base: dict, key: str) -> bool:
-    """config differs from base in key (and the keys coupled to it) only."""
-    diff = set(differing_keys(config, base, PRETRAIN_CONFIG_KEYS)) - set(COUPLED_KEYS.get(key, ()))
-    return diff == {key}
-
-
-def find_ablation_base(runs: list[Run]) -> str | None:
+def find_ablation_base(frame: pd.DataFrame) -> str | None:
     """Group with the default decoder/mask settings that has the most one-key variants."""
-    configs = pretrain_configs(runs)
-    candidates = sorted(g for g, c in configs.items()
-                        if all(c.get(k) == v for k, v in ABLATION_DEFAULTS.items()))
-
-    def n_variants(group):
-        return sum(is_variant(c, configs[group], k) for c in configs.values()
-                   for k in ABLATION_DEFAULTS)
-
-    return max(candidates, key=n_variants, default=None)
+    configs = pretrain_configs(frame)
+    defaults = pd.Series(ABLATION_DEFAULTS)
+    candidates = sorted(g for g in configs.index
+                        if configs.loc[g, defaults.index].tolist() == defaults.tolist())
+    return max(candidates, default=None,
+               key=lambda g: sum(is_variant(configs, g, k).sum() for k in ABLATION_DEFAULTS))
 
 
-def ablation_groups(runs: list[Run], key: str, base: str) -> dict:
+def ablation_groups(configs: pd.DataFrame, key: str, base: str) -> dict:
     """Value of key -> groups: base plus the groups that differ from it only in key."""
-    configs = pretrain_configs(runs)
-    if base not in configs:
-        return {}
-    by_value = {configs[base][key]: [base]}
-    for group, config in configs.items():
-        if group != base and is_variant(config, configs[base], key):
-            by_value.setdefault(config[key], []).append(group)
+    by_value = {configs.loc[base, key]: [base]}
+    for group in configs.index[is_variant(configs, base, key)]:
+        by_value.setdefault(configs.loc[group, key], []).append(group)
     return by_value
-
-
-def ablation_label(value, groups: list[str], base: str, configs: dict, key: str) -> str:
-    """Row label: the value, '(default)' and any coupled setting that differs from the base."""
-    label = f"{value}" + (" (default)" if base in groups else "")
-    for coupled in COUPLED_KEYS.get(key, ()):
-        values = sorted({str(configs[g].get(coupled)) for g in groups} - {
-            str(configs[base].get(coupled))})
-        label += "".join(f" ({coupled}={v})" for v in values)
-    return label
-
-
-def ablation_notes(runs: list[Run], key: str, base: str | None, by_value: dict) -> list[str]:
-    """Which experiment is the default and which variants' classifier settings differ."""
-    configs = pretrain_configs(runs)
-    if base is None:
-        defaults = ", ".join(f"{k}={v}" for k, v in ABLATION_DEFAULTS.items())
-        return [f"no experiment with the default pretraining settings ({defaults}) found"]
-    if base not in configs:
-        return [f"no readable {PRETRAIN}/args.json for the default experiment `{base}`"]
-    config = configs[base]
-    notes = [(f"default experiment `{base}` ({config.get('total_epoch')} pretraining epochs on "
-              f"{config.get('dataset')}); each other row changes only {key}")]
-    groups = group_experiments(runs)
-    for stage in ABLATION_COLUMNS:
-        ref = stage_args(runs, groups[base], stage)[:1]
-        for group in sorted({g for gs in by_value.values() for g in gs} - {base}):
-            args = stage_args(runs, groups[group], stage)[:1]
-            diff = differing_keys(ref[0], args[0], CLS_CONFIG_KEYS) if ref and args else []
-            if diff:
-                notes.append(f"`{group}` {stage} differs from the default in {', '.join(diff)}")
-    return notes
 
 
 def value_order(value) -> tuple:
@@ -495,155 +465,168 @@ def value_order(value) -> tuple:
     return (not is_number, value if is_number else 0, str(value))
 
 
-def ablation_table(runs: list[Run], key: str, base: str | None = None) -> Table:
-    """MAE Table-1-style ablation of key: rows = values, columns = fine-tune / linear probe."""
-    base = base or find_ablation_base(runs)
-    by_value = ablation_groups(runs, key, base) if base else {}
-    groups, configs = group_experiments(runs), pretrain_configs(runs)
-    keys = sorted(set(ABLATION_VALUES[key]) | set(by_value), key=value_order)
-    rows = []
-    for value in keys:
-        names = by_value.get(value, [])
-        members = [exp for g in names for exp in groups[g]]
-        label = ablation_label(value, names, base, configs, key) if names else f"{value}"
-        cells = [Cell(", ".join(f"`{g}`" for g in names) or DASH)]
-        cells += [summary_cell(runs, members, stage, "final_test_acc", PERCENT)
-                  for stage in ABLATION_COLUMNS]
-        rows.append((label, cells))
-    columns = [ABLATION_TITLES[key], "experiment", *ABLATION_COLUMNS.values()]
-    notes = ablation_notes(runs, key, base, by_value)
-    return Table(f"ablation:{key}", f"Ablation: {ABLATION_TITLES[key]}", columns, rows, notes,
-                 keys)
+def ablation_label(value, groups: list[str], base: str, configs: pd.DataFrame, key: str) -> str:
+    """Row label: the value, '(default)' and any coupled setting that differs from the base."""
+    label = f"{value}" + (" (default)" if base in groups else "")
+    for coupled in COUPLED_KEYS.get(key, ()):
+        values = sorted({str(configs.loc[g, coupled]) for g in groups}
+                        - {str(configs.loc[base, coupled])})
+        label += "".join(f" ({coupled}={v})" for v in values)
+    return label
 
 
-def main_groups(runs: list[Run], ablation_base: str | None = None) -> list[str]:
-    """Groups that get a main table: all except the one-key variants of the ablation base."""
-    base = ablation_base or find_ablation_base(runs)
-    variants = {g for key in ABLATION_DEFAULTS for gs in
-                (ablation_groups(runs, key, base) if base else {}).values() for g in gs}
-    return [g for g in group_experiments(runs) if g == base or g not in variants]
+def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
+    """MAE Table-1-style ablation of key around the group base: rows = values (the planned
+    ones too when base has the default settings), columns = fine-tune / probe (/ kNN); with
+    the paper's table, notes and a finding judged against the seed noise of the base."""
+    configs, groups = pretrain_configs(frame), group_experiments(frame)
+    by_value = ablation_groups(configs, key, base)
+    planned = ABLATION_VALUES[key] if configs.loc[base, list(ABLATION_DEFAULTS)].tolist() == list(
+        ABLATION_DEFAULTS.values()) else ()
+    values = sorted(set(planned) | set(by_value), key=value_order)
+    labels = {v: ablation_label(v, by_value[v], base, configs, key) if v in by_value else f"{v}"
+              for v in values}
+    members = pd.DataFrame([(labels[v], v, exp, stage) for stage in ABLATION_STAGES
+                            for v in values for g in by_value.get(v, [None])
+                            for exp in groups.get(g, [None])],
+                           columns=["row", "value", "exp", "stage"])
+    experiments = {labels[v]: ", ".join(f"`{g}`" for g in by_value.get(v, [])) or DASH
+                   for v in values}
+    parts = [text_column(members, "experiment", experiments)]
+    parts += [aggregate(frame, members[members["stage"] == stage], column, "final_test_acc",
+                        PERCENT) for stage, column in ABLATION_STAGES.items()
+              if stage != KNN or (frame["stage"] == KNN).any()]
+    accs = member_values(frame, members, "final_test_acc", PERCENT)
+    numbers = {v: tuple(accs.loc[(accs["value"] == v) & (accs["stage"] == s), "x"].dropna()
+                        for s in ("pretrain-cls", "pretrain-cls-lin")) for v in by_value}
+    noise = numbers[configs.loc[base, key]][1]
+    result = table(f"ablation:{key}", f"Ablation: {ABLATION_TITLES[key]}", ABLATION_TITLES[key],
+                   pd.concat(parts, ignore_index=True),
+                   ablation_notes(frame, key, base, by_value, noise))
+    result["finding"] = ablation_sentence(key, numbers, noise)
+    result["paper"] = pd.DataFrame.from_dict(
+        {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
+         for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
+    result["paper"].index.name = ABLATION_TITLES[key]
+    return result
 
 
-def main_tables(runs: list[Run], ablation_base: str | None = None) -> list[Table]:
-    """main_table of every group in main_groups."""
-    return [main_table(runs, group) for group in main_groups(runs, ablation_base)]
+def ablation_notes(frame: pd.DataFrame, key: str, base: str, by_value: dict,
+                   noise: pd.Series) -> list[str]:
+    """The default experiment, variants whose classifier settings differ, the noise floor."""
+    config = pretrain_configs(frame).loc[base]
+    spread = f"{noise.std():.{ACC_DIGITS}f}" if len(noise) > 1 else "n/a"
+    notes = [f"default experiment `{base}` ({config['total_epoch']} pretraining epochs on "
+             f"{config['dataset']}); each other row changes only {key}",
+             "final-epoch accuracy on the whole test split; a row with n=1 has one seed: compare "
+             f"it with the default's spread (probe std {spread} points) as the noise floor",
+             f"paper trend: {PAPER_TRENDS[key]}"]
+    first = frame[frame["args"].map(bool)].drop_duplicates(["group", "stage"]).set_index(
+        ["group", "stage"])["args"]
+    for stage in ABLATION_STAGES:
+        for group in sorted({g for gs in by_value.values() for g in gs} - {base}):
+            if (base, stage) in first.index and (group, stage) in first.index:
+                diff = differing(first.loc[[(base, stage), (group, stage)]], CLS_CONFIG_KEYS)
+                if diff:
+                    notes.append(f"`{group}` {stage} differs from the default in "
+                                 f"{', '.join(diff)}")
+    return notes
 
 
-def build_tables(runs: list[Run], ablation_base: str | None = None) -> list[Table]:
-    """All tables of the report, in order; ablation tables only where an experiment with the
-    default decoder and mask settings exists (a study without ablations gets none)."""
-    base = ablation_base or find_ablation_base(runs)
-    ablations = [ablation_table(runs, key, base) for key in ABLATION_DEFAULTS] if base else []
-    return [pretrain_table(runs), *main_tables(runs, ablation_base), *ablations]
+def ablation_sentence(key: str, numbers: dict, noise_runs) -> str:
+    """'lowest -> highest value: probe +X ± Y points, fine-tune +Z; ...' judged against the
+    default's seed spread: inside the noise when |difference| <= 2 std of the difference."""
+    values = [v for v, (ft, lin) in numbers.items() if len(lin.dropna()) and len(ft.dropna())]
+    if len(values) < 2:
+        return f"{ABLATION_TITLES[key]}: fewer than two finished rows; no finding yet."
+    lo, hi = min(values, key=value_order), max(values, key=value_order)
+    noise = pd.Series(noise_runs, dtype=float).std() if len(noise_runs) > 1 else float("nan")
+    parts = []
+    for name, index in (("probe", 1), ("fine-tune", 0)):
+        diff = numbers[hi][index].mean() - numbers[lo][index].mean()
+        # std of a difference of two means of (n_hi, n_lo) seeds with the default's spread
+        spread = noise * (1 / len(numbers[hi][index]) + 1 / len(numbers[lo][index])) ** 0.5
+        verdict = "no spread to judge against (one seed)" if math.isnan(spread) else (
+            "inside the noise" if abs(diff) <= NOISE_STDS * spread else
+            ("higher" if diff > 0 else "lower"))
+        parts.append(f"{name} {diff:+.{ACC_DIGITS}f} ± {spread:.{ACC_DIGITS}f} points "
+                     f"({verdict})")
+    return (f"{ABLATION_TITLES[key]} {lo} -> {hi}: " + "; ".join(parts)
+            + f". Paper: {PAPER_TRENDS[key]}.")
 
 
-def to_markdown(table: Table) -> str:
-    """The table as a GitHub Markdown table with its title and notes."""
-    lines = [f"### {table.title}", "", "| " + " | ".join(map(escape, table.columns)) + " |",
-             "|" + "---|" * len(table.columns)]
-    lines += [f"| {escape(label)} | " + " | ".join(escape(c.text) for c in cells) + " |"
-              for label, cells in table.rows]
-    if not table.rows:
-        lines.append("| (no runs) |" + " |" * (len(table.columns) - 1))
-    return "\n".join(lines + [""] + [f"- {note}" for note in table.notes]) + "\n"
+def baselines_table(frame: pd.DataFrame, main: str) -> dict:
+    """The study's baselines: every row on the same labelled subset, validation and test split."""
+    groups = group_experiments(frame)
+    rows = [(label, main if group == "main" else group, stage)
+            for group, stage, label in BASELINE_ROWS]
+    members = members_of(groups, rows)
+    names = text_column(members, "experiment",
+                        {label: f"`{group}` {stage}" for label, group, stage in rows})
+    return table("baselines", "Baselines", "model",
+                 aggregate_columns(frame, members, cls_columns("val"), names),
+                 ["every row uses the same labelled training images, validation split and "
+                  "whole test split"])
 
 
-def escape(text: str) -> str:
+def search_table(frame: pd.DataFrame, main: str) -> dict:
+    """The validation-only search: every probe/kNN run of probe_lr* and search_* experiments
+    and of the main arm's seed they vary, by best validation accuracy (test accuracy not
+    shown: it plays no part in the choice)."""
+    searched = frame["group"].str.match(SEARCH_GROUPS)
+    seeds = frame.loc[searched, "seed"].dropna()
+    reference = f"{main}_seed{int(seeds.iloc[0])}" if len(seeds) else None
+    runs = frame[(searched | (frame["exp"] == reference)) & (frame["status"] == FINISHED)
+                 & frame["stage"].isin(("pretrain-cls-lin", "mae-lin", KNN))]
+    runs = runs.sort_values("best_val_acc", ascending=False, kind="stable") if searched.any() \
+        else runs.iloc[:0]
+    shown = pd.DataFrame({
+        "row": "`" + runs["exp"] + "` " + runs["stage"],
+        "pool": runs["pool"].fillna("cls"), "block": runs["block"].fillna(-1).astype(int),
+        "probe base lr": runs["base_learning_rate"].where(runs["stage"] != KNN, DASH),
+        "best val acc (%)": (runs["best_val_acc"] * PERCENT).map(lambda v: f"{v:.{ACC_DIGITS}f}"),
+        "selection split": runs["selection_split"]})
+    cells = shown.melt("row", var_name="column", value_name="text")
+    cells["text"] = cells["text"].astype(str)
+    is_acc = cells["column"] == "best val acc (%)"
+    cells["value"] = np.where(is_acc, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
+    cells["n"] = is_acc.astype(int)
+    note = ("sorted by best validation accuracy; test accuracies are in the run files and are "
+            "not used to choose")
+    return table("search", "Validation-only search (probe lr, pooling, block, pretraining "
+                 "variants)", "run", cells, [note])
+
+
+def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
+    """Groups that get a classification table: all but the one-key variants of base."""
+    configs = pretrain_configs(frame)
+    variants = set() if base not in configs.index else {
+        g for key in ABLATION_DEFAULTS for gs in ablation_groups(configs, key, base).values()
+        for g in gs} - {base}
+    return [g for g in group_experiments(frame) if g not in variants]
+
+
+def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:
+    """Every table of the report, in order. Ablations need a base group with a readable
+    pretraining args.json (given, or the one with the default settings and most variants);
+    the study's baselines and search only come with --ablation_base."""
+    base = ablation_base or find_ablation_base(frame)
+    tables = [pretrain_table(frame), *(main_table(frame, g) for g in main_groups(frame, base))]
+    if base in pretrain_configs(frame).index:
+        tables += [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
+    if ablation_base in set(frame["group"]):
+        tables = [baselines_table(frame, ablation_base), *tables]
+        search = search_table(frame, ablation_base)
+        tables += [search] if len(search["cells"]) else []
+    return tables
+
+
+# ----------------------------------------------------------------------------- Markdown & CSV
+
+
+def escape(text) -> str:
     """text safe inside a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def to_csv(tables: list[Table]) -> str:
-    """Long format: table,row,column,value,std,n,text (value empty where there is no number)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["table", "row", "column", "value", "std", "n", "text"])
-    for table in tables:
-        for label, cells in table.rows:
-            for column, cell in zip(table.columns[1:], cells, strict=True):
-                writer.writerow([table.name, label, column, optional(cell.value),
-                                 optional(cell.std), cell.n, cell.text])
-    return buf.getvalue()
-
-
-def optional(value) -> str:
-    """repr of a number, '' for None."""
-    return "" if value is None else repr(value)
-
-
-# ----------------------------------------------------------------------------- the study
-# (pandas: one row per finished run; groupby gives mean ± std (n) over pretraining seeds)
-
-KNN = "mae-knn"  # baselines.py stages
-PIXEL_STAGES = {"pixels-lin": "linear probe on raw pixels", "pixels-knn": "kNN on raw pixels"}
-ACC_KEYS = {"final_test_acc": "final test acc (%)", "best_val_acc": "best val acc (%)",
-            "test_acc_at_best": "test acc at best-val epoch (%)"}
-STUDY_KEYS = {"decoder_layer": "depth", "decoder_dim": "width", "mask_ratio": "mask"}
-# The paper's Table 1 (ViT-L, ImageNet-1K; fine-tune / linear probe top-1 %), as transcribed
-# in issue 13. The search tool found no copy of the paper's text to check them against:
-# UNVERIFIED. The mask ratio (Figure 5) is given as its trend only.
-PAPER_TABLE1 = {
-    "decoder_layer": {1: (84.8, 65.5), 2: (84.9, 70.0), 4: (84.9, 71.9), 8: (84.9, 73.5),
-                      12: (84.4, 73.3)},
-    "decoder_dim": {128: (84.9, 69.1), 256: (84.8, 71.3), 512: (84.9, 73.5), 768: (84.4, 73.1),
-                    1024: (84.3, 73.1)},
-}
-PAPER_TRENDS = {
-    "decoder_layer": ("deeper decoder -> better probe, fine-tune flat", 1, 8),
-    "decoder_dim": ("wider decoder -> better probe up to 0.5x-1x the encoder width, "
-                    "fine-tune flat", None, None),
-    "mask_ratio": ("75% best for fine-tune and probe; the probe falls off on either side "
-                   "(Figure 5, trend only)", None, None),
-}
-PAPER_NOTE = ("paper values as transcribed in issue 13, not checked against the paper's text "
-              "(unverified)")
-
-
-def runs_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per finished run: exp, group, seed, stage, the summary numbers and the
-    pretraining settings of its group (from the MAE run's args.json)."""
-    configs = pretrain_configs(runs)
-    rows = []
-    for r in runs:
-        if r.summary is None:
-            continue
-        match = SEED_SUFFIX.search(r.exp)
-        row = {"exp": r.exp, "group": group_name(r.exp), "seed": int(match.group(1)) if match
-               else None, "stage": r.stage, "pool": r.args.get("pool"),
-               "block": r.args.get("block"), "base_lr": r.args.get("base_learning_rate"),
-               "selection_split": r.summary.get("selection_split"),
-               "paired": pairing(runs, r)}
-        for key in (*ACC_KEYS, "total_seconds", "epochs"):
-            value = r.summary.get(key)
-            row[key] = float(value) if isinstance(value, (int, float)) else float("nan")
-        row.update(configs.get(group_name(r.exp), {}))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def pairing(runs: list[Run], run: Run) -> str:
-    """'yes' if a fine-tune/probe of this experiment's MAE started from that very file (the
-    summaries' pretrained_sha256 == model_sha256), 'no' if not, 'legacy' without hashes."""
-    if not run.stage.startswith("pretrain-") and run.stage != KNN:
-        return "n/a"
-    mae = find_run(runs, run.exp, PRETRAIN)
-    if mae is None:  # e.g. a search row probing another experiment's MAE
-        return "n/a"
-    ours = run.summary.get("pretrained_sha256") if run.summary else None
-    theirs = mae.summary.get("model_sha256") if mae is not None and mae.summary else None
-    if ours is None or theirs is None:
-        return "legacy"
-    return "yes" if ours == theirs else "no"
-
-
-def mean_std_n(values: pd.Series, digits: int = ACC_DIGITS) -> str:
-    """'mean ± std (n)' of the non-NaN values (std over seeds, ddof=1), or DASH."""
-    values = values.dropna()
-    if values.empty:
-        return DASH
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f} (n=1)"
-    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} (n={len(values)})"
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
@@ -655,128 +638,76 @@ def frame_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def usable(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs a table may use: everything but classifiers paired with another MAE file."""
-    return frame[frame["paired"] != "no"] if "paired" in frame else frame
+def wide(result: dict) -> pd.DataFrame:
+    """The table's text cells, one row per table row (in order), one column per column."""
+    cells = result["cells"]
+    shown = cells.pivot(index="row", columns="column", values="text").reindex(
+        index=cells["row"].unique(), columns=cells["column"].unique())
+    shown.index.name = result["index"]
+    return shown
 
 
-def stage_values(frame: pd.DataFrame, groups: list[str], stage: str,
-                 key: str = "final_test_acc", scale: float = PERCENT) -> pd.Series:
-    """key * scale of the finished runs of groups at stage (one value per seed)."""
-    if frame.empty:
-        return pd.Series(dtype=float)
-    rows = usable(frame)
-    rows = rows[rows["group"].isin(groups) & (rows["stage"] == stage)]
-    return rows[key] * scale
+def markdown(result: dict) -> str:
+    """A table as a Markdown section: title, table (or '(no runs)'), paper table, notes,
+    finding."""
+    parts = [f"### {result['title']}", ""]
+    parts += [frame_markdown(wide(result)) if len(result["cells"]) else "(no runs)\n"]
+    if len(result.get("paper", ())):
+        parts += ["The paper's Table 1 (ViT-L, ImageNet-1K):", "",
+                  frame_markdown(result["paper"]), f"- {PAPER_NOTE}"]
+    parts += [f"- {note}" for note in result["notes"]]
+    if "finding" in result:
+        parts += ["", f"**Finding:** {result['finding']}"]
+    return "\n".join(parts).rstrip("\n") + "\n"
 
 
-def study_ablation(frame: pd.DataFrame, runs: list[Run], key: str, base: str) -> dict:
-    """Table 1 layout for one ablation: a DataFrame (rows = setting), the numbers behind it,
-    the generated sentence and notes."""
-    by_value = ablation_groups(runs, key, base) if base else {}
-    numbers, cells = {}, {}
-    for value in sorted(by_value, key=value_order):
-        ft = stage_values(frame, by_value[value], "pretrain-cls")
-        lin = stage_values(frame, by_value[value], "pretrain-cls-lin")
-        numbers[value] = (ft, lin)
-        paper = PAPER_TABLE1.get(key, {}).get(value)
-        label = f"{value}" + (" (main arm)" if base in by_value[value] else "")
-        cells[label] = {"fine-tune (%)": mean_std_n(ft), "linear probe (%)": mean_std_n(lin),
-                        "kNN (%)": mean_std_n(stage_values(frame, by_value[value], KNN))}
-    table = pd.DataFrame.from_dict(cells, orient="index")
-    table.index.name = ABLATION_TITLES[key]
-    paper = pd.DataFrame.from_dict(
-        {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
-         for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
-    paper.index.name = ABLATION_TITLES[key]
-    base_ft, base_lin = numbers.get(configs_value(runs, base, key), ([], []))
-    noise = f"{pd.Series(base_lin).std():.{ACC_DIGITS}f}" if len(base_lin) > 1 else "n/a"
-    notes = [f"final-epoch accuracy on the whole test split; mean ± std (n) over pretraining "
-             f"seeds; a row with n=1 has one seed: compare it with the main arm's spread "
-             f"(probe std {noise} points) as the noise floor",
-             f"paper trend: {PAPER_TRENDS[key][0]}"]
-    return {"table": table, "paper": paper, "numbers": numbers,
-            "sentence": ablation_sentence(key, numbers, base_lin), "notes": notes}
+def row_major(cells: pd.DataFrame) -> pd.DataFrame:
+    """cells ordered row by row (rows in their table order), columns in order within a row."""
+    order = {row: i for i, row in enumerate(cells["row"].unique())}
+    return cells.sort_values("row", key=lambda rows: rows.map(order), kind="stable")
 
 
-def configs_value(runs: list[Run], group: str | None, key: str):
-    """The pretraining setting key of group, or None."""
-    return pretrain_configs(runs).get(group, {}).get(key) if group else None
+def results_csv(tables: list[dict]) -> str:
+    """Long format: table,row,column,value,std,n,text (value empty where there is no number)."""
+    frames = [row_major(t["cells"]).assign(table=t["name"]) for t in tables if len(t["cells"])]
+    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return cells.reindex(columns=CSV_COLUMNS).astype({"n": "Int64"}).to_csv(
+        index=False, lineterminator="\n")
 
 
-def ablation_sentence(key: str, numbers: dict, noise_runs) -> str:
-    """'lowest -> highest value: probe +X ± Y points, fine-tune +Z; ...' judged against the
-    main arm's seed spread: inside the noise when |difference| <= 2 std of the difference."""
-    values = [v for v, (ft, lin) in numbers.items() if len(lin.dropna()) and len(ft.dropna())]
-    if len(values) < 2:
-        return f"{ABLATION_TITLES[key]}: fewer than two finished rows; no finding yet."
-    lo, hi = values[0], values[-1]
-    noise = pd.Series(noise_runs, dtype=float).std() if len(noise_runs) > 1 else float("nan")
-    parts = []
-    for name, index in (("probe", 1), ("fine-tune", 0)):
-        diff = numbers[hi][index].mean() - numbers[lo][index].mean()
-        # std of a difference of two means of (n_hi, n_lo) seeds with the main arm's spread
-        spread = noise * (1 / len(numbers[hi][index]) + 1 / len(numbers[lo][index])) ** 0.5
-        verdict = "no spread to judge against (one seed)" if spread != spread else (
-            "inside the noise" if abs(diff) <= 2 * spread else
-            ("higher" if diff > 0 else "lower"))
-        parts.append(f"{name} {diff:+.{ACC_DIGITS}f} ± {spread:.{ACC_DIGITS}f} points "
-                     f"({verdict})")
-    return (f"{ABLATION_TITLES[key]} {lo} -> {hi}: " + "; ".join(parts)
-            + f". Paper: {PAPER_TRENDS[key][0]}.")
+def pairing_notes(frame: pd.DataFrame) -> list[str]:
+    """Runs written before hashes were recorded, and runs left out for another MAE file."""
+    notes = []
+    legacy = frame.loc[frame["paired"] == "legacy", "exp"].nunique()
+    if legacy:
+        notes.append(f"{legacy} experiment(s) have runs without pretrained_sha256 / model_sha256 "
+                     "(written before hashes were recorded): shown, but not checked to come "
+                     "from their experiment's MAE file")
+    unpaired = frame[frame["paired"] == "no"]
+    if len(unpaired):
+        notes.append("runs whose pretrained_sha256 differs from their MAE's model_sha256 are "
+                     "left out of the tables: " + ", ".join(sorted(unpaired["exp"] + "/"
+                                                                  + unpaired["stage"])))
+    return [f"- {note}" for note in notes]
 
 
-BASELINE_ROWS = (  # (group suffix, stage, row label)
-    ("baseline", "pixels-lin", "linear probe on raw pixels"),
-    ("baseline", "pixels-knn", "kNN on raw pixels"),
-    ("main", "scratch-cls-lin", "linear probe of a random encoder"),
-    ("main", "scratch-cls", "scratch, same epochs as fine-tuning"),
-    ("scratch_long", "scratch-cls", "scratch, long budget"),
-    ("main", "pretrain-cls-lin", "MAE linear probe"),
-    ("main", "pretrain-cls", "MAE fine-tune"),
-    ("main", KNN, "MAE kNN"),
-)
-
-
-def baselines_frame(frame: pd.DataFrame, main: str = "main") -> pd.DataFrame:
-    """The baselines table: every row on the same labelled subset, validation and test split."""
-    rows = {}
-    for group, stage, label in BASELINE_ROWS:
-        group = main if group == "main" else group
-        minutes = stage_values(frame, [group], stage, "total_seconds", 1 / SECONDS_PER_MINUTE)
-        rows[label] = {
-            "experiment": f"`{group}` {stage}",
-            **{title: mean_std_n(stage_values(frame, [group], stage, k))
-               for k, title in ACC_KEYS.items()},
-            "epochs": mean_std_n(stage_values(frame, [group], stage, "epochs", 1.0), 0),
-            "wall time incl. features (min)": mean_std_n(minutes, MINUTE_DIGITS)}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "model"
-    return table
-
-
-def search_frame(frame: pd.DataFrame, reference: str = "") -> pd.DataFrame:
-    """The validation-only search: every probe/kNN run of probe_lr* and search_* experiments
-    and of the reference experiment (the main arm's seed they vary), by best validation
-    accuracy (test accuracy not shown: it plays no part in the choice)."""
-    if frame.empty:
-        return pd.DataFrame()
-    searched = frame["group"].str.match(r"(probe_lr|search_)")
-    if not searched.any():
-        return pd.DataFrame()
-    rows = frame[(searched | (frame["exp"] == reference)) & frame["stage"].isin(
-        ("pretrain-cls-lin", "mae-lin", KNN))]
-    if rows.empty:
-        return pd.DataFrame()
-    table = pd.DataFrame({
-        "experiment": "`" + rows["exp"] + "`", "stage": rows["stage"],
-        "pool": rows["pool"].fillna("cls"), "block": rows["block"].fillna(-1).astype(int),
-        "probe base lr": rows["base_lr"].where(rows["stage"] != KNN, DASH),
-        "best val acc (%)": (rows["best_val_acc"] * PERCENT)
-        .map(lambda v: f"{v:.{ACC_DIGITS}f}"),
-        "selection split": rows["selection_split"]})
-    table = table.iloc[(-rows["best_val_acc"]).argsort(kind="stable").to_numpy()]
-    return table.set_index("experiment")
+def render_markdown(command: str, tables: list[dict], images: list[tuple[str, str]],
+                    notes: list[str]) -> str:
+    """results.md: the command that made it, the tables, then the figures."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    header = [
+        "# Results", "",
+        (f"Generated by `{command}` on {stamp} "
+         "from the run files (args.json, metrics.csv, summary.json); do not edit by hand."), "",
+        ("Final = last epoch; best = highest accuracy over epochs on the model-selection split "
+         "named in the header (summary.json selection_split; selection never sees the test "
+         "split). Seeds of one experiment (`<name>_seed<N>`) are "
+         "shown as mean ± sample std (n = finished seeds). "
+         f"{DASH} (status) marks a run without a result."), "",
+    ]
+    body = [markdown(t) for t in tables] + (notes + [""] if notes else [])
+    figures = ["## Figures", ""] + [f"![{caption}]({name})\n" for caption, name in images]
+    return "\n".join(header + body + figures)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -802,51 +733,46 @@ def finish_axes(ax, xlabel: str, ylabel: str) -> None:
         ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
 
 
-def series(run: Run, column: str) -> tuple[list, list]:
-    """(epochs, values) of a metrics column, without the empty (nan) cells."""
-    points = [(r["epoch"], r[column]) for r in run.rows
-              if not math.isnan(r.get(column, float("nan")))]
-    return [p[0] for p in points], [p[1] for p in points]
+def series(metrics: pd.DataFrame, column: str, scale: float = 1.0) -> tuple[list, list]:
+    """(epochs, values * scale) of a metrics column, without the empty (nan) cells."""
+    points = metrics.reindex(columns=["epoch", column]).dropna()
+    return points["epoch"].tolist(), (points[column] * scale).tolist()
 
 
-def plot_pretrain_curves(runs: list[Run]) -> Figure:
+def plot_pretrain_curves(frame: pd.DataFrame) -> Figure:
     """Train and eval reconstruction loss vs epoch, one line per experiment."""
     fig, axes = new_figure(2)
-    for run in (r for r in runs if r.stage == PRETRAIN):
+    for run in frame[frame["stage"] == PRETRAIN].itertuples():
         for ax, column in zip(axes, ("train_loss", "eval_loss"), strict=True):
-            ax.plot(*series(run, column), label=run.exp)
+            ax.plot(*series(run.metrics, column), label=run.exp)
     for ax, name in zip(axes, ("train loss", "eval loss"), strict=True):
         ax.set_title(f"MAE pretraining: {name}")
         finish_axes(ax, "epoch", name)
     return fig
 
 
-def plot_knn(runs: list[Run]) -> Figure:
+def plot_knn(frame: pd.DataFrame) -> Figure:
     """kNN accuracy of the encoder vs epoch for the pretraining runs that logged it."""
     fig, (ax,) = new_figure()
-    for run in (r for r in runs if r.stage == PRETRAIN):
-        epochs, acc = series(run, "knn_acc")
+    for run in frame[frame["stage"] == PRETRAIN].itertuples():
+        epochs, acc = series(run.metrics, "knn_acc", PERCENT)
         if epochs:
-            ax.plot(epochs, [a * PERCENT for a in acc], marker="o", label=run.exp)
+            ax.plot(epochs, acc, marker="o", label=run.exp)
     ax.set_title("kNN accuracy during pretraining")
     finish_axes(ax, "epoch", "kNN acc (%)")
     return fig
 
 
-def plot_classifier_curves(runs: list[Run], exp: str) -> Figure:
+def plot_classifier_curves(frame: pd.DataFrame, exp: str) -> Figure:
     """Loss (train dashed, val solid) and accuracy (train dashed, test solid) per classifier."""
     fig, (loss_ax, acc_ax) = new_figure(2)
-    for stage, label in CLS_STAGES.items():
-        run = find_run(runs, exp, stage)
-        if run is None:
-            continue
-        line, = loss_ax.plot(*series(run, "val_loss"), label=f"{label} val")
-        loss_ax.plot(*series(run, "train_loss"), linestyle="--", color=line.get_color())
-        epochs, test = series(run, "test_acc")
-        acc_ax.plot(epochs, [a * PERCENT for a in test], label=f"{label} test",
-                    color=line.get_color())
-        epochs, train = series(run, "train_acc")
-        acc_ax.plot(epochs, [a * PERCENT for a in train], linestyle="--", color=line.get_color())
+    for run in frame[(frame["exp"] == exp) & frame["stage"].isin(CLS_STAGES)].itertuples():
+        label = CLS_STAGES[run.stage]
+        line, = loss_ax.plot(*series(run.metrics, "val_loss"), label=f"{label} val")
+        color = line.get_color()
+        loss_ax.plot(*series(run.metrics, "train_loss"), linestyle="--", color=color)
+        acc_ax.plot(*series(run.metrics, "test_acc", PERCENT), label=f"{label} test", color=color)
+        acc_ax.plot(*series(run.metrics, "train_acc", PERCENT), linestyle="--", color=color)
     loss_ax.set_title(f"{exp}: loss (dashed = train)")
     acc_ax.set_title(f"{exp}: accuracy (dashed = train)")
     finish_axes(loss_ax, "epoch", "loss")
@@ -854,35 +780,35 @@ def plot_classifier_curves(runs: list[Run], exp: str) -> Figure:
     return fig
 
 
-def plot_ablation(table: Table) -> Figure:
+def plot_ablation(result: dict) -> Figure:
     """Fine-tune and linear-probe accuracy vs the ablated value (error bars = std over seeds)."""
-    fig, axes = new_figure(len(ABLATION_COLUMNS))
-    for ax, column in zip(axes, ABLATION_COLUMNS.values(), strict=True):
-        index = table.columns.index(column) - 1
-        points = [(i, cells[index]) for i, (_, cells) in enumerate(table.rows)
-                  if cells[index].value is not None]
-        if points:
-            ax.errorbar([p[0] for p in points], [p[1].value for p in points],
-                        yerr=[p[1].std or 0.0 for p in points], marker="o", capsize=3,
-                        label=column.split(":")[0])
-        ax.set_xticks(range(len(table.keys)), [str(k) for k in table.keys])
-        ax.set_title(f"{table.title}: {column.split(':')[0]}")
-        finish_axes(ax, table.columns[0], "final test acc (%)")
+    fig, axes = new_figure(2)
+    rows = wide(result).index
+    for ax, stage in zip(axes, ("pretrain-cls", "pretrain-cls-lin"), strict=True):
+        column = ABLATION_STAGES[stage]
+        cells = result["cells"][result["cells"]["column"] == column].set_index("row").reindex(rows)
+        name = column.split(":")[0]
+        if cells["value"].notna().any():
+            ax.errorbar(range(len(rows)), cells["value"].astype(float),
+                        yerr=cells["std"].astype(float).fillna(0.0), marker="o", capsize=3,
+                        label=name)
+        ax.set_xticks(range(len(rows)), [r.split(" ")[0] for r in rows])
+        ax.set_title(f"{result['index']}: {name}")
+        finish_axes(ax, result["index"], "final test acc (%)")
     return fig
 
 
-def build_figures(runs: list[Run], tables: list[Table],
-                  ablation_base: str | None = None) -> dict[str, Figure]:
+def build_figures(frame: pd.DataFrame, tables: list[dict]) -> dict[str, Figure]:
     """PNG file name -> figure, for every figure of the report."""
-    figures = {PNG_NAMES["pretrain"]: plot_pretrain_curves(runs), PNG_NAMES["knn"]: plot_knn(runs)}
-    groups = group_experiments(runs)
-    for group in main_groups(runs, ablation_base):
-        for exp in groups[group]:
-            if any(find_run(runs, exp, stage) for stage in CLS_STAGES):
-                figures[f"classifier_{exp}.png"] = plot_classifier_curves(runs, exp)
-    for table in tables:
-        if table.name.startswith("ablation:"):
-            figures[f"ablation_{table.name.split(':')[1]}.png"] = plot_ablation(table)
+    figures = {"pretrain_loss.png": plot_pretrain_curves(frame), "knn_acc.png": plot_knn(frame)}
+    for t in tables:
+        if t["name"].startswith("main:"):
+            group = t["name"].removeprefix("main:")
+            cls = frame[(frame["group"] == group) & frame["stage"].isin(CLS_STAGES)]
+            figures |= {f"classifier_{exp}.png": plot_classifier_curves(frame, exp)
+                        for exp in cls["exp"].unique()}
+        if t["name"].startswith("ablation:"):
+            figures[f"ablation_{t['name'].removeprefix('ablation:')}.png"] = plot_ablation(t)
     return figures
 
 
@@ -896,95 +822,21 @@ def save_figure(fig: Figure, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def copy_reconstructions(runs: list[Run], out: Path) -> list[tuple[str, str]]:
+def copy_reconstructions(frame: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
     """Copy each experiment's latest reconstruction grid to out; returns (caption, file name)."""
     copied = []
-    for exp, path in latest_reconstructions(runs):
+    for exp, path in latest_reconstructions(frame):
         name = f"reconstruction_{exp}.png"
         atomic_write_bytes(out / name, path.read_bytes())
         copied.append((f"`{exp}`, {path.parent.name}", name))
     return copied
 
 
-def study_markdown(runs: list[Run], base: str | None) -> tuple[str, dict[str, Figure]]:
-    """The study's sections (baselines, one Table-1-style table per ablation with the paper
-    alongside, the validation-only search) and their figures, around the main arm `base`
-    (--ablation_base, as commands/study.sh passes it); '' without one."""
-    frame = runs_frame(runs)
-    if frame.empty or base is None or base not in set(frame["group"]):
-        return "", {}
-    parts = ["## The study", "",
-             "Every row uses the same labelled training images, validation split and whole test "
-             "split. Final = last epoch; best = best epoch on the validation split (selection "
-             "never sees the test split).", "", "### Baselines", "",
-             frame_markdown(baselines_frame(frame, base))]
-    figures = {}
-    for key in ABLATION_DEFAULTS:
-        ablation = study_ablation(frame, runs, key, base)
-        if ablation["table"].empty:
-            continue
-        parts += [f"### Ablation: {ABLATION_TITLES[key]}", "", frame_markdown(ablation["table"])]
-        if not ablation["paper"].empty:
-            parts += ["The paper's Table 1 (ViT-L, ImageNet-1K):", "",
-                      frame_markdown(ablation["paper"]), f"- {PAPER_NOTE}"]
-        parts += [f"- {note}" for note in ablation["notes"]]
-        parts += ["", f"**Finding:** {ablation['sentence']}", ""]
-        name = f"study_{STUDY_KEYS[key]}.png"
-        figures[name] = plot_study_ablation(ablation["numbers"], ABLATION_TITLES[key])
-        parts += [f"![{ABLATION_TITLES[key]}]({name})", ""]
-    seeds = frame.loc[frame["group"].str.match(r"(probe_lr|search_)"), "seed"].dropna()
-    search = search_frame(frame, f"{base}_seed{int(seeds.iloc[0])}" if len(seeds) else "")
-    if not search.empty:
-        parts += ["### Validation-only search (probe lr, pooling, block, pretraining variants)",
-                  "", frame_markdown(search),
-                  "- sorted by best validation accuracy; test accuracies are in the run files "
-                  "and are not used to choose", ""]
-    legacy = frame[frame["paired"] == "legacy"]["exp"].nunique()
-    if legacy:
-        parts.append(f"- {legacy} experiment(s) have runs without pretrained_sha256 / "
-                     "model_sha256 (written before hashes were recorded): shown, but not "
-                     "checked to come from their experiment's MAE file")
-    if (frame["paired"] == "no").any():
-        parts.append("- runs whose pretrained_sha256 differs from their MAE's model_sha256 are "
-                     "left out of the study tables: " + ", ".join(sorted(
-                         frame.loc[frame["paired"] == "no", "exp"] + "/"
-                         + frame.loc[frame["paired"] == "no", "stage"])))
-    return "\n".join(parts) + "\n", figures
-
-
-def plot_study_ablation(numbers: dict, title: str) -> Figure:
-    """Fine-tune and probe accuracy (mean, error bar = std over seeds) vs the setting."""
-    fig, axes = new_figure(2)
-    labels = [str(v) for v in numbers]
-    for ax, (index, name) in zip(axes, ((0, "fine-tune"), (1, "linear probe")), strict=True):
-        means = [numbers[v][index].mean() for v in numbers]
-        stds = [numbers[v][index].std() if len(numbers[v][index]) > 1 else 0.0
-                for v in numbers]
-        if any(m == m for m in means):
-            ax.errorbar(range(len(labels)), means, yerr=stds, marker="o", capsize=3, label=name)
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_title(f"{title}: {name}")
-        finish_axes(ax, title, "final test acc (%)")
-    return fig
-
-
-def render_markdown(command: str, tables: list[Table], images: list[tuple[str, str]],
-                    study: str = "") -> str:
-    """results.md: the command that made it, the tables, then the figures."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    header = [
-        "# Results", "",
-        (f"Generated by `{command}` on {stamp} "
-         "from the run files (args.json, metrics.csv, summary.json); do not edit by hand."), "",
-        ("Final = last epoch; best = highest accuracy over epochs on the model-selection split "
-         "named in the header (summary.json selection_split). Seeds of one experiment "
-         "(`<name>_seed<N>`) are shown as mean ± sample std (n = finished seeds). "
-         f"{DASH} (status) marks a run without a result."), "",
-    ]
-    body = [study] if study else []
-    body += [to_markdown(t) for t in tables]
-    figures = ["## Figures", ""] + [f"![{caption}]({name})\n" for caption, name in images]
-    return "\n".join(header + body + figures)
+def remove_temp_files_here(out: Path) -> None:
+    """Delete .tmp-* files a killed report left in out (not in subfolders: run folders)."""
+    for path in out.glob(TEMP_PREFIX + "*"):
+        if path.is_file():
+            path.unlink()
 
 
 def write_report(root, out=None, ablation_base: str | None = None,
@@ -994,33 +846,26 @@ def write_report(root, out=None, ablation_base: str | None = None,
     if not Path(root).is_dir():
         raise UsageError(f"--outputs_root {root} is not a folder of run folders")
     out = Path(out) if out is not None else Path(root) / "report"
-    runs = collect_runs(root, stale_hours)
-    tables = build_tables(runs, ablation_base)
-    figures = build_figures(runs, tables, ablation_base)
-    study, study_figures = study_markdown(runs, ablation_base)
+    frame = collect_runs(root, stale_hours)
+    tables = build_tables(frame, ablation_base)
+    figures = build_figures(frame, tables)
     command = f"python report.py --outputs_root {root} --out {out} --stale_hours {stale_hours}"
     command += f" --ablation_base {ablation_base}" if ablation_base else ""
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_temp_files_here(out)
-        for name, fig in {**figures, **study_figures}.items():
+        for name, fig in figures.items():
             save_figure(fig, out / name)
         images = [(name.removesuffix(".png").replace("_", " "), name) for name in figures]
-        images += copy_reconstructions(runs, out)
-        atomic_write_text(out / "results.csv", to_csv(tables))
-        atomic_write_text(out / "results.md", render_markdown(command, tables, images, study))
+        images += copy_reconstructions(frame, out)
+        atomic_write_text(out / "results.csv", results_csv(tables))
+        atomic_write_text(out / "results.md", render_markdown(command, tables, images,
+                                                              pairing_notes(frame)))
     except OSError as e:
         raise UsageError(f"cannot write the report to {out}: "
                          f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"
                          ) from None
     return out / "results.md"
-
-
-def remove_temp_files_here(out: Path) -> None:
-    """Delete .tmp-* files a killed report left in out (not in subfolders: run folders)."""
-    for path in out.glob(TEMP_PREFIX + "*"):
-        if path.is_file():
-            path.unlink()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -1036,8 +881,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="experiment used as the default row of the ablation tables "
                              "(default: the experiment with decoder depth 4, width 192, "
                              "mask 0.75 that has the most one-setting variants); given, it "
-                             "also adds the study's sections (baselines, Table-1-style "
-                             "ablations beside the paper, validation-only search)")
+                             "also adds the study's baselines and validation-only search")
     # output
     parser.add_argument("--out", default=None,
                         help="folder for results.md, results.csv and the PNG figures "

@@ -149,36 +149,42 @@ def written(tree):
 
 
 def cells_by_row(table):
-    return {label: [c.text for c in cells] for label, cells in table.rows}
+    """Row label -> the texts of its cells, as results.md shows them."""
+    return {label: list(cells) for label, cells in report.wide(table).iterrows()}
+
+
+def run_of(runs, exp, stage):
+    return runs.set_index(["exp", "stage"]).loc[(exp, stage)]
 
 
 # ----------------------------------------------------------------------------- tables
 
 
 def test_corrupt_metrics_rows_are_skipped(runs):
-    run = report.find_run(runs, "main_exp_150_50", "pretrain-cls")
-    assert [r["epoch"] for r in run.rows] == [0, 1]
-    zero_filled = report.find_run(runs, "main_exp_150_50", "scratch-cls-lin")
-    assert [r["epoch"] for r in zero_filled.rows] == [0, 1]
-    broken = report.find_run(runs, "broken_exp", report.PRETRAIN)
-    assert (broken.args, broken.rows, broken.summary) == ({}, [], None)
+    run = run_of(runs, "main_exp_150_50", "pretrain-cls")
+    assert run["metrics"]["epoch"].tolist() == [0, 1]
+    zero_filled = run_of(runs, "main_exp_150_50", "scratch-cls-lin")
+    assert zero_filled["metrics"]["epoch"].tolist() == [0, 1]
+    broken = run_of(runs, "broken_exp", report.PRETRAIN)
+    assert (broken["args"], len(broken["metrics"]), broken["status"]) == ({}, 0, "stopped")
+    assert broken[list(report.SUMMARY_NUMBERS)].isna().all()  # summary.json is not an object
 
 
 def test_main_table(runs):
     table = report.main_table(runs, "main_exp_150_50")
-    assert table.columns[1:4] == ["final test acc (%)", "best val acc (%)",
-                                  "test acc at best-val epoch (%)"]
+    assert list(report.wide(table).columns[:3]) == [
+        "final test acc (%)", "best val acc (%)", "test acc at best-val epoch (%)"]
     rows = cells_by_row(table)
     assert rows["fine-tuned (MAE)"] == ["91.23", "92.01", "91.10", "2", "10.0"]
     assert rows["scratch"][0] == "75.12"
     assert rows["linear probe (MAE encoder)"][0] == "55.34"
     assert rows["linear probe (random encoder)"][0] == "33.45"
-    assert "final kNN acc (%) 45.00" in table.notes[0]
+    assert "final kNN acc (%) 45.00" in table["notes"][0]
 
 
 def test_seed_group_mean_std(runs):
     table = report.main_table(runs, "cpu_study")
-    assert "best test acc (%)" in table.columns
+    assert "best test acc (%)" in report.wide(table).columns
     rows = cells_by_row(table)
     assert rows["scratch"][0] == "52.00 ± 2.83 (n=2)"
     assert rows["fine-tuned (MAE)"][0] == "61.00 (n=1; cpu_study_seed2: running, epoch 1/2)"
@@ -188,7 +194,7 @@ def test_seed_group_mean_std(runs):
 
 def test_depth_ablation(runs):
     assert report.find_ablation_base(runs) == "main_exp_150_50"
-    rows = cells_by_row(report.ablation_table(runs, "decoder_layer"))
+    rows = cells_by_row(report.ablation_table(runs, "decoder_layer", "main_exp_150_50"))
     assert list(rows) == ["1", "2", "4 (default)", "6", "8"]
     assert rows["2"] == ["`ablation_depth_d2`", "87.65", "43.21"]
     assert rows["4 (default)"][1:] == ["91.23", "55.34"]
@@ -198,10 +204,10 @@ def test_depth_ablation(runs):
 
 
 def test_width_and_mask_ablations(runs):
-    width = cells_by_row(report.ablation_table(runs, "decoder_dim"))
+    width = cells_by_row(report.ablation_table(runs, "decoder_dim", "main_exp_150_50"))
     assert width["64 (decoder_head=2)"][1:] == ["80.00", "40.00"]
     assert width["192 (default)"][1] == "91.23"
-    mask = cells_by_row(report.ablation_table(runs, "mask_ratio"))
+    mask = cells_by_row(report.ablation_table(runs, "mask_ratio", "main_exp_150_50"))
     assert mask["0.9"][1] == "— (stopped, epoch 1/2)"
     assert mask["0.75 (default)"][1] == "91.23"
 
@@ -214,17 +220,17 @@ def test_explicit_ablation_base(runs):
 
 
 def test_main_tables_leave_out_ablation_variants(runs):
-    names = [t.name for t in report.main_tables(runs)]
+    names = [t["name"] for t in report.build_tables(runs) if t["name"].startswith("main:")]
     assert names == ["main:ablation_depth_d2_short", "main:broken_exp", "main:cpu_study",
                      "main:main_exp_150_50"]
 
 
 def test_stale_locked_run_is_stopped(tmp_path):
     folder = classifier(tmp_path, "exp", "scratch-cls", done=1)
-    assert report.load_run(folder).progress() == "running, epoch 1/2"
+    assert report.load_run(folder)["progress"] == "running, epoch 1/2"
     for path in folder.iterdir():
         os.utime(path, (path.stat().st_atime, path.stat().st_mtime - OLD))
-    assert report.load_run(folder).progress() == "stopped, epoch 1/2"
+    assert report.load_run(folder)["progress"] == "stopped, epoch 1/2"
 
 
 # ----------------------------------------------------------------------------- files
@@ -232,12 +238,12 @@ def test_stale_locked_run_is_stopped(tmp_path):
 
 def test_results_md_and_csv_hold_the_same_numbers(written):
     text = written.read_text()
-    assert "| 2 | `ablation_depth_d2` | 87.65 | 43.21 |" in text
+    assert "| 2 | `ablation_depth_d2` | 87.65 | 43.21 |" in text  # no kNN runs: no kNN column
     assert "| 8 | — | — (missing) | — (missing) |" in text
     with open(written.parent / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     cell = next(r for r in rows if r["table"] == "ablation:decoder_layer" and r["row"] == "2"
-                and r["column"] == report.ABLATION_COLUMNS["pretrain-cls"])
+                and r["column"] == report.ABLATION_STAGES["pretrain-cls"])
     assert float(cell["value"]) == pytest.approx(87.65) and cell["text"] == "87.65"
     seeds = next(r for r in rows if r["table"] == "main:cpu_study" and r["row"] == "scratch"
                  and r["column"] == "final test acc (%)")

@@ -118,7 +118,7 @@ def test_smoke_commits_small_files_and_environment(smoke):
     assert "wall time" in env and "git commit" in env and "torch" in env
     results = (smoke / "results.md").read_text()
     assert "### Baselines" in results and "kNN on raw pixels" in results
-    assert "(n=2)" in results and (smoke / "study_depth.png").is_file()
+    assert "(n=2)" in results and (smoke / "ablation_decoder_layer.png").is_file()
 
 
 def test_smoke_part_rerun_skips_and_keeps_its_environment(smoke, tmp_path):
@@ -173,7 +173,7 @@ def test_cached_probe_records_feature_seconds(tmp_path):
     summary = json.loads((tmp_path / "e" / "scratch-cls-lin" / "summary.json").read_text())
     assert summary["feature_seconds"] > 0
     run = report.load_run(tmp_path / "e" / "scratch-cls-lin")
-    assert run.summary["total_seconds"] == pytest.approx(
+    assert run["total_seconds"] == pytest.approx(
         summary["wall_seconds"] + summary["feature_seconds"])
 
 
@@ -202,19 +202,23 @@ def add_summary(folder, **extra):
 
 def test_study_tables_pair_by_hash_and_judge_against_the_noise(tmp_path):
     study_tree(tmp_path)
-    runs = report.collect_runs(tmp_path)
-    frame = report.runs_frame(runs)
+    frame = report.collect_runs(tmp_path)
     assert isinstance(frame, pd.DataFrame)
     paired = frame.set_index(["exp", "stage"])["paired"]
     assert paired[("main_seed1", "pretrain-cls")] == "yes"
     assert paired[("depth_d8_seed1", "pretrain-cls-lin")] == "no"
-    ablation = report.study_ablation(frame, runs, "decoder_layer", "main")
-    table = ablation["table"]
-    assert table.loc["4 (main arm)", "linear probe (%)"] == "62.20 ± 2.10 (n=3)"
-    assert table.loc["8", "linear probe (%)"] == report.DASH  # stale pairing left out
-    assert table.loc["8", "fine-tune (%)"] == "70.00 (n=1)"
+    ablation = report.ablation_table(frame, "decoder_layer", "main")
+    table = report.wide(ablation)
+    probe, fine_tune = (report.ABLATION_STAGES[s] for s in ("pretrain-cls-lin", "pretrain-cls"))
+    assert table.loc["4 (default)", probe] == "62.20 ± 2.10 (n=3)"
+    assert table.loc["8", probe] == (  # stale pairing left out, and said so
+        "— (trained from another MAE file: pretrained_sha256 differs)")
+    assert table.loc["8", fine_tune] == "70.00 (n=1)"
     assert ablation["paper"].loc[8, "paper linear probe (%)"] == 73.5
-    assert "fewer than two" in ablation["sentence"]  # depth 8 has no probe
+    assert "fewer than two" in ablation["finding"]  # depth 8 has no probe
+    report.write_report(tmp_path, tmp_path / "report")
+    assert "left out of the tables: depth_d8_seed1/pretrain-cls-lin" in (
+        tmp_path / "report" / "results.md").read_text()
 
 
 def test_ablation_sentence_inside_and_outside_the_noise():
@@ -237,7 +241,7 @@ def test_shared_pretraining_is_not_missing(tmp_path):
     args = tmp_path / "fmnist_seed2" / "pretrain-cls" / "args.json"
     args.write_text(json.dumps({**json.loads(args.read_text()), "pretrained_model_path":
                                 "outputs/fmnist_seed1/mae-pretrain/vit-t-mae.pt"}))
-    text = report.to_markdown(report.pretrain_table(report.collect_runs(tmp_path)))
+    text = report.markdown(report.pretrain_table(report.collect_runs(tmp_path)))
     assert "missing" not in text and "none by design: its classifiers use fmnist_seed1" in text
 
 
@@ -276,4 +280,4 @@ def test_report_survives_hostile_run_files(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| `a")]
     assert rows and all(row.startswith("| `a\\|b` |") for row in rows)
     assert not list(out.glob(".tmp-*"))
-    assert report.load_run(folder).args["augment"] == '["flip"]'
+    assert report.load_run(folder)["args"]["augment"] == '["flip"]'
