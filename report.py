@@ -475,34 +475,42 @@ def ablation_label(value, groups: list[str], base: str, configs: pd.DataFrame, k
     return label
 
 
-def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
-    """MAE Table-1-style ablation of key around the group base: rows = values (the planned
-    ones too when base has the default settings), columns = fine-tune / probe (/ kNN); with
-    the paper's table, notes and a finding judged against the seed noise of the base."""
+def ablation_members(frame: pd.DataFrame, key: str, base: str) -> pd.DataFrame:
+    """(row, value, group, exp, stage) of an ablation: one row per value of key (the planned
+    ones too when base has the default settings), its groups' experiments at each stage."""
     configs, groups = pretrain_configs(frame), group_experiments(frame)
     by_value = ablation_groups(configs, key, base)
-    planned = ABLATION_VALUES[key] if configs.loc[base, list(ABLATION_DEFAULTS)].tolist() == list(
-        ABLATION_DEFAULTS.values()) else ()
-    values = sorted(set(planned) | set(by_value), key=value_order)
-    labels = {v: ablation_label(v, by_value[v], base, configs, key) if v in by_value else f"{v}"
-              for v in values}
-    members = pd.DataFrame([(labels[v], v, exp, stage) for stage in ABLATION_STAGES
-                            for v in values for g in by_value.get(v, [None])
-                            for exp in groups.get(g, [None])],
-                           columns=["row", "value", "exp", "stage"])
-    experiments = {labels[v]: ", ".join(f"`{g}`" for g in by_value.get(v, [])) or DASH
-                   for v in values}
+    is_default = configs.loc[base, list(ABLATION_DEFAULTS)].tolist() == list(
+        ABLATION_DEFAULTS.values())
+    values = sorted(set(ABLATION_VALUES[key] if is_default else ()) | set(by_value),
+                    key=value_order)
+    return pd.DataFrame([
+        (ablation_label(v, by_value[v], base, configs, key) if v in by_value else f"{v}",
+         v, g, exp, stage)
+        for stage in ABLATION_STAGES for v in values for g in by_value.get(v, [None])
+        for exp in groups.get(g, [None])], columns=["row", "value", "group", "exp", "stage"])
+
+
+def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
+    """MAE Table-1-style ablation of key around the group base: rows = values, columns =
+    fine-tune / probe (/ kNN where it was run) final test accuracy; with the paper's table,
+    notes and a finding judged against the seed noise of the base."""
+    members = ablation_members(frame, key, base)
+    experiments = members.groupby("row", sort=False)["group"].agg(
+        lambda gs: ", ".join(f"`{g}`" for g in dict.fromkeys(gs.dropna())) or DASH)
+    groups, members = set(members["group"].dropna()), members.drop(columns="group")
     parts = [text_column(members, "experiment", experiments)]
     parts += [aggregate(frame, members[members["stage"] == stage], column, "final_test_acc",
                         PERCENT) for stage, column in ABLATION_STAGES.items()
               if stage != KNN or (frame["stage"] == KNN).any()]
     accs = member_values(frame, members, "final_test_acc", PERCENT)
-    numbers = {v: tuple(accs.loc[(accs["value"] == v) & (accs["stage"] == s), "x"].dropna()
-                        for s in ("pretrain-cls", "pretrain-cls-lin")) for v in by_value}
-    noise = numbers[configs.loc[base, key]][1]
+    numbers = {v: tuple(rows.loc[rows["stage"] == s, "x"].dropna()
+                        for s in ("pretrain-cls", "pretrain-cls-lin"))
+               for v, rows in accs.groupby("value", sort=False)}
+    noise = numbers[pretrain_configs(frame).loc[base, key]][1]
     result = table(f"ablation:{key}", f"Ablation: {ABLATION_TITLES[key]}", ABLATION_TITLES[key],
                    pd.concat(parts, ignore_index=True),
-                   ablation_notes(frame, key, base, by_value, noise))
+                   ablation_notes(frame, key, base, groups, noise))
     result["finding"] = ablation_sentence(key, numbers, noise)
     result["paper"] = pd.DataFrame.from_dict(
         {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
@@ -511,7 +519,7 @@ def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
     return result
 
 
-def ablation_notes(frame: pd.DataFrame, key: str, base: str, by_value: dict,
+def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set,
                    noise: pd.Series) -> list[str]:
     """The default experiment, variants whose classifier settings differ, the noise floor."""
     config = pretrain_configs(frame).loc[base]
@@ -524,7 +532,7 @@ def ablation_notes(frame: pd.DataFrame, key: str, base: str, by_value: dict,
     first = frame[frame["args"].map(bool)].drop_duplicates(["group", "stage"]).set_index(
         ["group", "stage"])["args"]
     for stage in ABLATION_STAGES:
-        for group in sorted({g for gs in by_value.values() for g in gs} - {base}):
+        for group in sorted(groups - {base}):
             if (base, stage) in first.index and (group, stage) in first.index:
                 diff = differing(first.loc[[(base, stage), (group, stage)]], CLS_CONFIG_KEYS)
                 if diff:
