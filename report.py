@@ -606,12 +606,14 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
 
 
 def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
-    """Groups that get a classification table: all but the one-key variants of base."""
+    """Groups that get a classification table: those with a pretraining or classifier run,
+    but for the one-key variants of base (the ablation tables show them)."""
     configs = pretrain_configs(frame)
     variants = set() if base not in configs.index else {
         g for key in ABLATION_DEFAULTS for gs in ablation_groups(configs, key, base).values()
         for g in gs} - {base}
-    return [g for g in group_experiments(frame) if g not in variants]
+    trained = set(frame.loc[frame["stage"].isin([PRETRAIN, *CLS_STAGES]), "group"])
+    return [g for g in group_experiments(frame) if g in trained - variants]
 
 
 def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:

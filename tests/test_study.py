@@ -118,6 +118,7 @@ def test_smoke_commits_small_files_and_environment(smoke):
     assert "wall time" in env and "git commit" in env and "torch" in env
     results = (smoke / "results.md").read_text()
     assert "### Baselines" in results and "kNN on raw pixels" in results
+    assert "Classification: `baseline`" not in results  # pixel baselines only: no such table
     assert "(n=2)" in results and (smoke / "ablation_decoder_layer.png").is_file()
 
 
