@@ -206,9 +206,11 @@ part_width() {
 
 # The search selects on the validation split only (best_val_acc); probes are trained on the
 # LABELLED - VAL_SPLIT images like every other probe. Its rows vary one thing each. It probes
-# PART=main's first-seed encoder (train_classifier.py says so in one line if it is missing).
+# PART=main's first-seed encoder; on a fresh machine (outputs/ does not travel) that
+# pretraining runs again first, and the probes record its sha256.
 part_search() {
     local seed=$ABLATION_SEED lr
+    mae "main_seed$seed" "$seed"  # finished: skipped; else the same command as PART=main's
     local enc=(--pretrained_model_path "$(mae_model "main_seed$seed")" --seed "$seed")
     for lr in $PROBE_LRS; do  # the probe lr (item 5), on train_classifier.py's probe
         classify "probe_lr${lr}_seed$seed" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}" \

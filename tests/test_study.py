@@ -87,6 +87,16 @@ def test_search_varies_what_item_4_lists(calls):
     assert {ns.max_train_images for ns in pretrains.values()} == {15000, 30000}
 
 
+def test_search_retrains_the_main_encoder_it_probes_with_the_same_command(calls):
+    """outputs/ does not travel between sessions: the search's first step is PART=main's own
+    seed-1 pretraining (skipped when finished), so its probes never miss their encoder."""
+    (main,) = [c for c in calls["main"] if c.ns.exp_name == "main_seed1"
+               and c.script == "mae_pretrain.py"]
+    again = [c for c in calls["search"] if c.ns.exp_name == "main_seed1"]
+    assert [c.script for c in again] == ["mae_pretrain.py"] and again[0].args == main.args
+    assert calls["search"].index(again[0]) == 0
+
+
 # ----------------------------------------------------------------------------- end to end
 def run_study(tmp_path, part, **settings):
     env = {**{k: v for k, v in os.environ.items() if k not in ("DATASET", "DATA_DIR")},
