@@ -177,31 +177,32 @@ part_main() {
 }
 
 part_baselines() {
-    local seed=${SEEDS%% *} ratio
+    local seed=${SEEDS%% *}
     PART_EXPS+=(baseline_seed1 scratch_long_seed1)
     baseline baseline_seed1 --features pixels --method linear $(probe_flags) --seed "$seed"
     baseline baseline_seed1 --features pixels --method knn
     classify scratch_long_seed1 "${SPLIT[@]}" "${LONG_CLS[@]}" "${MODEL[@]}" --seed "$seed"
-    for ratio in $MASKS; do
-        arm "mask_r${ratio}_seed$ABLATION_SEED" "$ABLATION_SEED" --mask_ratio "$ratio"
-        PART_EXPS+=("mask_r${ratio}_seed$ABLATION_SEED")
+    ablation mask_r --mask_ratio $MASKS
+}
+
+# ablation PREFIX FLAG VALUES...: one arm per value of one pretraining flag, named
+# PREFIX<value>_seed<ABLATION_SEED>; every other setting is the main arm's.
+ablation() {
+    local prefix=$1 flag=$2 value exp
+    shift 2
+    for value in "$@"; do
+        exp="${prefix}${value}_seed$ABLATION_SEED"
+        arm "$exp" "$ABLATION_SEED" "$flag" "$value"
+        PART_EXPS+=("$exp")
     done
 }
 
 part_depth() {
-    local depth
-    for depth in $DEPTHS; do
-        arm "depth_d${depth}_seed$ABLATION_SEED" "$ABLATION_SEED" --decoder_layer "$depth"
-        PART_EXPS+=("depth_d${depth}_seed$ABLATION_SEED")
-    done
+    ablation depth_d --decoder_layer $DEPTHS
 }
 
-part_width() {
-    local width
-    for width in $WIDTHS; do  # decoder heads: mae_pretrain.py's default, one per 64 channels
-        arm "width_w${width}_seed$ABLATION_SEED" "$ABLATION_SEED" --decoder_dim "$width"
-        PART_EXPS+=("width_w${width}_seed$ABLATION_SEED")
-    done
+part_width() {  # decoder heads: mae_pretrain.py's default, one per 64 channels
+    ablation width_w --decoder_dim $WIDTHS
 }
 
 # The search selects on the validation split only (best_val_acc); probes are trained on the
