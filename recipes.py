@@ -13,7 +13,7 @@ value; explicit flags win. The resolved values are printed and saved in args.jso
 import argparse
 
 from augment import parse_rand_augment
-from engine import ADAMW_BETAS_PRETRAIN, LARS_MOMENTUM
+from engine import ADAMW_BETAS_PRETRAIN, LARS_MOMENTUM, finite_float
 from utils import UsageError
 
 STAGES = ("pretrain", "finetune", "linprobe")
@@ -107,15 +107,15 @@ def add_recipe_args(parser, stages):
     defaults = ", ".join(f"{s} {DEFAULT_RECIPE[s]}" for s in stages)
     g.add_argument("--recipe", default=None, choices=names,
                    help=f"table of settings (recipes.py, docs/recipes.md); default: {defaults}")
-    g.add_argument("--min_lr", type=float, default=None,
+    g.add_argument("--min_lr", type=finite_float, default=None,
                    help="the cosine schedule ends at this lr (absolute, not scaled)")
-    g.add_argument("--crop_scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+    g.add_argument("--crop_scale", type=finite_float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="area range of --augment rrc_flip's random resized crops")
     flags = {
         "optimizer": dict(choices=("adamw", "lars"), help="AdamW, or LARS (timm's, set as the "
                                                           "official MAE probe's)"),
-        "betas": dict(type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"),
-        "momentum": dict(type=float, help="LARS momentum"),
+        "betas": dict(type=finite_float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"),
+        "momentum": dict(type=finite_float, help="LARS momentum"),
         "drop_last": dict(action=argparse.BooleanOptionalAction,
                           help="skip each epoch's last partial batch (the official code does)"),
         "decay_tokens": dict(action=argparse.BooleanOptionalAction,
@@ -124,9 +124,9 @@ def add_recipe_args(parser, stages):
         "rand_augment": dict(help=f"'{NO_RAND_AUGMENT}' or a timm RandAugment string "
                                   f"('{PAPER_RAND_AUGMENT}' is the paper's), batched on the "
                                   "device"),
-        "reprob": dict(type=float,
+        "reprob": dict(type=finite_float,
                        help="probability of random erasing (one box of N(0, 1) pixels)"),
-        "head_init_std": dict(type=float,
+        "head_init_std": dict(type=finite_float,
                               help="std of the head's initial weights (the bias starts at 0)"),
     }
     for k, kw in flags.items():

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from engine import positive_float
 from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
 from utils import UsageError, run_cli
 
@@ -884,7 +885,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     # input
     parser.add_argument("--outputs_root", default="outputs",
                         help="folder holding <exp_name>/<stage>/ run folders")
-    parser.add_argument("--stale_hours", type=float, default=STALE_HOURS,
+    parser.add_argument("--stale_hours", type=positive_float, default=STALE_HOURS,
                         help="an unfinished run is 'running' while its .lock file exists and a "
                              "file in it was written within this many hours, else 'stopped'")
     parser.add_argument("--ablation_base", default=None,

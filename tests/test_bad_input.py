@@ -103,6 +103,9 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
     "mixup_nan": (CLF, ["--mixup", "nan"], ["--mixup", "finite number"]),
     "cutmix_inf": (CLF, ["--cutmix", "inf"], ["--cutmix", "finite number"]),
     "pad_value_nan": (MAE, ["--pad_value", "nan"], ["--pad_value", "finite number"]),
+    "min_lr_nan": (MAE, ["--min_lr", "nan"], ["--min_lr", "finite number"]),
+    "reprob_inf": (CLF, ["--reprob", "inf"], ["--reprob", "finite number"]),
+    "betas_nan": (MAE, ["--betas", "0.9", "nan"], ["--betas", "finite number"]),
     "pad_value_out_of_range": (MAE, ["--pad_value", "2"], ["--pad_value must be in [0, 1]"]),
     "amp_fp16_on_cpu": (MAE, ["--amp", "fp16"], ["--amp fp16 needs a CUDA device"]),
     "csv_log_args_json": (CLF, ["--csv_log", "args.json"],
@@ -161,7 +164,8 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
 }
 ARGPARSE_CASES = {"zero_epochs", "negative_batch", "zero_image_size", "zero_width",
                   "negative_warmup", "zero_lr", "unknown_dataset", "seed_overflow",
-                  "weight_decay_nan", "mixup_nan", "cutmix_inf", "pad_value_nan"}
+                  "weight_decay_nan", "mixup_nan", "cutmix_inf", "pad_value_nan",
+                  "min_lr_nan", "reprob_inf", "betas_nan"}
 HAND_EDITED_ARGS = {"invalid": "{\"seed\": ", "empty": "", "list": "[]\n"}  # exp -> args.json
 BOMB_SIDE = 20000  # pixels: a PNG header claiming 20000 x 20000 (PIL refuses > 2 x 89 M)
 FASHION_IMAGES = 8  # images per idx file the Fashion-MNIST fixtures write
