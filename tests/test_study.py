@@ -84,7 +84,7 @@ def test_search_varies_what_item_4_lists(calls):
     assert {(c.ns.pool, c.ns.block) for c in probes} == {("mean", -1), ("cls", 2), ("mean", 2)}
     pretrains = {c.ns.exp_name: c.ns for c in search if c.script == "mae_pretrain.py"}
     assert [ns.norm_pix_loss for ns in pretrains.values()].count(False) == 1
-    assert {ns.max_train_images for ns in pretrains.values()} == {15000, 30000}
+    assert {ns.max_train_images for ns in pretrains.values()} == {15000, 60000}
 
 
 def test_search_retrains_the_main_encoder_it_probes_with_the_same_command(calls):
