@@ -294,4 +294,4 @@ def test_notebook_finds_the_quickstart_runs(tmp_path, monkeypatch):
     scope = {}
     exec(code, scope)
     assert scope["roots"] == ["outputs", "outputs/quickstart"]
-    assert sorted(r.exp for r in scope["runs"]) == ["main_exp", "quickstart"]
+    assert sorted(scope["runs"]["exp"]) == ["main_exp", "quickstart"]
