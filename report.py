@@ -508,11 +508,12 @@ def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
     numbers = {v: tuple(rows.loc[rows["stage"] == s, "x"].dropna()
                         for s in ("pretrain-cls", "pretrain-cls-lin"))
                for v, rows in accs.groupby("value", sort=False)}
-    noise = numbers[pretrain_configs(frame).loc[base, key]][1]
+    base_value = pretrain_configs(frame).loc[base, key]
+    noise = numbers[base_value][1]
     result = table(f"ablation:{key}", f"Ablation: {ABLATION_TITLES[key]}", ABLATION_TITLES[key],
                    pd.concat(parts, ignore_index=True),
                    ablation_notes(frame, key, base, groups, noise))
-    result["finding"] = ablation_sentence(key, numbers, noise)
+    result["finding"] = ablation_sentence(key, numbers, numbers[base_value])
     result["paper"] = pd.DataFrame.from_dict(
         {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
          for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
@@ -542,16 +543,18 @@ def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set,
     return notes
 
 
-def ablation_sentence(key: str, numbers: dict, noise_runs) -> str:
+def ablation_sentence(key: str, numbers: dict, noise_runs: tuple) -> str:
     """'lowest -> highest value: probe +X ± Y points, fine-tune +Z; ...' judged against the
-    default's seed spread: inside the noise when |difference| <= 2 std of the difference."""
+    default's seed spread of the same metric (noise_runs: its (fine-tune, probe) accuracies):
+    inside the noise when |difference| <= NOISE_STDS std of the difference."""
     values = [v for v, (ft, lin) in numbers.items() if len(lin.dropna()) and len(ft.dropna())]
     if len(values) < 2:
         return f"{ABLATION_TITLES[key]}: fewer than two finished rows; no finding yet."
     lo, hi = min(values, key=value_order), max(values, key=value_order)
-    noise = pd.Series(noise_runs, dtype=float).std() if len(noise_runs) > 1 else float("nan")
     parts = []
     for name, index in (("probe", 1), ("fine-tune", 0)):
+        runs = noise_runs[index]
+        noise = pd.Series(runs, dtype=float).std() if len(runs) > 1 else float("nan")
         diff = numbers[hi][index].mean() - numbers[lo][index].mean()
         # std of a difference of two means of (n_hi, n_lo) seeds with the default's spread
         spread = noise * (1 / len(numbers[hi][index]) + 1 / len(numbers[lo][index])) ** 0.5

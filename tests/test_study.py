@@ -232,18 +232,20 @@ def test_study_tables_pair_by_hash_and_judge_against_the_noise(tmp_path):
         tmp_path / "report" / "results.md").read_text()
 
 
-def test_ablation_sentence_inside_and_outside_the_noise():
+def test_ablation_sentence_judges_each_metric_by_its_own_seed_noise():
     def series(*values):
         return pd.Series(values, dtype=float)
 
-    main = series(60.0, 62.0, 64.0)  # std 2
+    main = (series(80.0, 80.5, 81.0), series(60.0, 62.0, 64.0))  # (fine-tune std 0.5, probe 2)
     inside = report.ablation_sentence("decoder_layer", {1: (series(80.0), series(61.0)),
-                                                        8: (series(80.5), series(63.0))}, main)
+                                                        8: (series(82.0), series(63.0))}, main)
     assert "probe +2.00 ± 2.83 points (inside the noise)" in inside
+    assert "fine-tune +2.00 ± 0.71 points (higher)" in inside
     outside = report.ablation_sentence("decoder_layer", {1: (series(80.0), series(50.0)),
                                                          8: (series(80.0), series(70.0))}, main)
     assert "probe +20.00" in outside and "(higher)" in outside
-    assert "fine-tune +0.00" in outside and "Paper: deeper decoder" in outside
+    assert "fine-tune +0.00 ± 0.71 points (inside the noise)" in outside
+    assert "Paper: deeper decoder" in outside
 
 
 def test_shared_pretraining_is_not_missing(tmp_path):
