@@ -30,7 +30,7 @@ import engine
 import knn
 import recipes
 from data import SPLIT_SEED, DeviceLoader, image_shape
-from fileio import atomic_write, file_sha256
+from fileio import atomic_write
 from model import MAE_ViT, MAEConfig
 from utils import (
     CHECKPOINT_FORMAT,
@@ -247,17 +247,17 @@ def finish(args, model, trainer, run, rows, data):
     """Write the final model and summary.json (the mark of a finished run). The model file
     carries the normalisation its encoder expects (export.py passes it on)."""
     path = run.file(args.model_fn)
-    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "config": trainer.config,
-                     "model": model.state_dict(), "epoch": args.total_epoch,
-                     "norm_mean": data.mean.cpu(), "norm_std": data.std.cpu(),
-                     "args": vars(args)}, path)
+    sha256 = save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae",
+                              "config": trainer.config, "model": model.state_dict(),
+                              "epoch": args.total_epoch, "norm_mean": data.mean.cpu(),
+                              "norm_std": data.std.cpu(), "args": vars(args)}, path)
     wall = sum(float(r["epoch_seconds"]) for r in rows)
     engine.write_json(run.file(engine.SUMMARY_FN), {
         "finished": True, "epochs": args.total_epoch,
         "final_train_loss": float(rows[-1]["train_loss"]),
         "final_eval_loss": float(rows[-1]["eval_loss"]),
         "knn_acc": knn.last_value(rows, "knn_acc"), "wall_seconds": wall,
-        "model_sha256": file_sha256(path)})
+        "model_sha256": sha256})
     print(f"finished: final train loss {rows[-1]['train_loss']}, eval loss "
           f"{rows[-1]['eval_loss']} (fixed test images and mask); model saved to {path}")
 

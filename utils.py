@@ -2,6 +2,7 @@
 import argparse
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -146,10 +147,12 @@ def _as_tuple(x):
 
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(obj, path):
-    """torch.save through a temporary file; obj holds only containers, numbers and tensors."""
+    """torch.save through a temporary file; obj holds only containers, numbers and tensors.
+    Returns the hex sha256 of the bytes written (the file's identity for downstream runs)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getbuffer())
+    return hashlib.sha256(buf.getbuffer()).hexdigest()
 
 
 def load_checkpoint(path, kind=None, map_location="cpu"):
