@@ -151,10 +151,11 @@ def parse_row(raw: dict) -> dict | None:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """Valid rows of metrics.csv sorted by epoch; a repeated epoch (resume) keeps its last row."""
+    """Valid rows of metrics.csv sorted by epoch; a repeated epoch (resume) keeps its last row.
+    A UTF-8 BOM (as Excel writes) is read as training reads it (utils.read_metrics)."""
     rows = []
     try:
-        for raw in csv.DictReader(io.StringIO(path.read_text())):
+        for raw in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))):
             row = parse_row(raw)
             if row is not None:
                 rows.append(row)

@@ -160,6 +160,15 @@ def run_of(runs, exp, stage):
 # ----------------------------------------------------------------------------- tables
 
 
+def test_metrics_with_a_bom_read_as_training_reads_them(tmp_path):
+    """Excel saves CSVs with a UTF-8 BOM; utils.read_metrics (resume) accepts it, so the
+    report must not drop every row of such a file."""
+    path = tmp_path / "metrics.csv"
+    path.write_text("\ufeffepoch,train_loss\n0,0.5\n1,0.25\n", encoding="utf-8")
+    frame = report.read_metrics(path)
+    assert frame["epoch"].tolist() == [0, 1] and frame["train_loss"].tolist() == [0.5, 0.25]
+
+
 def test_corrupt_metrics_rows_are_skipped(runs):
     run = run_of(runs, "main_exp_150_50", "pretrain-cls")
     assert run["metrics"]["epoch"].tolist() == [0, 1]
