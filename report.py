@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator
 
 from engine import positive_float
 from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
-from utils import UsageError, run_cli
+from utils import UsageError, numeric_row, run_cli
 
 PRETRAIN = "mae-pretrain"
 CLS_STAGES = {  # stage folder -> row label in the classification tables
@@ -139,15 +139,11 @@ def read_json(path: Path) -> dict | None:
 
 
 def parse_row(raw: dict) -> dict | None:
-    """Numeric metrics row, or None for a truncated, overlong or non-numeric row."""
-    if None in raw or None in raw.values():  # too many cells / too few cells
+    """Numeric metrics row (blank cells nan), or None for a row that training's resume would
+    call damaged (utils.numeric_row): truncated, overlong or non-numeric."""
+    if not numeric_row(raw):
         return None
-    try:
-        row = {k: float(v) if v.strip() else float("nan") for k, v in raw.items()}
-    except ValueError:
-        return None
-    epoch = row.get("epoch", float("nan"))
-    return row if math.isfinite(epoch) and epoch.is_integer() else None
+    return {k: float(v) if v.strip() else float("nan") for k, v in raw.items()}
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
@@ -815,7 +811,10 @@ def plot_ablation(result: dict) -> Figure:
 
 def build_figures(frame: pd.DataFrame, tables: list[dict]) -> dict[str, Figure]:
     """PNG file name -> figure, for every figure of the report."""
-    figures = {"pretrain_loss.png": plot_pretrain_curves(frame), "knn_acc.png": plot_knn(frame)}
+    figures = {"pretrain_loss.png": plot_pretrain_curves(frame)}
+    pretrain_runs = frame[frame["stage"] == PRETRAIN].itertuples()
+    if any(series(run.metrics, "knn_acc")[0] for run in pretrain_runs):  # the monitor ran
+        figures["knn_acc.png"] = plot_knn(frame)
     for t in tables:
         if t["name"].startswith("main:"):
             group = t["name"].removeprefix("main:")

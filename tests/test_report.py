@@ -281,6 +281,7 @@ def test_empty_root_and_cli_default_out(tmp_path):
     (tmp_path / "empty").mkdir()
     empty = report.write_report(tmp_path / "empty", tmp_path / "out").read_text()
     assert "(no runs)" in empty and "Ablation" not in empty  # no default run, no ablation
+    assert not (tmp_path / "out" / "knn_acc.png").exists()  # no kNN monitor, no empty figure
     args = report.get_args_parser().parse_args(["--outputs_root", str(tmp_path / "empty")])
     report.main(args)
     assert (tmp_path / "empty" / "report" / "results.md").is_file()
