@@ -105,7 +105,8 @@ BASELINE_ROWS = (  # (group, stage, row label); "main" is the --ablation_base gr
     ("main", "scratch-cls", "scratch, same epochs as fine-tuning"),
     ("scratch_long", "scratch-cls", "scratch, long budget"),
     ("main", "pretrain-cls-lin", "MAE linear probe"),
-    ("main", "pretrain-cls", "MAE fine-tune"),
+    ("main", "pretrain-cls", "MAE fine-tune, same epochs as scratch"),
+    ("ft_long", "pretrain-cls", "MAE fine-tune, long budget"),
     ("main", KNN, "MAE kNN"),
 )
 
