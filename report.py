@@ -417,9 +417,13 @@ def main_table(frame: pd.DataFrame, group: str) -> dict:
     own = frame[frame["group"] == group]
     splits = sorted(own.loc[own["stage"].isin(CLS_STAGES) & (own["status"] == FINISHED),
                             "selection_split"].astype(str).unique())
-    members = members_of(groups, [(label, group, stage) for stage, label in CLS_STAGES.items()])
+    pretrained = (own["stage"] == PRETRAIN).any()
+    # a group with its own pretraining lists every classifier (the missing ones too); a
+    # classifier-only group (a long scratch, a long fine-tune) lists the ones it has
+    stages = [s for s in CLS_STAGES if pretrained or (own["stage"] == s).any()]
+    members = members_of(groups, [(CLS_STAGES[s], group, s) for s in stages])
     notes = []
-    if (own["stage"] == PRETRAIN).any():
+    if pretrained:
         pre = aggregate_columns(frame, members_of(groups, [("", group, PRETRAIN)]),
                                 PRETRAIN_COLUMNS)
         notes.append("MAE pretraining: " + ", ".join(pre["column"] + " " + pre["text"]))
