@@ -235,16 +235,16 @@ def extract_features(model, split, batch_size, norm, autocast):
 # --------------------------------------------------------------------------- main
 def check_outputs(args, run):
     """The CSV and model paths, refused now if they would clash or cannot be written."""
-    names = {"--csv_log": csv_name(args)}
+    names = {"--csv_fn": csv_name(args)}
     if args.output_model_path == "auto":
         model_fn = MODES[(args.pretrained_model_path is not None, args.linear_probe)][1]
-        engine.check_file_names({**names, "--output_model_path": model_fn})
+        engine.check_file_names({**names, "--model_fn": model_fn})
         return
     engine.check_file_names(names)
-    engine.check_output_path(run, "--output_model_path", args.output_model_path, names)
+    engine.check_output_path(run, "--model_fn", args.output_model_path, names)
     if args.pretrained_model_path and os.path.exists(args.output_model_path) and \
             os.path.samefile(args.output_model_path, args.pretrained_model_path):
-        raise UsageError("--output_model_path would overwrite --pretrained_model_path")
+        raise UsageError("--model_fn would overwrite --pretrained_model_path")
 
 
 def csv_name(args):

@@ -271,13 +271,13 @@ def read_metrics(path):
         raise UsageError(f"cannot read {path}: {e}; restore it, or start again with "
                          "--overwrite") from None
     for line, row in enumerate(rows, start=2):
-        if not _numeric_row(row):
+        if not numeric_row(row):
             raise UsageError(f"{path} line {line} is damaged; repair or delete that line, or "
                              "start again with --overwrite")
     return rows
 
 
-def _numeric_row(row):
+def numeric_row(row):
     """An integer epoch and a number or blank in every other cell, none missing or extra."""
     if None in row or None in row.values() or not (row.get("epoch") or "").isdigit():
         return False

@@ -93,7 +93,7 @@ def record(fake_bin):
             log.unlink(missing_ok=True)
             full_env = {"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
                         "CALLS_LOG": str(log), "OUTPUT_ROOT": OUT,
-                        # cpu_study.sh writes its environment.md there, not into the repo
+                        # study.sh writes its run files and environment there, not into the repo
                         "RESULTS": str(fake_bin / "results"), **env}
             proc = subprocess.run(["bash", str(COMMANDS / driver), *args], env=full_env,
                                   capture_output=True, text=True, timeout=300)
@@ -239,7 +239,7 @@ def test_reproduce_runs_every_driver_in_dependency_order(record):
             made.add(outputs(call))
     assert calls[-1].script == "report.py" and calls[-1].ns.outputs_root == OUT
     assert "visualize_pred.py" in [c.script for c in calls]
-    standalone = {"reproduce.sh", "quickstart.sh", "cpu_study.sh", "study.sh"}
+    standalone = {"reproduce.sh", "quickstart.sh", "study.sh"}
     wanted = {tuple(c.args) for d in DRIVERS if d not in standalone for c in record(d)}
     assert wanted == {tuple(c.args) for c in calls[:-1]}
     runs = {}  # model file -> the distinct argument lists that write it

@@ -201,6 +201,14 @@ def test_seed_group_mean_std(runs):
     assert rows["linear probe (MAE encoder)"] == ["— (missing)", "—", "—", "—", "—"]
 
 
+def test_classifier_only_group_lists_the_classifiers_it_has(tmp_path):
+    classifier(tmp_path, "scratch_long_seed1", "scratch-cls", 0.7, seed=1)
+    classifier(tmp_path, "scratch_long_seed2", "scratch-cls", seed=2)  # running
+    rows = cells_by_row(report.main_table(report.collect_runs(tmp_path), "scratch_long"))
+    assert list(rows) == ["scratch"]  # no "fine-tuned (MAE): missing" for a scratch-only group
+    assert rows["scratch"][0].startswith("70.00 (n=1; scratch_long_seed2: ")
+
+
 def test_depth_ablation(runs):
     assert report.find_ablation_base(runs) == "main_exp_150_50"
     rows = cells_by_row(report.ablation_table(runs, "decoder_layer", "main_exp_150_50"))
@@ -281,6 +289,7 @@ def test_empty_root_and_cli_default_out(tmp_path):
     (tmp_path / "empty").mkdir()
     empty = report.write_report(tmp_path / "empty", tmp_path / "out").read_text()
     assert "(no runs)" in empty and "Ablation" not in empty  # no default run, no ablation
+    assert not (tmp_path / "out" / "knn_acc.png").exists()  # no kNN monitor, no empty figure
     args = report.get_args_parser().parse_args(["--outputs_root", str(tmp_path / "empty")])
     report.main(args)
     assert (tmp_path / "empty" / "report" / "results.md").is_file()

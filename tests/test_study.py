@@ -30,7 +30,7 @@ def without_date(text):
 @pytest.fixture(scope="module")
 def calls(record):  # noqa: F811
     return {part: record("study.sh", PART=part) for part in
-            ("main", "baselines", "depth", "width", "search")}
+            ("main", "baselines", "long", "depth", "width", "search")}
 
 
 def test_every_classifier_and_baseline_sees_the_same_split(calls):
@@ -69,11 +69,18 @@ def test_each_ablation_changes_one_setting_of_the_main_arm(calls):
     assert min(widths) <= main.ns.emb_dim / 2 and max(widths) >= 4 * main.ns.emb_dim
 
 
-def test_long_scratch_has_four_times_the_epochs(calls):
-    scratch = [c for c in calls["main"] + calls["baselines"] if c.script == "train_classifier.py"
-               and not c.ns.pretrained_model_path and not c.ns.linear_probe]
-    epochs = sorted({c.ns.total_epoch for c in scratch})
-    assert epochs[-1] == 4 * epochs[0] and len(epochs) == 2
+def test_long_budget_is_four_times_the_epochs_for_scratch_and_fine_tuning(calls):
+    def epochs(part, pretrained):
+        return {c.ns.total_epoch for c in calls[part] if c.script == "train_classifier.py"
+                and bool(c.ns.pretrained_model_path) == pretrained and not c.ns.linear_probe}
+    assert epochs("main", True) == epochs("main", False) == {8}
+    assert epochs("long", True) == epochs("long", False) == {32}
+    long = [c for c in calls["long"] if c.script == "train_classifier.py"]
+    assert sorted((c.ns.exp_name, c.ns.seed) for c in long) == [
+        (f"{kind}_long_seed{seed}", seed) for kind in ("ft", "scratch") for seed in (1, 2, 3)]
+    for c in long:  # a long fine-tune starts from its own seed's main-arm encoder
+        assert c.ns.pretrained_model_path in (None, f"{OUT}/main_seed{c.ns.seed}/mae-pretrain/"
+                                                    "vit-t-mae.pt")
 
 
 def test_search_varies_what_item_4_lists(calls):
@@ -87,14 +94,15 @@ def test_search_varies_what_item_4_lists(calls):
     assert {ns.max_train_images for ns in pretrains.values()} == {15000, 60000}
 
 
-def test_search_retrains_the_main_encoder_it_probes_with_the_same_command(calls):
-    """outputs/ does not travel between sessions: the search's first step is PART=main's own
-    seed-1 pretraining (skipped when finished), so its probes never miss their encoder."""
-    (main,) = [c for c in calls["main"] if c.ns.exp_name == "main_seed1"
-               and c.script == "mae_pretrain.py"]
+def test_search_and_long_retrain_the_main_encoders_they_use_with_the_same_command(calls):
+    """outputs/ does not travel between sessions: the search and the long part first run
+    PART=main's own pretraining (skipped when finished), so they never miss their encoder."""
+    main = {c.ns.exp_name: c.args for c in calls["main"] if c.script == "mae_pretrain.py"}
     again = [c for c in calls["search"] if c.ns.exp_name == "main_seed1"]
-    assert [c.script for c in again] == ["mae_pretrain.py"] and again[0].args == main.args
+    assert [c.script for c in again] == ["mae_pretrain.py"] and again[0].args == main["main_seed1"]
     assert calls["search"].index(again[0]) == 0
+    pretrains = [c for c in calls["long"] if c.script == "mae_pretrain.py"]
+    assert {c.ns.exp_name: c.args for c in pretrains} == main
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -110,10 +118,12 @@ def run_study(tmp_path, part, **settings):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """PART=main with two seeds, PART=baselines without its mask rows, then PART=report."""
+    """PART=main with two seeds, PART=baselines without its mask rows, PART=long, then
+    PART=report."""
     tmp = tmp_path_factory.mktemp("study")
     run_study(tmp, "main", SEEDS="1 2")
     run_study(tmp, "baselines", SEEDS="1 2", MASKS="")
+    run_study(tmp, "long", SEEDS="1 2")
     run_study(tmp, "report", SEEDS="1 2")
     return tmp / "results"
 
@@ -130,6 +140,11 @@ def test_smoke_commits_small_files_and_environment(smoke):
     assert "### Baselines" in results and "kNN on raw pixels" in results
     assert "Classification: `baseline`" not in results  # pixel baselines only: no such table
     assert "(n=2)" in results and (smoke / "ablation_decoder_layer.png").is_file()
+    rows = pd.read_csv(smoke / "results.csv", dtype=str, keep_default_na=False)
+    long = rows[(rows["table"] == "baselines") & (rows["value"] != "")
+                & rows["row"].str.contains("long budget")]
+    assert set(long["row"]) == {"scratch, long budget", "MAE fine-tune, long budget"}
+    assert set(long["n"]) == {"2"}  # both seeds of PART=long, paired with PART=main's encoders
 
 
 def test_smoke_part_rerun_skips_and_keeps_its_environment(smoke, tmp_path):
