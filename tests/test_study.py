@@ -90,8 +90,12 @@ def test_search_varies_what_item_4_lists(calls):
     probes = [c for c in search if c.script == "baselines.py" and c.ns.method == "linear"]
     assert {(c.ns.pool, c.ns.block) for c in probes} == {("mean", -1), ("cls", 2), ("mean", 2)}
     pretrains = {c.ns.exp_name: c.ns for c in search if c.script == "mae_pretrain.py"}
-    assert [ns.norm_pix_loss for ns in pretrains.values()].count(False) == 1
-    assert {ns.max_train_images for ns in pretrains.values()} == {15000, 60000}
+    assert {name: (ns.norm_pix_loss, ns.max_train_images, ns.base_learning_rate)
+            for name, ns in pretrains.items()} == {
+        "main_seed1": (True, 15000, 1e-3), "search_nonormpix_seed1": (False, 15000, 1e-3),
+        "search_lr3e-3_seed1": (True, 15000, 3e-3),
+        "search_images60000x10_seed1": (True, 60000, 1e-3),
+        "search_images60000x10_nonormpix_seed1": (False, 60000, 1e-3)}
 
 
 def test_search_and_long_retrain_the_main_encoders_they_use_with_the_same_command(calls):
