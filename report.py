@@ -584,21 +584,31 @@ def baselines_table(frame: pd.DataFrame, main: str) -> dict:
                   "whole test split"])
 
 
+PROBE_STAGES = ("pretrain-cls-lin", "mae-lin")  # linear probes of an MAE encoder
+PIXEL_STAGES = ("pixels-lin", "pixels-knn")
+
+
 def search_table(frame: pd.DataFrame, main: str) -> dict:
     """The validation-only search: every probe/kNN run of probe_lr* and search_* experiments
     and of the main arm's seed they vary, by best validation accuracy (test accuracy not
-    shown: it plays no part in the choice)."""
+    shown: it plays no part in the choice), with the raw-pixel baselines as reference rows."""
     searched = frame["group"].str.match(SEARCH_GROUPS)
     seeds = frame.loc[searched, "seed"].dropna()
     reference = f"{main}_seed{int(seeds.iloc[0])}" if len(seeds) else None
-    runs = frame[(searched | (frame["exp"] == reference)) & (frame["status"] == FINISHED)
-                 & frame["stage"].isin(("pretrain-cls-lin", "mae-lin", KNN))]
-    runs = runs.sort_values("best_val_acc", ascending=False, kind="stable") if searched.any() \
+    finished = frame["status"] == FINISHED
+    runs = frame[(searched | (frame["exp"] == reference)) & finished
+                 & frame["stage"].isin((*PROBE_STAGES, KNN))]
+    pixels = frame[frame["stage"].isin(PIXEL_STAGES) & finished]
+    runs = pd.concat([runs, pixels]).sort_values("best_val_acc", ascending=False,
+                                                 kind="stable") if searched.any() \
         else runs.iloc[:0]
+    is_pixels = runs["stage"].isin(PIXEL_STAGES)
     shown = pd.DataFrame({
         "row": "`" + runs["exp"] + "` " + runs["stage"],
-        "pool": runs["pool"].fillna("cls"), "block": runs["block"].fillna(-1).astype(int),
-        "probe base lr": runs["base_learning_rate"].where(runs["stage"] != KNN, DASH),
+        "pool": runs["pool"].fillna("cls").where(~is_pixels, DASH),
+        "block": runs["block"].fillna(-1).astype(int).astype(str).where(~is_pixels, DASH),
+        "probe base lr": runs["base_learning_rate"].where(~runs["stage"].str.endswith("knn"),
+                                                          DASH),
         "best val acc (%)": (runs["best_val_acc"] * PERCENT).map(lambda v: f"{v:.{ACC_DIGITS}f}"),
         "selection split": runs["selection_split"]})
     cells = shown.melt("row", var_name="column", value_name="text")
@@ -607,9 +617,36 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
     cells["value"] = np.where(is_acc, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
     cells["n"] = is_acc.astype(int)
     note = ("sorted by best validation accuracy; test accuracies are in the run files and are "
-            "not used to choose")
-    return table("search", "Validation-only search (probe lr, pooling, block, pretraining "
-                 "variants)", "run", cells, [note])
+            "not used to choose; the raw-pixel rows are the baselines to beat")
+    result = table("search", "Validation-only search (probe lr, pooling, block, pretraining "
+                   "variants)", "run", cells, [note])
+    noise = frame.loc[(frame["group"] == main) & (frame["stage"] == "pretrain-cls-lin")
+                      & finished, "final_test_acc"]
+    if len(runs):
+        result["finding"] = search_sentence(runs, noise)
+    return result
+
+
+def search_sentence(runs: pd.DataFrame, noise: pd.Series) -> str:
+    """The MAE probe the validation split picks vs the raw-pixel probe, on the test split,
+    judged against the main arm's probe seed spread (the issue's bar: more than the spread)."""
+    probes = runs[runs["stage"].isin(PROBE_STAGES)]
+    pixels = runs[runs["stage"] == "pixels-lin"]
+    if probes.empty or pixels.empty:
+        return "no MAE probe or no raw-pixel probe has finished; no finding yet."
+    best, pixel = probes.iloc[0], pixels.iloc[0]  # runs are sorted by best_val_acc
+    diff = (best["final_test_acc"] - pixel["final_test_acc"]) * PERCENT
+    spread = noise.std() * PERCENT * 2 ** 0.5 if len(noise) > 1 else float("nan")
+    verdict = "no spread to judge against" if math.isnan(spread) else (
+        "it beats the pixels by more than the spread" if diff > spread else
+        "below the pixels by more than the spread" if diff < -spread else
+        "level with the pixels (inside the spread): the search did not reach the goal")
+    return (f"the best MAE probe on validation, `{best['exp']}` {best['stage']} "
+            f"({best['best_val_acc'] * PERCENT:.{ACC_DIGITS}f}% val), scores "
+            f"{best['final_test_acc'] * PERCENT:.{ACC_DIGITS}f}% final test vs the raw-pixel "
+            f"probe's {pixel['final_test_acc'] * PERCENT:.{ACC_DIGITS}f}%: "
+            f"{diff:+.{ACC_DIGITS}f} ± {spread:.{ACC_DIGITS}f} points (± the std of a one-seed "
+            f"difference, from the main arm's {len(noise)} probe seeds); {verdict}.")
 
 
 def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
@@ -628,7 +665,10 @@ def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[
     pretraining args.json (given, or the one with the default settings and most variants);
     the study's baselines and search only come with --ablation_base."""
     base = ablation_base or find_ablation_base(frame)
-    tables = [pretrain_table(frame), *(main_table(frame, g) for g in main_groups(frame, base))]
+    groups = main_groups(frame, base)
+    if ablation_base:  # the study: its search experiments are in the search table
+        groups = [g for g in groups if not re.match(SEARCH_GROUPS, g)]
+    tables = [pretrain_table(frame), *(main_table(frame, g) for g in groups)]
     if base in pretrain_configs(frame).index:
         tables += [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
     if ablation_base in set(frame["group"]):

@@ -267,6 +267,27 @@ def test_ablation_sentence_judges_each_metric_by_its_own_seed_noise():
     assert "Paper: deeper decoder" in outside
 
 
+@pytest.mark.parametrize("search_acc, verdict", [
+    (0.70, "+5.00 ± 2.97 points (± the std of a one-seed difference, from the main arm's 3 "
+           "probe seeds); it beats the pixels by more than the spread"),
+    (0.66, "+1.00 ± 2.97 points (± the std of a one-seed difference, from the main arm's 3 "
+           "probe seeds); level with the pixels (inside the spread)")])
+def test_search_finding_compares_the_validation_pick_with_the_pixel_probe(
+        tmp_path, search_acc, verdict):
+    study_tree(tmp_path)  # main probes 60.1 / 62.2 / 64.3: std 2.10
+    classifier(tmp_path, "baseline_seed1", "pixels-lin", 0.65, seed=1)
+    classifier(tmp_path, "search_more_seed1", "pretrain-cls-lin", search_acc, seed=1)
+    tables = report.build_tables(report.collect_runs(tmp_path), ablation_base="main")
+    (search,) = [t for t in tables if t["name"] == "search"]
+    assert f"`search_more_seed1` pretrain-cls-lin ({100 * search_acc + 0.78:.2f}% val)" in (
+        search["finding"])
+    assert "vs the raw-pixel probe's 65.00%" in search["finding"] and verdict in search["finding"]
+    rows = report.wide(search)
+    assert rows.loc["`baseline_seed1` pixels-lin", "pool"] == "—"  # the reference row
+    # the search's own experiments get no per-experiment classification table
+    assert "main:search_more" not in {t["name"] for t in tables}
+
+
 def test_shared_pretraining_is_not_missing(tmp_path):
     pretrain(tmp_path, "fmnist_seed1", seed=1)
     classifier(tmp_path, "fmnist_seed2", "pretrain-cls", 0.5, seed=2)
