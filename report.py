@@ -118,6 +118,7 @@ PERCENT = 100.0
 ACC_DIGITS = 2
 LOSS_DIGITS = 4
 MINUTE_DIGITS = 1
+COMMIT_DIGITS = 7  # an abbreviated git commit
 NOISE_STDS = 2.0  # a difference within this many stds of the seed noise is "inside the noise"
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
@@ -649,6 +650,36 @@ def search_sentence(runs: pd.DataFrame, noise: pd.Series) -> str:
             f"difference, from the main arm's {len(noise)} probe seeds); {verdict}.")
 
 
+ENV_PART = re.compile(r"^# Environment of one invocation of part `([^`]+)`", re.M)
+ENV_FINISHED = re.compile(r"^- finished: ([^;]+);.*?: ([0-9.]+) min", re.M)
+ENV_COMMIT = re.compile(r"^- git commit: ([0-9a-f]+)", re.M)
+
+
+def parts_table(env_dir: Path) -> dict:
+    """One row per environment/<part>_<time>.md the study's runs wrote: part, when it
+    finished, its wall time and commit; the total wall time under them."""
+    rows = []
+    paths = Path(env_dir).glob("*.md")  # <part>_<UTC time>.md: in the order they finished
+    for path in sorted(paths, key=lambda p: (p.stem.rpartition("_")[2], p.name)):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        part, finished, commit = (ENV_PART.search(text), ENV_FINISHED.search(text),
+                                  ENV_COMMIT.search(text))
+        rows.append({"row": f"`{path.name}`", "part": part[1] if part else DASH,
+                     "finished": finished[1] if finished else DASH,
+                     "wall time (min)": finished[2] if finished else DASH,
+                     "git commit": commit[1][:COMMIT_DIGITS] if commit else DASH})
+    total = sum(float(r["wall time (min)"]) for r in rows if r["wall time (min)"] != DASH)
+    rows.append({"row": "total", "part": "", "finished": "",
+                 "wall time (min)": f"{total:.{MINUTE_DIGITS}f}", "git commit": ""})
+    cells = pd.DataFrame(rows).melt("row", var_name="column", value_name="text")
+    is_time = cells["column"] == "wall time (min)"
+    cells["value"] = np.where(is_time, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
+    cells["n"] = is_time.astype(int)
+    return table("parts", "Study parts (environment files written by the runs)", "file",
+                 cells, [f"each part's command, machine and versions: {Path(env_dir).name}/"
+                         "<file>"])
+
+
 def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
     """Groups that get a classification table: those with a pretraining or classifier run,
     but for the one-key variants of base (the ablation tables show them)."""
@@ -900,17 +931,22 @@ def remove_temp_files_here(out: Path) -> None:
 
 
 def write_report(root, out=None, ablation_base: str | None = None,
-                 stale_hours: float = STALE_HOURS) -> Path:
+                 stale_hours: float = STALE_HOURS, environment=None) -> Path:
     """Write results.md, results.csv and the PNG figures of root into out; returns results.md.
-    A root that is not a folder, or an unwritable out, is a UsageError (nothing is created)."""
+    A root (or environment folder) that is not a folder, or an unwritable out, is a
+    UsageError (nothing is created)."""
     if not Path(root).is_dir():
         raise UsageError(f"--outputs_root {root} is not a folder of run folders")
+    if environment is not None and not Path(environment).is_dir():
+        raise UsageError(f"--environment {environment} is not a folder")
     out = Path(out) if out is not None else Path(root) / "report"
     frame = collect_runs(root, stale_hours)
     tables = build_tables(frame, ablation_base)
+    tables += [parts_table(environment)] if environment is not None else []
     figures = build_figures(frame, tables)
     command = f"python report.py --outputs_root {root} --out {out} --stale_hours {stale_hours}"
     command += f" --ablation_base {ablation_base}" if ablation_base else ""
+    command += f" --environment {environment}" if environment is not None else ""
     try:
         out.mkdir(parents=True, exist_ok=True)
         remove_temp_files_here(out)
@@ -943,6 +979,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "mask 0.75 that has the most one-setting variants); given, it "
                              "also adds the study's baselines and validation-only search")
     # output
+    parser.add_argument("--environment", default=None,
+                        help="folder of a study's environment/<part>_<time>.md files "
+                             "(commands/study.sh): adds a table of each part's wall time")
     parser.add_argument("--out", default=None,
                         help="folder for results.md, results.csv and the PNG figures "
                              "(default: <outputs_root>/report)")
@@ -950,7 +989,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    path = write_report(args.outputs_root, args.out, args.ablation_base, args.stale_hours)
+    path = write_report(args.outputs_root, args.out, args.ablation_base, args.stale_hours,
+                        args.environment)
     print(f"wrote {path}")
 
 

@@ -274,7 +274,8 @@ search_arm() {
 }
 
 part_report() {
-    python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" --ablation_base main
+    python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" --ablation_base main \
+        --environment "$RESULTS/environment"
 }
 
 # n_finished: the number of finished runs (summary.json files) under OUTPUT_ROOT.

@@ -144,6 +144,11 @@ def test_smoke_commits_small_files_and_environment(smoke):
     assert "### Baselines" in results and "kNN on raw pixels" in results
     assert "Classification: `baseline`" not in results  # pixel baselines only: no such table
     assert "(n=2)" in results and (smoke / "ablation_decoder_layer.png").is_file()
+    parts = report.wide(report.parts_table(smoke / "environment"))
+    assert list(parts["part"]) == ["main", "baselines", "long", ""]  # in the order they ran
+    assert float(parts.loc["total", "wall time (min)"]) == pytest.approx(
+        sum(float(t) for t in parts["wall time (min)"][:-1]), abs=0.2)
+    assert "### Study parts" in results
     rows = pd.read_csv(smoke / "results.csv", dtype=str, keep_default_na=False)
     long = rows[(rows["table"] == "baselines") & (rows["value"] != "")
                 & rows["row"].str.contains("long budget")]
@@ -162,7 +167,8 @@ def test_results_md_regenerates_from_the_run_files(smoke, tmp_path, committed):
     results = COMMITTED if committed else smoke
     if not (results / "results.md").is_file():
         pytest.skip("no committed study yet")
-    report.write_report(results / "runs", tmp_path, ablation_base="main")
+    report.write_report(results / "runs", tmp_path, ablation_base="main",
+                        environment=results / "environment")
     assert without_date((tmp_path / "results.md").read_text()) == without_date(
         (results / "results.md").read_text())
 
