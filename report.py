@@ -547,6 +547,11 @@ def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set,
     return notes
 
 
+def difference_std(noise: float, n_a: int, n_b: int) -> float:
+    """Std of the difference of two means over n_a and n_b seeds, each seed with std noise."""
+    return noise * (1 / n_a + 1 / n_b) ** 0.5
+
+
 def ablation_sentence(key: str, numbers: dict, noise_runs: tuple) -> str:
     """'lowest -> highest value: probe +X ± Y points, fine-tune +Z; ...' judged against the
     default's seed spread of the same metric (noise_runs: its (fine-tune, probe) accuracies):
@@ -560,8 +565,7 @@ def ablation_sentence(key: str, numbers: dict, noise_runs: tuple) -> str:
         runs = noise_runs[index]
         noise = pd.Series(runs, dtype=float).std() if len(runs) > 1 else float("nan")
         diff = numbers[hi][index].mean() - numbers[lo][index].mean()
-        # std of a difference of two means of (n_hi, n_lo) seeds with the default's spread
-        spread = noise * (1 / len(numbers[hi][index]) + 1 / len(numbers[lo][index])) ** 0.5
+        spread = difference_std(noise, len(numbers[hi][index]), len(numbers[lo][index]))
         verdict = "no spread to judge against (one seed)" if math.isnan(spread) else (
             "inside the noise" if abs(diff) <= NOISE_STDS * spread else
             ("higher" if diff > 0 else "lower"))
@@ -637,7 +641,7 @@ def search_sentence(runs: pd.DataFrame, noise: pd.Series) -> str:
         return "no MAE probe or no raw-pixel probe has finished; no finding yet."
     best, pixel = probes.iloc[0], pixels.iloc[0]  # runs are sorted by best_val_acc
     diff = (best["final_test_acc"] - pixel["final_test_acc"]) * PERCENT
-    spread = noise.std() * PERCENT * 2 ** 0.5 if len(noise) > 1 else float("nan")
+    spread = difference_std(noise.std() * PERCENT, 1, 1) if len(noise) > 1 else float("nan")
     verdict = "no spread to judge against" if math.isnan(spread) else (
         "it beats the pixels by more than the spread" if diff > spread else
         "below the pixels by more than the spread" if diff < -spread else
