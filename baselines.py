@@ -1,79 +1,201 @@
-"""Baselines on frozen features: a linear probe or weighted kNN on raw pixels or on any block
-of an MAE encoder, on the same labelled subset, validation split and test split as
-train_classifier.py.
+"""Baselines tuned on the validation split: a linear probe or weighted kNN on raw pixels (or
+a PCA of them) or on any block of an MAE encoder, on the same labelled subset, validation
+split and test split as train_classifier.py.
 
-    python baselines.py --features pixels --method linear          # -> pixels-lin/
-    python baselines.py --features pixels --method knn             # -> pixels-knn/
-    python baselines.py --pretrained_model_path P --method knn     # -> mae-knn/
-    python baselines.py --pretrained_model_path P --method linear --pool mean --block 3
+    python baselines.py --val_split 2000 --features pixels --method linear   # -> pixels-lin/
+    python baselines.py --val_split 2000 --features pixels --method knn      # -> pixels-knn/
+    python baselines.py --val_split 2000 --pca_dim 64 --method linear        # -> pixels-pca64-lin/
+    python baselines.py --val_split 2000 --pretrained_model_path P --method knn    # -> mae-knn/
+    python baselines.py --val_split 2000 --pretrained_model_path P --pool mean --block 3
 
-Pixels are standardised with the dataset's mean/std and flattened (C*H*W features); encoder
-features are the cls token or the mean patch token after block --block (the last block
-includes the final norm, as train_classifier.py's probe). The linear probe is
-train_classifier.py's BatchNorm + linear head and training loop on cached features; kNN is
-knn.py's weighted vote (L2-normalised features, the labelled training images as memory).
-Each run writes args.json, metrics.csv and summary.json like the other stages; a finished run
-is skipped and an unfinished linear probe resumes.
+Features are computed once: pixels standardised with the dataset's per-channel mean/std and
+flattened (C*H*W), or the encoder's cls token / mean patch token after block --block (the
+last block includes the final norm, as train_classifier.py's probe). --pca_dim projects them
+on their first principal components, fitted on the training part only. Pixels and encoder
+features then take the same code path, so each side is tuned as hard as the other:
+- linear probe: multinomial logistic regression on features standardised with the training
+  part's mean and std (std floored, see STD_FLOOR); one head per cell of the --probe_lrs x
+  --probe_weight_decays grid, all trained at once on the same mini-batches with Adam
+  (L2 weight decay, warmup + cosine), each kept at its best validation epoch;
+- kNN: knn.py's weighted vote on L2-normalised features, the training part as memory, for
+  every --knn_ks x --knn_ts cell.
+The cell with the highest validation accuracy (the first in grid order on a tie) is chosen;
+the test split is evaluated once, for that cell only, with the head trained on the training
+part (no refit on training + validation). summary.json records the whole grid.
 """
+import argparse
+import math
+import os
 import time
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import engine
 import knn
 import train_classifier
+import weights
 from data import image_shape
-from utils import UsageError, run_cli, seed_everything
+from model import ENCODER_FIELDS, POOLS, ClassifierConfig, ViT_Classifier
+from utils import HelpFormatter, UsageError, add_config_arg, cosine_lr, run_cli, seed_everything
 
 FEATURES = ("pixels", "encoder")
 METHODS = {"linear": "lin", "knn": "knn"}  # --method -> stage folder suffix
 FEATURE_PREFIX = {"pixels": "pixels", "encoder": "mae"}  # --features -> stage folder prefix
 LAST_BLOCK = -1
-KNN_FIELDS = ["epoch", "val_acc", "test_acc", "epoch_seconds"]
+# Log grids wide enough that the choice lands inside them on pixels and on MAE features alike
+PROBE_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # Adam peak lr (not scaled by batch size)
+PROBE_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2: loss + wd/2 * ||W||^2
+KNN_KS = (1, 3, 5, 10, 20, 50, 100, 200)
+KNN_TS = (0.01, 0.02, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0)  # DINO's weighted kNN uses T = 0.07
+# Standardisation divides each feature by max(std, STD_FLOOR x the mean std over features).
+# Fashion-MNIST's border pixels are (nearly) constant on the training images: divided by
+# their own std (or BatchNorm's eps 1e-6) the rare image with ink there gets values of
+# hundreds or more, and the probe fits noise. With the floor no feature is magnified more
+# than 1/STD_FLOOR times as much as a typical one; a constant feature is 0 on the training
+# images and bounded on others.
+STD_FLOOR = 0.1
+LIN_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]
+KNN_FIELDS = ["epoch", "val_acc", "test_acc"]
 
 
 def get_args_parser():
-    p = train_classifier.get_args_parser()
-    p.description = __doc__
-    p.set_defaults(linear_probe=True, recipe="fast", total_epoch=50, augment="none")
-    g = p.add_argument_group("baseline")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_arg(p)
+    g = engine.add_dataset_args(p)
+    g.add_argument("--max_train_images", type=engine.positive_int, default=None,
+                   help="use only the first N training images (after the validation carve)")
+    g.add_argument("--val_split", type=engine.non_negative_int, default=0,
+                   help="hold out N training images (train_classifier.py's carving); every "
+                        "hyper-parameter is chosen on them; required (> 0)")
+
+    g = p.add_argument_group("features")
     g.add_argument("--features", default=None, choices=FEATURES,
                    help="raw pixels, or the encoder of --pretrained_model_path (default: "
                         "encoder when --pretrained_model_path is given, else pixels)")
-    g.add_argument("--method", default="linear", choices=tuple(METHODS),
-                   help="linear probe (BatchNorm + linear, trained) or weighted kNN")
+    g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="pretrained_model_path",
+                   default=None,
+                   help="MAE model file (mae_pretrain.py's, a timm ViT state dict or an "
+                        "official MAE checkpoint) whose frozen encoder gives the features")
+    g.add_argument("--encoder_head", type=engine.positive_int, default=None,
+                   help="attention heads of a timm file that does not record them")
+    g.add_argument("--pool", default="cls", choices=POOLS,
+                   help="encoder feature: the cls token, or the mean of the patch tokens")
     g.add_argument("--block", type=int, default=LAST_BLOCK,
                    help="encoder features after this block (0-based; -1 = the last, with "
                         "the final norm)")
-    g.add_argument("--knn_k", type=engine.positive_int, default=20, help="neighbours that vote")
-    g.add_argument("--knn_t", type=engine.positive_float, default=0.07,
-                   help="temperature of the vote weights exp(similarity / T)")
+    g.add_argument("--pca_dim", type=engine.non_negative_int, default=0,
+                   help="project the features on their first N principal components, "
+                        "fitted on the training part (e.g. the encoder's width for pixels); "
+                        "0 = no projection")
+
+    g = p.add_argument_group("method and its validation grid")
+    g.add_argument("--method", default="linear", choices=tuple(METHODS),
+                   help="linear probe (logistic regression on standardised features) or "
+                        "weighted kNN")
+    g.add_argument("--probe_lrs", type=engine.positive_float, nargs="+",
+                   default=list(PROBE_LRS), help="linear: Adam peak learning rates swept")
+    g.add_argument("--probe_weight_decays", type=engine.finite_float, nargs="+",
+                   default=list(PROBE_WEIGHT_DECAYS),
+                   help="linear: L2 weight decays swept (>= 0; biases are not decayed)")
+    g.add_argument("--batch_size", type=engine.positive_int, default=128,
+                   help="linear: training images per step")
+    g.add_argument("--total_epoch", type=engine.positive_int, default=50,
+                   help="linear: epochs; each cell keeps its best validation epoch")
+    g.add_argument("--warmup_epoch", type=engine.non_negative_int, default=5,
+                   help="linear: epochs of linear lr warmup, then cosine decay to 0")
+    g.add_argument("--knn_ks", type=engine.positive_int, nargs="+", default=list(KNN_KS),
+                   help="kNN: numbers of neighbours that vote, swept")
+    g.add_argument("--knn_ts", type=engine.positive_float, nargs="+", default=list(KNN_TS),
+                   help="kNN: temperatures of the vote weights exp(similarity / T), swept")
+
+    g = p.add_argument_group("runtime and output")
+    g.add_argument("--seed", type=engine.seed_int, default=42,
+                   help="seed of the probe's batch order")
+    g.add_argument("--device", default="auto",
+                   help="auto (CUDA if available), cpu, cuda, cuda:N")
+    g.add_argument("--amp", default="off", choices=("auto", "bf16", "fp16", "off"),
+                   help="autocast of the frozen encoder's forward (auto = bf16 on a CUDA "
+                        "card that has it)")
+    g.add_argument("--max_device_batch_size", type=engine.positive_int, default=256,
+                   help="images one forward of the encoder computes at once")
+    g.add_argument("--output_root", default="outputs", help="root of all experiment folders")
+    g.add_argument("--exp_name", default="main_exp",
+                   help="experiment folder: OUTPUT_ROOT/EXP_NAME/<stage>/")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete a finished or unfinished run of this stage and run again")
     return p
 
 
+# --------------------------------------------------------------------------- checks
+def validate(args):
+    """Checks that need no disk; fills --features."""
+    if args.features is None:
+        args.features = "encoder" if args.pretrained_model_path else "pixels"
+    if args.features == "encoder" and not args.pretrained_model_path:
+        raise UsageError("--features encoder needs --pretrained_model_path")
+    if args.features == "pixels" and args.pretrained_model_path:
+        raise UsageError("--features pixels takes no --pretrained_model_path")
+    if args.features == "pixels" and args.block != LAST_BLOCK:
+        raise UsageError("--block applies to --features encoder")
+    if not args.val_split:
+        raise UsageError("--val_split N is required: baselines choose every hyper-parameter "
+                         "on N held-out training images, never on the test split")
+    if args.warmup_epoch > args.total_epoch:
+        raise UsageError(f"--warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
+                         f"{args.total_epoch}")
+    if any(wd < 0 for wd in args.probe_weight_decays):
+        raise UsageError(f"--probe_weight_decays must be >= 0, got {args.probe_weight_decays}")
+    for flag in ("probe_lrs", "probe_weight_decays", "knn_ks", "knn_ts"):
+        values = getattr(args, flag)
+        if len(set(values)) < len(values):
+            raise UsageError(f"--{flag} lists a value twice: {values}")
+    if args.features == "pixels" and args.pca_dim:
+        in_chans, size = image_shape(args.dataset, args.image_size)
+        check_pca_dim(args.pca_dim, in_chans * size * size)
+    if not args.exp_name or os.sep in args.exp_name or args.exp_name in (".", ".."):
+        raise UsageError(f"--exp_name must be a plain folder name, got {args.exp_name!r}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("baselines.py runs in one process (its sweep takes seconds); launch "
+                         "it with python, not torchrun")
+
+
+def check_pca_dim(pca_dim, dim):
+    if pca_dim >= dim:
+        raise UsageError(f"--pca_dim {pca_dim} must be below the {dim} feature dimensions")
+
+
+def check_finite(tensors, what):
+    """UsageError naming the first tensor of {name: tensor} holding NaN or Inf."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UsageError(f"{what}: {name} holds NaN or Inf values; no baseline can be "
+                             "computed from it (a diverged run?): retrain it, or pass another "
+                             "file")
+
+
+# --------------------------------------------------------------------------- features
 @dataclass
 class FeatureConfig:
-    """What a baseline's features are; saved in its checkpoint."""
+    """What a baseline's features are."""
 
     features: str
     block: int
     pool: str
     dim: int
-    num_classes: int
 
 
 class FrozenFeatures(nn.Module):
-    """features(x) -> (B, D) frozen features, and a BatchNorm + linear head on them."""
+    """features(x) -> (B, D) frozen features: flattened pixels or an encoder's tokens."""
 
     def __init__(self, cfg: FeatureConfig, encoder=None):
         super().__init__()
         self.config, self.encoder = cfg, encoder
         if encoder is not None:
             encoder.requires_grad_(False)
-        self.head = nn.Sequential(nn.BatchNorm1d(cfg.dim, affine=False, eps=1e-6),
-                                  nn.Linear(cfg.dim, cfg.num_classes))
 
     @torch.inference_mode()
     def features(self, x):
@@ -87,88 +209,233 @@ class FrozenFeatures(nn.Module):
         tokens = enc.blocks[:block + 1](x)  # (B, 1+L, D) after block `block`
         return tokens[:, 0] if self.config.pool == "cls" else tokens[:, 1:].mean(1)  # (B, D)
 
-    def forward(self, feats):
-        return self.head(feats)
 
-
-def validate(args):
-    """Checks that need no disk; fills --features."""
-    if args.features is None:
-        args.features = "encoder" if args.pretrained_model_path else "pixels"
-    if args.features == "encoder" and not args.pretrained_model_path:
-        raise UsageError("--features encoder needs --pretrained_model_path")
-    if args.features == "pixels" and args.pretrained_model_path:
-        raise UsageError("--features pixels takes no --pretrained_model_path")
-    if args.augment != "none":
-        raise UsageError("baselines use cached features: --augment must be none")
-    if args.features == "pixels" and args.block != LAST_BLOCK:
-        raise UsageError("--block applies to --features encoder")
+def build_encoder(args, num_classes):
+    """The frozen encoder of --pretrained_model_path (UsageError for non-finite weights)."""
+    path = args.pretrained_model_path
+    mae_cfg, state = weights.load_pretrained(path, args.encoder_head)
+    check_finite(state, path)
+    in_chans, size = image_shape(args.dataset, args.image_size)
+    if (mae_cfg.in_chans, mae_cfg.image_size) != (in_chans, size):
+        raise UsageError(f"{path} encodes {mae_cfg.in_chans}x{mae_cfg.image_size}px images; "
+                         f"{args.dataset} gives {in_chans}x{size}px (--image_size)")
+    try:
+        cfg = ClassifierConfig(**{k: getattr(mae_cfg, k) for k in ENCODER_FIELDS},
+                               num_classes=num_classes, pool=args.pool)
+    except ValueError as e:
+        raise engine.model_error(e) from None
+    model = ViT_Classifier(cfg)
+    weights.check_tensors(model.encoder_state_dict(), model.from_encoder(state), path)
+    model.load_encoder(state)
+    n_blocks = len(model.blocks)
+    if not LAST_BLOCK <= args.block < n_blocks:
+        raise UsageError(f"--block must be -1 or in [0, {n_blocks}), got {args.block}")
+    model.reset_classifier(0)
+    return model.eval()
 
 
 def build(args, num_classes, device):
-    """The FrozenFeatures of args (encoder from the MAE checkpoint, or pixels)."""
+    """The FrozenFeatures of args (the encoder of the model file, or pixels)."""
     encoder = None
     if args.features == "encoder":
-        probe = train_classifier.build_model(args, num_classes, device)
-        n_blocks = len(probe.blocks)
-        if not LAST_BLOCK <= args.block < n_blocks:
-            raise UsageError(f"--block must be -1 or in [0, {n_blocks}), got {args.block}")
-        probe.reset_classifier(0)
-        encoder, dim = probe.eval(), probe.embed_dim
+        encoder = build_encoder(args, num_classes)
+        dim = encoder.embed_dim
     else:
         in_chans, size = image_shape(args.dataset, args.image_size)
         dim = in_chans * size * size
-    cfg = FeatureConfig(args.features, args.block, args.pool, dim, num_classes)
-    return FrozenFeatures(cfg, encoder).to(device)
+    if args.pca_dim:
+        check_pca_dim(args.pca_dim, dim)
+    return FrozenFeatures(FeatureConfig(args.features, args.block, args.pool, dim),
+                          encoder).to(device)
 
 
-class ProbeStage(train_classifier.Stage):
-    """train_classifier's probe loop on FrozenFeatures; the model file is baseline.pt."""
+def extract(args, model, data, device):
+    """{split: (features (N, D) float32, labels (N,))} of train, val and test; UsageError if
+    any feature is not finite."""
+    autocast = engine.autocast_context(engine.amp_dtype(args.amp, device), device)
+    bs, norm = 2 * args.max_device_batch_size, (data.mean, data.std)
+    out = {}
+    for name in ("train", "val", "test"):
+        f = train_classifier.extract_features(model, getattr(data, name), bs, norm, autocast)
+        what = args.pretrained_model_path or "the pixels"
+        check_finite({f"the {name} features": f.images}, what)
+        out[name] = (f.images.float(), f.labels)
+    return out
 
-    def model_path(self):
-        return self.run.file("baseline.pt")
+
+def fit_pca(train, dim):
+    """(mean (D,), components (D, dim)) of the training features: the first `dim` right
+    singular vectors of the centred training matrix (exact SVD; no test image involved)."""
+    mean = train.mean(0)
+    _, _, vh = torch.linalg.svd(train - mean, full_matrices=False)  # vh (min(N, D), D)
+    return mean, vh[:dim].T
 
 
+def fit_standardiser(train):
+    """(mean (D,), std (D,)) of the training features, each std floored (see STD_FLOOR)."""
+    mean, std = train.mean(0), train.std(0)
+    floor = STD_FLOOR * std.mean()
+    return mean, std.clamp_min(floor) if floor > 0 else torch.ones_like(std)
+
+
+def transform(feats, pca_dim):
+    """The feature splits projected on the training part's principal components (pca_dim >
+    0), and the PCA, or None."""
+    if not pca_dim:
+        return feats, None
+    if pca_dim >= len(feats["train"][0]):
+        raise UsageError(f"--pca_dim {pca_dim} needs more than {pca_dim} training images, "
+                         f"got {len(feats['train'][0])}")
+    mean, comps = fit_pca(feats["train"][0], pca_dim)
+    return {k: ((x - mean) @ comps, y) for k, (x, y) in feats.items()}, (mean, comps)
+
+
+# --------------------------------------------------------------------------- linear probe
+def probe_grid(train, val, num_classes, lrs, weight_decays, epochs, warmup, batch_size, seed):
+    """One logistic-regression head per (lr, weight decay) cell, trained at once on the same
+    mini-batches; the test split is not an argument.
+
+    train, val: (standardised features (N, D), labels (N,)). Returns (grid rows, one per cell
+    in grid order: lr, weight_decay, val_acc and best_epoch of its best validation epoch),
+    per-epoch curves {column: (epochs, cells)}, and the heads at their best epochs (W (G, D,
+    C), b (G, C)).
+    """
+    (x, y), (xv, yv) = train, val
+    cells = [(lr, wd) for lr in lrs for wd in weight_decays]
+    n, d = x.shape
+    ws = [torch.zeros(d, num_classes, device=x.device, requires_grad=True) for _ in cells]
+    bs = [torch.zeros(num_classes, device=x.device, requires_grad=True) for _ in cells]
+    opt = torch.optim.Adam([g for (lr, wd), w, b in zip(cells, ws, bs)
+                            for g in ({"params": [w], "weight_decay": wd, "peak_lr": lr},
+                                      {"params": [b], "weight_decay": 0.0, "peak_lr": lr})])
+    steps_per_epoch = math.ceil(n / batch_size)
+    total, warm = epochs * steps_per_epoch, warmup * steps_per_epoch
+    gen = torch.Generator().manual_seed(seed)
+    best_acc = torch.full((len(cells),), -1.0, device=x.device)
+    best_epoch = torch.zeros(len(cells), dtype=torch.long, device=x.device)
+    best_w = torch.zeros(len(cells), d, num_classes, device=x.device)
+    best_b = torch.zeros(len(cells), num_classes, device=x.device)
+    curves = {k: [] for k in LIN_FIELDS[2:]}
+    step = 0
+    for epoch in range(epochs):
+        sums = torch.zeros(2, len(cells), device=x.device)  # loss sum, correct per cell
+        for idx in torch.randperm(n, generator=gen).to(x.device).split(batch_size):
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, total, warm, group["peak_lr"])
+            loss, correct = cell_losses(torch.stack(ws), torch.stack(bs), x[idx], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            sums += torch.stack([loss.detach() * len(idx), correct])
+            step += 1
+        with torch.no_grad():
+            w, b = torch.stack(ws), torch.stack(bs)
+            val_loss, val_correct = cell_losses(w, b, xv, yv)
+            val_acc = val_correct / len(yv)
+            better = val_acc > best_acc
+            best_acc[better], best_epoch[better] = val_acc[better], epoch
+            best_w[better], best_b[better] = w[better], b[better]
+        for k, v in zip(curves, (*(sums / n), val_loss, val_acc)):
+            curves[k].append(v)
+    rows = [{"lr": lr, "weight_decay": wd, "val_acc": a, "best_epoch": e}
+            for (lr, wd), a, e in zip(cells, best_acc.tolist(), best_epoch.tolist())]
+    return rows, {k: torch.stack(v) for k, v in curves.items()}, (best_w, best_b)
+
+
+def cell_losses(w, b, x, y):
+    """(mean cross-entropy (G,), correct count (G,)) of every cell's head on (x, y).
+    w (G, D, C), b (G, C), x (N, D), y (N,)."""
+    logits = torch.einsum("nd,gdc->gnc", x, w) + b[:, None]  # (G, N, C)
+    ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(w)), reduction="none")  # (G*N,)
+    correct = (logits.argmax(-1) == y).sum(1).float()  # (G,)
+    return ce.view(len(w), -1).mean(1), correct
+
+
+def choose(rows):
+    """Index of the grid row with the highest val_acc; the first in grid order on a tie."""
+    return int(torch.tensor([r["val_acc"] for r in rows]).argmax())
+
+
+def run_linear(args, feats, num_classes):
+    """The probe grid on standardised features -> (summary fields, metrics.csv rows)."""
+    mean, std = fit_standardiser(feats["train"][0])
+    feats = {k: ((x - mean) / std, y) for k, (x, y) in feats.items()}
+    rows, curves, (w, b) = probe_grid(
+        feats["train"], feats["val"], num_classes, args.probe_lrs, args.probe_weight_decays,
+        args.total_epoch, args.warmup_epoch, args.batch_size, args.seed)
+    i = choose(rows)
+    xt, yt = feats["test"]
+    _, correct = cell_losses(w[i:i + 1], b[i:i + 1], xt, yt)
+    chosen = rows[i]
+    steps_per_epoch = math.ceil(len(feats["train"][1]) / args.batch_size)
+    metrics = [{"epoch": e, "lr": cosine_lr((e + 1) * steps_per_epoch - 1,
+                                            args.total_epoch * steps_per_epoch,
+                                            args.warmup_epoch * steps_per_epoch, chosen["lr"]),
+                **{k: float(v[e, i]) for k, v in curves.items()}}
+               for e in range(args.total_epoch)]
+    summary = {"epochs": args.total_epoch, "best_epoch": chosen["best_epoch"],
+               "chosen": {"lr": chosen["lr"], "weight_decay": chosen["weight_decay"],
+                          "epoch": chosen["best_epoch"]},
+               "test_acc": float(correct[0]) / len(yt), "grid": rows,
+               "standardisation": f"training part's mean and std, std floored at "
+                                  f"{STD_FLOOR} x its mean over features"}
+    return summary, metrics
+
+
+# --------------------------------------------------------------------------- kNN
+def run_knn(args, feats, num_classes):
+    """The kNN grid on L2-normalised features -> (summary fields, metrics.csv rows)."""
+    (memory, labels), *queries = [(F.normalize(x, dim=1), y) for x, y in
+                                  (feats["train"], feats["val"], feats["test"])]
+    (xv, yv), (xt, yt) = queries
+    acc = knn.knn_grid_accuracy(memory, labels, xv, yv, num_classes, args.knn_ks, args.knn_ts)
+    rows = [{"k": k, "T": t, "val_acc": float(acc[i, j])}
+            for i, k in enumerate(args.knn_ks) for j, t in enumerate(args.knn_ts)]
+    chosen = rows[choose(rows)]
+    test_acc = knn.knn_accuracy(memory, labels, xt, yt, num_classes, chosen["k"], chosen["T"])
+    summary = {"epochs": 0, "best_epoch": 0, "memory_images": len(labels),
+               "chosen": {"k": chosen["k"], "T": chosen["T"]}, "test_acc": test_acc,
+               "grid": rows}
+    return summary, [{"epoch": 0, "val_acc": chosen["val_acc"], "test_acc": test_acc}]
+
+
+# --------------------------------------------------------------------------- main
 def stage_name(args):
-    return f"{FEATURE_PREFIX[args.features]}-{METHODS[args.method]}"
+    pca = f"-pca{args.pca_dim}" if args.pca_dim else ""
+    return f"{FEATURE_PREFIX[args.features]}{pca}-{METHODS[args.method]}"
 
 
-def run_knn(args, dist, model, data, run):
-    """Weighted kNN of val and test images against the labelled training images."""
+def sweep(args, model, data, run, device):
+    """Features once, then the method's grid; writes metrics.csv and summary.json."""
     started = time.perf_counter()
-    norm, bs = (data.mean, data.std), 2 * args.max_device_batch_size
-    autocast = engine.autocast_context(None, dist.device)
-
-    def feats(split):
-        f = train_classifier.extract_features(model, split, bs, norm, autocast)
-        return torch.nn.functional.normalize(f.images, dim=1), f.labels
-
-    memory, labels = feats(data.train)
-    row = {"epoch": 0, "val_acc": ""}
-    for name, split in (("test", data.test), ("val", data.val)):
-        if split is not None:
-            q, y = feats(split)
-            row[f"{name}_acc"] = knn.knn_accuracy(memory, labels, q, y, data.num_classes,
-                                                  args.knn_k, args.knn_t)
-    row["epoch_seconds"] = time.perf_counter() - started
-    log = engine.MetricsLog(run, "metrics.csv", KNN_FIELDS, 0)
-    log.log(row)
+    feats, _ = transform(extract(args, model, data, device), args.pca_dim)
+    feature_seconds = time.perf_counter() - started
+    method = run_linear if args.method == "linear" else run_knn
+    summary, metrics = method(args, feats, data.num_classes)
+    wall = time.perf_counter() - started - feature_seconds
+    fields = LIN_FIELDS if args.method == "linear" else KNN_FIELDS
+    log = engine.MetricsLog(run, "metrics.csv", fields, 0)
+    for row in metrics:
+        log.log(row)
     log.close()
-    selection = "val" if data.val is not None else "test"
-    summary = {"finished": True, "mode": stage_name(args), "epochs": 0,
-               "final_test_acc": row["test_acc"], "best_val_acc": row[f"{selection}_acc"],
-               "best_epoch": 0, "test_acc_at_best": row["test_acc"],
-               "selection_split": selection, "memory_images": len(data.train),
-               engine.UPSTREAM_KEY: args.pretrained_sha256,
-               "wall_seconds": row["epoch_seconds"], "feature_seconds": row["epoch_seconds"]}
+    test_acc = summary.pop("test_acc")
+    summary |= {
+        "finished": True, "mode": stage_name(args), "selection_split": "val",
+        "best_val_acc": summary["grid"][choose(summary["grid"])]["val_acc"],
+        "final_test_acc": test_acc, "test_acc_at_best": test_acc,
+        "test_evaluated": "once, for the chosen cell, trained on the training part only "
+                          "(no refit on training + validation)",
+        "feature_dim": feats["train"][0].shape[1], "train_images": len(data.train),
+        "val_images": len(data.val), engine.UPSTREAM_KEY: args.pretrained_sha256,
+        "wall_seconds": wall, "feature_seconds": feature_seconds}
     engine.write_json(run.file(engine.SUMMARY_FN), summary)
-    print(f"kNN (k={args.knn_k}, T={args.knn_t}) test accuracy {row['test_acc']:.4f}")
+    print(pd.DataFrame(summary["grid"]).to_string(index=False))
+    print(f"{stage_name(args)}: chosen on validation {summary['chosen']} "
+          f"(val accuracy {summary['best_val_acc']:.4f}); test accuracy {test_acc:.4f}")
 
 
 def main(args):
     validate(args)
-    train_classifier.resolve_recipe(args)
-    engine.validate_common(args)
     # the encoder's identity is its content, as for train_classifier.py's runs
     args.pretrained_sha256 = engine.upstream_hash(args.pretrained_model_path)
     dist, run, status = engine.start_stage(args, stage_name(args))
@@ -177,12 +444,8 @@ def main(args):
     data = engine.load_stage_data(args, dist, args.val_split)
     seed_everything(args.seed)
     model = build(args, data.num_classes, dist.device)
-    run.open(fresh=status == "new" or args.method == "knn")
-    if args.method == "knn":
-        engine.run_stage(lambda: run_knn(args, dist, model, data, run), run)
-        return
-    stage = ProbeStage(args, dist, model, data, run, stage_name(args), cache=True)
-    engine.run_stage(stage.train, run)
+    run.open(fresh=True)  # a sweep takes seconds: an unfinished one starts again
+    engine.run_stage(lambda: sweep(args, model, data, run, dist.device), run)
 
 
 if __name__ == "__main__":

@@ -37,27 +37,47 @@ def add_knn_args(parser):
 
 
 # --------------------------------------------------------------------------- classification
+def neighbours(train_feats, test_feats, k):
+    """(similarities, indices), each (Q, k): the k training points most cosine-similar to
+    each test point, most similar first. train_feats (N, D), test_feats (Q, D) L2-normalised."""
+    k = min(k, train_feats.shape[0])
+    chunk = max(1, SIM_CHUNK_ELEMENTS // train_feats.shape[0])
+    top = [(q @ train_feats.T).topk(k, dim=1) for q in test_feats.split(chunk)]  # (q, N) -> k
+    return torch.cat([s for s, _ in top]), torch.cat([i for _, i in top])
+
+
+def vote(top_sim, top_labels, num_classes, k, T):
+    """Class scores (Q, num_classes) from the first k of each row of neighbours():
+    score[q, c] = sum over those of class c of exp(sim / T)."""
+    top_sim, top_labels = top_sim[:, :k], top_labels[:, :k]  # (Q, k)
+    votes = torch.zeros(top_sim.shape[0], num_classes, device=top_sim.device,
+                        dtype=top_sim.dtype)
+    return votes.scatter_add_(1, top_labels, (top_sim / T).exp())
+
+
 def knn_classify(train_feats, train_labels, test_feats, num_classes, k, T):
     """Class scores (Q, num_classes) of weighted kNN voting.
 
     train_feats (N, D) and test_feats (Q, D) L2-normalised; train_labels (N,) int64.
     score[q, c] = sum over the k most similar training points of class c of exp(sim / T).
     """
-    k = min(k, train_feats.shape[0])
-    chunk = max(1, SIM_CHUNK_ELEMENTS // train_feats.shape[0])
-    scores = []
-    for q in test_feats.split(chunk):
-        sim = q @ train_feats.T  # (q, N)
-        top_sim, top_idx = sim.topk(k, dim=1)  # (q, k)
-        votes = torch.zeros(q.shape[0], num_classes, device=q.device, dtype=top_sim.dtype)
-        scores.append(votes.scatter_add_(1, train_labels[top_idx], (top_sim / T).exp()))
-    return torch.cat(scores)  # (Q, num_classes)
+    top_sim, top_idx = neighbours(train_feats, test_feats, k)
+    return vote(top_sim, train_labels[top_idx], num_classes, k, T)
 
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, k, T):
     """Fraction of test points whose highest-scoring class is their label."""
     pred = knn_classify(train_feats, train_labels, test_feats, num_classes, k, T).argmax(1)
     return (pred == test_labels).float().mean().item()
+
+
+def knn_grid_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes, ks, Ts):
+    """Accuracies (len(ks), len(Ts)) of knn_accuracy for every k and T; the similarities
+    and neighbours are computed once, for the largest k."""
+    top_sim, top_idx = neighbours(train_feats, test_feats, max(ks))
+    top_labels = train_labels[top_idx]  # (Q, max k)
+    return torch.tensor([[(vote(top_sim, top_labels, num_classes, k, T).argmax(1)
+                           == test_labels).float().mean().item() for T in Ts] for k in ks])
 
 
 # --------------------------------------------------------------------------- features
