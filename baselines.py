@@ -423,8 +423,9 @@ def sweep(args, model, data, run, device):
         "finished": True, "mode": stage_name(args), "selection_split": "val",
         "best_val_acc": summary["grid"][choose(summary["grid"])]["val_acc"],
         "final_test_acc": test_acc, "test_acc_at_best": test_acc,
-        "test_evaluated": "once, for the chosen cell, trained on the training part only "
-                          "(no refit on training + validation)",
+        "test_evaluated": "once, for the chosen cell, " + (
+            "its head trained on the training part only (no refit on training + validation)"
+            if args.method == "linear" else "the training part as memory"),
         "feature_dim": feats["train"][0].shape[1], "train_images": len(data.train),
         "val_images": len(data.val), engine.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
