@@ -1,0 +1,202 @@
+"""baselines.py: every grid cell is recorded, the choice is the validation argmax, the test
+split is evaluated once for the chosen cell, PCA and standardisation use the training part
+only, a (nearly) constant feature stays bounded, and bad encoders or flags are refused before
+anything is written. (The end-to-end runs of every stage: test_study.py.)"""
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+from conftest import TINY_DATA, run_scripts
+
+import baselines
+from model import MAE_ViT, MAEConfig
+from utils import CHECKPOINT_FORMAT, UsageError, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = MAEConfig(image_size=16, emb_dim=32, encoder_layer=2, encoder_head=2, decoder_dim=32,
+                 decoder_layer=1)
+N_CLASSES, DIM = 3, 5
+
+
+def blobs(n, seed, spread=1.0):
+    """(features (n, DIM), labels (n,)): N_CLASSES Gaussian blobs, the last feature constant."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % N_CLASSES
+    centres = torch.eye(N_CLASSES, DIM) * 3
+    x = centres[y] + spread * torch.randn(n, DIM, generator=g)
+    x[:, -1] = 7.0
+    return x, y
+
+
+def split_feats(seed=0):
+    return {"train": blobs(60, seed), "val": blobs(30, seed + 1), "test": blobs(25, seed + 2)}
+
+
+def grid_args(**over):
+    values = dict(probe_lrs=[1e-3, 1e-1], probe_weight_decays=[0.0, 1e-2, 10.0], total_epoch=4,
+                  warmup_epoch=1, batch_size=16, seed=0, knn_ks=[1, 5, 20],
+                  knn_ts=[0.05, 1.0])
+    return type("Args", (), {**values, **over})
+
+
+# ----------------------------------------------------------------------------- linear probe
+def test_probe_grid_records_every_cell_and_chooses_the_validation_argmax():
+    feats = split_feats()
+    a = grid_args()
+    rows, curves, (w, b) = baselines.probe_grid(
+        feats["train"], feats["val"], N_CLASSES, a.probe_lrs, a.probe_weight_decays,
+        a.total_epoch, a.warmup_epoch, a.batch_size, a.seed)
+    assert [(r["lr"], r["weight_decay"]) for r in rows] == [
+        (lr, wd) for lr in a.probe_lrs for wd in a.probe_weight_decays]
+    accs = [r["val_acc"] for r in rows]
+    assert len(set(accs)) > 1  # the grid matters
+    i = baselines.choose(rows)
+    assert accs[i] == max(accs) and i == accs.index(max(accs))  # first on a tie
+    assert w.shape == (len(rows), DIM, N_CLASSES) and curves["val_acc"].shape == (4, len(rows))
+    for r, column in zip(rows, curves["val_acc"].T):  # each cell kept at its best epoch
+        assert r["val_acc"] == pytest.approx(column.max().item())
+        assert r["best_epoch"] == int(column.argmax())
+
+
+def test_test_split_is_evaluated_once_for_the_chosen_cell(monkeypatch):
+    feats = split_feats()
+    calls = []
+    real = baselines.cell_losses
+
+    def spy(w, b, x, y):
+        calls.append((len(w), x.shape[0]))
+        return real(w, b, x, y)
+
+    monkeypatch.setattr(baselines, "cell_losses", spy)
+    summary, metrics = baselines.run_linear(grid_args(), feats, N_CLASSES)
+    n_test = len(feats["test"][1])
+    assert calls[-1] == (1, n_test)  # one head, on the test images, after the sweep
+    assert all(n != n_test for _, n in calls[:-1])  # train batches (16, 12) and val (30)
+    assert len(summary["grid"]) == 6 and all("test" not in k for r in summary["grid"] for k in r)
+    best = summary["grid"][baselines.choose(summary["grid"])]
+    assert summary["chosen"] == {"lr": best["lr"], "weight_decay": best["weight_decay"],
+                                 "epoch": best["best_epoch"]}
+    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    assert 0 <= summary["test_acc"] <= 1
+
+
+def test_standardisation_floors_a_nearly_constant_feature():
+    train, _ = blobs(60, 0)
+    train[::7, -1] += 1e-4  # nearly constant in training: std ~4e-5
+    mean, std = baselines.fit_standardiser(train)
+    assert std.min() >= baselines.STD_FLOOR * train.std(0).mean() * (1 - 1e-6)
+    test = torch.full((1, DIM), 255.0)  # the rare image with ink in a border pixel
+    z = (test - mean) / std
+    assert torch.isfinite(z).all()
+    bound = (test - mean).abs().max() / (baselines.STD_FLOOR * train.std(0).mean())
+    assert z.abs().max() <= bound * (1 + 1e-6)
+    zt = (train - mean) / std
+    assert zt[:, -1].abs().max() < 1e-2  # the constant feature is (nearly) 0 in training
+
+
+def test_standardisation_of_all_constant_features_is_finite():
+    train = torch.ones(10, DIM)
+    mean, std = baselines.fit_standardiser(train)
+    assert torch.equal(std, torch.ones(DIM)) and torch.isfinite((train + 1 - mean) / std).all()
+
+
+# ----------------------------------------------------------------------------- PCA
+def test_pca_is_fitted_on_the_training_features_only():
+    feats = split_feats()
+    projected, (mean, comps) = baselines.transform(feats, 2)
+    changed = {**feats, "test": (feats["test"][0] * 5 + 3, feats["test"][1])}
+    projected2, (mean2, comps2) = baselines.transform(changed, 2)
+    assert torch.equal(mean, mean2) and torch.equal(comps, comps2)
+    assert torch.equal(projected["val"][0], projected2["val"][0])
+    assert projected["train"][0].shape == (60, 2)
+    torch.testing.assert_close(comps.T @ comps, torch.eye(2))  # orthonormal components
+    # the first component carries the most training variance
+    var = projected["train"][0].var(0)
+    assert var[0] >= var[1]
+    with pytest.raises(UsageError, match="training images"):
+        baselines.transform(feats, 60)
+
+
+# ----------------------------------------------------------------------------- kNN
+def test_knn_k_and_temperature_are_chosen_on_validation():
+    feats = split_feats()
+    summary, metrics = baselines.run_knn(grid_args(), feats, N_CLASSES)
+    grid = summary["grid"]
+    assert [(r["k"], r["T"]) for r in grid] == [(k, t) for k in (1, 5, 20) for t in (0.05, 1.0)]
+    best = grid[baselines.choose(grid)]
+    assert summary["chosen"] == {"k": best["k"], "T": best["T"]}
+    assert metrics == [{"epoch": 0, "val_acc": best["val_acc"], "test_acc": summary["test_acc"]}]
+
+
+def test_knn_grid_follows_the_validation_split():
+    """Validation queries that sit on single training points: k=1 wins; far from any:
+    a wider vote wins. The choice follows whichever split is the validation split."""
+    memory = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [0.72, 0.69], [0.69, 0.72]])
+    labels = torch.tensor([0, 1, 2, 1, 1])
+    memory = torch.nn.functional.normalize(memory, dim=1)
+    near = (memory[2:3], torch.tensor([2]))  # exactly the lone class-2 point
+    feats = {"train": (memory, labels), "val": near, "test": near}
+    summary, _ = baselines.run_knn(grid_args(knn_ks=[1, 3], knn_ts=[1.0]), feats, 3)
+    assert summary["chosen"]["k"] == 1 and summary["test_acc"] == 1.0
+    feats["val"] = (memory[2:3], torch.tensor([1]))  # its neighbours' majority
+    summary, _ = baselines.run_knn(grid_args(knn_ks=[1, 3], knn_ts=[1.0]), feats, 3)
+    assert summary["chosen"]["k"] == 3 and summary["test_acc"] == 0.0
+
+
+# ----------------------------------------------------------------------------- refusals
+def mae_file(path, poison=None):
+    torch.manual_seed(0)
+    model = MAE_ViT.from_config(TINY)
+    state = model.state_dict()
+    if poison is not None:
+        state["encoder.blocks.0.attn.qkv.weight"][0, 0] = poison
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "config": asdict(TINY),
+                     "model": state}, path)
+    return path
+
+
+def test_non_finite_encoder_and_bad_flags_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "out"
+    base = ["baselines.py", *TINY_DATA, "--output_root", out, "--val_split", "16"]
+    nan, inf = mae_file(tmp_path / "nan.pt", float("nan")), mae_file(tmp_path / "inf.pt",
+                                                                      float("inf"))
+    bad = [
+        [*base, "--pretrained_model_path", nan],
+        [*base, "--pretrained_model_path", inf, "--method", "knn"],
+        [*base[:-2]],  # no --val_split
+        [*base, "--pca_dim", "768"],  # 3 x 16 x 16 pixels
+        [*base, "--probe_lrs", "0.1", "0.1"],
+        [*base, "--probe_weight_decays", "-1"],
+        [*base, "--warmup_epoch", "9", "--total_epoch", "2"],
+        [*base, "--exp_name", "a/b"],
+    ]
+    procs = run_scripts(bad)
+    for argv, p in zip(bad, procs):
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), \
+            (argv, p.stderr[-800:])
+    for p, path in zip(procs, (nan, inf)):
+        assert str(path) in p.stderr and "NaN or Inf" in p.stderr
+    assert not out.exists()
+
+
+def test_non_finite_features_refused():
+    with pytest.raises(UsageError, match="the val features holds NaN or Inf"):
+        baselines.check_finite({"the val features": torch.tensor([[1.0, float("nan")]])},
+                               "enc.pt")
+    baselines.check_finite({"labels": torch.tensor([1, 2])}, "enc.pt")  # integers: fine
+
+
+def test_pca_run_records_its_width_and_grid(tmp_path):
+    common = ["baselines.py", *TINY_DATA, "--output_root", tmp_path, "--val_split", "16",
+              "--pca_dim", "8", "--probe_lrs", "0.01", "0.1", "--probe_weight_decays", "0",
+              "1e-3", "--total_epoch", "2", "--warmup_epoch", "0"]
+    procs = run_scripts([common, [*common, "--method", "knn", "--knn_ks", "1", "5"]])
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-800:] for p in procs]
+    for stage, cells in (("pixels-pca8-lin", 4), ("pixels-pca8-knn", 16)):
+        summary = json.loads((tmp_path / "main_exp" / stage / "summary.json").read_text())
+        assert summary["feature_dim"] == 8 and len(summary["grid"]) == cells
+        assert summary["selection_split"] == "val"
+        assert summary["best_val_acc"] == max(r["val_acc"] for r in summary["grid"])
+        assert summary["final_test_acc"] == summary["test_acc_at_best"]
