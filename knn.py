@@ -48,18 +48,21 @@ def neighbours(train_feats, test_feats, k):
 
 def vote(top_sim, top_labels, num_classes, k, T):
     """Class scores (Q, num_classes) from the first k of each row of neighbours():
-    score[q, c] = sum over those of class c of exp(sim / T)."""
-    top_sim, top_labels = top_sim[:, :k], top_labels[:, :k]  # (Q, k)
+    score[q, c] = sum over those of class c of exp((sim - top sim of q) / T), i.e.
+    exp(sim / T) divided by one factor per query: every ranking is the same, and exp stays
+    finite for any T (exp(1 / 0.01) overflows float32, and infinite votes tie)."""
+    top_sim, top_labels = top_sim[:, :k], top_labels[:, :k]  # (Q, k), most similar first
     votes = torch.zeros(top_sim.shape[0], num_classes, device=top_sim.device,
                         dtype=top_sim.dtype)
-    return votes.scatter_add_(1, top_labels, (top_sim / T).exp())
+    return votes.scatter_add_(1, top_labels, ((top_sim - top_sim[:, :1]) / T).exp())
 
 
 def knn_classify(train_feats, train_labels, test_feats, num_classes, k, T):
     """Class scores (Q, num_classes) of weighted kNN voting.
 
     train_feats (N, D) and test_feats (Q, D) L2-normalised; train_labels (N,) int64.
-    score[q, c] = sum over the k most similar training points of class c of exp(sim / T).
+    score[q, c] = sum over the k most similar training points of class c of exp(sim / T),
+    divided by exp(top similarity of q / T) (see vote).
     """
     top_sim, top_idx = neighbours(train_feats, test_feats, k)
     return vote(top_sim, train_labels[top_idx], num_classes, k, T)

@@ -36,8 +36,9 @@ QUERY_LABELS = torch.tensor([0, 2])
 
 def hand_scores(T):
     """k=3. Query (1, 0): similarities 1 (class 0), 0.8 and 0.6 (class 1) are the top three.
-    Query (0, 1): 1 (class 2), 0.8 and 0.6 (class 1)."""
-    e = [math.exp(s / T) for s in (1.0, 0.8, 0.6)]
+    Query (0, 1): 1 (class 2), 0.8 and 0.6 (class 1). Both queries' top similarity is 1: the
+    weights exp(s / T) are divided by exp(1 / T)."""
+    e = [math.exp((s - 1.0) / T) for s in (1.0, 0.8, 0.6)]
     return torch.tensor([[e[0], e[1] + e[2], 0.0], [0.0, e[1] + e[2], e[0]]])
 
 
@@ -53,9 +54,26 @@ def test_temperature_decides_between_one_close_and_two_far_neighbours():
     assert knn.knn_accuracy(MEMORY, MEMORY_LABELS, QUERIES, QUERY_LABELS, 3, 3, 1.0) == 0.0
 
 
+def test_small_temperature_does_not_overflow():
+    # exp(1 / 0.005) is inf in float32: unshifted, classes 1 and 2 of query (0, 1) would tie
+    scores = knn.knn_classify(MEMORY, MEMORY_LABELS, QUERIES, 3, k=3, T=0.005)
+    assert torch.isfinite(scores).all()
+    assert knn.knn_accuracy(MEMORY, MEMORY_LABELS, QUERIES, QUERY_LABELS, 3, 3, 0.005) == 1.0
+
+
+def test_grid_accuracy_is_knn_accuracy_of_each_cell():
+    ks, ts = (1, 2, 3, 6), (0.005, 0.1, 1.0)
+    grid = knn.knn_grid_accuracy(MEMORY, MEMORY_LABELS, QUERIES, QUERY_LABELS, 3, ks, ts)
+    assert grid.shape == (4, 3)
+    for i, k in enumerate(ks):
+        for j, t in enumerate(ts):
+            assert grid[i, j] == knn.knn_accuracy(MEMORY, MEMORY_LABELS, QUERIES, QUERY_LABELS,
+                                                  3, k, t)
+
+
 def test_chunked_similarity_and_large_k(monkeypatch):
     full = knn.knn_classify(MEMORY, MEMORY_LABELS, QUERIES, 3, k=10, T=0.5)
-    torch.testing.assert_close(full.sum(1), torch.exp(MEMORY @ QUERIES.T / 0.5).sum(0))
+    torch.testing.assert_close(full.sum(1), torch.exp((MEMORY @ QUERIES.T - 1) / 0.5).sum(0))
     monkeypatch.setattr(knn, "SIM_CHUNK_ELEMENTS", 1)  # one query per chunk
     torch.testing.assert_close(knn.knn_classify(MEMORY, MEMORY_LABELS, QUERIES, 3, 10, 0.5),
                                full)

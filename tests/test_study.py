@@ -46,10 +46,11 @@ def test_main_arm_has_three_pretraining_seeds_each_with_every_evaluation(calls):
     for seed in (1, 2, 3):
         own = [c for c in calls["main"] if c.ns.exp_name == f"main_seed{seed}"]
         mae = f"{OUT}/main_seed{seed}/mae-pretrain/vit-t-mae.pt"
-        kinds = {(c.script, c.ns.linear_probe, c.ns.pretrained_model_path == mae)
+        kinds = {(c.script, c.ns.method if c.script == "baselines.py" else c.ns.linear_probe,
+                  c.ns.pretrained_model_path == mae)
                  for c in own if c.script != "mae_pretrain.py"}
         assert kinds == {("train_classifier.py", False, True), ("train_classifier.py", True, True),
-                         ("baselines.py", True, True), ("train_classifier.py", False, False),
+                         ("baselines.py", "knn", True), ("train_classifier.py", False, False),
                          ("train_classifier.py", True, False)}
         assert all(c.ns.seed == seed for c in own)
 
