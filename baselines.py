@@ -375,7 +375,7 @@ def run_linear(args, feats, num_classes):
                for e in range(args.total_epoch)]
     summary = {"epochs": args.total_epoch, "best_epoch": chosen["best_epoch"],
                "chosen": {"lr": chosen["lr"], "weight_decay": chosen["weight_decay"],
-                          "epoch": chosen["best_epoch"]},
+                          "epoch": chosen["best_epoch"]}, "best_val_acc": chosen["val_acc"],
                "test_acc": float(correct[0]) / len(yt), "grid": rows,
                "standardisation": f"training part's mean and std, std floored at "
                                   f"{STD_FLOOR} x its mean over features"}
@@ -394,12 +394,23 @@ def run_knn(args, feats, num_classes):
     chosen = rows[choose(rows)]
     test_acc = knn.knn_accuracy(memory, labels, xt, yt, num_classes, chosen["k"], chosen["T"])
     summary = {"epochs": 0, "best_epoch": 0, "memory_images": len(labels),
-               "chosen": {"k": chosen["k"], "T": chosen["T"]}, "test_acc": test_acc,
-               "grid": rows}
+               "chosen": {"k": chosen["k"], "T": chosen["T"]}, "best_val_acc": chosen["val_acc"],
+               "test_acc": test_acc, "grid": rows}
     return summary, [{"epoch": 0, "val_acc": chosen["val_acc"], "test_acc": test_acc}]
 
 
 # --------------------------------------------------------------------------- main
+GRID_AXES = {"linear": {"probe_lrs": "lr", "probe_weight_decays": "weight_decay"},
+             "knn": {"knn_ks": "k", "knn_ts": "T"}}  # --method -> {grid flag: chosen key}
+
+
+def grid_edges(args, chosen):
+    """The grid flags (of more than one value) whose smallest or largest value was chosen."""
+    return [flag for flag, key in GRID_AXES[args.method].items()
+            if len(values := getattr(args, flag)) > 1
+            and chosen[key] in (min(values), max(values))]
+
+
 def stage_name(args):
     pca = f"-pca{args.pca_dim}" if args.pca_dim else ""
     return f"{FEATURE_PREFIX[args.features]}{pca}-{METHODS[args.method]}"
@@ -419,14 +430,17 @@ def sweep(args, model, data, run, device):
         log.log(row)
     log.close()
     test_acc = summary.pop("test_acc")
+    edges = grid_edges(args, summary["chosen"])
+    for flag in edges:
+        print(f"note: the chosen value is at an end of --{flag}; a wider grid may do better")
     summary |= {
         "finished": True, "mode": stage_name(args), "selection_split": "val",
-        "best_val_acc": summary["grid"][choose(summary["grid"])]["val_acc"],
         "final_test_acc": test_acc, "test_acc_at_best": test_acc,
         "test_evaluated": "once, for the chosen cell, " + (
             "its head trained on the training part only (no refit on training + validation)"
             if args.method == "linear" else "the training part as memory"),
-        "feature_dim": feats["train"][0].shape[1], "train_images": len(data.train),
+        "chosen_on_grid_edge": edges, "feature_dim": feats["train"][0].shape[1],
+        "train_images": len(data.train),
         "val_images": len(data.val), engine.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
     engine.write_json(run.file(engine.SUMMARY_FN), summary)

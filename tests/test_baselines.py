@@ -200,3 +200,7 @@ def test_pca_run_records_its_width_and_grid(tmp_path):
         assert summary["selection_split"] == "val"
         assert summary["best_val_acc"] == max(r["val_acc"] for r in summary["grid"])
         assert summary["final_test_acc"] == summary["test_acc_at_best"]
+    knn_summary = json.loads((tmp_path / "main_exp" / "pixels-pca8-knn" / "summary.json")
+                             .read_text())
+    assert knn_summary["chosen_on_grid_edge"][0] == "knn_ks"  # a two-value grid: an end
+    assert "note: the chosen value is at an end of --knn_ks" in procs[1].stdout
