@@ -11,7 +11,7 @@ import engine
 import mae_pretrain
 import recipes
 from data import DeviceLoader, load_dataset
-from model import MAE_ViT, MAEConfig
+from model import MAE_ViT, MAEConfig, sincos_pos_embed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STAGE = "mae-pretrain"
@@ -158,3 +158,35 @@ def test_mae_loss_falls_on_the_fake_data():
             loss.backward()
             opt.step()
     assert eval_loss() < 0.6 * before
+
+
+# --------------------------------------------------------------------------- paper recipe
+def test_paper_recipe_position_embeddings_stay_fixed_and_are_in_no_optimizer_group(
+        tmp_path, monkeypatch):
+    """The stage's own Trainer (captured from main) optimises every trainable tensor but the
+    sin-cos position embeddings, which end bit-identical after its optimizer steps."""
+    trainers = []
+
+    class Recorded(engine.Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            trainers.append(self)
+
+    monkeypatch.setattr(engine, "Trainer", Recorded)
+    cmd = pretrain_cmd(str(tmp_path), "--recipe", "paper", "--visualize_freq", "0")
+    mae_pretrain.main(mae_pretrain.get_args_parser().parse_args(cmd[1:]))
+    (trainer,) = trainers
+    model = trainer.module
+    grouped = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    fixed = {"encoder.pos_embed": model.encoder.pos_embed,
+             "decoder_pos_embed": model.decoder_pos_embed}
+    assert all(id(p) not in grouped for p in fixed.values())
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {2 * STEPS_PER_EPOCH}  # every optimised tensor took every step
+    grid = model.encoder.patch_embed.grid_size[0]
+    saved = torch.load(tmp_path / "e" / STAGE / MODEL_FN, weights_only=True)["model"]
+    for name, p in fixed.items():
+        assert not p.requires_grad
+        assert torch.equal(p[0], sincos_pos_embed(p.shape[-1], grid)), name
+        assert torch.equal(saved[name], p), name
