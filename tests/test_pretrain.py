@@ -1,6 +1,7 @@
 """mae_pretrain.py as a user runs it: outputs, resume after SIGTERM, reruns, and learning."""
 import csv
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from PIL import Image
 import engine
 import mae_pretrain
 import recipes
-from data import DeviceLoader, load_dataset
+import train_classifier
+from data import FAKE_SIZES, SPLIT_SEED, DeviceLoader, Split, carve, image_record, load_dataset
 from model import MAE_ViT, MAEConfig, sincos_pos_embed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,3 +192,49 @@ def test_paper_recipe_position_embeddings_stay_fixed_and_are_in_no_optimizer_gro
         assert not p.requires_grad
         assert torch.equal(p[0], sincos_pos_embed(p.shape[-1], grid)), name
         assert torch.equal(saved[name], p), name
+
+
+# --------------------------------------------------------------------------- disjoint splits
+def load_as_stage(script, flags):
+    """The dataset the stage script loads with these flags (engine.load_stage_data)."""
+    args = script.get_args_parser().parse_args(flags)
+    cpu = SimpleNamespace(device=torch.device("cpu"), is_main=False)
+    return engine.load_stage_data(args, cpu, args.val_split)
+
+
+def test_without_val_split_pretraining_is_as_before_and_evaluates_on_test(runs):
+    images = json.loads((runs["folders"]["A"] / "summary.json").read_text())["images"]
+    assert images["val_split"] == 0 and images["eval_split"] == "test" and "val" not in images
+    first = Split(torch.zeros(64), torch.zeros(64), torch.arange(64))  # the first 64 images
+    assert images["pretrain"] == image_record(first, "train")
+    assert images["eval"]["source"] == "test" and images["eval"]["count"] == 32
+
+
+def test_val_split_keeps_validation_and_test_images_out_of_pretraining(tmp_path):
+    """Pretraining's images, the classifier's validation images (same --val_split) and the
+    test images are disjoint, by position and by content; pretraining evaluates on the
+    validation images, and a classifier's smaller training set is its first images."""
+    val = 16
+    cmd = pretrain_cmd(str(tmp_path), "--val_split", str(val), "--knn_freq", "1")
+    (result,) = run_scripts([cmd])
+    assert result.returncode == 0, result.stderr
+    assert f"evaluating on {val} val images" in result.stdout
+    images = json.loads((tmp_path / "e" / STAGE / "summary.json").read_text())["images"]
+    pre = load_as_stage(mae_pretrain, cmd[1:])
+    cls = load_as_stage(train_classifier, [*TINY_DATA, "--val_split", str(val),
+                                           "--max_train_images", "32"])
+    assert images["split_seed"] == SPLIT_SEED and images["val_split"] == val
+    assert images["pretrain"] == images["knn_memory"] == image_record(pre.train, "train")
+    assert images["eval_split"] == "val"
+    assert images["eval"] == images["knn_queries"] == images["val"] == \
+        image_record(cls.val, "train")
+    held_out = carve(FAKE_SIZES["train"], val)[1]
+    assert len(pre.train) == 64 and torch.equal(cls.val.index, held_out)
+    assert not set(pre.train.index.tolist()) & set(held_out.tolist())
+    assert torch.equal(cls.train.index, pre.train.index[:32])
+    content = {name: {bytes(x.numpy()) for x in split.images}
+               for name, split in (("pretrain", pre.train), ("val", cls.val),
+                                   ("test", pre.test))}
+    assert [len(c) for c in content.values()] == [64, val, 32]  # no duplicate images
+    assert not content["pretrain"] & content["val"]
+    assert not content["pretrain"] & content["test"] and not content["val"] & content["test"]
