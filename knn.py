@@ -3,8 +3,8 @@
 The encoder sees every patch (no masking); its cls token (or mean patch token) is
 L2-normalised; each held-out (query) image votes among its k most cosine-similar training
 images with weights exp(similarity / T), summed per class (Wu et al. 2018, InstDisc; Caron et
-al. 2021, DINO). Under DDP every rank encodes a shard of the images, the features are gathered, and
-every rank gets the same accuracy.
+al. 2021, DINO). Under DDP every rank encodes a shard of the images, the features are
+gathered, and every rank gets the same accuracy.
 """
 import torch
 import torch.nn.functional as F

@@ -74,7 +74,7 @@ def get_args_parser():
                         "official MAE's fixed 2-D sin-cos (never trained); --recipe paper "
                         "selects sincos")
 
-    g = p.add_argument_group("held-out images (eval_split)")
+    g = p.add_argument_group("held-out images")
     g.add_argument("--val_split", type=engine.non_negative_int, default=0,
                    help="hold out the N training images train_classifier.py --val_split N "
                         "holds out (the same SPLIT_SEED draw): pretraining never sees them and "
