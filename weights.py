@@ -19,7 +19,7 @@ import re
 import torch
 
 from model import MAEConfig, config_from_dict, vit_kwargs
-from utils import UsageError, load_checkpoint, read_torch_file
+from utils import UsageError, check_model_file, load_checkpoint, read_torch_file
 
 TIMM_ARCH = "vit_tiny_patch16_224"  # a registered timm name; model_args override every size
 PROJECT_PREFIX = "encoder."  # this project's MAE file: encoder keys under this prefix
@@ -64,8 +64,7 @@ def load_pretrained(path, encoder_head=None):
 
 
 def _read(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
+    check_model_file(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
