@@ -18,7 +18,8 @@ layer (exact in eval mode, up to float rounding).
 
 Nothing is written unless the two files are right: the tensors must load strictly into the
 timm model the JSON describes, and be finite. The outputs may not be the run's own files
-(args.json, summary.json, ...), the model file itself, or files an earlier export did not write.
+(args.json, summary.json, ... are refused in any folder), the model file itself, or files an
+earlier export did not write.
 """
 import argparse
 import json
@@ -152,8 +153,9 @@ def output_paths(args):
 
 
 def check_outputs(paths, model_path):
-    """Refuse, before anything is written, outputs that are the model file itself, a run
-    folder's own files, or existing files that no earlier export of this model wrote."""
+    """Refuse, before anything is written, outputs that are the model file itself, named as
+    a run folder's own files (report.py would take them for a run's), or existing files that
+    no earlier export of this model wrote."""
     source = os.path.basename(model_path)
     earlier = earlier_export(paths[-1], source)
     for out in paths:
@@ -162,8 +164,9 @@ def check_outputs(paths, model_path):
             raise UsageError(f"{out} is the model file itself; pass --out_dir to export "
                              "elsewhere")
         if name in engine.RESERVED_NAMES:
-            raise UsageError(f"{out} would overwrite the run's own {name}; pass --out_dir "
-                             "to export elsewhere")
+            raise UsageError(f"{out} would overwrite the run's own {name} (its name is "
+                             "taken in any folder); copy the model file under another name "
+                             "and export the copy")
         if os.path.lexists(out) and not earlier:
             raise UsageError(f"{out} exists, and no earlier export of {source} wrote it; "
                              "pass --out_dir to export elsewhere, or move that file")

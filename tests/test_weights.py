@@ -274,7 +274,7 @@ def test_export_of_a_damaged_file_is_one_error_line_and_writes_nothing(exports, 
 
 
 @pytest.mark.parametrize("name,words", [
-    ("args.pt", ["args.json would overwrite the run's own args.json", "--out_dir"]),
+    ("args.pt", ["args.json would overwrite the run's own args.json", "under another name"]),
     ("summary.pt", ["summary.json would overwrite the run's own summary.json"]),
     ("m.json", ["m.json is the model file itself"]),
     ("notes.pt", ["notes.json exists, and no earlier export of notes.pt wrote it"]),
