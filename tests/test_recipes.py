@@ -211,6 +211,14 @@ def test_rand_augment_changes_images_keeps_shape_dtype_range_and_is_seeded():
     assert augment.parse_rand_augment("rand-m9-mstd0.5-inc1") == (2, 9.0, 0.5)
 
 
+def test_rand_augment_bounds_the_number_of_ops():
+    """-n99999 would run 99999 passes over every batch: refused, one message (issue 25.20)."""
+    n_max = f"rand-m9-mstd0.5-n{augment.MAX_OPS}-inc1"
+    assert augment.parse_rand_augment(n_max) == (augment.MAX_OPS, 9.0, 0.5)
+    with pytest.raises(UsageError, match=rf"--rand_augment: -n99999 .* at most {augment.MAX_OPS}"):
+        resolved("finetune", "--rand_augment", "rand-m9-mstd0.5-n99999-inc1")
+
+
 def test_paper_loader_crops_randaugments_and_erases_on_the_device():
     split = Split(uint8_images(n=40, side=16), torch.arange(40))
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
