@@ -41,6 +41,9 @@ SMOOTH = ((1, 1, 1), (1, 5, 1), (1, 1, 1))  # PIL's SMOOTH filter (sharpness deg
 OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add",
        "color", "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x",
        "translate_y")
+# most ops per image (-nN): one per available op; timm's n is 2, and each op is a pass over
+# the batch, so a huge n only stalls training
+MAX_OPS = len(OPS)
 GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 SPEC = re.compile(r"rand-m(?P<m>[\d.]+)-mstd(?P<mstd>[\d.]+)(-n(?P<n>\d+))?-inc1")
 # random erasing as timm's RandomErasing(mode='pixel', max_count=1)
@@ -50,7 +53,8 @@ ERASE_ATTEMPTS = 10
 
 
 def parse_rand_augment(spec):
-    """'none' -> None; timm's 'rand-m9-mstd0.5-inc1' (optional -nN) -> (n, m, mstd)."""
+    """'none' -> None; timm's 'rand-m9-mstd0.5-inc1' (optional -nN, N <= MAX_OPS) ->
+    (n, m, mstd)."""
     if spec == "none":
         return None
     match = SPEC.fullmatch(spec)
@@ -58,6 +62,9 @@ def parse_rand_augment(spec):
         raise ValueError(f"expected 'none' or a timm RandAugment string such as "
                          f"'rand-m9-mstd0.5-inc1', got {spec!r}")
     n = int(match["n"]) if match["n"] else NUM_OPS
+    if n > MAX_OPS:
+        raise ValueError(f"-n{n} applies {n} ops to every image; at most {MAX_OPS} (one per "
+                         f"available op; the MAE recipe uses {NUM_OPS})")
     return n, float(match["m"]), float(match["mstd"])
 
 

@@ -38,7 +38,7 @@ import engine
 import knn
 import train_classifier
 import weights
-from data import image_shape
+from data import SPLIT_SEED, image_record, image_shape
 from model import ENCODER_FIELDS, POOLS, ClassifierConfig, ViT_Classifier
 from utils import HelpFormatter, UsageError, add_config_arg, cosine_lr, run_cli, seed_everything
 
@@ -173,8 +173,8 @@ def check_finite(tensors, what):
     for name, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise UsageError(f"{what}: {name} holds NaN or Inf values; no baseline can be "
-                             "computed from it (a diverged run?): retrain it, or pass another "
-                             "file")
+                             "computed from them (an encoder that overflows?): pass another "
+                             "model file")
 
 
 # --------------------------------------------------------------------------- features
@@ -211,10 +211,10 @@ class FrozenFeatures(nn.Module):
 
 
 def build_encoder(args, num_classes):
-    """The frozen encoder of --pretrained_model_path (UsageError for non-finite weights)."""
+    """The frozen encoder of --pretrained_model_path; UsageError for a file whose tensors do
+    not fit its configuration or are not finite (weights.check_tensors)."""
     path = args.pretrained_model_path
     mae_cfg, state = weights.load_pretrained(path, args.encoder_head)
-    check_finite(state, path)
     in_chans, size = image_shape(args.dataset, args.image_size)
     if (mae_cfg.in_chans, mae_cfg.image_size) != (in_chans, size):
         raise UsageError(f"{path} encodes {mae_cfg.in_chans}x{mae_cfg.image_size}px images; "
@@ -424,8 +424,8 @@ def sweep(args, model, data, run, device):
     method = run_linear if args.method == "linear" else run_knn
     summary, metrics = method(args, feats, data.num_classes)
     wall = time.perf_counter() - started - feature_seconds
-    fields = LIN_FIELDS if args.method == "linear" else KNN_FIELDS
-    log = engine.MetricsLog(run, "metrics.csv", fields, 0)
+    log = engine.MetricsLog(run, "metrics.csv",
+                            LIN_FIELDS if args.method == "linear" else KNN_FIELDS, 0)
     for row in metrics:
         log.log(row)
     log.close()
@@ -440,13 +440,21 @@ def sweep(args, model, data, run, device):
             "its head trained on the training part only (no refit on training + validation)"
             if args.method == "linear" else "the training part as memory"),
         "chosen_on_grid_edge": edges, "feature_dim": feats["train"][0].shape[1],
-        "train_images": len(data.train),
-        "val_images": len(data.val), engine.UPSTREAM_KEY: args.pretrained_sha256,
+        "train_images": len(data.train), "val_images": len(data.val),
+        "images": images_used(args, data), engine.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
     engine.write_json(run.file(engine.SUMMARY_FN), summary)
     print(pd.DataFrame(summary["grid"]).to_string(index=False))
     print(f"{stage_name(args)}: chosen on validation {summary['chosen']} "
           f"(val accuracy {summary['best_val_acc']:.4f}); test accuracy {test_acc:.4f}")
+
+
+def images_used(args, data):
+    """summary.json's record of the images used: source split, count and sha256 of the
+    sorted positions of each set (data.image_record), as mae_pretrain.py records its own."""
+    return {"split_seed": SPLIT_SEED, "val_split": args.val_split,
+            "train": image_record(data.train, "train"), "val": image_record(data.val, "train"),
+            "test": image_record(data.test, "test")}
 
 
 def main(args):

@@ -5,6 +5,7 @@ sliced into batches; flips, crops and normalisation run batched on the device. G
 (Fashion-MNIST, grey folders) keep one channel, so the model's in_chans follows the data.
 """
 import gzip
+import hashlib
 import os
 import socket
 import stat
@@ -47,15 +48,23 @@ def image_shape(name, image_size=None):
 class Split:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
+    # (N,) int64 on the CPU: each image's position in the dataset's own train or test split,
+    # so a run can record exactly which images it used (image_record); None if unknown
+    index: torch.Tensor | None = None
 
     def __len__(self):
         return len(self.labels)
 
     def to(self, device):
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), self.labels.to(device), self.index)
 
     def head(self, n):
-        return self if n is None else Split(self.images[:n], self.labels[:n])
+        return self if n is None else self.take(slice(n))
+
+    def take(self, idx):
+        """The images at idx (a slice or a CPU index tensor), in that order."""
+        index = None if self.index is None else self.index[idx]
+        return Split(self.images[idx], self.labels[idx], index)
 
 
 @dataclass
@@ -100,17 +109,37 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
         check_split(split, len(classes), f"{what} split of {source}")
     if image_size is not None:
         train, test = _resize(train, image_size), _resize(test, image_size)
-    mean, std = channel_stats(train.images)
+    train = Split(train.images, train.labels, torch.arange(len(train)))
+    test = Split(test.images, test.labels, torch.arange(len(test)))
+    mean, std = channel_stats(train.images)  # of the whole training split, as before
     val = None
     if val_split:
-        if not 0 < val_split < len(train):
-            raise UsageError(f"--val_split {val_split} must be between 1 and {len(train) - 1}")
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        val = Split(train.images[perm[:val_split]], train.labels[perm[:val_split]])
-        train = Split(train.images[perm[val_split:]], train.labels[perm[val_split:]])
-        val = val.head(max_eval).to(device)
+        train_idx, val_idx = carve(len(train), val_split)
+        val = train.take(val_idx).head(max_eval).to(device)
+        train = train.take(train_idx)
     return Dataset(name, source, train.head(max_train).to(device),
                    test.head(max_eval).to(device), val, classes, mean, std)
+
+
+def carve(n, val_split):
+    """(train, val) positions of n training images: one SPLIT_SEED permutation, its first
+    val_split positions held out for validation and the rest, in that order, for training
+    (--max_train_images takes the first of those)."""
+    if not 0 < val_split < n:
+        raise UsageError(f"--val_split {val_split} must be between 1 and {n - 1}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return perm[val_split:], perm[:val_split]
+
+
+def image_record(split, source, n=None):
+    """Which images a run used, for summary.json: the first n of split (all: None).
+
+    {'source': 'train' | 'test' (the dataset split the positions refer to), 'count',
+    'sha256': of the sorted positions as little-endian int64 bytes}, so a reader can check
+    a set with hashlib.sha256(np.sort(idx).astype('<i8').tobytes()).hexdigest()."""
+    idx = split.index[:n].numpy()
+    digest = hashlib.sha256(np.sort(idx).astype("<i8").tobytes()).hexdigest()
+    return {"source": source, "count": len(idx), "sha256": digest}
 
 
 def check_split(split, num_classes, what):

@@ -28,6 +28,7 @@ from utils import (
     CSVLogger,
     UsageError,
     add_config_arg,
+    check_model_file,
     cosine_lr,
     get_rng_state,
     load_checkpoint,
@@ -462,8 +463,7 @@ def upstream_hash(path):
     """The sha256 of a pretrained model file (None without one), or UsageError."""
     if path is None:
         return None
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
+    check_model_file(path)
     try:
         return file_sha256(path)
     except OSError as e:

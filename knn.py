@@ -1,10 +1,10 @@
 """Weighted k-nearest-neighbour accuracy of an encoder: a monitor of representation quality.
 
 The encoder sees every patch (no masking); its cls token (or mean patch token) is
-L2-normalised; each test image votes among its k most cosine-similar training images with
-weights exp(similarity / T), summed per class (Wu et al. 2018, InstDisc; Caron et al. 2021,
-DINO). Under DDP every rank encodes a shard of the images, the features are gathered, and
-every rank gets the same accuracy.
+L2-normalised; each held-out (query) image votes among its k most cosine-similar training
+images with weights exp(similarity / T), summed per class (Wu et al. 2018, InstDisc; Caron et
+al. 2021, DINO). Under DDP every rank encodes a shard of the images, the features are
+gathered, and every rank gets the same accuracy.
 """
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,8 @@ def add_knn_args(parser):
     g.add_argument("--knn_train_images", type=engine.positive_int, default=10000,
                    help="first N training images form the memory bank")
     g.add_argument("--knn_eval_images", type=engine.positive_int, default=2000,
-                   help="first N test images are classified")
+                   help="first N held-out images are classified (mae_pretrain.py: the "
+                        "--val_split images, else test)")
 
 
 # --------------------------------------------------------------------------- classification
@@ -111,20 +112,22 @@ def encode(encoder, loader, n, feature, batch_size, autocast, rank=0, world=1):
 
 
 class KNNMonitor:
-    """kNN accuracy of model.encoder: training images as memory, test images as queries."""
+    """kNN accuracy of model.encoder: training images as memory, held-out images as queries
+    (`queries`: a split of data; default: data.test)."""
 
-    def __init__(self, model, data, args, autocast, rank=0, world=1):
+    def __init__(self, model, data, args, autocast, rank=0, world=1, queries=None):
+        queries = data.test if queries is None else queries
         self.model, self.args, self.autocast = model, args, autocast
         self.rank, self.world, self.num_classes = rank, world, data.num_classes
         self.n_train = min(args.knn_train_images, len(data.train))
-        self.n_test = min(args.knn_eval_images, len(data.test))
+        self.n_test = min(args.knn_eval_images, len(queries))
         self.batch_size = args.max_device_batch_size
         self.memory = DeviceLoader(data.train, self.batch_size, data.mean, data.std,
                                    shuffle=False)
-        self.queries = DeviceLoader(data.test, self.batch_size, data.mean, data.std,
+        self.queries = DeviceLoader(queries, self.batch_size, data.mean, data.std,
                                     shuffle=False)
         self.train_labels = data.train.labels[:self.n_train]  # (N,)
-        self.test_labels = data.test.labels[:self.n_test]  # (Q,)
+        self.test_labels = queries.labels[:self.n_test]  # (Q,)
 
     def due(self, epoch):
         """Whether epoch (0-based) is a monitored one: every knn_freq-th and the last."""

@@ -12,12 +12,13 @@ resumable checkpoint.pt, metrics.csv, args.json, summary.json,
 images/epoch_XXXX/reconstruction.png, tensorboard/.
 Running the same command again resumes an unfinished run and leaves a finished one alone.
 
---recipe seed (default) augments with flips only, keeps each epoch's last partial batch and
-leaves the cls and mask tokens without weight decay; --recipe paper is the MAE appendix's
-Table 8: random resized crops (scale 0.2-1) + flip, drop_last, and weight decay on every
-tensor of more than one dimension, as the official code. Both: AdamW (0.9, 0.95), base lr
-1.5e-4, weight decay 0.05, batch 4096, 40 warmup epochs. The run prints the resolved recipe
-and saves it in args.json; flags given explicitly override (see docs/recipes.md).
+--recipe seed (default) augments with flips only, keeps each epoch's last partial batch,
+leaves the cls and mask tokens without weight decay and learns its position embeddings;
+--recipe paper is the MAE appendix's Table 8: random resized crops (scale 0.2-1) + flip,
+drop_last, weight decay on every trainable tensor of more than one dimension, and fixed 2-D
+sin-cos position embeddings (not trained), as the official code. Both: AdamW (0.9, 0.95),
+base lr 1.5e-4, weight decay 0.05, batch 4096, 40 warmup epochs. The run prints the resolved
+recipe and saves it in args.json; flags given explicitly override (see docs/recipes.md).
 """
 import argparse
 import os
@@ -29,9 +30,9 @@ from torchvision.utils import make_grid, save_image
 import engine
 import knn
 import recipes
-from data import SPLIT_SEED, DeviceLoader, image_shape
+from data import SPLIT_SEED, DeviceLoader, image_record, image_shape
 from fileio import atomic_write
-from model import MAE_ViT, MAEConfig
+from model import POS_EMBEDS, MAE_ViT, MAEConfig
 from utils import (
     CHECKPOINT_FORMAT,
     HelpFormatter,
@@ -68,20 +69,29 @@ def get_args_parser():
                    help="fraction of patches masked, in [0, 1)")
     g.add_argument("--norm_pix_loss", action="store_true",
                    help="reconstruct per-patch normalised pixels (the paper's better target)")
-    g.add_argument("--pos_embed", default="learned", choices=("learned", "sincos"),
-                   help="learned or fixed 2-D sin-cos position embeddings")
+    g.add_argument("--pos_embed", default=None, choices=POS_EMBEDS,
+                   help="position embeddings of the encoder and decoder: learned, or the "
+                        "official MAE's fixed 2-D sin-cos (never trained); --recipe paper "
+                        "selects sincos")
+
+    g = p.add_argument_group("held-out images")
+    g.add_argument("--val_split", type=engine.non_negative_int, default=0,
+                   help="hold out the N training images train_classifier.py --val_split N "
+                        "holds out (the same SPLIT_SEED draw): pretraining never sees them and "
+                        "evaluates on them (eval_loss, grids, kNN queries) instead of on the "
+                        "test split; 0: pretrain on every training image, evaluate on test")
+    g.add_argument("--eval_images", type=engine.positive_int, default=1024,
+                   help="held-out images (with one fixed mask) for eval_loss each epoch")
 
     g = p.add_argument_group("outputs")
     g.add_argument("--model_fn", "--output_model_path", dest="model_fn", default="vit-t-mae.pt",
                    help="file name of the final model, in the run folder")
     g.add_argument("--csv_fn", "--csv_log", dest="csv_fn", default="metrics.csv",
                    help="file name of the per-epoch CSV, in the run folder")
-    g.add_argument("--eval_images", type=engine.positive_int, default=1024,
-                   help="test images (with one fixed mask) for eval_loss each epoch")
     g.add_argument("--save_images_dir", default="images",
                    help="folder (in the run folder) of reconstruction grids")
     g.add_argument("--save_images_n", type=engine.positive_int, default=16,
-                   help="test images shown in each reconstruction grid")
+                   help="held-out images shown in each reconstruction grid")
     g.add_argument("--visualize_freq", type=engine.non_negative_int, default=10,
                    help="write a reconstruction grid every N epochs (and the last); 0 = off")
     g.add_argument("--pad", type=engine.non_negative_int, default=2,
@@ -107,13 +117,28 @@ def model_config(args):
         raise engine.model_error(e) from None
 
 
+def eval_split(data):
+    """(split, name): the held-out images pretraining evaluates on (eval_loss, reconstruction
+    grids, the kNN monitor's queries), never trained on.
+
+    With --val_split N: 'val', the N training images train_classifier.py --val_split N holds
+    out (its validation set; --max_eval_images keeps the first). They are the held-out set
+    because eval_loss reads no labels, the kNN monitor reads theirs only as validation does
+    (to watch, never to train), and a second held-out slice would take more images from
+    pretraining to measure the same thing; the test split then plays no part in pretraining.
+    Without --val_split: 'test', as before."""
+    return (data.val, "val") if data.val is not None else (data.test, "test")
+
+
 class Evaluator:
-    """eval_loss on fixed test images with a fixed mask, and reconstruction grids of them."""
+    """eval_loss on fixed held-out images (eval_split) with a fixed mask, and reconstruction
+    grids of them."""
 
     def __init__(self, model, data, args, trainer):
-        n = min(args.eval_images, len(data.test))
-        loader = DeviceLoader(data.test, n, data.mean, data.std, shuffle=False)
-        self.images = loader.batch(torch.arange(n, device=data.test.images.device))[0]
+        split, self.split_name = eval_split(data)
+        n = min(args.eval_images, len(split))
+        loader = DeviceLoader(split, n, data.mean, data.std, shuffle=False)
+        self.images = loader.batch(torch.arange(n, device=split.images.device))[0]
         g = torch.Generator().manual_seed(SPLIT_SEED)
         num_patches = model.encoder.patch_embed.num_patches
         self.noise = torch.rand(n, num_patches, generator=g).to(self.images.device)  # (n, L)
@@ -184,7 +209,7 @@ def main(args):
         return
     if dist.is_main:
         print(recipes.describe("pretrain", args.recipe, recipe))
-    data = engine.load_stage_data(args, dist)
+    data = engine.load_stage_data(args, dist, args.val_split)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks
     engine.configure_backends(dist.device)
     model = MAE_ViT.from_config(cfg).to(dist.device)
@@ -215,7 +240,12 @@ def train(args, dist, model, data, trainer, run):
               f"{model.num_kept(args.mask_ratio)} of {model.encoder.patch_embed.num_patches} "
               "patches")
     evaluator = Evaluator(model, data, args, trainer)
-    monitor = knn.KNNMonitor(model, data, args, trainer.autocast, dist.rank, dist.world)
+    monitor = knn.KNNMonitor(model, data, args, trainer.autocast, dist.rank, dist.world,
+                             queries=eval_split(data)[0])
+    images = images_used(args, data, evaluator, monitor)
+    if dist.is_main:
+        print(f"images: pretraining on {images['pretrain']['count']} training images; "
+              f"evaluating on {images['eval']['count']} {evaluator.split_name} images")
     log = engine.MetricsLog(run, args.csv_fn, CSV_FIELDS, trainer.start_epoch) \
         if dist.is_main else None
 
@@ -240,10 +270,26 @@ def train(args, dist, model, data, trainer, run):
     trainer.fit(on_epoch_end)
     if dist.is_main:
         log.close()
-        finish(args, model, trainer, run, log.csv.rows, data)
+        finish(args, model, trainer, run, log.csv.rows, data, images)
 
 
-def finish(args, model, trainer, run, rows, data):
+def images_used(args, data, evaluator, monitor):
+    """summary.json's record of the images pretraining trained and evaluated on: each set's
+    source split, count and sha256 of its sorted positions (data.image_record)."""
+    split, name = eval_split(data)
+    source = "train" if name == "val" else "test"  # validation images come from train
+    record = {"split_seed": SPLIT_SEED, "val_split": args.val_split, "eval_split": name,
+              "pretrain": image_record(data.train, "train"),
+              "eval": image_record(split, source, evaluator.images.shape[0])}
+    if data.val is not None:
+        record["val"] = image_record(data.val, "train")
+    if args.knn_freq:
+        record["knn_memory"] = image_record(data.train, "train", monitor.n_train)
+        record["knn_queries"] = image_record(split, source, monitor.n_test)
+    return record
+
+
+def finish(args, model, trainer, run, rows, data, images):
     """Write the final model and summary.json (the mark of a finished run). The model file
     carries the normalisation its encoder expects (export.py passes it on)."""
     path = run.file(args.model_fn)
@@ -257,9 +303,10 @@ def finish(args, model, trainer, run, rows, data):
         "final_train_loss": float(rows[-1]["train_loss"]),
         "final_eval_loss": float(rows[-1]["eval_loss"]),
         "knn_acc": knn.last_value(rows, "knn_acc"), "wall_seconds": wall,
-        "model_sha256": sha256})
+        "model_sha256": sha256, "images": images})
     print(f"finished: final train loss {rows[-1]['train_loss']}, eval loss "
-          f"{rows[-1]['eval_loss']} (fixed test images and mask); model saved to {path}")
+          f"{rows[-1]['eval_loss']} (fixed {images['eval_split']} images and mask); model "
+          f"saved to {path}")
 
 
 if __name__ == "__main__":

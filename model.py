@@ -44,6 +44,9 @@ class MAEConfig:
         _check_positive(decoder_dim=self.decoder_dim, decoder_layer=self.decoder_layer,
                         decoder_head=self.decoder_head)
         _check_divisible("decoder_dim", self.decoder_dim, "decoder_head", self.decoder_head)
+        if self.pos_embed == "sincos" and self.decoder_dim % 4:
+            raise ValueError(f"pos_embed='sincos' needs decoder_dim divisible by 4, got "
+                             f"{self.decoder_dim}")
         check_mask_ratio(self.mask_ratio)
 
 

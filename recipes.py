@@ -25,7 +25,8 @@ SEED_HEAD_INIT_STD = 0.02
 _SEED_PRETRAIN = dict(
     optimizer="adamw", betas=ADAMW_BETAS_PRETRAIN, base_learning_rate=1.5e-4,
     weight_decay=0.05, batch_size=4096, warmup_epoch=40, min_lr=0.0,
-    augment="flip", crop_scale=(0.2, 1.0), drop_last=False, decay_tokens=False)
+    augment="flip", crop_scale=(0.2, 1.0), drop_last=False, decay_tokens=False,
+    pos_embed="learned")
 _SEED_FINETUNE = dict(
     optimizer="adamw", betas=ADAMW_BETAS, momentum=LARS_MOMENTUM, base_learning_rate=1e-3,
     weight_decay=0.05, layer_decay=1.0, batch_size=128, warmup_epoch=5, total_epoch=100, min_lr=0.0,
@@ -39,7 +40,9 @@ PROBE_FIXED = dict(layer_decay=1.0, rand_augment=NO_RAND_AUGMENT, reprob=0.0, sm
 RECIPES = {
     "pretrain": {
         "seed": _SEED_PRETRAIN,
-        "paper": dict(_SEED_PRETRAIN, augment="rrc_flip", drop_last=True, decay_tokens=True),
+        # the official fixed 2-D sin-cos position embeddings (encoder and decoder, never trained)
+        "paper": dict(_SEED_PRETRAIN, augment="rrc_flip", drop_last=True, decay_tokens=True,
+                      pos_embed="sincos"),
     },
     "finetune": {
         "seed": _SEED_FINETUNE,

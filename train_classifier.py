@@ -247,6 +247,15 @@ def check_outputs(args, run):
         raise UsageError("--model_fn would overwrite --pretrained_model_path")
 
 
+def model_file(args, folder):
+    """The final model file of the run with flags `args` (a dict, as in args.json) whose
+    stage folder is `folder`."""
+    if args["output_model_path"] != "auto":
+        return args["output_model_path"]
+    mode = (args["pretrained_model_path"] is not None, args["linear_probe"])
+    return os.path.join(folder, MODES[mode][1])
+
+
 def csv_name(args):
     return "metrics.csv" if args.csv_log == "auto" else args.csv_log
 
@@ -345,10 +354,7 @@ class Stage:
             print(engine.epoch_line(epoch, self.args.total_epoch, row))
 
     def model_path(self):
-        if self.args.output_model_path != "auto":
-            return self.args.output_model_path
-        return self.run.file(MODES[(self.args.pretrained_model_path is not None,
-                                    self.args.linear_probe)][1])
+        return model_file(vars(self.args), self.run.path)
 
     def finish(self):
         rows = self.log.csv.rows

@@ -9,6 +9,7 @@ import math
 import os
 import pickle
 import random
+import stat
 import sys
 import zipfile
 
@@ -170,10 +171,26 @@ def load_checkpoint(path, kind=None, map_location="cpu"):
     return ckpt
 
 
+def check_model_file(path):
+    """UsageError unless path is a regular file: says what it is instead (stat only, so a
+    FIFO is never opened and never blocks)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint not found: {path}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{path} is a directory, not a checkpoint file; pass the model "
+                         "file inside it")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"{path} is not a regular file (a FIFO, socket or device); pass a "
+                         "checkpoint file")
+
+
 def read_torch_file(path, map_location="cpu"):
     """torch.load(weights_only=True) of any torch.save file, or UsageError."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
+    check_model_file(path)
     if os.path.getsize(path) == 0:
         raise UsageError(f"checkpoint is empty: {path} (delete it and rerun the stage)")
     # torch.save writes zip archives; other bytes can crash torch.load with any exception

@@ -19,7 +19,7 @@ import re
 import torch
 
 from model import MAEConfig, config_from_dict, vit_kwargs
-from utils import UsageError, load_checkpoint, read_torch_file
+from utils import UsageError, check_model_file, load_checkpoint, read_torch_file
 
 TIMM_ARCH = "vit_tiny_patch16_224"  # a registered timm name; model_args override every size
 PROJECT_PREFIX = "encoder."  # this project's MAE file: encoder keys under this prefix
@@ -64,8 +64,7 @@ def load_pretrained(path, encoder_head=None):
 
 
 def _read(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
+    check_model_file(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -140,16 +139,24 @@ def _exported_heads(path):
         return None
 
 
-def check_tensors(expected, given, path):
-    """UsageError naming the first tensor of `given` that `expected` (a state dict) lacks,
-    or that it holds with another shape, or the first expected tensor missing."""
+def check_tensors(expected, given, path, model="the encoder"):
+    """UsageError naming the first tensor of `given` that `expected` (a state dict of
+    `model`) lacks, holds with another shape or kind (float / integer), or that is not
+    finite; or the first expected tensor missing."""
     for k, v in given.items():
         if k not in expected:
-            raise UsageError(f"{path}: unexpected tensor {k} {tuple(v.shape)}; the encoder "
+            raise UsageError(f"{path}: unexpected tensor {k} {tuple(v.shape)}; {model} "
                              "has no such key")
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise UsageError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the encoder "
+            raise UsageError(f"{path}: tensor {k} has shape {tuple(v.shape)}, {model} "
                              f"its configuration describes needs {tuple(expected[k].shape)}")
+        if v.is_floating_point() != expected[k].is_floating_point():
+            raise UsageError(f"{path}: tensor {k} is {v.dtype}, {model} needs "
+                             f"{expected[k].dtype} (casting would change its values); the "
+                             "file is damaged or holds no weights")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise UsageError(f"{path}: tensor {k} holds NaN or infinite values (a diverged "
+                             "run or a damaged file); pass another model file")
     for k in expected:
         if k not in given:
             raise UsageError(f"{path}: tensor {k} is missing")

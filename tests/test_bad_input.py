@@ -40,6 +40,10 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                                      ["image_size=30 must be divisible by patch_size=4"]),
     "mask_ratio_one": (MAE, ["--mask_ratio", "1.0"], ["mask_ratio must be in [0, 1)"]),
     "mask_ratio_negative": (MAE, ["--mask_ratio", "-0.1"], ["mask_ratio must be in [0, 1)"]),
+    "sincos_decoder_width": (MAE, ["--recipe", "paper", "--decoder_dim", "30"],
+                             ["pos_embed='sincos' needs decoder_dim divisible by 4, got 30"]),
+    "val_split_whole_train_split": (MAE, ["--val_split", "4096"],
+                                    ["--val_split 4096 must be between 1 and 4095"]),
     "zero_epochs": (MAE, ["--total_epoch", "0"], ["--total_epoch", "positive integer", "'0'"]),
     "negative_batch": (MAE, ["--batch_size", "-8"], ["--batch_size", "positive integer"]),
     "zero_image_size": (MAE, ["--image_size", "0"], ["--image_size", "positive integer"]),
@@ -156,6 +160,11 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                                        ["holds a run with other flags", "--seed: 7 (saved)"]),
     "args_json_gone_summary_left": (MAE, ["--exp_name", "summary_only"],
                                     ["holds files of an unknown run", "--overwrite"]),
+    # issue 25.19: what the model file is, not "not found" (and a FIFO is never opened)
+    "ckpt_is_a_directory": (CLF, ["--pretrained_model_path", "{ckpt}/folder.pt"],
+                            ["{ckpt}/folder.pt is a directory, not a checkpoint file"]),
+    "ckpt_is_a_fifo": (CLF, ["--pretrained_model_path", "{ckpt}/fifo.pt"],
+                       ["{ckpt}/fifo.pt is not a regular file"]),
     "visualize_png_is_a_folder": (VIS, ["--pretrained_ckpt", "{ckpt}/classifier.pt",
                                         "--scratch_ckpt", "{ckpt}/classifier.pt",
                                         "--save_dir", "{vis}"],
@@ -216,6 +225,8 @@ def make_checkpoints(folder):
     torch.save({"format": CHECKPOINT_FORMAT, "kind": "mae",
                 "model": RunsShellCommand(f"touch {os.path.join(folder, 'PWNED_SYSTEM')}")},
                os.path.join(folder, "system.pt"))
+    os.mkdir(os.path.join(folder, "folder.pt"))
+    os.mkfifo(os.path.join(folder, "fifo.pt"))  # opened for reading, it would block forever
 
 
 def make_image_folders(root):

@@ -177,7 +177,7 @@ def test_non_finite_encoder_and_bad_flags_refused_before_anything_is_written(tmp
         assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), \
             (argv, p.stderr[-800:])
     for p, path in zip(procs, (nan, inf)):
-        assert str(path) in p.stderr and "NaN or Inf" in p.stderr
+        assert str(path) in p.stderr and "NaN or infinite" in p.stderr
     assert not out.exists()
 
 
@@ -200,6 +200,8 @@ def test_pca_run_records_its_width_and_grid(tmp_path):
         assert summary["selection_split"] == "val"
         assert summary["best_val_acc"] == max(r["val_acc"] for r in summary["grid"])
         assert summary["final_test_acc"] == summary["test_acc_at_best"]
+        images = summary["images"]
+        assert [images[k]["count"] for k in ("train", "val", "test")] == [64, 16, 32]
     knn_summary = json.loads((tmp_path / "main_exp" / "pixels-pca8-knn" / "summary.json")
                              .read_text())
     assert knn_summary["chosen_on_grid_edge"][0] == "knn_ks"  # a two-value grid: an end

@@ -247,6 +247,7 @@ BAD_MAE_CONFIGS = [
     (dict(decoder_head=0), "decoder_head"),
     (dict(decoder_dim=32, decoder_head=3), "decoder_dim"),
     (dict(pos_embed="rope"), "pos_embed"),
+    (dict(pos_embed="sincos", decoder_dim=30), "decoder_dim"),
 ]
 
 

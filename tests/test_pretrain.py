@@ -1,6 +1,7 @@
 """mae_pretrain.py as a user runs it: outputs, resume after SIGTERM, reruns, and learning."""
 import csv
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,8 +11,9 @@ from PIL import Image
 import engine
 import mae_pretrain
 import recipes
-from data import DeviceLoader, load_dataset
-from model import MAE_ViT, MAEConfig
+import train_classifier
+from data import FAKE_SIZES, SPLIT_SEED, DeviceLoader, Split, carve, image_record, load_dataset
+from model import MAE_ViT, MAEConfig, sincos_pos_embed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STAGE = "mae-pretrain"
@@ -158,3 +160,81 @@ def test_mae_loss_falls_on_the_fake_data():
             loss.backward()
             opt.step()
     assert eval_loss() < 0.6 * before
+
+
+# --------------------------------------------------------------------------- paper recipe
+def test_paper_recipe_position_embeddings_stay_fixed_and_are_in_no_optimizer_group(
+        tmp_path, monkeypatch):
+    """The stage's own Trainer (captured from main) optimises every trainable tensor but the
+    sin-cos position embeddings, which end bit-identical after its optimizer steps."""
+    trainers = []
+
+    class Recorded(engine.Trainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            trainers.append(self)
+
+    monkeypatch.setattr(engine, "Trainer", Recorded)
+    cmd = pretrain_cmd(str(tmp_path), "--recipe", "paper", "--visualize_freq", "0")
+    mae_pretrain.main(mae_pretrain.get_args_parser().parse_args(cmd[1:]))
+    (trainer,) = trainers
+    model = trainer.module
+    grouped = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    fixed = {"encoder.pos_embed": model.encoder.pos_embed,
+             "decoder_pos_embed": model.decoder_pos_embed}
+    assert all(id(p) not in grouped for p in fixed.values())
+    assert grouped == {id(p) for p in model.parameters() if p.requires_grad}
+    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {2 * STEPS_PER_EPOCH}  # every optimised tensor took every step
+    grid = model.encoder.patch_embed.grid_size[0]
+    saved = torch.load(tmp_path / "e" / STAGE / MODEL_FN, weights_only=True)["model"]
+    for name, p in fixed.items():
+        assert not p.requires_grad
+        assert torch.equal(p[0], sincos_pos_embed(p.shape[-1], grid)), name
+        assert torch.equal(saved[name], p), name
+
+
+# --------------------------------------------------------------------------- disjoint splits
+def load_as_stage(script, flags):
+    """The dataset the stage script loads with these flags (engine.load_stage_data)."""
+    args = script.get_args_parser().parse_args(flags)
+    cpu = SimpleNamespace(device=torch.device("cpu"), is_main=False)
+    return engine.load_stage_data(args, cpu, args.val_split)
+
+
+def test_without_val_split_pretraining_is_as_before_and_evaluates_on_test(runs):
+    images = json.loads((runs["folders"]["A"] / "summary.json").read_text())["images"]
+    assert images["val_split"] == 0 and images["eval_split"] == "test" and "val" not in images
+    first = Split(torch.zeros(64), torch.zeros(64), torch.arange(64))  # the first 64 images
+    assert images["pretrain"] == image_record(first, "train")
+    assert images["eval"]["source"] == "test" and images["eval"]["count"] == 32
+
+
+def test_val_split_keeps_validation_and_test_images_out_of_pretraining(tmp_path):
+    """Pretraining's images, the classifier's validation images (same --val_split) and the
+    test images are disjoint, by position and by content; pretraining evaluates on the
+    validation images, and a classifier's smaller training set is its first images."""
+    val = 16
+    cmd = pretrain_cmd(str(tmp_path), "--val_split", str(val), "--knn_freq", "1")
+    (result,) = run_scripts([cmd])
+    assert result.returncode == 0, result.stderr
+    assert f"evaluating on {val} val images" in result.stdout
+    images = json.loads((tmp_path / "e" / STAGE / "summary.json").read_text())["images"]
+    pre = load_as_stage(mae_pretrain, cmd[1:])
+    cls = load_as_stage(train_classifier, [*TINY_DATA, "--val_split", str(val),
+                                           "--max_train_images", "32"])
+    assert images["split_seed"] == SPLIT_SEED and images["val_split"] == val
+    assert images["pretrain"] == images["knn_memory"] == image_record(pre.train, "train")
+    assert images["eval_split"] == "val"
+    assert images["eval"] == images["knn_queries"] == images["val"] == \
+        image_record(cls.val, "train")
+    held_out = carve(FAKE_SIZES["train"], val)[1]
+    assert len(pre.train) == 64 and torch.equal(cls.val.index, held_out)
+    assert not set(pre.train.index.tolist()) & set(held_out.tolist())
+    assert torch.equal(cls.train.index, pre.train.index[:32])
+    content = {name: {bytes(x.numpy()) for x in split.images}
+               for name, split in (("pretrain", pre.train), ("val", cls.val),
+                                   ("test", pre.test))}
+    assert [len(c) for c in content.values()] == [64, val, 32]  # no duplicate images
+    assert not content["pretrain"] & content["val"]
+    assert not content["pretrain"] & content["test"] and not content["val"] & content["test"]

@@ -18,7 +18,7 @@ import mae_pretrain
 import recipes
 import train_classifier
 from data import DeviceLoader, Split, rrc_boxes
-from model import ClassifierConfig, MAE_ViT, ViT_Classifier
+from model import ClassifierConfig, MAE_ViT, ViT_Classifier, sincos_pos_embed
 from utils import UsageError, cosine_lr, param_groups, parse_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,6 +39,7 @@ PAPER = {
         "drop_last": True,  # (official main_pretrain.py)
         "decay_tokens": True,  # (official add_weight_decay: only ndim <= 1 and biases skip)
         "min_lr": 0.0,  # (official main_pretrain.py)
+        "pos_embed": "sincos",  # (official models_mae.py: fixed 2-D sin-cos, no grad)
     },
     "finetune": {  # Table 9: end-to-end fine-tuning setting
         "optimizer": "adamw",
@@ -117,6 +118,9 @@ def test_explicit_flags_override_the_recipe_and_defaults_are_documented():
     assert resolved("linprobe")["recipe"] == "fast"  # cached, base lr 0.1: not under-trained
     assert resolved("linprobe")["base_learning_rate"] == 0.1
     assert resolved("finetune")["recipe"] == "seed" and resolved("pretrain")["recipe"] == "seed"
+    assert resolved("pretrain")["pos_embed"] == "learned"  # the default run is unchanged
+    assert resolved("pretrain", "--recipe", "paper", "--pos_embed", "learned")["pos_embed"] == \
+        "learned"
     assert "--linear_probe defaults to --recipe fast" in \
         train_classifier.get_args_parser().format_help()
     with pytest.raises(UsageError, match="no finetune table"):
@@ -205,6 +209,14 @@ def test_rand_augment_changes_images_keeps_shape_dtype_range_and_is_seeded():
     # each of 2 ops is applied with p 0.5: about 3/4 of the images change
     assert 0.5 < changed.float().mean() < 0.95
     assert augment.parse_rand_augment("rand-m9-mstd0.5-inc1") == (2, 9.0, 0.5)
+
+
+def test_rand_augment_bounds_the_number_of_ops():
+    """-n99999 would run 99999 passes over every batch: refused, one message (issue 25.20)."""
+    n_max = f"rand-m9-mstd0.5-n{augment.MAX_OPS}-inc1"
+    assert augment.parse_rand_augment(n_max) == (augment.MAX_OPS, 9.0, 0.5)
+    with pytest.raises(UsageError, match=rf"--rand_augment: -n99999 .* at most {augment.MAX_OPS}"):
+        resolved("finetune", "--rand_augment", "rand-m9-mstd0.5-n99999-inc1")
 
 
 def test_paper_loader_crops_randaugments_and_erases_on_the_device():
@@ -320,7 +332,11 @@ def test_schedule_ends_at_min_lr():
 
 
 # --------------------------------------------------------------------------- runs
-def test_runs_print_and_save_the_resolved_recipe(tmp_path):
+@pytest.fixture(scope="module")
+def paper_runs(tmp_path_factory):
+    """A `paper` MAE; from it a `paper` probe (augmented: through the frozen encoder every
+    step), a `fast` probe with a min_lr (cached features) and a `paper` fine-tuning."""
+    tmp_path = tmp_path_factory.mktemp("paper")
     root = ["--output_root", str(tmp_path)]
     mae_path = tmp_path / "main_exp" / "mae-pretrain" / "vit-t-mae.pt"
     probe = ["train_classifier.py", *TINY_DATA, *root, "--pretrained_model_path", mae_path,
@@ -334,6 +350,11 @@ def test_runs_print_and_save_the_resolved_recipe(tmp_path):
          "--recipe", "paper", "--batch_size", "33", "--max_device_batch_size", "11",
          "--max_train_images", "66", "--total_epoch", "1", "--warmup_epoch", "0"],
     ])
+    return dict(tmp=tmp_path, mae_path=mae_path, results=results, probe=probe)
+
+
+def test_runs_print_and_save_the_resolved_recipe(paper_runs):
+    tmp_path, results = paper_runs["tmp"], paper_runs["results"]
     for r in results:
         assert r.returncode == 0, r.stderr[-2000:]
     assert "pretrain recipe 'paper'" in results[0].stdout
@@ -349,3 +370,28 @@ def test_runs_print_and_save_the_resolved_recipe(tmp_path):
     last_lr = float(rows[-1].split(",")[1])  # the last step: 3 of 4
     assert last_lr == pytest.approx(0.002 + (peak - 0.002) * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
     assert "finetune recipe 'paper'" in results[3].stdout
+
+
+def test_paper_mae_position_embeddings_reach_classifiers_exactly_and_probes_keep_them(
+        paper_runs):
+    """The `paper` MAE's fixed sin-cos tensor is where a classifier starts, and a linear probe
+    (cached or through the encoder) ends with it bit-identical; fine-tuning may train it, as
+    official fine-tuning does."""
+    for r in paper_runs["results"]:
+        assert r.returncode == 0, r.stderr[-2000:]
+    mae = torch.load(paper_runs["mae_path"], weights_only=True)
+    assert mae["config"]["pos_embed"] == "sincos"
+    pos = mae["model"]["encoder.pos_embed"]  # (1, 1+L, D)
+    assert torch.equal(pos[0], sincos_pos_embed(pos.shape[-1], 8))  # 16 px / patch 2
+    args = train_classifier.get_args_parser().parse_args(
+        [str(a) for a in paper_runs["probe"][1:]])
+    train_classifier.resolve_recipe(args)
+    start = train_classifier.build_model(args, num_classes=10, device="cpu")
+    assert start.config.pos_embed == "sincos" and torch.equal(start.pos_embed, pos)
+    for exp, stage in (("lars", "pretrain-cls-lin"), ("minlr", "pretrain-cls-lin"),
+                       ("main_exp", "pretrain-cls")):
+        files = list((paper_runs["tmp"] / exp / stage).glob("vit-t-clf-*.pt"))
+        trained = torch.load(files[0], weights_only=True)
+        assert trained["config"]["pos_embed"] == "sincos", exp
+        if stage.endswith("-lin"):
+            assert torch.equal(trained["model"]["pos_embed"], pos), exp

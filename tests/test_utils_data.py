@@ -2,6 +2,7 @@
 import argparse
 import csv
 import gzip
+import hashlib
 import math
 import random
 import struct
@@ -11,7 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from data import AUGMENTS, DeviceLoader, Split, augment_batch, load_dataset
+from data import (
+    AUGMENTS,
+    DeviceLoader,
+    Split,
+    augment_batch,
+    carve,
+    image_record,
+    load_dataset,
+)
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
 from utils import (
     CHECKPOINT_FORMAT,
@@ -276,6 +285,30 @@ def test_val_split_is_held_out_of_train():
     assert len(d.val) == 50 and len(d.train) == 4096 - 100
     train_set = {bytes(x.numpy()) for x in d.train.images}
     assert not any(bytes(x.numpy()) in train_set for x in d.val.images)
+
+
+def test_splits_know_their_positions_in_the_source_split():
+    full = load_dataset("fake", image_size=8)
+    assert torch.equal(full.train.index, torch.arange(4096))
+    d = load_dataset("fake", image_size=8, val_split=100, max_train=300, max_eval=50)
+    train_idx, val_idx = carve(4096, 100)
+    assert torch.equal(d.val.index, val_idx[:50]) and torch.equal(d.train.index, train_idx[:300])
+    assert torch.equal(d.test.index, torch.arange(50))
+    for split, source in ((d.train, full.train), (d.val, full.train), (d.test, full.test)):
+        assert torch.equal(split.images, source.images[split.index])
+        assert torch.equal(split.labels, source.labels[split.index])
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(4096))
+    with pytest.raises(UsageError, match="--val_split 4096"):
+        carve(4096, 4096)
+
+
+def test_image_record_hashes_the_sorted_positions():
+    split = Split(torch.zeros(4, 1, 1, 1, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                  torch.tensor([7, 3, 9, 1]))
+    want = hashlib.sha256(np.array([3, 7, 9], dtype="<i8").tobytes()).hexdigest()
+    assert image_record(split, "train", 3) == {"source": "train", "count": 3, "sha256": want}
+    assert image_record(split, "test")["count"] == 4
 
 
 def write_idx(path, array, magic):

@@ -67,9 +67,17 @@ def runs(tmp_path_factory):
                                                   "encoder_head": 2}},
             "no_model": {k: v for k, v in ckpt.items() if k != "model"},
             "list_model": {**ckpt, "model": [1, 2]}}
+    # issue 25.17: a diverged MAE; 25.10: an integer cls_token in a timm file
+    model = dict(ckpt["model"])
+    model["encoder.blocks.0.attn.proj.weight"] = model["encoder.blocks.0.attn.proj.weight"].clone()
+    model["encoder.blocks.0.attn.proj.weight"][0, 0] = float("nan")
+    lies["nan_weights"] = {**ckpt, "model": model}
     for name, obj in lies.items():
         files[name] = tmp / f"{name}.pt"
         torch.save(obj, files[name])
+    files["int_cls_token"] = tmp / "int_cls_token.pth"
+    torch.save({**torch.load(files["timm_pth"]), "cls_token": torch.ones(1, 1, 32).long()},
+               files["int_cls_token"])
     copied = tmp / "copied"
     (copied / "e" / "pretrain-cls").mkdir(parents=True)
     shutil.copy(tmp / "e" / FT, copied / "e" / "pretrain-cls" / "checkpoint.pt")
@@ -78,7 +86,8 @@ def runs(tmp_path_factory):
             "timm_pth": cls_cmd(tmp / "timm", files["timm_pth"], "--encoder_head", "2",
                                 "--linear_probe"),
             "copied_final": cls_cmd(copied, mae_path)}
-    for name in ("bad_shape", "contradicting", "no_model", "list_model"):
+    for name in ("bad_shape", "contradicting", "no_model", "list_model", "nan_weights",
+                 "int_cls_token"):
         cmds[name] = cls_cmd(tmp / name, files[name], "--encoder_head", "2")
     results = dict(zip(cmds, run_scripts(list(cmds.values()))))
     return dict(tmp=tmp, mae_path=mae_path, encoder=encoder, files=files, results=results)
@@ -153,6 +162,8 @@ def test_foreign_checkpoints_train(runs):
     ("no_model", ["no 'model' tensors", "NoneType"]),
     ("list_model", ["no 'model' tensors", "list"]),
     ("copied_final", ["not a resumable checkpoint", "optimizer", "--overwrite"]),
+    ("nan_weights", ["nan_weights.pt: tensor blocks.0.attn.proj.weight holds NaN or infinite"]),
+    ("int_cls_token", ["int_cls_token.pth: tensor cls_token is torch.int64", "float32"]),
 ])
 def test_bad_pretrained_files_give_one_error_line(runs, name, words):
     r = runs["results"][name]
@@ -172,3 +183,111 @@ def test_unreadable_foreign_file_is_one_usage_error(tmp_path):
     torch.save({"a": 1}, tmp_path / "y.pth")
     with pytest.raises(UsageError, match="neither a checkpoint of this project"):
         load_pretrained(str(tmp_path / "y.pth"))
+
+
+# --------------------------------------------------------------------------- export, refused
+def damaged_exports(tmp, mae_path, clf_path):
+    """{name: project model file damaged so that its export would fail in timm or lie}."""
+    mae, clf = load_checkpoint(mae_path, kind="mae"), load_checkpoint(clf_path)
+    qkv, fc1 = "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.mlp.fc1.weight"
+    cls, norm, head = "encoder.cls_token", "encoder.norm.weight", "head.weight"
+
+    def edited(ckpt, changes):  # changes: {model key: new value, or None to drop it}
+        model = {k: v for k, v in ckpt["model"].items() if k not in changes}
+        model.update({k: v for k, v in changes.items() if v is not None})
+        return {**ckpt, "model": model}
+
+    nan_norm = mae["model"][norm].clone()
+    nan_norm[0] = float("nan")
+    files = {  # issue 25.9, 10, 14
+        "wrong_shape": edited(mae, {fc1: mae["model"][fc1][:, :16]}),
+        "transposed": edited(mae, {qkv: mae["model"][qkv].t()}),
+        "nan_weights": edited(mae, {norm: nan_norm}),
+        "int_cls_token": edited(mae, {cls: mae["model"][cls].long()}),
+        "no_head": edited(clf, {head: None, "head.bias": None}),
+        "transposed_head": edited(clf, {head: clf["model"][head].t()}),
+        "norm_mean_string": {**mae, "norm_mean": "0.5"},
+        "non_tensor_in_model": edited(mae, {cls: [1.0, 2.0]}),
+    }
+    paths = {}
+    for name, obj in files.items():
+        paths[name] = tmp / "damaged" / f"{name}.pt"
+        paths[name].parent.mkdir(exist_ok=True)
+        torch.save(obj, paths[name])
+    return paths
+
+
+def own_file_exports(tmp, mae_path):
+    """A copy of the finished MAE run whose model files are named so that the export's
+    default names are the run's own files, the model itself, or a file of the user's."""
+    run = tmp / "own" / "mae-pretrain"
+    shutil.copytree(mae_path.parent, run)
+    for name in ("args.pt", "summary.pt", "m.json", "notes.pt"):
+        shutil.copy(mae_path, run / name)
+    (run / "notes.json").write_text("my notes\n")
+    return run
+
+
+@pytest.fixture(scope="module")
+def exports(runs):
+    tmp, mae_path = runs["tmp"], runs["mae_path"]
+    damaged = damaged_exports(tmp, mae_path, tmp / "e" / FT)
+    own = own_file_exports(tmp, mae_path)
+    before = tree_hashes(own)
+    cmds = {name: ["export.py", path, "--out_dir", tmp / "out" / name]
+            for name, path in damaged.items()}
+    cmds["resume_checkpoint"] = ["export.py", mae_path.parent / "checkpoint.pt", "--out_dir",
+                                 tmp / "out" / "resume_checkpoint"]
+    for name in ("args.pt", "summary.pt", "m.json", "notes.pt"):
+        cmds[name] = ["export.py", own / name]
+    cmds["again"] = ["export.py", own / "vit-t-mae.pt"]  # an earlier export: replaced
+    results = dict(zip(cmds, run_scripts(list(cmds.values()))))
+    return dict(results=results, tmp=tmp, own=own, before=before)
+
+
+def tree_hashes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("name,words", [
+    ("wrong_shape", ["blocks.0.mlp.fc1.weight has shape (128, 16)", "needs (128, 32)"]),
+    ("transposed", ["blocks.0.attn.qkv.weight has shape (32, 96)", "needs (96, 32)"]),
+    ("nan_weights", ["tensor norm.weight holds NaN or infinite values"]),
+    ("int_cls_token", ["tensor cls_token is torch.int64", "needs torch.float32"]),
+    ("no_head", ["tensor head.weight is missing"]),
+    ("transposed_head", ["head.weight has shape (32, 10)", "needs (10, 32)"]),
+    ("norm_mean_string", ["is damaged: norm_mean is a str"]),
+    ("non_tensor_in_model", ["model entry 'encoder.cls_token' is a list, not a tensor"]),
+    ("resume_checkpoint", ["checkpoint.pt is a resume checkpoint",
+                           "export the model file", "mae-pretrain/vit-t-mae.pt instead"]),
+])
+def test_export_of_a_damaged_file_is_one_error_line_and_writes_nothing(exports, name, words):
+    r = exports["results"][name]
+    assert r.returncode == 2, r.stdout[-500:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert "--overwrite" not in lines[0]  # it would delete a finished run
+    assert not (exports["tmp"] / "out" / name).exists()
+
+
+@pytest.mark.parametrize("name,words", [
+    ("args.pt", ["args.json would overwrite the run's own args.json", "under another name"]),
+    ("summary.pt", ["summary.json would overwrite the run's own summary.json"]),
+    ("m.json", ["m.json is the model file itself"]),
+    ("notes.pt", ["notes.json exists, and no earlier export of notes.pt wrote it"]),
+])
+def test_export_never_writes_over_the_run_s_own_files(exports, name, words):
+    """Issue 25.2, through the CLI: the run folder is left byte for byte as it was (but for
+    the re-export of its model, which replaces the earlier export's two files)."""
+    r = exports["results"][name]
+    assert r.returncode == 2, r.stdout[-500:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert exports["results"]["again"].returncode == 0, exports["results"]["again"].stderr
+    after = tree_hashes(exports["own"])
+    assert after == exports["before"]  # the re-export wrote the same bytes
