@@ -153,7 +153,7 @@ def validate(args):
         values = getattr(args, flag)
         if len(set(values)) < len(values):
             raise UsageError(f"--{flag} lists a value twice: {values}")
-    if args.features == "pixels" and args.pca_dim:
+    if args.features == "pixels":
         in_chans, size = image_shape(args.dataset, args.image_size)
         check_pca_dim(args.pca_dim, in_chans * size * size)
     if not args.exp_name or os.sep in args.exp_name or args.exp_name in (".", ".."):
@@ -163,9 +163,14 @@ def validate(args):
                          "it with python, not torchrun")
 
 
-def check_pca_dim(pca_dim, dim):
-    if pca_dim >= dim:
+def check_pca_dim(pca_dim, dim, n_train=None):
+    """UsageError unless --pca_dim (0: off) is below the feature dimensions and the number
+    of training images (the components are fitted on those)."""
+    if pca_dim and pca_dim >= dim:
         raise UsageError(f"--pca_dim {pca_dim} must be below the {dim} feature dimensions")
+    if pca_dim and n_train is not None and pca_dim >= n_train:
+        raise UsageError(f"--pca_dim {pca_dim} needs more than {pca_dim} training images, "
+                         f"got {n_train}")
 
 
 def check_finite(tensors, what):
@@ -234,17 +239,16 @@ def build_encoder(args, num_classes):
     return model.eval()
 
 
-def build(args, num_classes, device):
+def build(args, data, device):
     """The FrozenFeatures of args (the encoder of the model file, or pixels)."""
     encoder = None
     if args.features == "encoder":
-        encoder = build_encoder(args, num_classes)
+        encoder = build_encoder(args, data.num_classes)
         dim = encoder.embed_dim
     else:
         in_chans, size = image_shape(args.dataset, args.image_size)
         dim = in_chans * size * size
-    if args.pca_dim:
-        check_pca_dim(args.pca_dim, dim)
+    check_pca_dim(args.pca_dim, dim, len(data.train))
     return FrozenFeatures(FeatureConfig(args.features, args.block, args.pool, dim),
                           encoder).to(device)
 
@@ -283,9 +287,6 @@ def transform(feats, pca_dim):
     0), and the PCA, or None."""
     if not pca_dim:
         return feats, None
-    if pca_dim >= len(feats["train"][0]):
-        raise UsageError(f"--pca_dim {pca_dim} needs more than {pca_dim} training images, "
-                         f"got {len(feats['train'][0])}")
     mean, comps = fit_pca(feats["train"][0], pca_dim)
     return {k: ((x - mean) @ comps, y) for k, (x, y) in feats.items()}, (mean, comps)
 
@@ -466,7 +467,7 @@ def main(args):
         return
     data = engine.load_stage_data(args, dist, args.val_split)
     seed_everything(args.seed)
-    model = build(args, data.num_classes, dist.device)
+    model = build(args, data, dist.device)
     run.open(fresh=True)  # a sweep takes seconds: an unfinished one starts again
     engine.run_stage(lambda: sweep(args, model, data, run, dist.device), run)
 

@@ -114,8 +114,8 @@ def test_pca_is_fitted_on_the_training_features_only():
     # the first component carries the most training variance
     var = projected["train"][0].var(0)
     assert var[0] >= var[1]
-    with pytest.raises(UsageError, match="training images"):
-        baselines.transform(feats, 60)
+    with pytest.raises(UsageError, match="needs more than 60 training images, got 60"):
+        baselines.check_pca_dim(60, DIM * 100, n_train=60)
 
 
 # ----------------------------------------------------------------------------- kNN
@@ -166,6 +166,7 @@ def test_non_finite_encoder_and_bad_flags_refused_before_anything_is_written(tmp
         [*base, "--pretrained_model_path", inf, "--method", "knn"],
         [*base[:-2]],  # no --val_split
         [*base, "--pca_dim", "768"],  # 3 x 16 x 16 pixels
+        [*base, "--pca_dim", "64"],  # the 64 training images
         [*base, "--probe_lrs", "0.1", "0.1"],
         [*base, "--probe_weight_decays", "-1"],
         [*base, "--warmup_epoch", "9", "--total_epoch", "2"],
