@@ -21,8 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import cli
 import engine
+import fileio
 import knn
+import runfolder
 import train_classifier
 from data import image_shape
 from utils import UsageError, run_cli, seed_everything
@@ -47,8 +50,8 @@ def get_args_parser():
     g.add_argument("--block", type=int, default=LAST_BLOCK,
                    help="encoder features after this block (0-based; -1 = the last, with "
                         "the final norm)")
-    g.add_argument("--knn_k", type=engine.positive_int, default=20, help="neighbours that vote")
-    g.add_argument("--knn_t", type=engine.positive_float, default=0.07,
+    g.add_argument("--knn_k", type=cli.positive_int, default=20, help="neighbours that vote")
+    g.add_argument("--knn_t", type=cli.positive_float, default=0.07,
                    help="temperature of the vote weights exp(similarity / T)")
     return p
 
@@ -159,18 +162,18 @@ def run_knn(args, dist, model, data, run):
                "final_test_acc": row["test_acc"], "best_val_acc": row[f"{selection}_acc"],
                "best_epoch": 0, "test_acc_at_best": row["test_acc"],
                "selection_split": selection, "memory_images": len(data.train),
-               engine.UPSTREAM_KEY: args.pretrained_sha256,
+               runfolder.UPSTREAM_KEY: args.pretrained_sha256,
                "wall_seconds": row["epoch_seconds"], "feature_seconds": row["epoch_seconds"]}
-    engine.write_json(run.file(engine.SUMMARY_FN), summary)
+    fileio.write_json(run.file(runfolder.SUMMARY_FN), summary)
     print(f"kNN (k={args.knn_k}, T={args.knn_t}) test accuracy {row['test_acc']:.4f}")
 
 
 def main(args):
     validate(args)
     train_classifier.resolve_recipe(args)
-    engine.validate_common(args)
+    cli.validate_common(args)
     # the encoder's identity is its content, as for train_classifier.py's runs
-    args.pretrained_sha256 = engine.upstream_hash(args.pretrained_model_path)
+    args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
     dist, run, status = engine.start_stage(args, stage_name(args))
     if status == "finished":
         return

@@ -44,10 +44,13 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
+import cli
 import distributed
 import engine
+import fileio
 import mae_pretrain
 import recipes
+import runfolder
 import train_classifier
 from data import DeviceLoader, image_shape, load_dataset
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
@@ -77,29 +80,29 @@ def get_args_parser():
     g.add_argument("--preset", default="vit-t", choices=tuple(PRESETS),
                    help="vit-t: the seed's ViT-T/2 MAE with a 4 x 192 decoder at batch 4096; "
                         "tiny: width 32, depth 2, batch 256, for a quick CPU run")
-    g.add_argument("--patch_size", type=engine.positive_int, help="patch side")
-    g.add_argument("--emb_dim", type=engine.positive_int, help="encoder width")
-    g.add_argument("--encoder_layer", type=engine.positive_int, help="encoder blocks")
-    g.add_argument("--encoder_head", type=engine.positive_int, help="encoder heads")
-    g.add_argument("--decoder_dim", type=engine.positive_int, help="decoder width")
-    g.add_argument("--decoder_layer", type=engine.positive_int, help="decoder blocks")
-    g.add_argument("--mask_ratio", type=engine.finite_float, default=0.75, help="MAE mask ratio")
-    g.add_argument("--batch_size", type=engine.positive_int,
+    g.add_argument("--patch_size", type=cli.positive_int, help="patch side")
+    g.add_argument("--emb_dim", type=cli.positive_int, help="encoder width")
+    g.add_argument("--encoder_layer", type=cli.positive_int, help="encoder blocks")
+    g.add_argument("--encoder_head", type=cli.positive_int, help="encoder heads")
+    g.add_argument("--decoder_dim", type=cli.positive_int, help="decoder width")
+    g.add_argument("--decoder_layer", type=cli.positive_int, help="decoder blocks")
+    g.add_argument("--mask_ratio", type=cli.finite_float, default=0.75, help="MAE mask ratio")
+    g.add_argument("--batch_size", type=cli.positive_int,
                    help="images per optimizer step (and per feature-extraction call)")
-    g.add_argument("--max_device_batch_size", type=engine.positive_int,
+    g.add_argument("--max_device_batch_size", type=cli.positive_int,
                    help="largest micro-batch of the fast path; batch_size must be a multiple "
                         "of it (or smaller)")
-    g.add_argument("--seed_max_device_batch_size", type=engine.positive_int,
+    g.add_argument("--seed_max_device_batch_size", type=cli.positive_int,
                    help="largest micro-batch of the seed path (the seed's pretraining: 512)")
-    g.add_argument("--steps", type=engine.positive_int, help="timed steps per path and phase")
-    g.add_argument("--warmup", type=engine.non_negative_int,
+    g.add_argument("--steps", type=cli.positive_int, help="timed steps per path and phase")
+    g.add_argument("--warmup", type=cli.non_negative_int,
                    help="untimed steps first (compilation, allocator, clocks)")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="fake", choices=("cifar10", "fashion_mnist", "fake"),
                    help="images to time on (fake: generated 32x32 RGB, like CIFAR-10)")
     g.add_argument("--data_dir", default="./data", help="where the dataset lives")
-    g.add_argument("--workers", type=engine.non_negative_int, default=SEED_WORKERS,
+    g.add_argument("--workers", type=cli.non_negative_int, default=SEED_WORKERS,
                    help="DataLoader worker processes of the seed-style pipeline (the seed's 4)")
 
     g = p.add_argument_group("runtime")
@@ -113,15 +116,15 @@ def get_args_parser():
                         "interleaved in the same run (pretrain and finetune phases)")
     g.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
                    help="what to measure")
-    g.add_argument("--threads", type=engine.positive_int, default=None,
+    g.add_argument("--threads", type=cli.positive_int, default=None,
                    help="torch CPU threads for both paths (default: torch's, one per core); "
                         "1 on a shared machine, where threads wait on descheduled peers")
     g.add_argument("--seed", type=int, default=0, help="seed of every RNG")
 
     g = p.add_argument_group("linear probe extrapolation")
-    g.add_argument("--epoch_images", type=engine.positive_int, default=CIFAR10_TRAIN_IMAGES,
+    g.add_argument("--epoch_images", type=cli.positive_int, default=CIFAR10_TRAIN_IMAGES,
                    help="training images per probe epoch (CIFAR-10's 50,000)")
-    g.add_argument("--probe_epochs", type=engine.positive_int, default=PROBE_EPOCHS,
+    g.add_argument("--probe_epochs", type=cli.positive_int, default=PROBE_EPOCHS,
                    help="probe epochs (the MAE paper's 90)")
     p.add_argument("--out", default="outputs/bench.json", help="JSON file of every figure")
     return p
@@ -288,7 +291,7 @@ class Bench:
                                      args.encoder_layer, args.encoder_head, args.decoder_dim,
                                      args.decoder_layer, mask_ratio=args.mask_ratio)
         except ValueError as e:
-            raise engine.model_error(e) from None
+            raise cli.model_error(e) from None
         self.micro_batches = args.batch_size // args.max_device_batch_size
         self.seed_micro_batches = args.batch_size // args.seed_max_device_batch_size
         self.peak = peak_tflops(self.device)
@@ -546,7 +549,7 @@ def cpu_model():
 
 def environment(device):
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "git_commit": engine.git_commit(), "python": platform.python_version(),
+           "git_commit": runfolder.git_commit(), "python": platform.python_version(),
            "torch": torch.__version__, "timm": timm.__version__,
            "torchvision": torchvision.__version__, "cpu": cpu_model(),
            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -604,7 +607,7 @@ def main(args):
             torch.cuda.empty_cache()
     print_results(results, b.peak)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    engine.write_json(args.out, {"args": vars(args), "model": asdict(b.mae_cfg),
+    fileio.write_json(args.out, {"args": vars(args), "model": asdict(b.mae_cfg),
                                  "environment": env, "peak_bf16_tflops": b.peak,
                                  "results": results})
     print(f"wrote {args.out}")

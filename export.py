@@ -20,7 +20,7 @@ import argparse
 import os
 from dataclasses import asdict
 
-import engine
+import fileio
 import weights
 from fileio import atomic_write_bytes
 from model import ClassifierConfig, MAEConfig, config_from_dict
@@ -84,7 +84,7 @@ def main(args):
     try:
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_bytes(os.path.join(out_dir, name + ".safetensors"), save(state))
-        engine.write_json(os.path.join(out_dir, name + ".json"), meta)
+        fileio.write_json(os.path.join(out_dir, name + ".json"), meta)
     except OSError as e:
         raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     print(f"wrote {os.path.join(out_dir, name)}.safetensors and .json: timm "

@@ -3,6 +3,7 @@
 Imports no torch, so report.py stays light.
 """
 import hashlib
+import json
 import os
 import tempfile
 
@@ -43,6 +44,11 @@ def atomic_write_text(path, text):
 
 def atomic_write_bytes(path, data):
     atomic_write(path, lambda f: f.write(data))
+
+
+def write_json(path, obj):
+    """obj as indented JSON with sorted keys, written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def remove_temp_files(folder):

@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from engine import positive_float
+from cli import positive_float
 from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
 from utils import UsageError, numeric_row, run_cli
 

@@ -26,8 +26,9 @@ import engine
 import mae_pretrain
 from data import DeviceLoader, Split, load_dataset
 from distributed import DistInfo
-from engine import CHECKPOINT_FN, Interrupted, RunFolder, Trainer, autocast_context
+from engine import Interrupted, Trainer, autocast_context
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
+from runfolder import CHECKPOINT_FN, RunFolder
 from train_classifier import evaluate
 from utils import load_checkpoint, seed_everything
 
