@@ -22,13 +22,15 @@ import torch
 from torch import nn
 
 import cli
+import common_args
 import engine
 import fileio
 import knn
 import runfolder
 import train_classifier
+from cli import UsageError, run_cli
 from data import image_shape
-from utils import UsageError, run_cli, seed_everything
+from utils import seed_everything
 
 FEATURES = ("pixels", "encoder")
 METHODS = {"linear": "lin", "knn": "knn"}  # --method -> stage folder suffix
@@ -171,7 +173,7 @@ def run_knn(args, dist, model, data, run):
 def main(args):
     validate(args)
     train_classifier.resolve_recipe(args)
-    cli.validate_common(args)
+    common_args.validate_common(args)
     # the encoder's identity is its content, as for train_classifier.py's runs
     args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
     dist, run, status = engine.start_stage(args, stage_name(args))

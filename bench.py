@@ -45,6 +45,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 import cli
+import common_args
 import distributed
 import engine
 import fileio
@@ -52,9 +53,10 @@ import mae_pretrain
 import recipes
 import runfolder
 import train_classifier
+from cli import HelpFormatter, UsageError, run_cli
 from data import DeviceLoader, image_shape, load_dataset
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
-from utils import HelpFormatter, UsageError, run_cli, seed_everything
+from utils import seed_everything
 
 PRESETS = {  # the seed's ViT-T/2 MAE (decoder 4 x 192), and a tiny model for CPU checks
     "vit-t": dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, decoder_dim=192,
@@ -291,7 +293,7 @@ class Bench:
                                      args.encoder_layer, args.encoder_head, args.decoder_dim,
                                      args.decoder_layer, mask_ratio=args.mask_ratio)
         except ValueError as e:
-            raise cli.model_error(e) from None
+            raise common_args.model_error(e) from None
         self.micro_batches = args.batch_size // args.max_device_batch_size
         self.seed_micro_batches = args.batch_size // args.seed_max_device_batch_size
         self.peak = peak_tflops(self.device)

@@ -1,12 +1,104 @@
-"""Command-line flags the scripts share: argparse types, the data and common argument groups,
-their validation."""
+"""The command line every script shares, importing no torch (report.py uses it): the one-line
+error a bad input gives, --help's layout, --config replay of an args.json, and the argparse
+types of the flags."""
+import argparse
+import errno
+import json
 import math
-import os
-
-from data import AUGMENTS, DATASETS
-from utils import UsageError, add_config_arg
+import sys
 
 
+class UsageError(Exception):
+    """Bad input: the scripts print the message on one line and exit with code 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's layout (its example commands) and shows every default."""
+
+
+CONFIG_FLAG = "--config"
+
+
+def add_config_arg(parser):
+    parser.add_argument(CONFIG_FLAG, default=None, metavar="ARGS_JSON",
+                        help="replay a run: the values in this args.json (a run folder's) "
+                             "become the defaults; flags given on the command line override "
+                             "them")
+
+
+def parse_args(parser, argv=None):
+    """Parse argv; with --config FILE, FILE's values are the defaults (two passes), so flags
+    on the command line win wherever they stand. UsageError for an unreadable file or a key
+    the parser does not know."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(CONFIG_FLAG, default=None)
+    path = pre.parse_known_args(argv)[0].config
+    if path is not None:
+        parser.set_defaults(**read_config(parser, path))
+    return parser.parse_args(argv)
+
+
+def read_config(parser, path):
+    """{dest: value} of an args.json, checked against the parser's flags."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{CONFIG_FLAG} {path}: cannot read it as JSON: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{CONFIG_FLAG} {path}: expected a JSON object of flag values, got "
+                         f"{type(values).__name__}")
+    dests = {a.dest for a in parser._actions} - {"help"}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        raise UsageError(f"{CONFIG_FLAG} {path}: unknown keys {', '.join(unknown)} (is it "
+                         f"an args.json of {parser.prog}?)")
+    values.pop("config", None)  # the file a replayed run was itself replayed from
+    return values
+
+
+def run_cli(main, parser):
+    """Parse arguments and run main(args); UsageError -> one line on stderr, exit 2."""
+    try:
+        main(parse_args(parser))
+    except UsageError as e:
+        fail(str(e))
+    except OSError as e:  # a write that failed (disk full, read-only) or an unreadable file
+        fail(os_error_message(e))
+    except KeyboardInterrupt:  # Ctrl-C before training installed its handlers
+        print("stopped by SIGINT before training started; nothing to resume yet: run the "
+              "same command again", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
+
+
+EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports it
+
+
+def fail(message):
+    """One `error:` line (newlines in file names escaped) and exit code 2."""
+    print("error: " + message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+    sys.exit(2)
+
+
+def os_error_message(e):
+    """What failed, on which file, and the remedy."""
+    writing = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+    what = f"{'cannot write' if writing else 'cannot use'} {e.filename}" if e.filename else \
+        "a file operation failed"
+    return f"{what}: {e.strerror or e}; {os_error_hint(e, 'check the path')}"
+
+
+def os_error_hint(e, otherwise):
+    """The remedy for a failed write: free space when the disk is full, else `otherwise`."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space, then run the same command to resume"
+    return "choose a writable folder" if e.errno in (errno.EROFS, errno.EACCES) else otherwise
+
+
+
+# --------------------------------------------------------------------------- flag types
 def positive_int(s):
     v = int(s)
     if v <= 0:
@@ -57,90 +149,3 @@ def seed_int(s):
 
 
 seed_int.__name__ = f"integer in [0, {SEED_LIMIT})"
-
-
-def add_dataset_args(parser):
-    """The 'data' group with the flags every script that reads a dataset shares; returns it."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", choices=DATASETS,
-                   help="cifar10/cifar100/fashion_mnist download when missing; folder reads "
-                        "DATA_DIR/train and DATA_DIR/test (or val); fake is generated offline")
-    g.add_argument("--data_dir", default="./data", help="where the dataset lives")
-    g.add_argument("--image_size", type=positive_int, default=None,
-                   help="resize images to this side once at load (default: the dataset's own, "
-                        "32 for folder and fake); grey datasets keep 1 channel")
-    g.add_argument("--max_eval_images", type=positive_int, default=None,
-                   help="use only the first N test (and validation) images")
-    return g
-
-
-def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_epoch,
-                    warmup_epoch, augment):
-    """Flags of both stages: --config, data, optimisation, runtime and output."""
-    add_config_arg(parser)
-    g = add_dataset_args(parser)
-    g.add_argument("--max_train_images", type=positive_int, default=None,
-                   help="use only the first N training images (quick runs)")
-    g.add_argument("--augment", default=augment, choices=AUGMENTS,
-                   help="batched on-device augmentation: horizontal flip, +random crop with "
-                        "4px padding, or +random resized crop (areas: --crop_scale)")
-
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=positive_int, default=batch_size,
-                   help="effective batch per optimizer step, over all GPUs and accumulation "
-                        "steps; lr and results do not change with the number of GPUs")
-    g.add_argument("--max_device_batch_size", type=positive_int, default=max_device_batch_size,
-                   help="largest micro-batch one device computes at once; larger per-device "
-                        "batches are split and their gradients accumulated")
-    g.add_argument("--base_learning_rate", type=positive_float, default=base_lr,
-                   help="lr = base_learning_rate * batch_size / 256")
-    g.add_argument("--weight_decay", type=finite_float, default=0.05,
-                   help="AdamW weight decay (not applied to biases, norms, tokens, pos-embeds)")
-    g.add_argument("--total_epoch", type=positive_int, default=total_epoch,
-                   help="training epochs")
-    g.add_argument("--warmup_epoch", type=non_negative_int, default=warmup_epoch,
-                   help="epochs of linear lr warmup, then cosine decay (updated every step); "
-                        "more than --total_epoch is cut to half the run, with a note")
-
-    g = parser.add_argument_group("runtime")
-    g.add_argument("--seed", type=seed_int, default=42, help="seed of every RNG")
-    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="autocast: auto = bf16 on a CUDA card that has it, off on CPU; "
-                        "fp16 uses a GradScaler")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-
-    g = parser.add_argument_group("output")
-    g.add_argument("--output_root", default="outputs", help="root of all experiment folders")
-    g.add_argument("--exp_name", default="main_exp",
-                   help="experiment folder: OUTPUT_ROOT/EXP_NAME/<stage>/")
-    g.add_argument("--save_freq", type=positive_int, default=1,
-                   help="write the resumable checkpoint every N epochs (and at the end)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="delete a finished or unfinished run of this stage and train again")
-
-
-def validate_common(args):
-    """Checks that need no disk: raise UsageError naming the flag. A warmup longer than the
-    run (a default warmup on a short run) is cut to half the run, with one printed line."""
-    if args.warmup_epoch > args.total_epoch:
-        clamped = args.total_epoch // 2
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"note: --warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
-                  f"{args.total_epoch}; warming up for {clamped} epoch(s), half the run")
-        args.warmup_epoch = clamped
-    if args.weight_decay < 0:
-        raise UsageError(f"--weight_decay must be >= 0, got {args.weight_decay}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.batch_size % world:
-        raise UsageError(f"--batch_size {args.batch_size} must be divisible by the number of "
-                         f"processes ({world})")
-    for name in ("exp_name",):
-        value = getattr(args, name)
-        if not value or os.sep in value or value in (".", ".."):
-            raise UsageError(f"--{name} must be a plain folder name, got {value!r}")
-
-
-def model_error(e):
-    """A ValueError from a model config, as a UsageError naming the flag."""
-    return UsageError(f"invalid model configuration: {e}")

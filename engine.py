@@ -16,13 +16,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
+from cli import UsageError
 from data import load_dataset
+from fileio import CSVLogger
 from runfolder import TENSORBOARD_DIR, RunFolder, print_args
 from utils import (
     CHECKPOINT_FORMAT,
     NO_DECAY_NAMES,
-    CSVLogger,
-    UsageError,
     cosine_lr,
     get_rng_state,
     load_checkpoint,
@@ -166,7 +166,7 @@ class Trainer:
         sums = None if self.sums is None else \
             {k: distributed.all_reduce_sum(v.clone()) for k, v in sorted(self.sums.items())}
         rng = distributed.all_gather_state(get_rng_state())
-        if self.dist.is_main:  # a failed write: one line from utils.run_cli
+        if self.dist.is_main:  # a failed write: one line from cli.run_cli
             save_checkpoint(self.state(epoch, step, sums, rng), self.run.ckpt_path)
         distributed.barrier()
 

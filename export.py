@@ -22,9 +22,10 @@ from dataclasses import asdict
 
 import fileio
 import weights
+from cli import HelpFormatter, UsageError, run_cli
 from fileio import atomic_write_bytes
 from model import ClassifierConfig, MAEConfig, config_from_dict
-from utils import HelpFormatter, UsageError, load_checkpoint, run_cli
+from utils import load_checkpoint
 
 NORM_KEYS = ("norm_mean", "norm_std")
 

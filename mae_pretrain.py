@@ -27,22 +27,17 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 import cli
+import common_args
 import engine
 import fileio
 import knn
 import recipes
 import runfolder
+from cli import HelpFormatter, UsageError, run_cli
 from data import SPLIT_SEED, DeviceLoader, image_shape
 from fileio import atomic_write
 from model import MAE_ViT, MAEConfig
-from utils import (
-    CHECKPOINT_FORMAT,
-    HelpFormatter,
-    UsageError,
-    run_cli,
-    save_checkpoint,
-    seed_everything,
-)
+from utils import CHECKPOINT_FORMAT, save_checkpoint, seed_everything
 
 STAGE = "mae-pretrain"
 CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
@@ -52,7 +47,7 @@ CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_second
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
-    cli.add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
+    common_args.add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
                            total_epoch=600, warmup_epoch=40, augment="flip")
     g = p.add_argument_group("model")
     g.add_argument("--patch_size", type=cli.positive_int, default=2, help="patch side")
@@ -107,7 +102,7 @@ def model_config(args):
                          mask_ratio=args.mask_ratio, norm_pix_loss=args.norm_pix_loss,
                          pos_embed=args.pos_embed)
     except ValueError as e:
-        raise cli.model_error(e) from None
+        raise common_args.model_error(e) from None
 
 
 class Evaluator:
@@ -171,7 +166,7 @@ def save_grid(grid, path):
 def validate(args):
     """Resolve the recipe, then check this stage's flags (no disk) -> the recipe's rows."""
     recipe = recipes.resolve(args, "pretrain")
-    cli.validate_common(args)
+    common_args.validate_common(args)
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
     runfolder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,

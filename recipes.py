@@ -13,9 +13,8 @@ value; explicit flags win. The resolved values are printed and saved in args.jso
 import argparse
 
 from augment import parse_rand_augment
-from cli import finite_float
+from cli import UsageError, finite_float
 from engine import ADAMW_BETAS_PRETRAIN, LARS_MOMENTUM
-from utils import UsageError
 
 STAGES = ("pretrain", "finetune", "linprobe")
 ADAMW_BETAS = (0.9, 0.999)

@@ -8,8 +8,9 @@ import shutil
 import subprocess
 
 import distributed
+from cli import UsageError, os_error_hint
 from fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
-from utils import UsageError, load_checkpoint, os_error_hint
+from utils import load_checkpoint
 
 CHECKPOINT_FN = "checkpoint.pt"
 ARGS_FN = "args.json"

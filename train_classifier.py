@@ -29,22 +29,17 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import common_args
 import distributed
 import engine
 import fileio
 import recipes
 import runfolder
 import weights
+from cli import HelpFormatter, UsageError, run_cli
 from data import DeviceLoader, Split, image_shape
 from model import ClassifierConfig, ViT_Classifier
-from utils import (
-    CHECKPOINT_FORMAT,
-    HelpFormatter,
-    UsageError,
-    run_cli,
-    save_checkpoint,
-    seed_everything,
-)
+from utils import CHECKPOINT_FORMAT, save_checkpoint, seed_everything
 
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
               "test_acc", "epoch_seconds", "images_per_s"]
@@ -60,7 +55,7 @@ MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mo
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
-    cli.add_common_args(p, batch_size=128, max_device_batch_size=256, base_lr=None,
+    common_args.add_common_args(p, batch_size=128, max_device_batch_size=256, base_lr=None,
                            total_epoch=100, warmup_epoch=5, augment=None)
     g = p.add_argument_group("classifier")
     g.add_argument("--pretrained_model_path", "--mae_ckpt", "--pretrained_ckpt",
@@ -146,7 +141,7 @@ def classifier_config(args, mae_cfg, num_classes):
                                 head="bn_linear" if args.linear_probe else "linear",
                                 drop_path=args.drop_path)
     except ValueError as e:
-        raise cli.model_error(e) from None
+        raise common_args.model_error(e) from None
 
 
 def build_model(args, num_classes, device):
@@ -256,7 +251,7 @@ def csv_name(args):
 
 def main(args):
     recipe = resolve_recipe(args)
-    cli.validate_common(args)
+    common_args.validate_common(args)
     # the upstream's identity is its content: compared on resume, recorded in the results
     args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
     folder, _, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]

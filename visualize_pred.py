@@ -21,13 +21,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import cli
+import common_args
+from cli import HelpFormatter, UsageError, run_cli
 from data import DeviceLoader, load_dataset
 from distributed import resolve_device
 from fileio import atomic_write
 from mae_pretrain import reconstruction_grid
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
 from train_classifier import MODES
-from utils import HelpFormatter, UsageError, load_checkpoint, run_cli
+from utils import load_checkpoint
 
 DEFAULT_RUNS = os.path.join("outputs", "main_exp")  # the stages' default output_root/exp_name
 MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # label -> what it usually is,
@@ -67,7 +69,7 @@ def get_args_parser():
                    help="show the first N test images instead of N random ones")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the random choice of images and of the MAE masks")
-    cli.add_dataset_args(p)
+    common_args.add_dataset_args(p)
 
     g = p.add_argument_group("runtime and output")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")

@@ -19,7 +19,8 @@ from conftest import REPO, TINY_MAE, run_scripts, script_env
 
 import mae_pretrain
 import runfolder
-from utils import CHECKPOINT_FORMAT, UsageError, load_checkpoint, save_checkpoint
+from cli import UsageError
+from utils import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 BATCH, TRAIN_IMAGES = 16, 1024
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH  # 64: a signal after the first checkpoint lands mid-epoch

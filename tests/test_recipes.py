@@ -17,9 +17,10 @@ import engine
 import mae_pretrain
 import recipes
 import train_classifier
+from cli import UsageError, parse_args
 from data import DeviceLoader, Split, rrc_boxes
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
-from utils import UsageError, cosine_lr, param_groups, parse_args
+from utils import cosine_lr, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,8 @@ from argparse import Namespace
 import pytest
 from conftest import REPO, TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts, script_env
 
+import cli
 import runfolder
-import utils
 from fileio import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,8 +33,8 @@ import json, multiprocessing as mp, os, sys, time
 from argparse import Namespace
 import fileio
 import runfolder
-import utils
-from utils import UsageError
+import cli
+from cli import UsageError
 root, rounds = sys.argv[1], int(sys.argv[2])
 KINDS = ("new", "stale_lock", "garbage_lock", "unfinished")
 args = Namespace(overwrite=False, seed=1)
@@ -107,7 +107,7 @@ def test_only_the_owner_releases_the_lock(tmp_path):
     owner = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))
     owner.open(fresh=True)
     other = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))
-    with pytest.raises(utils.UsageError, match=f"another run \\(pid {os.getpid()}\\)"):
+    with pytest.raises(cli.UsageError, match=f"another run \\(pid {os.getpid()}\\)"):
         other.open(fresh=False)
     other.release()  # it never held the lock: a no-op
     assert os.path.exists(tmp_path / runfolder.LOCK_FN)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from cli import UsageError
 from data import AUGMENTS, DeviceLoader, Split, augment_batch, load_dataset
+from fileio import CSVLogger
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
 from utils import (
     CHECKPOINT_FORMAT,
-    CSVLogger,
-    UsageError,
     cosine_lr,
     load_checkpoint,
     param_groups,
