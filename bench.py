@@ -349,7 +349,7 @@ class Bench:
         """engine.Trainer, the stages' training step, over the split's DeviceLoader."""
         loader = DeviceLoader(split, ns.batch_size, self.data.mean, self.data.std, ns.augment)
         return engine.Trainer(ns, self.dist, module, loader, step_fn, run=None, kind="bench",
-                              config={}, **kwargs)
+                              config={}, recipe=recipes.optimization(ns), **kwargs)
 
     def fast_step(self, trainer, batches):
         """One call = one optimizer step of engine.Trainer on the next batch."""
@@ -456,9 +456,9 @@ def train_phase(b, ns, trainers, reference, seed_loss, flops, **adamw):
 def bench_pretrain(b):
     ns = b.stage_args(mae_pretrain.get_args_parser())
     recipes.resolve(ns, "pretrain")
-    betas = engine.ADAMW_BETAS_PRETRAIN
+    betas = recipes.ADAMW_BETAS_PRETRAIN  # the seed-style reference loop's
     trainers = b.trainers(ns, lambda: MAE_ViT.from_config(b.mae_cfg).to(b.device),
-                          b.data.train, mae_pretrain.pretrain_step, betas=betas)
+                          b.data.train, mae_pretrain.pretrain_step)
     reference = SeedStyleMAE.from_config(b.mae_cfg).to(b.device)
     reference.load_state_dict(trainers["fast"].module.state_dict())
     return train_phase(b, ns, trainers, reference, mae_loss, mae_train_flops(b.mae_cfg),

@@ -19,6 +19,7 @@ import distributed
 from cli import UsageError
 from data import load_dataset
 from fileio import CSVLogger
+from recipes import LARS_MOMENTUM, Optimization
 from runfolder import TENSORBOARD_DIR, RunFolder, print_args
 from utils import (
     CHECKPOINT_FORMAT,
@@ -32,8 +33,6 @@ from utils import (
     set_rng_state,
 )
 
-ADAMW_BETAS_PRETRAIN = (0.9, 0.95)  # MAE pretraining betas
-LARS_MOMENTUM = 0.9  # the MAE linear probe's LARS
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
 RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums", "rng")
@@ -105,12 +104,13 @@ class Trainer:
 
     sums is a dict of per-batch device tensors (e.g. correct predictions) that are summed
     over the epoch; the loss is averaged per image. `state_module` is what checkpoints hold
-    (the whole classifier, say, while only its head trains).
+    (the whole classifier, say, while only its head trains). `recipe` is the resolved recipe's
+    recipes.Optimization (recipes.optimization(args)): optimizer, betas or momentum, layer
+    decay, min_lr, token decay (None: Optimization()'s defaults).
     """
 
     def __init__(self, args, dist, module, loader, step_fn, run, kind, config,
-                 betas=(0.9, 0.999), layer_decay=1.0, state_module=None, extra_state=None,
-                 optimizer="adamw", min_lr=0.0, decay_tokens=False, momentum=LARS_MOMENTUM):
+                 recipe=None, state_module=None, extra_state=None):
         self.args, self.dist, self.loader, self.step_fn, self.run = args, dist, loader, step_fn, run
         self.kind, self.config, self.extra_state = kind, config, extra_state or {}
         self.module = module
@@ -124,11 +124,12 @@ class Trainer:
                 model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
         self.model = model
         self.lr = args.base_learning_rate * args.batch_size / LR_REFERENCE_BATCH
-        self.min_lr = min_lr
-        groups = param_groups(module, args.weight_decay, layer_decay,
-                              () if decay_tokens else NO_DECAY_NAMES)
-        self.optimizer = build_optimizer(optimizer, groups, self.lr, betas, dist.device,
-                                         momentum)
+        recipe = recipe or Optimization()  # None: AdamW with the defaults of recipes.py
+        self.min_lr = recipe.min_lr
+        groups = param_groups(module, args.weight_decay, recipe.layer_decay,
+                              () if recipe.decay_tokens else NO_DECAY_NAMES)
+        self.optimizer = build_optimizer(recipe.optimizer, groups, self.lr, recipe.betas,
+                                         dist.device, recipe.momentum)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.steps_per_epoch = len(loader)
         self.total_steps = args.total_epoch * self.steps_per_epoch

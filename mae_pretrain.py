@@ -21,7 +21,7 @@ and saves it in args.json; flags given explicitly override (see docs/recipes.md)
 """
 import argparse
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -192,9 +192,10 @@ def main(args):
     run.open(fresh=status == "new")
 
     def stage():
+        # pretraining has always trained with AdamW, whatever --optimizer says
+        recipe = replace(recipes.optimization(args), optimizer="adamw")
         trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae",
-                                 asdict(cfg), betas=args.betas, min_lr=args.min_lr,
-                                 decay_tokens=args.decay_tokens)
+                                 asdict(cfg), recipe)
         train(args, dist, model, data, trainer, run)
 
     engine.run_stage(stage, run)

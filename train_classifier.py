@@ -298,11 +298,9 @@ class Stage:
                               **recipes.loader_kwargs(args))
         self.trainer = engine.Trainer(
             args, dist, module, loader, Objective(args, data.num_classes), run, "classifier",
-            asdict(model.config), betas=args.betas,
-            layer_decay=args.layer_decay, state_module=model,
+            asdict(model.config), recipes.optimization(args), state_module=model,
             extra_state={"best": lambda: dict(self.best),
-                         runfolder.UPSTREAM_KEY: lambda: args.pretrained_sha256},
-            optimizer=args.optimizer, min_lr=args.min_lr, momentum=args.momentum)
+                         runfolder.UPSTREAM_KEY: lambda: args.pretrained_sha256})
         self.eval_model = module
 
     def features(self, split):
