@@ -117,7 +117,9 @@ def param_groups(model, weight_decay, layer_decay=1.0, no_decay_names=NO_DECAY_N
 
     layer_decay < 1 scales each ViT block's lr by layer_decay ** (depth + 1 - layer_id)
     (embeddings are layer 0, the head layer depth + 1), as in BEiT and MAE fine-tuning.
-    Each group carries 'lr_scale', which set_lr applies.
+    Each group carries 'lr_scale', which set_lr applies. Not timm's param_groups_layer_decay:
+    its layers differ from official MAE's for the final norm, and its group order from the
+    optimizer state of existing checkpoints (tests/test_recipes.py shows both).
     """
     depth = len(model.blocks) if hasattr(model, "blocks") else 0
     groups = {}
