@@ -34,13 +34,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cli
+import common_args
 import engine
+import fileio
 import knn
+import runfolder
 import train_classifier
 import weights
+from cli import HelpFormatter, UsageError, add_config_arg, run_cli
 from data import SPLIT_SEED, image_record, image_shape
 from model import ENCODER_FIELDS, POOLS, ClassifierConfig, ViT_Classifier
-from utils import HelpFormatter, UsageError, add_config_arg, cosine_lr, run_cli, seed_everything
+from utils import cosine_lr, seed_everything
 
 FEATURES = ("pixels", "encoder")
 METHODS = {"linear": "lin", "knn": "knn"}  # --method -> stage folder suffix
@@ -65,10 +70,10 @@ KNN_FIELDS = ["epoch", "val_acc", "test_acc"]
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_arg(p)
-    g = engine.add_dataset_args(p)
-    g.add_argument("--max_train_images", type=engine.positive_int, default=None,
+    g = common_args.add_dataset_args(p)
+    g.add_argument("--max_train_images", type=cli.positive_int, default=None,
                    help="use only the first N training images (after the validation carve)")
-    g.add_argument("--val_split", type=engine.non_negative_int, default=0,
+    g.add_argument("--val_split", type=cli.non_negative_int, default=0,
                    help="hold out N training images (train_classifier.py's carving); every "
                         "hyper-parameter is chosen on them; required (> 0)")
 
@@ -80,14 +85,14 @@ def get_args_parser():
                    default=None,
                    help="MAE model file (mae_pretrain.py's, a timm ViT state dict or an "
                         "official MAE checkpoint) whose frozen encoder gives the features")
-    g.add_argument("--encoder_head", type=engine.positive_int, default=None,
+    g.add_argument("--encoder_head", type=cli.positive_int, default=None,
                    help="attention heads of a timm file that does not record them")
     g.add_argument("--pool", default="cls", choices=POOLS,
                    help="encoder feature: the cls token, or the mean of the patch tokens")
     g.add_argument("--block", type=int, default=LAST_BLOCK,
                    help="encoder features after this block (0-based; -1 = the last, with "
                         "the final norm)")
-    g.add_argument("--pca_dim", type=engine.non_negative_int, default=0,
+    g.add_argument("--pca_dim", type=cli.non_negative_int, default=0,
                    help="project the features on their first N principal components, "
                         "fitted on the training part (e.g. the encoder's width for pixels); "
                         "0 = no projection")
@@ -96,31 +101,31 @@ def get_args_parser():
     g.add_argument("--method", default="linear", choices=tuple(METHODS),
                    help="linear probe (logistic regression on standardised features) or "
                         "weighted kNN")
-    g.add_argument("--probe_lrs", type=engine.positive_float, nargs="+",
+    g.add_argument("--probe_lrs", type=cli.positive_float, nargs="+",
                    default=list(PROBE_LRS), help="linear: Adam peak learning rates swept")
-    g.add_argument("--probe_weight_decays", type=engine.finite_float, nargs="+",
+    g.add_argument("--probe_weight_decays", type=cli.finite_float, nargs="+",
                    default=list(PROBE_WEIGHT_DECAYS),
                    help="linear: L2 weight decays swept (>= 0; biases are not decayed)")
-    g.add_argument("--batch_size", type=engine.positive_int, default=128,
+    g.add_argument("--batch_size", type=cli.positive_int, default=128,
                    help="linear: training images per step")
-    g.add_argument("--total_epoch", type=engine.positive_int, default=50,
+    g.add_argument("--total_epoch", type=cli.positive_int, default=50,
                    help="linear: epochs; each cell keeps its best validation epoch")
-    g.add_argument("--warmup_epoch", type=engine.non_negative_int, default=5,
+    g.add_argument("--warmup_epoch", type=cli.non_negative_int, default=5,
                    help="linear: epochs of linear lr warmup, then cosine decay to 0")
-    g.add_argument("--knn_ks", type=engine.positive_int, nargs="+", default=list(KNN_KS),
+    g.add_argument("--knn_ks", type=cli.positive_int, nargs="+", default=list(KNN_KS),
                    help="kNN: numbers of neighbours that vote, swept")
-    g.add_argument("--knn_ts", type=engine.positive_float, nargs="+", default=list(KNN_TS),
+    g.add_argument("--knn_ts", type=cli.positive_float, nargs="+", default=list(KNN_TS),
                    help="kNN: temperatures of the vote weights exp(similarity / T), swept")
 
     g = p.add_argument_group("runtime and output")
-    g.add_argument("--seed", type=engine.seed_int, default=42,
+    g.add_argument("--seed", type=cli.seed_int, default=42,
                    help="seed of the probe's batch order")
     g.add_argument("--device", default="auto",
                    help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", default="off", choices=("auto", "bf16", "fp16", "off"),
                    help="autocast of the frozen encoder's forward (auto = bf16 on a CUDA "
                         "card that has it)")
-    g.add_argument("--max_device_batch_size", type=engine.positive_int, default=256,
+    g.add_argument("--max_device_batch_size", type=cli.positive_int, default=256,
                    help="images one forward of the encoder computes at once")
     g.add_argument("--output_root", default="outputs", help="root of all experiment folders")
     g.add_argument("--exp_name", default="main_exp",
@@ -228,7 +233,7 @@ def build_encoder(args, num_classes):
         cfg = ClassifierConfig(**{k: getattr(mae_cfg, k) for k in ENCODER_FIELDS},
                                num_classes=num_classes, pool=args.pool)
     except ValueError as e:
-        raise engine.model_error(e) from None
+        raise common_args.model_error(e) from None
     model = ViT_Classifier(cfg)
     weights.check_tensors(model.encoder_state_dict(), model.from_encoder(state), path)
     model.load_encoder(state)
@@ -442,9 +447,9 @@ def sweep(args, model, data, run, device):
             if args.method == "linear" else "the training part as memory"),
         "chosen_on_grid_edge": edges, "feature_dim": feats["train"][0].shape[1],
         "train_images": len(data.train), "val_images": len(data.val),
-        "images": images_used(args, data), engine.UPSTREAM_KEY: args.pretrained_sha256,
+        "images": images_used(args, data), runfolder.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
-    engine.write_json(run.file(engine.SUMMARY_FN), summary)
+    fileio.write_json(run.file(runfolder.SUMMARY_FN), summary)
     print(pd.DataFrame(summary["grid"]).to_string(index=False))
     print(f"{stage_name(args)}: chosen on validation {summary['chosen']} "
           f"(val accuracy {summary['best_val_acc']:.4f}); test accuracy {test_acc:.4f}")
@@ -461,7 +466,7 @@ def images_used(args, data):
 def main(args):
     validate(args)
     # the encoder's identity is its content, as for train_classifier.py's runs
-    args.pretrained_sha256 = engine.upstream_hash(args.pretrained_model_path)
+    args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
     dist, run, status = engine.start_stage(args, stage_name(args))
     if status == "finished":
         return

@@ -44,14 +44,19 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
+import cli
+import common_args
 import distributed
 import engine
+import fileio
 import mae_pretrain
 import recipes
+import runfolder
 import train_classifier
+from cli import HelpFormatter, UsageError, run_cli
 from data import DeviceLoader, image_shape, load_dataset
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
-from utils import HelpFormatter, UsageError, run_cli, seed_everything
+from utils import seed_everything
 
 PRESETS = {  # the seed's ViT-T/2 MAE (decoder 4 x 192), and a tiny model for CPU checks
     "vit-t": dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, decoder_dim=192,
@@ -77,29 +82,29 @@ def get_args_parser():
     g.add_argument("--preset", default="vit-t", choices=tuple(PRESETS),
                    help="vit-t: the seed's ViT-T/2 MAE with a 4 x 192 decoder at batch 4096; "
                         "tiny: width 32, depth 2, batch 256, for a quick CPU run")
-    g.add_argument("--patch_size", type=engine.positive_int, help="patch side")
-    g.add_argument("--emb_dim", type=engine.positive_int, help="encoder width")
-    g.add_argument("--encoder_layer", type=engine.positive_int, help="encoder blocks")
-    g.add_argument("--encoder_head", type=engine.positive_int, help="encoder heads")
-    g.add_argument("--decoder_dim", type=engine.positive_int, help="decoder width")
-    g.add_argument("--decoder_layer", type=engine.positive_int, help="decoder blocks")
-    g.add_argument("--mask_ratio", type=engine.finite_float, default=0.75, help="MAE mask ratio")
-    g.add_argument("--batch_size", type=engine.positive_int,
+    g.add_argument("--patch_size", type=cli.positive_int, help="patch side")
+    g.add_argument("--emb_dim", type=cli.positive_int, help="encoder width")
+    g.add_argument("--encoder_layer", type=cli.positive_int, help="encoder blocks")
+    g.add_argument("--encoder_head", type=cli.positive_int, help="encoder heads")
+    g.add_argument("--decoder_dim", type=cli.positive_int, help="decoder width")
+    g.add_argument("--decoder_layer", type=cli.positive_int, help="decoder blocks")
+    g.add_argument("--mask_ratio", type=cli.finite_float, default=0.75, help="MAE mask ratio")
+    g.add_argument("--batch_size", type=cli.positive_int,
                    help="images per optimizer step (and per feature-extraction call)")
-    g.add_argument("--max_device_batch_size", type=engine.positive_int,
+    g.add_argument("--max_device_batch_size", type=cli.positive_int,
                    help="largest micro-batch of the fast path; batch_size must be a multiple "
                         "of it (or smaller)")
-    g.add_argument("--seed_max_device_batch_size", type=engine.positive_int,
+    g.add_argument("--seed_max_device_batch_size", type=cli.positive_int,
                    help="largest micro-batch of the seed path (the seed's pretraining: 512)")
-    g.add_argument("--steps", type=engine.positive_int, help="timed steps per path and phase")
-    g.add_argument("--warmup", type=engine.non_negative_int,
+    g.add_argument("--steps", type=cli.positive_int, help="timed steps per path and phase")
+    g.add_argument("--warmup", type=cli.non_negative_int,
                    help="untimed steps first (compilation, allocator, clocks)")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="fake", choices=("cifar10", "fashion_mnist", "fake"),
                    help="images to time on (fake: generated 32x32 RGB, like CIFAR-10)")
     g.add_argument("--data_dir", default="./data", help="where the dataset lives")
-    g.add_argument("--workers", type=engine.non_negative_int, default=SEED_WORKERS,
+    g.add_argument("--workers", type=cli.non_negative_int, default=SEED_WORKERS,
                    help="DataLoader worker processes of the seed-style pipeline (the seed's 4)")
 
     g = p.add_argument_group("runtime")
@@ -113,15 +118,15 @@ def get_args_parser():
                         "interleaved in the same run (pretrain and finetune phases)")
     g.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES,
                    help="what to measure")
-    g.add_argument("--threads", type=engine.positive_int, default=None,
+    g.add_argument("--threads", type=cli.positive_int, default=None,
                    help="torch CPU threads for both paths (default: torch's, one per core); "
                         "1 on a shared machine, where threads wait on descheduled peers")
     g.add_argument("--seed", type=int, default=0, help="seed of every RNG")
 
     g = p.add_argument_group("linear probe extrapolation")
-    g.add_argument("--epoch_images", type=engine.positive_int, default=CIFAR10_TRAIN_IMAGES,
+    g.add_argument("--epoch_images", type=cli.positive_int, default=CIFAR10_TRAIN_IMAGES,
                    help="training images per probe epoch (CIFAR-10's 50,000)")
-    g.add_argument("--probe_epochs", type=engine.positive_int, default=PROBE_EPOCHS,
+    g.add_argument("--probe_epochs", type=cli.positive_int, default=PROBE_EPOCHS,
                    help="probe epochs (the MAE paper's 90)")
     p.add_argument("--out", default="outputs/bench.json", help="JSON file of every figure")
     return p
@@ -288,7 +293,7 @@ class Bench:
                                      args.encoder_layer, args.encoder_head, args.decoder_dim,
                                      args.decoder_layer, mask_ratio=args.mask_ratio)
         except ValueError as e:
-            raise engine.model_error(e) from None
+            raise common_args.model_error(e) from None
         self.micro_batches = args.batch_size // args.max_device_batch_size
         self.seed_micro_batches = args.batch_size // args.seed_max_device_batch_size
         self.peak = peak_tflops(self.device)
@@ -344,7 +349,7 @@ class Bench:
         """engine.Trainer, the stages' training step, over the split's DeviceLoader."""
         loader = DeviceLoader(split, ns.batch_size, self.data.mean, self.data.std, ns.augment)
         return engine.Trainer(ns, self.dist, module, loader, step_fn, run=None, kind="bench",
-                              config={}, **kwargs)
+                              config={}, recipe=recipes.optimization(ns), **kwargs)
 
     def fast_step(self, trainer, batches):
         """One call = one optimizer step of engine.Trainer on the next batch."""
@@ -451,9 +456,9 @@ def train_phase(b, ns, trainers, reference, seed_loss, flops, **adamw):
 def bench_pretrain(b):
     ns = b.stage_args(mae_pretrain.get_args_parser())
     recipes.resolve(ns, "pretrain")
-    betas = engine.ADAMW_BETAS_PRETRAIN
+    betas = recipes.ADAMW_BETAS_PRETRAIN  # the seed-style reference loop's
     trainers = b.trainers(ns, lambda: MAE_ViT.from_config(b.mae_cfg).to(b.device),
-                          b.data.train, mae_pretrain.pretrain_step, betas=betas)
+                          b.data.train, mae_pretrain.pretrain_step)
     reference = SeedStyleMAE.from_config(b.mae_cfg).to(b.device)
     reference.load_state_dict(trainers["fast"].module.state_dict())
     return train_phase(b, ns, trainers, reference, mae_loss, mae_train_flops(b.mae_cfg),
@@ -546,7 +551,7 @@ def cpu_model():
 
 def environment(device):
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "git_commit": engine.git_commit(), "python": platform.python_version(),
+           "git_commit": runfolder.git_commit(), "python": platform.python_version(),
            "torch": torch.__version__, "timm": timm.__version__,
            "torchvision": torchvision.__version__, "cpu": cpu_model(),
            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -604,7 +609,7 @@ def main(args):
             torch.cuda.empty_cache()
     print_results(results, b.peak)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    engine.write_json(args.out, {"args": vars(args), "model": asdict(b.mae_cfg),
+    fileio.write_json(args.out, {"args": vars(args), "model": asdict(b.mae_cfg),
                                  "environment": env, "peak_bf16_tflops": b.peak,
                                  "results": results})
     print(f"wrote {args.out}")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from augment import rand_augment, random_erasing
-from utils import UsageError
+from cli import UsageError
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder", "fake")
 AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils import UsageError
+from cli import UsageError
 
 
 @dataclass

@@ -1,16 +1,12 @@
-"""The training machinery both stages share: common flags, the run folder, the training loop.
+"""The training machinery both stages share: starting a stage, the runtime helpers, the
+training loop and the metrics log.
 
 The loop keeps the GPU busy: losses are summed on the device and read once per log interval;
 the learning rate follows a per-step warmup + cosine schedule; checkpoints hold everything a
 resume needs (model, optimizer, scaler, RNG states, position in the epoch).
 """
-import fcntl
-import json
-import math
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -20,385 +16,29 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import distributed
-from data import AUGMENTS, DATASETS, load_dataset
-from fileio import TEMP_PREFIX, atomic_write_text, file_sha256, remove_temp_files
+from cli import UsageError
+from data import load_dataset
+from fileio import CSVLogger
+from recipes import LARS_MOMENTUM, Optimization
+from runfolder import TENSORBOARD_DIR, RunFolder, print_args
 from utils import (
     CHECKPOINT_FORMAT,
     NO_DECAY_NAMES,
-    CSVLogger,
-    UsageError,
-    add_config_arg,
-    check_model_file,
     cosine_lr,
     get_rng_state,
     load_checkpoint,
-    os_error_hint,
     param_groups,
     save_checkpoint,
     set_lr,
     set_rng_state,
 )
 
-ADAMW_BETAS_PRETRAIN = (0.9, 0.95)  # MAE pretraining betas
-LARS_MOMENTUM = 0.9  # the MAE linear probe's LARS
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
-CHECKPOINT_FN = "checkpoint.pt"
 RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums", "rng")
-ARGS_FN = "args.json"
-SUMMARY_FN = "summary.json"
-LOCK_FN = ".lock"
-TENSORBOARD_DIR = "tensorboard"
-LOCK_MODE = 0o666  # of a new lock file, before the umask
-PID_MAX_CHARS = 16  # a lock file holding more is not a pid
-# args.json key of a classifier's upstream: the sha256 of --pretrained_model_path's bytes
-# (None from scratch). The path's spelling does not matter; its content does.
-UPSTREAM_KEY = "pretrained_sha256"
-HASH_SHOWN = 12  # hex digits of a hash shown in messages
-# Flags that do not change the numbers a run produces; they may differ on resume (a run
-# folder may also be moved or renamed).
-NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
-                   "output_root", "data_dir", "exp_name", "config",
-                   # compared by content: UPSTREAM_KEY
-                   "pretrained_model_path",
-                   # the kNN monitor (knn.py) only observes the encoder; training is unchanged
-                   "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
-                   "knn_eval_images"}
 
 
-# --------------------------------------------------------------------------- flags
-def positive_int(s):
-    v = int(s)
-    if v <= 0:
-        raise ValueError
-    return v
-
-
-positive_int.__name__ = "positive integer"
-
-
-def non_negative_int(s):
-    v = int(s)
-    if v < 0:
-        raise ValueError
-    return v
-
-
-non_negative_int.__name__ = "non-negative integer"
-
-
-def positive_float(s):
-    v = float(s)
-    if not v > 0 or not math.isfinite(v):
-        raise ValueError
-    return v
-
-
-positive_float.__name__ = "positive number"
-
-
-def finite_float(s):
-    v = float(s)
-    if not math.isfinite(v):
-        raise ValueError
-    return v
-
-
-finite_float.__name__ = "finite number"
-
-SEED_LIMIT = 2 ** 32  # seeds are in [0, 2**32), as NumPy takes them
-
-
-def seed_int(s):
-    v = int(s)
-    if not 0 <= v < SEED_LIMIT:
-        raise ValueError
-    return v
-
-
-seed_int.__name__ = f"integer in [0, {SEED_LIMIT})"
-
-
-def add_dataset_args(parser):
-    """The 'data' group with the flags every script that reads a dataset shares; returns it."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", choices=DATASETS,
-                   help="cifar10/cifar100/fashion_mnist download when missing; folder reads "
-                        "DATA_DIR/train and DATA_DIR/test (or val); fake is generated offline")
-    g.add_argument("--data_dir", default="./data", help="where the dataset lives")
-    g.add_argument("--image_size", type=positive_int, default=None,
-                   help="resize images to this side once at load (default: the dataset's own, "
-                        "32 for folder and fake); grey datasets keep 1 channel")
-    g.add_argument("--max_eval_images", type=positive_int, default=None,
-                   help="use only the first N test (and validation) images")
-    return g
-
-
-def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_epoch,
-                    warmup_epoch, augment):
-    """Flags of both stages: --config, data, optimisation, runtime and output."""
-    add_config_arg(parser)
-    g = add_dataset_args(parser)
-    g.add_argument("--max_train_images", type=positive_int, default=None,
-                   help="use only the first N training images (quick runs)")
-    g.add_argument("--augment", default=augment, choices=AUGMENTS,
-                   help="batched on-device augmentation: horizontal flip, +random crop with "
-                        "4px padding, or +random resized crop (areas: --crop_scale)")
-
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=positive_int, default=batch_size,
-                   help="effective batch per optimizer step, over all GPUs and accumulation "
-                        "steps; lr and results do not change with the number of GPUs")
-    g.add_argument("--max_device_batch_size", type=positive_int, default=max_device_batch_size,
-                   help="largest micro-batch one device computes at once; larger per-device "
-                        "batches are split and their gradients accumulated")
-    g.add_argument("--base_learning_rate", type=positive_float, default=base_lr,
-                   help="lr = base_learning_rate * batch_size / 256")
-    g.add_argument("--weight_decay", type=finite_float, default=0.05,
-                   help="AdamW weight decay (not applied to biases, norms, tokens, pos-embeds)")
-    g.add_argument("--total_epoch", type=positive_int, default=total_epoch,
-                   help="training epochs")
-    g.add_argument("--warmup_epoch", type=non_negative_int, default=warmup_epoch,
-                   help="epochs of linear lr warmup, then cosine decay (updated every step); "
-                        "more than --total_epoch is cut to half the run, with a note")
-
-    g = parser.add_argument_group("runtime")
-    g.add_argument("--seed", type=seed_int, default=42, help="seed of every RNG")
-    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="autocast: auto = bf16 on a CUDA card that has it, off on CPU; "
-                        "fp16 uses a GradScaler")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-
-    g = parser.add_argument_group("output")
-    g.add_argument("--output_root", default="outputs", help="root of all experiment folders")
-    g.add_argument("--exp_name", default="main_exp",
-                   help="experiment folder: OUTPUT_ROOT/EXP_NAME/<stage>/")
-    g.add_argument("--save_freq", type=positive_int, default=1,
-                   help="write the resumable checkpoint every N epochs (and at the end)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="delete a finished or unfinished run of this stage and train again")
-
-
-def validate_common(args):
-    """Checks that need no disk: raise UsageError naming the flag. A warmup longer than the
-    run (a default warmup on a short run) is cut to half the run, with one printed line."""
-    if args.warmup_epoch > args.total_epoch:
-        clamped = args.total_epoch // 2
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"note: --warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
-                  f"{args.total_epoch}; warming up for {clamped} epoch(s), half the run")
-        args.warmup_epoch = clamped
-    if args.weight_decay < 0:
-        raise UsageError(f"--weight_decay must be >= 0, got {args.weight_decay}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.batch_size % world:
-        raise UsageError(f"--batch_size {args.batch_size} must be divisible by the number of "
-                         f"processes ({world})")
-    for name in ("exp_name",):
-        value = getattr(args, name)
-        if not value or os.sep in value or value in (".", ".."):
-            raise UsageError(f"--{name} must be a plain folder name, got {value!r}")
-
-
-def model_error(e):
-    """A ValueError from a model config, as a UsageError naming the flag."""
-    return UsageError(f"invalid model configuration: {e}")
-
-
-# --------------------------------------------------------------------------- run folder
-# Names of the run folder's own files and folders, refused for output file flags.
-RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
-
-
-class RunFolder:
-    """One stage's output folder and its state: new / unfinished / finished / foreign.
-
-    The state is decided from every file present: a readable args.json (or, if it is gone,
-    the flags saved in checkpoint.pt) names the run; summary.json marks it finished, and
-    checkpoint.pt makes it resumable. Files that no flags can be found for make the folder
-    foreign: it is refused, and only --overwrite deletes anything. While a run writes, it holds
-    an fcntl lock on LOCK_FN (released by the kernel when the process dies); only the owner
-    removes the file.
-    """
-
-    def __init__(self, path, args, is_main=True):
-        self.path, self.args, self.is_main = path, vars(args).copy(), is_main
-        self.ckpt_path = os.path.join(path, CHECKPOINT_FN)
-        self.lock_fd = None
-        self.folders = []  # outside folders output files go to (check_output_path)
-        self.decided = None  # the status() this process acts on, re-checked under the lock
-
-    def file(self, name):
-        return os.path.join(self.path, name)
-
-    def status(self):
-        """'new' (nothing to resume: no files, --overwrite, or only the args.json of a run
-        stopped before its first checkpoint), 'unfinished' or 'finished'; refuses changed
-        flags and foreign folders. Reads only."""
-        self.decided = self._status()
-        return self.decided
-
-    def _status(self):
-        if self.args.get("overwrite") or not self._has_run_files():
-            return "new"
-        saved = self._saved_args()
-        diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
-                for k in sorted(set(saved) | set(self.args))
-                if k not in NON_RESULT_ARGS and k != UPSTREAM_KEY
-                and saved.get(k) != self.args.get(k)]
-        if diff:
-            raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
-                             + ". Use the same flags to resume, another --exp_name, or "
-                               "--overwrite")
-        self._check_upstream(saved)
-        if os.path.exists(self.file(SUMMARY_FN)):
-            return "finished"
-        return "unfinished" if os.path.exists(self.ckpt_path) else "new"
-
-    def _has_run_files(self):
-        """Anything besides the lock and killed writers' temporary files."""
-        try:
-            names = os.listdir(self.path)
-        except (FileNotFoundError, NotADirectoryError):  # open() says why it cannot write
-            return False
-        except OSError as e:
-            raise UsageError(f"cannot read {self.path}: {e.strerror}") from None
-        return any(n != LOCK_FN and not n.startswith(TEMP_PREFIX) for n in names)
-
-    def _saved_args(self):
-        """The flags the folder's run was started with: args.json, else checkpoint.pt's."""
-        path = self.file(ARGS_FN)
-        if os.path.exists(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    saved = json.load(f)
-            except (OSError, ValueError) as e:
-                raise UsageError(f"{path} is damaged ({e}); restore it, or start again with "
-                                 "--overwrite") from None
-            if not isinstance(saved, dict):
-                raise UsageError(f"{path} is damaged (not a JSON object); restore it, or "
-                                 "start again with --overwrite")
-            return saved
-        if os.path.exists(self.ckpt_path):
-            saved = load_checkpoint(self.ckpt_path).get("args")
-            if isinstance(saved, dict):
-                return saved
-        raise UsageError(f"{self.path} holds files of an unknown run (no args.json); use "
-                         "another --exp_name, or --overwrite to delete them")
-
-    def _check_upstream(self, saved):
-        """A run started from a model file continues only from the same bytes."""
-        if UPSTREAM_KEY not in saved:  # a run folder of an older version
-            return
-        was, now = saved[UPSTREAM_KEY], self.args.get(UPSTREAM_KEY)
-        if was != now:
-            raise UsageError(
-                f"{self.path} was trained from a pretrained model with sha256 "
-                f"{str(was)[:HASH_SHOWN]}, but --pretrained_model_path now holds "
-                f"{str(now)[:HASH_SHOWN]}; start again with --overwrite (or another "
-                "--exp_name)")
-
-    def open(self, fresh):
-        """Create the folder, take the lock, re-check the status under it, empty the folder
-        when --overwrite says so, delete temporary files a killed run left, write args.json.
-        Rank 0 writes; every rank calls this, after status(): the barriers keep rank 0 from
-        emptying the folder while another rank reads it, and the others from going on before
-        it is ready."""
-        distributed.barrier()
-        if self.is_main:
-            try:
-                self._create(fresh)
-            except BaseException:
-                self.release()
-                raise
-        distributed.barrier()
-
-    def _create(self, fresh):
-        try:
-            os.makedirs(self.path, exist_ok=True)
-            self._take_lock()
-            for folder in self.folders:
-                os.makedirs(folder, exist_ok=True)
-            if self.decided is not None and self._status() != self.decided:
-                raise UsageError(f"{self.path} changed while this run was starting (another "
-                                 "run?); run the command again")
-            if fresh and self.args.get("overwrite"):
-                self._empty()
-            remove_temp_files(self.path)
-            write_json(self.file(ARGS_FN), self.args)
-        except OSError as e:
-            hint = os_error_hint(e, "choose a writable --output_root")
-            raise UsageError(f"cannot write to {self.path}: {e.strerror or e}; {hint}") from None
-
-    def _empty(self):
-        """Delete everything but the lock (deleting it would let a second run take another)."""
-        for entry in os.scandir(self.path):
-            if entry.name == LOCK_FN:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.remove(entry.path)
-
-    def _take_lock(self):
-        """flock LOCK_FN for this process's life. The lock must still be the file at LOCK_FN
-        once held: its owner may have removed it (on release) after we opened it."""
-        lock = self.file(LOCK_FN)
-        while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, LOCK_MODE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = _read_pid(fd)
-                os.close(fd)
-                who = f"another run (pid {pid})" if pid else "another run"
-                raise UsageError(f"{who} is writing to {self.path}; wait for it to finish or "
-                                 "stop it") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # a file its owner removed: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.lock_fd = fd
-
-    def release(self):
-        """Only the owner releases: remove the file while still holding it, then unlock."""
-        if self.lock_fd is None:
-            return
-        try:
-            os.remove(self.file(LOCK_FN))
-        except FileNotFoundError:
-            pass
-        os.close(self.lock_fd)
-        self.lock_fd = None
-
-
-def _read_pid(fd):
-    """The pid a lock file names, or None when it holds something else."""
-    text = os.pread(fd, PID_MAX_CHARS, 0).decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() and len(text) < PID_MAX_CHARS else None
-
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=5, cwd=os.path.dirname(__file__)).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def print_args(args):
-    print(f"git commit: {git_commit() or 'unknown'}")
-    for k, v in sorted(vars(args).items()):
-        print(f"  {k}: {v}")
-
-
+# --------------------------------------------------------------------------- stage
 def start_stage(args, stage):
     """(dist, run folder, status) of a stage; says so when the run is already finished."""
     dist = distributed.setup(args.device)
@@ -422,52 +62,6 @@ def load_stage_data(args, dist, val_split=0):
                   "training images: each step sees the whole split, and the lr (scaled by the "
                   "batch size) is far from the recipe's")
     return data
-
-
-def check_file_names(names):
-    """names {flag: file name in the stage folder}: each a plain name, distinct, and not one
-    of the run folder's own files; UsageError naming the flag otherwise."""
-    seen = {}
-    for flag, name in names.items():
-        if not name or os.sep in name or name in (".", "..") or name.startswith(TEMP_PREFIX):
-            raise UsageError(f"{flag} is a file name in the stage folder, got {name!r}")
-        if name in RESERVED_NAMES:
-            raise UsageError(f"{flag} {name} would overwrite the run's own {name}; choose "
-                             "another name")
-        if name in seen:
-            raise UsageError(f"{flag} and {seen[name]} both name {name}; choose different "
-                             "names")
-        seen[name] = flag
-
-
-def check_output_path(run, flag, path, names):
-    """A file path outside the naming rules of check_file_names: refused now, not after
-    training, if it cannot be written; its missing folders are created when the run opens.
-    names: the stage folder's other output names ({flag: name})."""
-    full = os.path.abspath(path)
-    folder = os.path.dirname(full)
-    if folder == os.path.abspath(run.path):
-        check_file_names({**names, flag: os.path.basename(full)})
-    if os.path.isdir(full):
-        raise UsageError(f"{flag} {path} is a folder; give a file path")
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: cannot create files under {existing}; choose a "
-                         "writable path")
-    run.folders.append(folder)
-
-
-def upstream_hash(path):
-    """The sha256 of a pretrained model file (None without one), or UsageError."""
-    if path is None:
-        return None
-    check_model_file(path)
-    try:
-        return file_sha256(path)
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
 
 
 # --------------------------------------------------------------------------- runtime
@@ -510,12 +104,13 @@ class Trainer:
 
     sums is a dict of per-batch device tensors (e.g. correct predictions) that are summed
     over the epoch; the loss is averaged per image. `state_module` is what checkpoints hold
-    (the whole classifier, say, while only its head trains).
+    (the whole classifier, say, while only its head trains). `recipe` is the resolved recipe's
+    recipes.Optimization (recipes.optimization(args)): optimizer, betas or momentum, layer
+    decay, min_lr, token decay (None: Optimization()'s defaults).
     """
 
     def __init__(self, args, dist, module, loader, step_fn, run, kind, config,
-                 betas=(0.9, 0.999), layer_decay=1.0, state_module=None, extra_state=None,
-                 optimizer="adamw", min_lr=0.0, decay_tokens=False, momentum=LARS_MOMENTUM):
+                 recipe=None, state_module=None, extra_state=None):
         self.args, self.dist, self.loader, self.step_fn, self.run = args, dist, loader, step_fn, run
         self.kind, self.config, self.extra_state = kind, config, extra_state or {}
         self.module = module
@@ -529,11 +124,12 @@ class Trainer:
                 model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
         self.model = model
         self.lr = args.base_learning_rate * args.batch_size / LR_REFERENCE_BATCH
-        self.min_lr = min_lr
-        groups = param_groups(module, args.weight_decay, layer_decay,
-                              () if decay_tokens else NO_DECAY_NAMES)
-        self.optimizer = build_optimizer(optimizer, groups, self.lr, betas, dist.device,
-                                         momentum)
+        recipe = recipe or Optimization()  # None: AdamW with the defaults of recipes.py
+        self.min_lr = recipe.min_lr
+        groups = param_groups(module, args.weight_decay, recipe.layer_decay,
+                              () if recipe.decay_tokens else NO_DECAY_NAMES)
+        self.optimizer = build_optimizer(recipe.optimizer, groups, self.lr, recipe.betas,
+                                         dist.device, recipe.momentum)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.steps_per_epoch = len(loader)
         self.total_steps = args.total_epoch * self.steps_per_epoch
@@ -571,7 +167,7 @@ class Trainer:
         sums = None if self.sums is None else \
             {k: distributed.all_reduce_sum(v.clone()) for k, v in sorted(self.sums.items())}
         rng = distributed.all_gather_state(get_rng_state())
-        if self.dist.is_main:  # a failed write: one line from utils.run_cli
+        if self.dist.is_main:  # a failed write: one line from cli.run_cli
             save_checkpoint(self.state(epoch, step, sums, rng), self.run.ckpt_path)
         distributed.barrier()
 
@@ -799,10 +395,6 @@ class MetricsLog:
 
     def close(self):
         self.tb.close()
-
-
-def write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def epoch_line(epoch, total, row):

@@ -28,12 +28,14 @@ from dataclasses import asdict
 
 import torch
 
-import engine
+import fileio
+import runfolder
 import train_classifier
 import weights
+from cli import HelpFormatter, UsageError, run_cli
 from fileio import atomic_write_bytes
 from model import ClassifierConfig, MAEConfig, config_from_dict
-from utils import HelpFormatter, UsageError, load_checkpoint, run_cli
+from utils import load_checkpoint
 
 NORM_KEYS = ("norm_mean", "norm_std")
 RESUME_KEY = "optimizer"  # only a resume checkpoint (checkpoint.pt) holds the training state
@@ -163,7 +165,7 @@ def check_outputs(paths, model_path):
         if os.path.exists(out) and os.path.samefile(out, model_path):
             raise UsageError(f"{out} is the model file itself; pass --out_dir to export "
                              "elsewhere")
-        if name in engine.RESERVED_NAMES:
+        if name in runfolder.RESERVED_NAMES:
             raise UsageError(f"{out} would overwrite the run's own {name} (its name is "
                              "taken in any folder); copy the model file under another name "
                              "and export the copy")
@@ -192,7 +194,7 @@ def main(args):
     try:
         os.makedirs(out_dir, exist_ok=True)
         atomic_write_bytes(paths[0], data)
-        engine.write_json(paths[1], meta)
+        fileio.write_json(paths[1], meta)
     except OSError as e:
         raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     print(f"wrote {os.path.splitext(paths[0])[0]}.safetensors and .json: timm "

@@ -1,10 +1,16 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one.
+"""Atomic file writes (a crash leaves the old file or the new one, never half of one), and the
+JSON and metrics CSV files a run writes.
 
 Imports no torch, so report.py stays light.
 """
+import csv
 import hashlib
+import io
+import json
 import os
 import tempfile
+
+from cli import UsageError
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files; a writer killed mid-write leaves one
@@ -45,6 +51,11 @@ def atomic_write_bytes(path, data):
     atomic_write(path, lambda f: f.write(data))
 
 
+def write_json(path, obj):
+    """obj as indented JSON with sorted keys, written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
 def remove_temp_files(folder):
     """Delete the temporary files killed writers left under folder (hold its lock first)."""
     for root, _, files in os.walk(folder):
@@ -60,3 +71,63 @@ def file_sha256(path):
         for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- logging
+class CSVLogger:
+    """Per-epoch metrics; the whole file is rewritten atomically on every row.
+
+    On resume, rows of epochs >= start_epoch are dropped so each epoch appears once.
+    """
+
+    def __init__(self, path, fieldnames, start_epoch=0):
+        self.path, self.fieldnames, self.rows = path, list(fieldnames), []
+        if start_epoch > 0 and os.path.exists(path):
+            self.rows = [r for r in read_metrics(path) if int(r["epoch"]) < start_epoch]
+
+    def log(self, row):
+        self.rows.append({k: _fmt(row.get(k)) for k in self.fieldnames})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.fieldnames, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+def read_metrics(path):
+    """The rows of a metrics CSV (a UTF-8 BOM, as Excel writes, is fine); UsageError naming
+    the first damaged line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"cannot read {path}: {e}; restore it, or start again with "
+                         "--overwrite") from None
+    for line, row in enumerate(rows, start=2):
+        if not numeric_row(row):
+            raise UsageError(f"{path} line {line} is damaged; repair or delete that line, or "
+                             "start again with --overwrite")
+    return rows
+
+
+def numeric_row(row):
+    """An integer epoch and a number or blank in every other cell, none missing or extra."""
+    if None in row or None in row.values() or not (row.get("epoch") or "").isdigit():
+        return False
+    return all(_is_number(v) for v in row.values() if v)
+
+
+def _is_number(s):
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v

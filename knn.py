@@ -9,8 +9,8 @@ gathered, and every rank gets the same accuracy.
 import torch
 import torch.nn.functional as F
 
+import cli
 import distributed
-import engine
 from data import DeviceLoader
 from model import POOLS
 
@@ -21,18 +21,18 @@ SIM_CHUNK_ELEMENTS = 2 ** 24  # similarities held at once (64 MiB in fp32) when 
 def add_knn_args(parser):
     """Flags of the kNN monitor (mae_pretrain.py)."""
     g = parser.add_argument_group("kNN monitor")
-    g.add_argument("--knn_freq", type=engine.non_negative_int, default=10,
+    g.add_argument("--knn_freq", type=cli.non_negative_int, default=10,
                    help="kNN accuracy of the encoder every N epochs (and the last); 0 = off")
-    g.add_argument("--knn_k", type=engine.positive_int, default=20,
+    g.add_argument("--knn_k", type=cli.positive_int, default=20,
                    help="neighbours that vote")
-    g.add_argument("--knn_t", type=engine.positive_float, default=0.07,
+    g.add_argument("--knn_t", type=cli.positive_float, default=0.07,
                    help="temperature of the vote weights exp(similarity / T)")
     g.add_argument("--pool", "--knn_feature", dest="knn_feature", default="cls", choices=POOLS,
                    help="feature the kNN monitor reads: the cls token or the mean of the patch "
                         "tokens (train_classifier.py's --pool)")
-    g.add_argument("--knn_train_images", type=engine.positive_int, default=10000,
+    g.add_argument("--knn_train_images", type=cli.positive_int, default=10000,
                    help="first N training images form the memory bank")
-    g.add_argument("--knn_eval_images", type=engine.positive_int, default=2000,
+    g.add_argument("--knn_eval_images", type=cli.positive_int, default=2000,
                    help="first N held-out images are classified (mae_pretrain.py: the "
                         "--val_split images, else test)")
 

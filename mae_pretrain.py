@@ -22,25 +22,23 @@ recipe and saves it in args.json; flags given explicitly override (see docs/reci
 """
 import argparse
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from torchvision.utils import make_grid, save_image
 
+import cli
+import common_args
 import engine
+import fileio
 import knn
 import recipes
+import runfolder
+from cli import HelpFormatter, UsageError, run_cli
 from data import SPLIT_SEED, DeviceLoader, image_record, image_shape
 from fileio import atomic_write
 from model import POS_EMBEDS, MAE_ViT, MAEConfig
-from utils import (
-    CHECKPOINT_FORMAT,
-    HelpFormatter,
-    UsageError,
-    run_cli,
-    save_checkpoint,
-    seed_everything,
-)
+from utils import CHECKPOINT_FORMAT, save_checkpoint, seed_everything
 
 STAGE = "mae-pretrain"
 CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
@@ -50,22 +48,22 @@ CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_second
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
-    engine.add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
+    common_args.add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
                            total_epoch=600, warmup_epoch=40, augment="flip")
     g = p.add_argument_group("model")
-    g.add_argument("--patch_size", type=engine.positive_int, default=2, help="patch side")
-    g.add_argument("--emb_dim", type=engine.positive_int, default=192, help="encoder width")
-    g.add_argument("--encoder_layer", type=engine.positive_int, default=12,
+    g.add_argument("--patch_size", type=cli.positive_int, default=2, help="patch side")
+    g.add_argument("--emb_dim", type=cli.positive_int, default=192, help="encoder width")
+    g.add_argument("--encoder_layer", type=cli.positive_int, default=12,
                    help="encoder blocks")
-    g.add_argument("--encoder_head", type=engine.positive_int, default=3,
+    g.add_argument("--encoder_head", type=cli.positive_int, default=3,
                    help="encoder attention heads")
-    g.add_argument("--decoder_layer", type=engine.positive_int, default=4,
+    g.add_argument("--decoder_layer", type=cli.positive_int, default=4,
                    help="decoder blocks (Table 1a of the paper)")
-    g.add_argument("--decoder_dim", type=engine.positive_int, default=192,
+    g.add_argument("--decoder_dim", type=cli.positive_int, default=192,
                    help="decoder width (Table 1b of the paper)")
-    g.add_argument("--decoder_head", type=engine.positive_int, default=None,
+    g.add_argument("--decoder_head", type=cli.positive_int, default=None,
                    help="decoder heads (default: max(1, decoder_dim // 64))")
-    g.add_argument("--mask_ratio", type=engine.finite_float, default=0.75,
+    g.add_argument("--mask_ratio", type=cli.finite_float, default=0.75,
                    help="fraction of patches masked, in [0, 1)")
     g.add_argument("--norm_pix_loss", action="store_true",
                    help="reconstruct per-patch normalised pixels (the paper's better target)")
@@ -75,12 +73,12 @@ def get_args_parser():
                         "selects sincos")
 
     g = p.add_argument_group("held-out images")
-    g.add_argument("--val_split", type=engine.non_negative_int, default=0,
+    g.add_argument("--val_split", type=cli.non_negative_int, default=0,
                    help="hold out the N training images train_classifier.py --val_split N "
                         "holds out (the same SPLIT_SEED draw): pretraining never sees them and "
                         "evaluates on them (eval_loss, grids, kNN queries) instead of on the "
                         "test split; 0: pretrain on every training image, evaluate on test")
-    g.add_argument("--eval_images", type=engine.positive_int, default=1024,
+    g.add_argument("--eval_images", type=cli.positive_int, default=1024,
                    help="held-out images (with one fixed mask) for eval_loss each epoch")
 
     g = p.add_argument_group("outputs")
@@ -90,13 +88,13 @@ def get_args_parser():
                    help="file name of the per-epoch CSV, in the run folder")
     g.add_argument("--save_images_dir", default="images",
                    help="folder (in the run folder) of reconstruction grids")
-    g.add_argument("--save_images_n", type=engine.positive_int, default=16,
+    g.add_argument("--save_images_n", type=cli.positive_int, default=16,
                    help="held-out images shown in each reconstruction grid")
-    g.add_argument("--visualize_freq", type=engine.non_negative_int, default=10,
+    g.add_argument("--visualize_freq", type=cli.non_negative_int, default=10,
                    help="write a reconstruction grid every N epochs (and the last); 0 = off")
-    g.add_argument("--pad", type=engine.non_negative_int, default=2,
+    g.add_argument("--pad", type=cli.non_negative_int, default=2,
                    help="pixels between images in the grids")
-    g.add_argument("--pad_value", type=engine.finite_float, default=1.0,
+    g.add_argument("--pad_value", type=cli.finite_float, default=1.0,
                    help="grey level of the grid padding, 0 (black) to 1 (white)")
     knn.add_knn_args(p)
     recipes.add_recipe_args(p, ("pretrain",))
@@ -114,7 +112,7 @@ def model_config(args):
                          mask_ratio=args.mask_ratio, norm_pix_loss=args.norm_pix_loss,
                          pos_embed=args.pos_embed)
     except ValueError as e:
-        raise engine.model_error(e) from None
+        raise common_args.model_error(e) from None
 
 
 def eval_split(data):
@@ -193,10 +191,10 @@ def save_grid(grid, path):
 def validate(args):
     """Resolve the recipe, then check this stage's flags (no disk) -> the recipe's rows."""
     recipe = recipes.resolve(args, "pretrain")
-    engine.validate_common(args)
+    common_args.validate_common(args)
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
-    engine.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
+    runfolder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
                              "--save_images_dir": args.save_images_dir})
     return recipe
 
@@ -219,9 +217,10 @@ def main(args):
     run.open(fresh=status == "new")
 
     def stage():
+        # pretraining has always trained with AdamW, whatever --optimizer says
+        recipe = replace(recipes.optimization(args), optimizer="adamw")
         trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae",
-                                 asdict(cfg), betas=args.betas, min_lr=args.min_lr,
-                                 decay_tokens=args.decay_tokens)
+                                 asdict(cfg), recipe)
         train(args, dist, model, data, trainer, run)
 
     engine.run_stage(stage, run)
@@ -298,7 +297,7 @@ def finish(args, model, trainer, run, rows, data, images):
                               "epoch": args.total_epoch, "norm_mean": data.mean.cpu(),
                               "norm_std": data.std.cpu(), "args": vars(args)}, path)
     wall = sum(float(r["epoch_seconds"]) for r in rows)
-    engine.write_json(run.file(engine.SUMMARY_FN), {
+    fileio.write_json(run.file(runfolder.SUMMARY_FN), {
         "finished": True, "epochs": args.total_epoch,
         "final_train_loss": float(rows[-1]["train_loss"]),
         "final_eval_loss": float(rows[-1]["eval_loss"]),

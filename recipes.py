@@ -11,13 +11,15 @@ A run resolves its recipe once: every recipe flag the user did not give takes th
 value; explicit flags win. The resolved values are printed and saved in args.json.
 """
 import argparse
+from dataclasses import dataclass, fields
 
 from augment import parse_rand_augment
-from engine import ADAMW_BETAS_PRETRAIN, LARS_MOMENTUM, finite_float
-from utils import UsageError
+from cli import UsageError, finite_float
 
 STAGES = ("pretrain", "finetune", "linprobe")
 ADAMW_BETAS = (0.9, 0.999)
+ADAMW_BETAS_PRETRAIN = (0.9, 0.95)  # MAE pretraining betas
+LARS_MOMENTUM = 0.9  # the MAE linear probe's LARS
 NO_RAND_AUGMENT = "none"
 PAPER_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment(9, 0.5)
 SEED_HEAD_INIT_STD = 0.02
@@ -66,6 +68,25 @@ RECIPES = {
     },
 }
 DEFAULT_RECIPE = {"pretrain": "seed", "finetune": "seed", "linprobe": "fast"}
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """What engine.Trainer takes from a resolved recipe: the optimizer with its betas (AdamW)
+    or momentum (LARS), the layer decay, the floor of the cosine schedule, and whether tokens
+    and position embeddings get weight decay. A stage's table without a key keeps its default."""
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = ADAMW_BETAS
+    momentum: float = LARS_MOMENTUM
+    layer_decay: float = 1.0
+    min_lr: float = 0.0
+    decay_tokens: bool = False
+
+
+def optimization(args):
+    """The Optimization of args whose recipe is resolved (resolve())."""
+    return Optimization(**{f.name: getattr(args, f.name) for f in fields(Optimization)
+                           if getattr(args, f.name, None) is not None})
 
 
 class RecipeDefault:

@@ -1,13 +1,13 @@
 """Tables and figures for the MAE runs, built only from the files the runs write.
 
 Reads <outputs_root>/<exp_name>/<stage>/{args.json, metrics.csv, summary.json} into one pandas
-DataFrame (one row per run folder) and writes results.md, results.csv (long format: one row per
-table cell) and PNG figures. Experiments named <name>_seed<N> form a group, reported as
-mean ± sample std (n) over its finished seeds (groupby). A run without a result shows as
-"—" with its status; corrupt metrics rows are skipped. A fine-tune, probe or kNN run counts for
-its experiment's MAE only when its summary's pretrained_sha256 matches the MAE's model_sha256.
-With --ablation_base (commands/study.sh) the study's baselines and validation-only search
-tables are added. Bad input is one `error:` line, exit 2.
+DataFrame (one row per run folder; runframe.py) and writes results.md, results.csv (long
+format: one row per table cell) and PNG figures. Experiments named <name>_seed<N> form a
+group, reported as mean ± sample std (n) over its finished seeds (groupby; stats.py). A run
+without a result shows as "—" with its status; corrupt metrics rows are skipped. A fine-tune,
+probe or kNN run counts for its experiment's MAE only when its summary's pretrained_sha256
+matches the MAE's model_sha256. With --ablation_base (commands/study.sh) the study's baselines
+and validation-only search tables are added. Bad input is one `error:` line, exit 2.
 
     python report.py --outputs_root outputs --out outputs/report
     python report.py --outputs_root results/fashion_mnist_study/runs \
@@ -15,12 +15,9 @@ tables are added. Bad input is one `error:` line, exit 2.
 """
 
 import argparse
-import csv
 import io
-import json
 import math
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,39 +27,31 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from engine import positive_float
+from cli import UsageError, positive_float, run_cli
 from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
-from utils import UsageError, numeric_row, run_cli
+from runframe import (
+    CLS_STAGES,
+    FINISHED,
+    KNN,
+    PRETRAIN,
+    PRETRAIN_CONFIG_KEYS,
+    SEED_SUFFIX,
+    STALE_HOURS,
+    collect_runs,
+    differing,
+    group_experiments,
+    latest_reconstructions,
+    pretrain_configs,
+)
+from stats import NOISE_STDS, difference_std, mean_std_n, sample_std
 
-PRETRAIN = "mae-pretrain"
-CLS_STAGES = {  # stage folder -> row label in the classification tables
-    "scratch-cls": "scratch",
-    "pretrain-cls": "fine-tuned (MAE)",
-    "pretrain-cls-lin": "linear probe (MAE encoder)",
-    "scratch-cls-lin": "linear probe (random encoder)",
-}
-KNN = "mae-knn"
-EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn")  # baselines.py
-STAGES = (PRETRAIN, *CLS_STAGES, *EXTRA_STAGES)
-FINISHED = "finished"
 DASH = "—"
-SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 SEARCH_GROUPS = r"(probe_lr|search_)"  # study.sh's validation-only search experiments
 
-# Pretraining settings that define an experiment; seed and exp_name are what seeds may change.
-PRETRAIN_CONFIG_KEYS = (
-    "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "mask_ratio",
-    "decoder_layer", "decoder_dim", "decoder_head", "emb_dim", "encoder_layer", "encoder_head",
-    "patch_size", "norm_pix_loss", "pos_embed", "augment", "max_train_images",
-)
 CLS_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "linear_probe",
     "recipe", "val_split",
 )
-SUMMARY_NUMBERS = ("epochs", "final_train_loss", "final_eval_loss", "knn_acc", "wall_seconds",
-                   "feature_seconds", "final_test_acc", "best_val_acc", "test_acc_at_best")
-SUMMARY_TEXTS = ("selection_split", "pretrained_sha256", "model_sha256")
-ARG_COLUMNS = ("pool", "block", "base_learning_rate", "pretrained_model_path")
 ABLATION_DEFAULTS = {"decoder_layer": 4, "decoder_dim": 192, "mask_ratio": 0.75}
 ABLATION_VALUES = {  # planned rows around ABLATION_DEFAULTS; values found in the runs are added
     "decoder_layer": (1, 2, 4, 6, 8),
@@ -110,186 +99,16 @@ BASELINE_ROWS = (  # (group, stage, row label); "main" is the --ablation_base gr
     ("main", KNN, "MAE kNN"),
 )
 
-LOCK_FN = ".lock"  # engine.py's lock file, present while a process writes the run folder
-STALE_HOURS = 2.0  # a locked unfinished run with no file written for this long is "stopped"
-SECONDS_PER_HOUR = 3600.0
 SECONDS_PER_MINUTE = 60.0
 PERCENT = 100.0
 ACC_DIGITS = 2
 LOSS_DIGITS = 4
 MINUTE_DIGITS = 1
 COMMIT_DIGITS = 7  # an abbreviated git commit
-NOISE_STDS = 2.0  # a difference within this many stds of the seed noise is "inside the noise"
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
 LEGEND_FONT_SIZE = "small"
-RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "args", "metrics",
-               *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds"]
 CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "text"]
-
-
-# ----------------------------------------------------------------------------- reading runs
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object in path, or None when it is missing, partial or not an object."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def parse_row(raw: dict) -> dict | None:
-    """Numeric metrics row (blank cells nan), or None for a row that training's resume would
-    call damaged (utils.numeric_row): truncated, overlong or non-numeric."""
-    if not numeric_row(raw):
-        return None
-    return {k: float(v) if v.strip() else float("nan") for k, v in raw.items()}
-
-
-def read_metrics(path: Path) -> pd.DataFrame:
-    """Valid rows of metrics.csv sorted by epoch; a repeated epoch (resume) keeps its last row.
-    A UTF-8 BOM (as Excel writes) is read as training reads it (utils.read_metrics)."""
-    rows = []
-    try:
-        for raw in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))):
-            row = parse_row(raw)
-            if row is not None:
-                rows.append(row)
-    except (OSError, UnicodeDecodeError):
-        pass
-    except csv.Error:  # e.g. a damaged field over the csv size limit: keep the rows before it
-        pass
-    frame = pd.DataFrame(rows, columns=None if rows else ["epoch"])
-    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
-
-
-def run_status(stage_dir: Path, finished: bool, stale_hours: float) -> str:
-    """'finished'; 'running' if locked and a file changed within stale_hours; else 'stopped'."""
-    if finished:
-        return FINISHED
-    if not (stage_dir / LOCK_FN).exists():
-        return "stopped"
-    mtimes = []
-    for p in stage_dir.iterdir():
-        if p.name.startswith(TEMP_PREFIX):  # a writer's temporary file, renamed any moment
-            continue
-        try:
-            mtimes.append(p.stat().st_mtime)
-        except OSError:  # renamed or deleted since iterdir
-            pass
-    age_hours = (time.time() - max(mtimes, default=0.0)) / SECONDS_PER_HOUR
-    return "running" if age_hours < stale_hours else "stopped"
-
-
-def hashable_args(args: dict) -> dict:
-    """args.json with list and dict values as their JSON text (settings are compared and
-    grouped by value; a hand-edited list must not break that)."""
-    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
-            for k, v in args.items()}
-
-
-def number(value) -> float:
-    """value as a float, nan when it is not a number."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if is_number else float("nan")
-
-
-def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
-    """One stage folder as a row of the runs frame. Summary fields are filled only when the
-    run finished; total_seconds = wall_seconds + feature_seconds (a probe's feature extraction
-    runs before its epochs and is not in wall_seconds)."""
-    exp, stage = stage_dir.parent.name, stage_dir.name
-    summary = read_json(stage_dir / "summary.json") or {}
-    finished = bool(summary.get("finished"))
-    summary = summary if finished else {}
-    args = hashable_args(read_json(stage_dir / "args.json") or {})
-    metrics = read_metrics(stage_dir / "metrics.csv")
-    status = run_status(stage_dir, finished, stale_hours)
-    seed = SEED_SUFFIX.search(exp)
-    row = {"exp": exp, "group": group_name(exp), "seed": int(seed.group(1)) if seed else None,
-           "stage": stage, "path": stage_dir, "status": status,
-           "progress": status if finished else
-           f"{status}, epoch {len(metrics)}/{args.get('total_epoch', '?')}",
-           "args": args, "metrics": metrics}
-    row |= {k: number(summary.get(k)) for k in SUMMARY_NUMBERS}
-    row |= {k: summary.get(k) for k in SUMMARY_TEXTS}
-    row |= {k: args.get(k) for k in ARG_COLUMNS}
-    row["total_seconds"] = row["wall_seconds"] + np.nan_to_num(row["feature_seconds"])
-    return row
-
-
-def collect_runs(root, stale_hours: float = STALE_HOURS) -> pd.DataFrame:
-    """The runs frame: one row per stage folder under root, sorted by group, seed and stage;
-    with `paired` (see pairing) and `usable` (finished and not paired with another MAE)."""
-    root = Path(root)
-    exp_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(TEMP_PREFIX)
-                ] if root.is_dir() else []
-    rows = [load_run(exp_dir / stage, stale_hours)
-            for exp_dir in sorted(exp_dirs, key=lambda p: exp_order(p.name))
-            for stage in STAGES if (exp_dir / stage).is_dir()]
-    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    frame["paired"] = pairing(frame)
-    frame["usable"] = (frame["status"] == FINISHED) & (frame["paired"] != "no")
-    return frame
-
-
-def pairing(frame: pd.DataFrame) -> pd.Series:
-    """'yes' if a fine-tune/probe/kNN run of an experiment's MAE started from that very file
-    (its pretrained_sha256 == the MAE summary's model_sha256), 'no' if not, 'legacy' when a
-    hash is missing, 'n/a' for other stages and for experiments without their own MAE."""
-    mae = frame[frame["stage"] == PRETRAIN].set_index("exp")["model_sha256"]
-    theirs, ours = frame["exp"].map(mae), frame["pretrained_sha256"]
-    applies = (frame["stage"].str.startswith("pretrain-") | (frame["stage"] == KNN)) & frame[
-        "exp"].isin(mae.index)
-    return pd.Series(np.select([~applies, ours.isna() | theirs.isna(), ours == theirs],
-                               ["n/a", "legacy", "yes"], "no"), index=frame.index)
-
-
-def group_name(exp: str) -> str:
-    """Experiment name without a trailing _seed<N>."""
-    return SEED_SUFFIX.sub("", exp)
-
-
-def exp_order(exp: str) -> tuple:
-    """Sort key: group name, then seed number."""
-    match = SEED_SUFFIX.search(exp)
-    return group_name(exp), int(match.group(1)) if match else -1
-
-
-def group_experiments(frame: pd.DataFrame) -> dict[str, list[str]]:
-    """Group name -> its experiments (seeds), both sorted."""
-    return {g: list(dict.fromkeys(exps)) for g, exps in frame.groupby("group", sort=False)["exp"]}
-
-
-def latest_reconstructions(frame: pd.DataFrame) -> list[tuple[str, Path]]:
-    """(experiment, images/epoch_XXXX/reconstruction.png of the highest epoch) for every
-    pretraining run that saved one."""
-    found = []
-    for exp, path in frame.loc[frame["stage"] == PRETRAIN, ["exp", "path"]].itertuples(
-            index=False):
-        grids = {int(p.parent.name.removeprefix("epoch_")): p
-                 for p in path.glob("images/epoch_*/reconstruction.png")
-                 if p.parent.name.removeprefix("epoch_").isdigit() and p.is_file()}
-        if grids:
-            found.append((exp, grids[max(grids)]))
-    return found
-
-
-def pretrain_configs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Group -> its pretraining settings (the first seed with a readable args.json)."""
-    runs = frame[(frame["stage"] == PRETRAIN) & frame["args"].map(bool)]
-    configs = pd.DataFrame([{k: a.get(k) for k in PRETRAIN_CONFIG_KEYS} for a in runs["args"]],
-                           index=runs["group"], columns=list(PRETRAIN_CONFIG_KEYS), dtype=object)
-    return configs[~configs.index.duplicated()]
-
-
-def differing(args: pd.DataFrame, keys: tuple) -> list[str]:
-    """Keys whose values differ between the rows of args (dicts of settings)."""
-    settings = pd.DataFrame(list(args), columns=list(keys), dtype=object).map(repr)
-    return [k for k in keys if settings[k].nunique() > 1]
 
 
 # ----------------------------------------------------------------------------- cells
@@ -327,7 +146,7 @@ def cell(members: pd.DataFrame, frame: pd.DataFrame, digits: int, why: bool) -> 
     if values.empty:
         return {"value": None, "std": None, "n": 0,
                 "text": f"{DASH} ({'; '.join(notes)})" if notes else DASH}
-    mean, std = values.mean(), values.std() if len(values) > 1 else None
+    mean, std, _ = mean_std_n(values)
     text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
     seeded = any(SEED_SUFFIX.search(exp) for exp in members["exp"].dropna())
     extra = ([f"n={len(values)}"] if seeded else []) + notes
@@ -529,7 +348,7 @@ def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set,
                    noise: pd.Series) -> list[str]:
     """The default experiment, variants whose classifier settings differ, the noise floor."""
     config = pretrain_configs(frame).loc[base]
-    spread = f"{noise.std():.{ACC_DIGITS}f}" if len(noise) > 1 else "n/a"
+    spread = f"{sample_std(noise):.{ACC_DIGITS}f}" if len(noise) > 1 else "n/a"
     notes = [f"default experiment `{base}` ({config['total_epoch']} pretraining epochs on "
              f"{config['dataset']}); each other row changes only {key}",
              "final-epoch accuracy on the whole test split; a row with n=1 has one seed: compare "
@@ -547,11 +366,6 @@ def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set,
     return notes
 
 
-def difference_std(noise: float, n_a: int, n_b: int) -> float:
-    """Std of the difference of two means over n_a and n_b seeds, each seed with std noise."""
-    return noise * (1 / n_a + 1 / n_b) ** 0.5
-
-
 def ablation_sentence(key: str, numbers: dict, noise_runs: tuple) -> str:
     """'lowest -> highest value: probe +X ± Y points, fine-tune +Z; ...' judged against the
     default's seed spread of the same metric (noise_runs: its (fine-tune, probe) accuracies):
@@ -563,7 +377,7 @@ def ablation_sentence(key: str, numbers: dict, noise_runs: tuple) -> str:
     parts = []
     for name, index in (("probe", 1), ("fine-tune", 0)):
         runs = noise_runs[index]
-        noise = pd.Series(runs, dtype=float).std() if len(runs) > 1 else float("nan")
+        noise = sample_std(runs)
         diff = numbers[hi][index].mean() - numbers[lo][index].mean()
         spread = difference_std(noise, len(numbers[hi][index]), len(numbers[lo][index]))
         verdict = "no spread to judge against (one seed)" if math.isnan(spread) else (
@@ -641,7 +455,7 @@ def search_sentence(runs: pd.DataFrame, noise: pd.Series) -> str:
         return "no MAE probe or no raw-pixel probe has finished; no finding yet."
     best, pixel = probes.iloc[0], pixels.iloc[0]  # runs are sorted by best_val_acc
     diff = (best["final_test_acc"] - pixel["final_test_acc"]) * PERCENT
-    spread = difference_std(noise.std() * PERCENT, 1, 1) if len(noise) > 1 else float("nan")
+    spread = difference_std(sample_std(noise) * PERCENT, 1, 1)
     verdict = "no spread to judge against" if math.isnan(spread) else (
         "it beats the pixels by more than the spread" if diff > spread else
         "below the pixels by more than the spread" if diff < -spread else

@@ -28,20 +28,18 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
+import cli
+import common_args
 import distributed
 import engine
+import fileio
 import recipes
+import runfolder
 import weights
+from cli import HelpFormatter, UsageError, run_cli
 from data import DeviceLoader, Split, image_shape
 from model import ClassifierConfig, ViT_Classifier
-from utils import (
-    CHECKPOINT_FORMAT,
-    HelpFormatter,
-    UsageError,
-    run_cli,
-    save_checkpoint,
-    seed_everything,
-)
+from utils import CHECKPOINT_FORMAT, save_checkpoint, seed_everything
 
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
               "test_acc", "epoch_seconds", "images_per_s"]
@@ -57,7 +55,7 @@ MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mo
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
-    engine.add_common_args(p, batch_size=128, max_device_batch_size=256, base_lr=None,
+    common_args.add_common_args(p, batch_size=128, max_device_batch_size=256, base_lr=None,
                            total_epoch=100, warmup_epoch=5, augment=None)
     g = p.add_argument_group("classifier")
     g.add_argument("--pretrained_model_path", "--mae_ckpt", "--pretrained_ckpt",
@@ -71,20 +69,20 @@ def get_args_parser():
     g.add_argument("--no_feature_cache", action="store_true",
                    help="linear probe: re-run the frozen encoder every step even without "
                         "augmentation (slow; for checking the cache)")
-    g.add_argument("--layer_decay", type=engine.finite_float, default=None,
+    g.add_argument("--layer_decay", type=cli.finite_float, default=None,
                    help="layer-wise lr decay (1 = off; the paper fine-tunes with 0.75)")
-    g.add_argument("--drop_path", type=engine.finite_float, default=None,
+    g.add_argument("--drop_path", type=cli.finite_float, default=None,
                    help="stochastic depth rate")
-    g.add_argument("--smoothing", type=engine.finite_float, default=None, help="label smoothing")
-    g.add_argument("--mixup", type=engine.finite_float, default=None,
+    g.add_argument("--smoothing", type=cli.finite_float, default=None, help="label smoothing")
+    g.add_argument("--mixup", type=cli.finite_float, default=None,
                    help="mixup alpha (0 = off)")
-    g.add_argument("--cutmix", type=engine.finite_float, default=None,
+    g.add_argument("--cutmix", type=cli.finite_float, default=None,
                    help="cutmix alpha (0 = off)")
     g.add_argument("--pool", default=None, choices=("cls", "mean"),
                    help="features: the cls token after the final norm, or the official MAE "
                         "global pool (mean of the patch tokens before the final norm, then "
                         "a new LayerNorm fc_norm)")
-    g.add_argument("--val_split", type=engine.non_negative_int, default=0,
+    g.add_argument("--val_split", type=cli.non_negative_int, default=0,
                    help="hold out N training images for choosing the best epoch; 0: the "
                         "best epoch is chosen on the test set (and labelled so)")
     g.add_argument("--model_fn", "--output_model_path", dest="output_model_path",
@@ -94,10 +92,10 @@ def get_args_parser():
                    help="per-epoch CSV file name in the stage folder (auto: metrics.csv)")
 
     g = p.add_argument_group("model from scratch (default: taken from the MAE checkpoint)")
-    g.add_argument("--patch_size", type=engine.positive_int, default=None, help="patch side")
-    g.add_argument("--emb_dim", type=engine.positive_int, default=None, help="width")
-    g.add_argument("--encoder_layer", type=engine.positive_int, default=None, help="blocks")
-    g.add_argument("--encoder_head", type=engine.positive_int, default=None, help="heads")
+    g.add_argument("--patch_size", type=cli.positive_int, default=None, help="patch side")
+    g.add_argument("--emb_dim", type=cli.positive_int, default=None, help="width")
+    g.add_argument("--encoder_layer", type=cli.positive_int, default=None, help="blocks")
+    g.add_argument("--encoder_head", type=cli.positive_int, default=None, help="heads")
     g.add_argument("--pos_embed", default=None, choices=("learned", "sincos"),
                    help="position embedding initialisation")
     recipes.add_recipe_args(p, ("finetune", "linprobe"))
@@ -143,7 +141,7 @@ def classifier_config(args, mae_cfg, num_classes):
                                 head="bn_linear" if args.linear_probe else "linear",
                                 drop_path=args.drop_path)
     except ValueError as e:
-        raise engine.model_error(e) from None
+        raise common_args.model_error(e) from None
 
 
 def build_model(args, num_classes, device):
@@ -238,10 +236,10 @@ def check_outputs(args, run):
     names = {"--csv_fn": csv_name(args)}
     if args.output_model_path == "auto":
         model_fn = MODES[(args.pretrained_model_path is not None, args.linear_probe)][1]
-        engine.check_file_names({**names, "--model_fn": model_fn})
+        runfolder.check_file_names({**names, "--model_fn": model_fn})
         return
-    engine.check_file_names(names)
-    engine.check_output_path(run, "--model_fn", args.output_model_path, names)
+    runfolder.check_file_names(names)
+    runfolder.check_output_path(run, "--model_fn", args.output_model_path, names)
     if args.pretrained_model_path and os.path.exists(args.output_model_path) and \
             os.path.samefile(args.output_model_path, args.pretrained_model_path):
         raise UsageError("--model_fn would overwrite --pretrained_model_path")
@@ -262,9 +260,9 @@ def csv_name(args):
 
 def main(args):
     recipe = resolve_recipe(args)
-    engine.validate_common(args)
+    common_args.validate_common(args)
     # the upstream's identity is its content: compared on resume, recorded in the results
-    args.pretrained_sha256 = engine.upstream_hash(args.pretrained_model_path)
+    args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
     folder, _, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]
     dist, run, status = engine.start_stage(args, folder)
     check_outputs(args, run)
@@ -309,11 +307,9 @@ class Stage:
                               **recipes.loader_kwargs(args))
         self.trainer = engine.Trainer(
             args, dist, module, loader, Objective(args, data.num_classes), run, "classifier",
-            asdict(model.config), betas=args.betas,
-            layer_decay=args.layer_decay, state_module=model,
+            asdict(model.config), recipes.optimization(args), state_module=model,
             extra_state={"best": lambda: dict(self.best),
-                         engine.UPSTREAM_KEY: lambda: args.pretrained_sha256},
-            optimizer=args.optimizer, min_lr=args.min_lr, momentum=args.momentum)
+                         runfolder.UPSTREAM_KEY: lambda: args.pretrained_sha256})
         self.eval_model = module
 
     def features(self, split):
@@ -363,17 +359,17 @@ class Stage:
                          "classes": self.data.classes, "norm_mean": self.data.mean,
                          "norm_std": self.data.std, "epoch": self.args.total_epoch,
                          "args": vars(self.args),
-                         engine.UPSTREAM_KEY: self.args.pretrained_sha256}, self.model_path())
+                         runfolder.UPSTREAM_KEY: self.args.pretrained_sha256}, self.model_path())
         self.summary = {
             "finished": True, "mode": self.mode, "epochs": self.args.total_epoch,
             "final_test_acc": float(rows[-1]["test_acc"]),
             "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
             "test_acc_at_best": self.best["test_acc"],
             "selection_split": "val" if self.args.val_split else "test",
-            engine.UPSTREAM_KEY: self.args.pretrained_sha256,
+            runfolder.UPSTREAM_KEY: self.args.pretrained_sha256,
             "wall_seconds": sum(float(r["epoch_seconds"]) for r in rows),
             "feature_seconds": self.feature_seconds}
-        engine.write_json(self.run.file(engine.SUMMARY_FN), self.summary)
+        fileio.write_json(self.run.file(runfolder.SUMMARY_FN), self.summary)
 
     def report(self):
         s = self.summary

@@ -1,113 +1,20 @@
-"""Small shared pieces: errors, the CLI, seeding, RNG state, checkpoints, schedule, CSV."""
-import argparse
-import csv
-import errno
+"""Small shared pieces: seeding, RNG state, checkpoints, the lr schedule and parameter groups."""
 import hashlib
 import io
-import json
 import math
 import os
 import pickle
 import random
 import stat
-import sys
 import zipfile
 
 import numpy as np
 import torch
 
-from fileio import atomic_write_bytes, atomic_write_text
+from cli import UsageError
+from fileio import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
-
-
-class UsageError(Exception):
-    """Bad input: the scripts print the message on one line and exit with code 2."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """--help keeps the description's layout (its example commands) and shows every default."""
-
-
-CONFIG_FLAG = "--config"
-
-
-def add_config_arg(parser):
-    parser.add_argument(CONFIG_FLAG, default=None, metavar="ARGS_JSON",
-                        help="replay a run: the values in this args.json (a run folder's) "
-                             "become the defaults; flags given on the command line override "
-                             "them")
-
-
-def parse_args(parser, argv=None):
-    """Parse argv; with --config FILE, FILE's values are the defaults (two passes), so flags
-    on the command line win wherever they stand. UsageError for an unreadable file or a key
-    the parser does not know."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument(CONFIG_FLAG, default=None)
-    path = pre.parse_known_args(argv)[0].config
-    if path is not None:
-        parser.set_defaults(**read_config(parser, path))
-    return parser.parse_args(argv)
-
-
-def read_config(parser, path):
-    """{dest: value} of an args.json, checked against the parser's flags."""
-    try:
-        with open(path) as f:
-            values = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{CONFIG_FLAG} {path}: cannot read it as JSON: "
-                         f"{getattr(e, 'strerror', None) or e}") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"{CONFIG_FLAG} {path}: expected a JSON object of flag values, got "
-                         f"{type(values).__name__}")
-    dests = {a.dest for a in parser._actions} - {"help"}
-    unknown = sorted(set(values) - dests)
-    if unknown:
-        raise UsageError(f"{CONFIG_FLAG} {path}: unknown keys {', '.join(unknown)} (is it "
-                         f"an args.json of {parser.prog}?)")
-    values.pop("config", None)  # the file a replayed run was itself replayed from
-    return values
-
-
-def run_cli(main, parser):
-    """Parse arguments and run main(args); UsageError -> one line on stderr, exit 2."""
-    try:
-        main(parse_args(parser))
-    except UsageError as e:
-        fail(str(e))
-    except OSError as e:  # a write that failed (disk full, read-only) or an unreadable file
-        fail(os_error_message(e))
-    except KeyboardInterrupt:  # Ctrl-C before training installed its handlers
-        print("stopped by SIGINT before training started; nothing to resume yet: run the "
-              "same command again", file=sys.stderr)
-        sys.exit(EXIT_SIGINT)
-
-
-EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports it
-
-
-def fail(message):
-    """One `error:` line (newlines in file names escaped) and exit code 2."""
-    print("error: " + message.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
-    sys.exit(2)
-
-
-def os_error_message(e):
-    """What failed, on which file, and the remedy."""
-    writing = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
-    what = f"{'cannot write' if writing else 'cannot use'} {e.filename}" if e.filename else \
-        "a file operation failed"
-    return f"{what}: {e.strerror or e}; {os_error_hint(e, 'check the path')}"
-
-
-def os_error_hint(e, otherwise):
-    """The remedy for a failed write: free space when the disk is full, else `otherwise`."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "free some space, then run the same command to resume"
-    return "choose a writable folder" if e.errno in (errno.EROFS, errno.EACCES) else otherwise
 
 
 # --------------------------------------------------------------------------- randomness
@@ -227,7 +134,9 @@ def param_groups(model, weight_decay, layer_decay=1.0, no_decay_names=NO_DECAY_N
 
     layer_decay < 1 scales each ViT block's lr by layer_decay ** (depth + 1 - layer_id)
     (embeddings are layer 0, the head layer depth + 1), as in BEiT and MAE fine-tuning.
-    Each group carries 'lr_scale', which set_lr applies.
+    Each group carries 'lr_scale', which set_lr applies. Not timm's param_groups_layer_decay:
+    its layers differ from official MAE's for the final norm, and its group order from the
+    optimizer state of existing checkpoints (tests/test_recipes.py shows both).
     """
     depth = len(model.blocks) if hasattr(model, "blocks") else 0
     groups = {}
@@ -255,63 +164,3 @@ def _layer_id(name, depth):
 def set_lr(optimizer, lr):
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
-
-
-# --------------------------------------------------------------------------- logging
-class CSVLogger:
-    """Per-epoch metrics; the whole file is rewritten atomically on every row.
-
-    On resume, rows of epochs >= start_epoch are dropped so each epoch appears once.
-    """
-
-    def __init__(self, path, fieldnames, start_epoch=0):
-        self.path, self.fieldnames, self.rows = path, list(fieldnames), []
-        if start_epoch > 0 and os.path.exists(path):
-            self.rows = [r for r in read_metrics(path) if int(r["epoch"]) < start_epoch]
-
-    def log(self, row):
-        self.rows.append({k: _fmt(row.get(k)) for k in self.fieldnames})
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.fieldnames, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.path, buf.getvalue())
-
-
-def read_metrics(path):
-    """The rows of a metrics CSV (a UTF-8 BOM, as Excel writes, is fine); UsageError naming
-    the first damaged line."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"cannot read {path}: {e}; restore it, or start again with "
-                         "--overwrite") from None
-    for line, row in enumerate(rows, start=2):
-        if not numeric_row(row):
-            raise UsageError(f"{path} line {line} is damaged; repair or delete that line, or "
-                             "start again with --overwrite")
-    return rows
-
-
-def numeric_row(row):
-    """An integer epoch and a number or blank in every other cell, none missing or extra."""
-    if None in row or None in row.values() or not (row.get("epoch") or "").isdigit():
-        return False
-    return all(_is_number(v) for v in row.values() if v)
-
-
-def _is_number(s):
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
-def _fmt(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v

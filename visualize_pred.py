@@ -20,14 +20,16 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-import engine
+import cli
+import common_args
+from cli import HelpFormatter, UsageError, run_cli
 from data import DeviceLoader, load_dataset
 from distributed import resolve_device
 from fileio import atomic_write
 from mae_pretrain import reconstruction_grid
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
 from train_classifier import MODES
-from utils import HelpFormatter, UsageError, load_checkpoint, run_cli
+from utils import load_checkpoint
 
 DEFAULT_RUNS = os.path.join("outputs", "main_exp")  # the stages' default output_root/exp_name
 MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # label -> what it usually is,
@@ -58,7 +60,7 @@ def get_args_parser():
                         "reconstructions of the shown images")
 
     g = p.add_argument_group("images")
-    g.add_argument("--n", type=engine.positive_int, default=12,
+    g.add_argument("--n", type=cli.positive_int, default=12,
                    help="test images to show (random unless --use_first_n), and the most "
                         "disagreements to show")
     g.add_argument("--indices", type=int, nargs="+", default=None,
@@ -67,11 +69,11 @@ def get_args_parser():
                    help="show the first N test images instead of N random ones")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the random choice of images and of the MAE masks")
-    engine.add_dataset_args(p)
+    common_args.add_dataset_args(p)
 
     g = p.add_argument_group("runtime and output")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    g.add_argument("--batch_size", type=engine.positive_int, default=512,
+    g.add_argument("--batch_size", type=cli.positive_int, default=512,
                    help="test images per forward pass when classifying the whole test split")
     g.add_argument("--save_dir", default=os.path.join(DEFAULT_RUNS, "visualize"),
                    help="folder of the figures (created)")

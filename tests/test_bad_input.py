@@ -20,8 +20,9 @@ import torch
 from conftest import TINY_DATA, TINY_MAE, run_scripts
 
 import data
+from cli import UsageError
 from model import MAE_ViT, MAEConfig, ViT_Classifier
-from utils import CHECKPOINT_FORMAT, UsageError, save_checkpoint
+from utils import CHECKPOINT_FORMAT, save_checkpoint
 
 MAE, CLF, VIS = "mae_pretrain.py", "train_classifier.py", "visualize_pred.py"
 ENCODER = dict(image_size=16, patch_size=4, emb_dim=32, encoder_layer=2, encoder_head=2)

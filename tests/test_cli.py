@@ -12,7 +12,7 @@ import export
 import mae_pretrain
 import train_classifier
 import visualize_pred
-from utils import HelpFormatter, UsageError, parse_args
+from cli import HelpFormatter, UsageError, parse_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PARSERS = {"mae_pretrain": mae_pretrain, "train_classifier": train_classifier,

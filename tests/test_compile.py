@@ -22,12 +22,12 @@ from torch._dynamo.utils import counters
 
 import bench
 import mae_pretrain
+from cli import UsageError
 from data import DeviceLoader, Split
 from distributed import DistInfo
 from engine import Trainer
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier
 from train_classifier import Objective
-from utils import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import engine
 import mae_pretrain
+import recipes
 from data import DeviceLoader
 from utils import param_groups
 
@@ -92,7 +93,7 @@ def test_bf16_autocast_forward_backward_matches_fp32():
 def test_fused_adamw_steps_match_unfused():
     """engine.Trainer's fused AdamW (CUDA) against the default one, same groups and grads."""
     models = [mae().to(CUDA) for _ in range(2)]
-    opts = [torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, betas=engine.ADAMW_BETAS_PRETRAIN,
+    opts = [torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, betas=recipes.ADAMW_BETAS_PRETRAIN,
                               fused=fused) for m, fused in zip(models, (True, False))]
     g = torch.Generator(device=CUDA).manual_seed(0)
     for _ in range(ADAMW_STEPS):

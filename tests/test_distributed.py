@@ -26,8 +26,10 @@ import engine
 import mae_pretrain
 from data import DeviceLoader, Split, load_dataset
 from distributed import DistInfo
-from engine import CHECKPOINT_FN, Interrupted, RunFolder, Trainer, autocast_context
+from engine import Interrupted, Trainer, autocast_context
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
+from recipes import ADAMW_BETAS_PRETRAIN, Optimization
+from runfolder import CHECKPOINT_FN, RunFolder
 from train_classifier import evaluate
 from utils import load_checkpoint, seed_everything
 
@@ -87,7 +89,7 @@ def make_trainer(rank, step_fn, run=None, augment="flip"):
                      max_device_batch_size=MICRO, weight_decay=0.05, total_epoch=EPOCHS,
                      warmup_epoch=1, save_freq=1)
     return Trainer(args, DistInfo(rank, WORLD, 0, CPU), model, loader, step_fn, run, "mae",
-                   asdict(TINY), betas=engine.ADAMW_BETAS_PRETRAIN)
+                   asdict(TINY), Optimization(betas=ADAMW_BETAS_PRETRAIN))
 
 
 def gradient_step(rank):

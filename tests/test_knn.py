@@ -16,8 +16,10 @@ from conftest import TINY_DATA, TINY_MAE, run_script
 import knn
 import mae_pretrain
 from data import load_dataset
-from engine import ARGS_FN, RunFolder, autocast_context, write_json
+from engine import autocast_context
+from fileio import write_json
 from model import MAE_ViT, MAEConfig
+from runfolder import ARGS_FN, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,6 +11,7 @@ from PIL import Image
 import engine
 import mae_pretrain
 import recipes
+import runfolder
 import train_classifier
 from data import FAKE_SIZES, SPLIT_SEED, DeviceLoader, Split, carve, image_record, load_dataset
 from model import MAE_ViT, MAEConfig, sincos_pos_embed
@@ -131,7 +132,7 @@ def test_a_flag_that_does_not_change_results_may_differ_on_rerun(runs):
     cmd = pretrain_cmd(str(folder.parents[1]))[1:] + ["--save_freq", "2"]
     args = mae_pretrain.get_args_parser().parse_args(cmd)
     recipes.resolve(args, "pretrain")  # as main() does before the run folder reads args.json
-    assert engine.RunFolder(str(folder), args).status() == "finished"
+    assert runfolder.RunFolder(str(folder), args).status() == "finished"
 
 
 def test_mae_loss_falls_on_the_fake_data():

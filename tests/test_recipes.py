@@ -17,9 +17,10 @@ import engine
 import mae_pretrain
 import recipes
 import train_classifier
+from cli import UsageError, parse_args
 from data import DeviceLoader, Split, rrc_boxes
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier, sincos_pos_embed
-from utils import UsageError, cosine_lr, param_groups, parse_args
+from utils import cosine_lr, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -309,6 +310,26 @@ def test_layer_decay_groups_match_timms_factory_and_pretraining_decays_tokens():
     official = table(mae, param_groups(mae, 0.05, 1.0, no_decay_names=()))
     assert official == table(mae, param_groups_weight_decay(mae, 0.05))  # add_weight_decay
     assert official["mask_token"][0] == official["encoder.cls_token"][0] == 0.05
+
+
+def test_timms_layer_decay_groups_are_not_ours_so_utils_keeps_its_own():
+    """Why utils.param_groups is not timm's param_groups_layer_decay: (1) with cls pooling
+    timm's group_matcher puts the final norm in the last block's layer, official MAE
+    (util/lr_decay.py: get_layer_id_for_vit) in the head's; (2) timm orders each layer's
+    groups by first appearance, ours decay first: the optimizer state's layout in every
+    checkpoint, which a resume of an existing run loads."""
+    model = tiny_classifier("cls")
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = param_groups(model, 0.05, 0.65)
+    theirs = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.65)
+
+    def scale(groups):
+        return {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+
+    assert scale(ours)["norm.weight"] == 1.0  # the head's layer, as official MAE
+    assert scale(theirs)["norm.weight"] == pytest.approx(0.65)  # the last block's
+    assert [g["weight_decay"] for g in ours[:2]] == [0.05, 0.0]
+    assert [g["weight_decay"] for g in theirs[:2]] == [0.0, 0.05]
 
 
 def test_lars_adapts_weights_like_the_official_probe_and_leaves_biases_plain():

@@ -3,13 +3,17 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
 
+import cli
 import report
+import runframe
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +43,7 @@ def write_stage(root, exp, stage, args, rows, summary=None, locked=False, extra_
     folder = root / exp / stage
     folder.mkdir(parents=True)
     (folder / "args.json").write_text(json.dumps({**args, "exp_name": exp}))
-    columns = PRETRAIN_COLUMNS if stage == report.PRETRAIN else CLS_COLUMNS
+    columns = PRETRAIN_COLUMNS if stage == runframe.PRETRAIN else CLS_COLUMNS
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, lineterminator="\n")
         writer.writeheader()
@@ -48,7 +52,7 @@ def write_stage(root, exp, stage, args, rows, summary=None, locked=False, extra_
     if summary is not None:
         (folder / "summary.json").write_text(json.dumps({"finished": True, **summary}))
     if locked:
-        (folder / report.LOCK_FN).write_text("12345\n")
+        (folder / runframe.LOCK_FN).write_text("12345\n")
     return folder
 
 
@@ -63,7 +67,7 @@ def pretrain(root, exp, done=None, knn=None, seed=0, **overrides):
     summary = None if done < total else {
         "epochs": total, "final_train_loss": rows[-1]["train_loss"],
         "final_eval_loss": rows[-1]["eval_loss"], "wall_seconds": 60.0 * total, "knn_acc": knn}
-    return write_stage(root, exp, report.PRETRAIN, args, rows, summary, locked=done < total)
+    return write_stage(root, exp, runframe.PRETRAIN, args, rows, summary, locked=done < total)
 
 
 def classifier(root, exp, stage, test_acc=None, done=None, split="val", locked=True, seed=0,
@@ -122,7 +126,7 @@ def build_outputs(root):
     classifier(root, "cpu_study_seed1", "pretrain-cls", 0.61, split="test", seed=1)
     classifier(root, "cpu_study_seed2", "pretrain-cls", done=1, seed=2)
     # unreadable files
-    broken = root / "broken_exp" / report.PRETRAIN
+    broken = root / "broken_exp" / runframe.PRETRAIN
     broken.mkdir(parents=True)
     (broken / "args.json").write_text("{not json")
     (broken / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
@@ -139,7 +143,7 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(tree):
-    return report.collect_runs(tree[0])
+    return runframe.collect_runs(tree[0])
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +165,11 @@ def run_of(runs, exp, stage):
 
 
 def test_metrics_with_a_bom_read_as_training_reads_them(tmp_path):
-    """Excel saves CSVs with a UTF-8 BOM; utils.read_metrics (resume) accepts it, so the
+    """Excel saves CSVs with a UTF-8 BOM; fileio.read_metrics (resume) accepts it, so the
     report must not drop every row of such a file."""
     path = tmp_path / "metrics.csv"
     path.write_text("\ufeffepoch,train_loss\n0,0.5\n1,0.25\n", encoding="utf-8")
-    frame = report.read_metrics(path)
+    frame = runframe.read_metrics(path)
     assert frame["epoch"].tolist() == [0, 1] and frame["train_loss"].tolist() == [0.5, 0.25]
 
 
@@ -174,9 +178,9 @@ def test_corrupt_metrics_rows_are_skipped(runs):
     assert run["metrics"]["epoch"].tolist() == [0, 1]
     zero_filled = run_of(runs, "main_exp_150_50", "scratch-cls-lin")
     assert zero_filled["metrics"]["epoch"].tolist() == [0, 1]
-    broken = run_of(runs, "broken_exp", report.PRETRAIN)
+    broken = run_of(runs, "broken_exp", runframe.PRETRAIN)
     assert (broken["args"], len(broken["metrics"]), broken["status"]) == ({}, 0, "stopped")
-    assert broken[list(report.SUMMARY_NUMBERS)].isna().all()  # summary.json is not an object
+    assert broken[list(runframe.SUMMARY_NUMBERS)].isna().all()  # summary.json is not an object
 
 
 def test_main_table(runs):
@@ -204,7 +208,7 @@ def test_seed_group_mean_std(runs):
 def test_classifier_only_group_lists_the_classifiers_it_has(tmp_path):
     classifier(tmp_path, "scratch_long_seed1", "scratch-cls", 0.7, seed=1)
     classifier(tmp_path, "scratch_long_seed2", "scratch-cls", seed=2)  # running
-    rows = cells_by_row(report.main_table(report.collect_runs(tmp_path), "scratch_long"))
+    rows = cells_by_row(report.main_table(runframe.collect_runs(tmp_path), "scratch_long"))
     assert list(rows) == ["scratch"]  # no "fine-tuned (MAE): missing" for a scratch-only group
     assert rows["scratch"][0].startswith("70.00 (n=1; scratch_long_seed2: ")
 
@@ -244,10 +248,10 @@ def test_main_tables_leave_out_ablation_variants(runs):
 
 def test_stale_locked_run_is_stopped(tmp_path):
     folder = classifier(tmp_path, "exp", "scratch-cls", done=1)
-    assert report.load_run(folder)["progress"] == "running, epoch 1/2"
+    assert runframe.load_run(folder)["progress"] == "running, epoch 1/2"
     for path in folder.iterdir():
         os.utime(path, (path.stat().st_atime, path.stat().st_mtime - OLD))
-    assert report.load_run(folder)["progress"] == "stopped, epoch 1/2"
+    assert runframe.load_run(folder)["progress"] == "stopped, epoch 1/2"
 
 
 # ----------------------------------------------------------------------------- files
@@ -283,7 +287,7 @@ def test_figures_are_png_and_reconstruction_is_copied(tree, written):
 
 
 def test_empty_root_and_cli_default_out(tmp_path):
-    with pytest.raises(report.UsageError, match="not a folder"):  # a mistyped root
+    with pytest.raises(cli.UsageError, match="not a folder"):  # a mistyped root
         report.write_report(tmp_path / "absent", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (tmp_path / "empty").mkdir()
@@ -310,3 +314,10 @@ def test_notebook_runs_headless_on_fixture(tree, monkeypatch):
                             resources={"metadata": {"path": str(REPO)}}).execute()
     assert sum("image/png" in o.get("data", {}) for o in code[1].outputs) == 2  # figures render
     assert "87.65" in json.dumps([c.outputs for c in code])
+
+
+def test_report_imports_no_torch():
+    """report.py, runframe.py, stats.py and the notebook's imports stay light: no torch."""
+    code = ("import sys, report, runframe, stats; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

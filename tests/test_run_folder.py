@@ -11,7 +11,8 @@ from argparse import Namespace
 import pytest
 from conftest import REPO, TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts, script_env
 
-import engine
+import cli
+import runfolder
 from fileio import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,8 +31,10 @@ STEPS_PER_EPOCH = 2  # TINY_DATA: 64 images, batch 32
 _RACE = r"""
 import json, multiprocessing as mp, os, sys, time
 from argparse import Namespace
-import engine
-from utils import UsageError
+import fileio
+import runfolder
+import cli
+from cli import UsageError
 root, rounds = sys.argv[1], int(sys.argv[2])
 KINDS = ("new", "stale_lock", "garbage_lock", "unfinished")
 args = Namespace(overwrite=False, seed=1)
@@ -42,18 +45,18 @@ def prepare(i):
     if kind != "new":
         os.makedirs(path)
     if kind == "stale_lock":
-        open(os.path.join(path, engine.LOCK_FN), "w").write("1\n")
+        open(os.path.join(path, runfolder.LOCK_FN), "w").write("1\n")
     if kind == "garbage_lock":
-        open(os.path.join(path, engine.LOCK_FN), "w").write("\x00garbage 99999999999999999999")
+        open(os.path.join(path, runfolder.LOCK_FN), "w").write("\x00garbage 99999999999999999999")
     if kind == "unfinished":
-        engine.write_json(os.path.join(path, engine.ARGS_FN), vars(args))
+        fileio.write_json(os.path.join(path, runfolder.ARGS_FN), vars(args))
     return path
 
 def worker(barrier, out):
     held = refused = double = 0
     for i in range(rounds):
         barrier.wait()
-        run = engine.RunFolder(os.path.join(root, f"r{i}"), args)
+        run = runfolder.RunFolder(os.path.join(root, f"r{i}"), args)
         try:
             run.open(fresh=run.status() == "new")
         except UsageError:
@@ -101,15 +104,15 @@ def test_two_processes_never_both_hold_the_lock(tmp_path):
 
 
 def test_only_the_owner_releases_the_lock(tmp_path):
-    owner = engine.RunFolder(str(tmp_path), Namespace(overwrite=False))
+    owner = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))
     owner.open(fresh=True)
-    other = engine.RunFolder(str(tmp_path), Namespace(overwrite=False))
-    with pytest.raises(engine.UsageError, match=f"another run \\(pid {os.getpid()}\\)"):
+    other = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))
+    with pytest.raises(cli.UsageError, match=f"another run \\(pid {os.getpid()}\\)"):
         other.open(fresh=False)
     other.release()  # it never held the lock: a no-op
-    assert os.path.exists(tmp_path / engine.LOCK_FN)
+    assert os.path.exists(tmp_path / runfolder.LOCK_FN)
     owner.release()
-    assert not os.path.exists(tmp_path / engine.LOCK_FN)
+    assert not os.path.exists(tmp_path / runfolder.LOCK_FN)
 
 
 # --------------------------------------------------------------------------- Ctrl-C, sizes
@@ -274,7 +277,7 @@ def test_ctrl_c_before_training_and_absurd_sizes(runs):
         assert proc.stderr.strip().splitlines() == [
             "stopped by SIGINT before training started; nothing to resume yet: run the same "
             "command again"]
-    assert not os.path.exists(os.path.join(root, "cache", "scratch-cls-lin", engine.LOCK_FN))
+    assert not os.path.exists(os.path.join(root, "cache", "scratch-cls-lin", runfolder.LOCK_FN))
     proc = procs["huge_batch"]
     assert proc.returncode == 0, proc.stderr
     assert "warning: --batch_size 100000000 exceeds the 64 training images" in proc.stdout

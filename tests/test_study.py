@@ -16,6 +16,7 @@ from test_commands import OUT, fake_bin, record  # noqa: F401  (fixtures)
 from test_report import classifier, pretrain
 
 import report
+import runframe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COMMITTED = REPO / "results" / "fashion_mnist_study"
@@ -209,7 +210,7 @@ def test_cached_probe_records_feature_seconds(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "e" / "scratch-cls-lin" / "summary.json").read_text())
     assert summary["feature_seconds"] > 0
-    run = report.load_run(tmp_path / "e" / "scratch-cls-lin")
+    run = runframe.load_run(tmp_path / "e" / "scratch-cls-lin")
     assert run["total_seconds"] == pytest.approx(
         summary["wall_seconds"] + summary["feature_seconds"])
 
@@ -239,7 +240,7 @@ def add_summary(folder, **extra):
 
 def test_study_tables_pair_by_hash_and_judge_against_the_noise(tmp_path):
     study_tree(tmp_path)
-    frame = report.collect_runs(tmp_path)
+    frame = runframe.collect_runs(tmp_path)
     assert isinstance(frame, pd.DataFrame)
     paired = frame.set_index(["exp", "stage"])["paired"]
     assert paired[("main_seed1", "pretrain-cls")] == "yes"
@@ -284,7 +285,7 @@ def test_search_finding_compares_the_validation_pick_with_the_pixel_probe(
     study_tree(tmp_path)  # main probes 60.1 / 62.2 / 64.3: std 2.10
     classifier(tmp_path, "baseline_seed1", "pixels-lin", 0.65, seed=1)
     classifier(tmp_path, "search_more_seed1", "pretrain-cls-lin", search_acc, seed=1)
-    tables = report.build_tables(report.collect_runs(tmp_path), ablation_base="main")
+    tables = report.build_tables(runframe.collect_runs(tmp_path), ablation_base="main")
     (search,) = [t for t in tables if t["name"] == "search"]
     assert f"`search_more_seed1` pretrain-cls-lin ({100 * search_acc + 0.78:.2f}% val)" in (
         search["finding"])
@@ -301,7 +302,7 @@ def test_shared_pretraining_is_not_missing(tmp_path):
     args = tmp_path / "fmnist_seed2" / "pretrain-cls" / "args.json"
     args.write_text(json.dumps({**json.loads(args.read_text()), "pretrained_model_path":
                                 "outputs/fmnist_seed1/mae-pretrain/vit-t-mae.pt"}))
-    text = report.markdown(report.pretrain_table(report.collect_runs(tmp_path)))
+    text = report.markdown(report.pretrain_table(runframe.collect_runs(tmp_path)))
     assert "missing" not in text and "none by design: its classifiers use fmnist_seed1" in text
 
 
@@ -340,4 +341,4 @@ def test_report_survives_hostile_run_files(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| `a")]
     assert rows and all(row.startswith("| `a\\|b` |") for row in rows)
     assert not list(out.glob(".tmp-*"))
-    assert report.load_run(folder)["args"]["augment"] == '["flip"]'
+    assert runframe.load_run(folder)["args"]["augment"] == '["flip"]'

@@ -11,7 +11,7 @@ DOC = REPO / "docs" / "troubleshooting.md"
 PLACEHOLDER = "…"
 MESSAGE_STARTS = ("error: ", "warning: ", "stopped by ")
 MIN_SPACES = 3  # a code span with more words than a flag or a file name is a message
-PRINTED_PREFIXES = ("error: ",)  # added by utils.run_cli, not part of the messages
+PRINTED_PREFIXES = ("error: ",)  # added by cli.run_cli, not part of the messages
 EDGE = " ;:.,()"  # punctuation that may sit between two literals of one message
 
 

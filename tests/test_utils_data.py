@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli import UsageError
 from data import (
     AUGMENTS,
     DeviceLoader,
@@ -21,11 +22,10 @@ from data import (
     image_record,
     load_dataset,
 )
+from fileio import CSVLogger
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
 from utils import (
     CHECKPOINT_FORMAT,
-    CSVLogger,
-    UsageError,
     cosine_lr,
     load_checkpoint,
     param_groups,

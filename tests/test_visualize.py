@@ -6,8 +6,9 @@ import torch
 from conftest import TINY_ENCODER, TINY_MAE, run_scripts
 
 import visualize_pred
+from cli import UsageError
 from model import ClassifierConfig, ViT_Classifier
-from utils import CHECKPOINT_FORMAT, UsageError, load_checkpoint, save_checkpoint
+from utils import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_TEST = 64

@@ -10,8 +10,9 @@ from conftest import TINY_DATA, TINY_MAE, run_scripts
 from safetensors.torch import save_file
 
 import train_classifier
+from cli import UsageError
 from model import MAE_ViT, MAEConfig
-from utils import UsageError, load_checkpoint, seed_everything
+from utils import load_checkpoint, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCH = ["--total_epoch", "1", "--warmup_epoch", "0"]

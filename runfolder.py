@@ -1,0 +1,273 @@
+"""A stage's run folder: its state (new / unfinished / finished / foreign), the lock a writing
+run holds, the names its files take, and the identity of its upstream model.
+"""
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+
+import distributed
+from cli import UsageError, os_error_hint
+from fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
+from utils import check_model_file, load_checkpoint
+
+CHECKPOINT_FN = "checkpoint.pt"
+ARGS_FN = "args.json"
+SUMMARY_FN = "summary.json"
+LOCK_FN = ".lock"
+TENSORBOARD_DIR = "tensorboard"
+LOCK_MODE = 0o666  # of a new lock file, before the umask
+PID_MAX_CHARS = 16  # a lock file holding more is not a pid
+# args.json key of a classifier's upstream: the sha256 of --pretrained_model_path's bytes
+# (None from scratch). The path's spelling does not matter; its content does.
+UPSTREAM_KEY = "pretrained_sha256"
+HASH_SHOWN = 12  # hex digits of a hash shown in messages
+# Flags that do not change the numbers a run produces; they may differ on resume (a run
+# folder may also be moved or renamed).
+NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
+                   "output_root", "data_dir", "exp_name", "config",
+                   # compared by content: UPSTREAM_KEY
+                   "pretrained_model_path",
+                   # the kNN monitor (knn.py) only observes the encoder; training is unchanged
+                   "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
+                   "knn_eval_images"}
+
+# Names of the run folder's own files and folders, refused for output file flags.
+RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
+
+
+class RunFolder:
+    """One stage's output folder and its state: new / unfinished / finished / foreign.
+
+    The state is decided from every file present: a readable args.json (or, if it is gone,
+    the flags saved in checkpoint.pt) names the run; summary.json marks it finished, and
+    checkpoint.pt makes it resumable. Files that no flags can be found for make the folder
+    foreign: it is refused, and only --overwrite deletes anything. While a run writes, it holds
+    an fcntl lock on LOCK_FN (released by the kernel when the process dies); only the owner
+    removes the file.
+    """
+
+    def __init__(self, path, args, is_main=True):
+        self.path, self.args, self.is_main = path, vars(args).copy(), is_main
+        self.ckpt_path = os.path.join(path, CHECKPOINT_FN)
+        self.lock_fd = None
+        self.folders = []  # outside folders output files go to (check_output_path)
+        self.decided = None  # the status() this process acts on, re-checked under the lock
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def status(self):
+        """'new' (nothing to resume: no files, --overwrite, or only the args.json of a run
+        stopped before its first checkpoint), 'unfinished' or 'finished'; refuses changed
+        flags and foreign folders. Reads only."""
+        self.decided = self._status()
+        return self.decided
+
+    def _status(self):
+        if self.args.get("overwrite") or not self._has_run_files():
+            return "new"
+        saved = self._saved_args()
+        diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
+                for k in sorted(set(saved) | set(self.args))
+                if k not in NON_RESULT_ARGS and k != UPSTREAM_KEY
+                and saved.get(k) != self.args.get(k)]
+        if diff:
+            raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
+                             + ". Use the same flags to resume, another --exp_name, or "
+                               "--overwrite")
+        self._check_upstream(saved)
+        if os.path.exists(self.file(SUMMARY_FN)):
+            return "finished"
+        return "unfinished" if os.path.exists(self.ckpt_path) else "new"
+
+    def _has_run_files(self):
+        """Anything besides the lock and killed writers' temporary files."""
+        try:
+            names = os.listdir(self.path)
+        except (FileNotFoundError, NotADirectoryError):  # open() says why it cannot write
+            return False
+        except OSError as e:
+            raise UsageError(f"cannot read {self.path}: {e.strerror}") from None
+        return any(n != LOCK_FN and not n.startswith(TEMP_PREFIX) for n in names)
+
+    def _saved_args(self):
+        """The flags the folder's run was started with: args.json, else checkpoint.pt's."""
+        path = self.file(ARGS_FN)
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"{path} is damaged ({e}); restore it, or start again with "
+                                 "--overwrite") from None
+            if not isinstance(saved, dict):
+                raise UsageError(f"{path} is damaged (not a JSON object); restore it, or "
+                                 "start again with --overwrite")
+            return saved
+        if os.path.exists(self.ckpt_path):
+            saved = load_checkpoint(self.ckpt_path).get("args")
+            if isinstance(saved, dict):
+                return saved
+        raise UsageError(f"{self.path} holds files of an unknown run (no args.json); use "
+                         "another --exp_name, or --overwrite to delete them")
+
+    def _check_upstream(self, saved):
+        """A run started from a model file continues only from the same bytes."""
+        if UPSTREAM_KEY not in saved:  # a run folder of an older version
+            return
+        was, now = saved[UPSTREAM_KEY], self.args.get(UPSTREAM_KEY)
+        if was != now:
+            raise UsageError(
+                f"{self.path} was trained from a pretrained model with sha256 "
+                f"{str(was)[:HASH_SHOWN]}, but --pretrained_model_path now holds "
+                f"{str(now)[:HASH_SHOWN]}; start again with --overwrite (or another "
+                "--exp_name)")
+
+    def open(self, fresh):
+        """Create the folder, take the lock, re-check the status under it, empty the folder
+        when --overwrite says so, delete temporary files a killed run left, write args.json.
+        Rank 0 writes; every rank calls this, after status(): the barriers keep rank 0 from
+        emptying the folder while another rank reads it, and the others from going on before
+        it is ready."""
+        distributed.barrier()
+        if self.is_main:
+            try:
+                self._create(fresh)
+            except BaseException:
+                self.release()
+                raise
+        distributed.barrier()
+
+    def _create(self, fresh):
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self._take_lock()
+            for folder in self.folders:
+                os.makedirs(folder, exist_ok=True)
+            if self.decided is not None and self._status() != self.decided:
+                raise UsageError(f"{self.path} changed while this run was starting (another "
+                                 "run?); run the command again")
+            if fresh and self.args.get("overwrite"):
+                self._empty()
+            remove_temp_files(self.path)
+            write_json(self.file(ARGS_FN), self.args)
+        except OSError as e:
+            hint = os_error_hint(e, "choose a writable --output_root")
+            raise UsageError(f"cannot write to {self.path}: {e.strerror or e}; {hint}") from None
+
+    def _empty(self):
+        """Delete everything but the lock (deleting it would let a second run take another)."""
+        for entry in os.scandir(self.path):
+            if entry.name == LOCK_FN:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
+
+    def _take_lock(self):
+        """flock LOCK_FN for this process's life. The lock must still be the file at LOCK_FN
+        once held: its owner may have removed it (on release) after we opened it."""
+        lock = self.file(LOCK_FN)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, LOCK_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _read_pid(fd)
+                os.close(fd)
+                who = f"another run (pid {pid})" if pid else "another run"
+                raise UsageError(f"{who} is writing to {self.path}; wait for it to finish or "
+                                 "stop it") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # a file its owner removed: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
+
+    def release(self):
+        """Only the owner releases: remove the file while still holding it, then unlock."""
+        if self.lock_fd is None:
+            return
+        try:
+            os.remove(self.file(LOCK_FN))
+        except FileNotFoundError:
+            pass
+        os.close(self.lock_fd)
+        self.lock_fd = None
+
+
+def _read_pid(fd):
+    """The pid a lock file names, or None when it holds something else."""
+    text = os.pread(fd, PID_MAX_CHARS, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() and len(text) < PID_MAX_CHARS else None
+
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def print_args(args):
+    print(f"git commit: {git_commit() or 'unknown'}")
+    for k, v in sorted(vars(args).items()):
+        print(f"  {k}: {v}")
+
+
+
+def check_file_names(names):
+    """names {flag: file name in the stage folder}: each a plain name, distinct, and not one
+    of the run folder's own files; UsageError naming the flag otherwise."""
+    seen = {}
+    for flag, name in names.items():
+        if not name or os.sep in name or name in (".", "..") or name.startswith(TEMP_PREFIX):
+            raise UsageError(f"{flag} is a file name in the stage folder, got {name!r}")
+        if name in RESERVED_NAMES:
+            raise UsageError(f"{flag} {name} would overwrite the run's own {name}; choose "
+                             "another name")
+        if name in seen:
+            raise UsageError(f"{flag} and {seen[name]} both name {name}; choose different "
+                             "names")
+        seen[name] = flag
+
+
+def check_output_path(run, flag, path, names):
+    """A file path outside the naming rules of check_file_names: refused now, not after
+    training, if it cannot be written; its missing folders are created when the run opens.
+    names: the stage folder's other output names ({flag: name})."""
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    if folder == os.path.abspath(run.path):
+        check_file_names({**names, flag: os.path.basename(full)})
+    if os.path.isdir(full):
+        raise UsageError(f"{flag} {path} is a folder; give a file path")
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot create files under {existing}; choose a "
+                         "writable path")
+    run.folders.append(folder)
+
+
+def upstream_hash(path):
+    """The sha256 of a pretrained model file (None without one), or UsageError."""
+    if path is None:
+        return None
+    check_model_file(path)
+    try:
+        return file_sha256(path)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+
