@@ -467,7 +467,7 @@ def main(args):
     validate(args)
     # the encoder's identity is its content, as for train_classifier.py's runs
     args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
-    dist, run, status = engine.start_stage(args, stage_name(args))
+    dist, run, status = engine.start_stage(args, stage_name(args), get_args_parser())
     if status == "finished":
         return
     data = engine.load_stage_data(args, dist, args.val_split)

@@ -5,6 +5,7 @@ import argparse
 import errno
 import json
 import math
+import os
 import sys
 
 
@@ -18,45 +19,133 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
 
 
 CONFIG_FLAG = "--config"
+# Flags that act on a run folder instead of describing a run: a --config never replays them
+# (X's "overwrite": true replayed into Y would empty Y).
+ACTION_KEYS = ("config", "overwrite")
+# args.json key of a classifier's upstream: the sha256 of --pretrained_model_path's bytes
+# (None from scratch). A run records it beside its flags and computes it again on replay.
+UPSTREAM_KEY = "pretrained_sha256"
+RECORDED_KEYS = (UPSTREAM_KEY,)
 
 
 def add_config_arg(parser):
     parser.add_argument(CONFIG_FLAG, default=None, metavar="ARGS_JSON",
                         help="replay a run: the values in this args.json (a run folder's) "
-                             "become the defaults; flags given on the command line override "
-                             "them")
+                             "become the defaults, checked as flags are; flags given on the "
+                             "command line override them, and a --recipe given there "
+                             "re-resolves the recipe's settings. --overwrite is never "
+                             "replayed")
+
+
+def follows(parser, dest, keys):
+    """Declare that the flags `keys` follow --dest: when a command line with --config also
+    gives --dest, the file's values of `keys` are not replayed (the stage resolves them from
+    --dest again, unless they too are on the command line)."""
+    parser.follows = {**getattr(parser, "follows", {}), dest: set(keys)}
 
 
 def parse_args(parser, argv=None):
     """Parse argv; with --config FILE, FILE's values are the defaults (two passes), so flags
-    on the command line win wherever they stand. UsageError for an unreadable file or a key
-    the parser does not know."""
+    on the command line win wherever they stand. UsageError for an unreadable file, a key
+    the parser does not know, or a value its flag would refuse."""
+    followed = getattr(parser, "follows", {})
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument(CONFIG_FLAG, default=None)
-    path = pre.parse_known_args(argv)[0].config
-    if path is not None:
-        parser.set_defaults(**read_config(parser, path))
+    for dest in followed:
+        pre.add_argument("--" + dest, default=None)
+    given = pre.parse_known_args(argv)[0]
+    if given.config is not None:
+        values = read_config(parser, given.config)
+        for dest, keys in followed.items():
+            if getattr(given, dest) is not None:
+                values = {k: v for k, v in values.items() if k not in keys}
+        parser.set_defaults(**values)
     return parser.parse_args(argv)
 
 
 def read_config(parser, path):
-    """{dest: value} of an args.json, checked against the parser's flags."""
-    try:
-        with open(path) as f:
-            values = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{CONFIG_FLAG} {path}: cannot read it as JSON: "
-                         f"{getattr(e, 'strerror', None) or e}") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"{CONFIG_FLAG} {path}: expected a JSON object of flag values, got "
-                         f"{type(values).__name__}")
-    dests = {a.dest for a in parser._actions} - {"help"}
-    unknown = sorted(set(values) - dests)
+    """{dest: value} of an args.json, each value checked and converted as its flag's
+    command-line value is (type, choices, number of values); without ACTION_KEYS and
+    RECORDED_KEYS."""
+    values = _load_config(path)
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    unknown = sorted(set(values) - set(actions) - set(RECORDED_KEYS))
     if unknown:
         raise UsageError(f"{CONFIG_FLAG} {path}: unknown keys {', '.join(unknown)} (is it "
                          f"an args.json of {parser.prog}?)")
-    values.pop("config", None)  # the file a replayed run was itself replayed from
+    if values.get("overwrite") and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: {CONFIG_FLAG} {path} says overwrite; it is not replayed (give "
+              "--overwrite on the command line to train again)")
+    return {k: _config_value(actions[k], v, path) for k, v in values.items()
+            if k not in ACTION_KEYS and k not in RECORDED_KEYS}
+
+
+def _load_config(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+        values = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{CONFIG_FLAG} {path}: cannot read it as JSON: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+    except RecursionError:
+        raise UsageError(f"{CONFIG_FLAG} {path}: cannot read it as JSON: nested deeper than "
+                         "an args.json ever is") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{CONFIG_FLAG} {path}: expected a JSON object of flag values, got "
+                         f"{type(values).__name__}")
     return values
+
+
+def _config_value(action, value, path):
+    """value of a --config for `action`, as the parser would take it from a command line."""
+    try:
+        return _convert(action, value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise UsageError(f"{CONFIG_FLAG} {path}: {action.dest} {json.dumps(value)} is not a "
+                         f"valid {action.option_strings[0] if action.option_strings else ''}"
+                         f" (expected {_expected(action)})") from None
+
+
+def _convert(action, value):
+    if value is None and action.default is None:
+        return None
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):  # store_true and --x/--no-x flags
+            raise TypeError
+        return value
+    if action.nargs in (None, "?"):
+        return _convert_one(action, value)
+    if not isinstance(value, list) or not value and action.nargs == "+" or \
+            isinstance(action.nargs, int) and len(value) != action.nargs:
+        raise TypeError
+    return [_convert_one(action, v) for v in value]
+
+
+def _convert_one(action, value):
+    if isinstance(value, (bool, list, dict)) or value is None:
+        raise TypeError
+    if action.type is None:
+        if not isinstance(value, str):
+            raise TypeError
+        v = value
+    else:
+        v = action.type(value if isinstance(value, str) else repr(value))
+    if action.choices is not None and v not in action.choices:
+        raise ValueError
+    return v
+
+
+def _expected(action):
+    """What a flag's value must be, for a message."""
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        return "true or false"
+    one = f"one of {', '.join(map(str, action.choices))}" if action.choices is not None else \
+        getattr(action.type, "__name__", "a string") if action.type else "a string"
+    if action.nargs in (None, "?"):
+        return one
+    count = action.nargs if isinstance(action.nargs, int) else "one or more"
+    return f"a list of {count} values, each {one}"
 
 
 def run_cli(main, parser):

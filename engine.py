@@ -39,11 +39,13 @@ RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums"
 
 
 # --------------------------------------------------------------------------- stage
-def start_stage(args, stage):
-    """(dist, run folder, status) of a stage; says so when the run is already finished."""
+def start_stage(args, stage, parser=None):
+    """(dist, run folder, status) of a stage; says so when the run is already finished.
+    parser: the stage's, whose defaults stand for flags a saved args.json lacks."""
     dist = distributed.setup(args.device)
     amp_dtype(args.amp, dist.device)  # refused before the run folder is touched
-    run = RunFolder(os.path.join(args.output_root, args.exp_name, stage), args, dist.is_main)
+    run = RunFolder(os.path.join(args.output_root, args.exp_name, stage), args, dist.is_main,
+                    parser and {a.dest: a.default for a in parser._actions})
     status = run.status()
     if status == "finished" and dist.is_main:
         print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")

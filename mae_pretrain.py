@@ -195,14 +195,15 @@ def validate(args):
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
     runfolder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
-                             "--save_images_dir": args.save_images_dir})
+                                "--save_images_dir": args.save_images_dir},
+                               models=("--model_fn",))
     return recipe
 
 
 def main(args):
     recipe = validate(args)
     cfg = model_config(args)
-    dist, run, status = engine.start_stage(args, STAGE)
+    dist, run, status = engine.start_stage(args, STAGE, get_args_parser())
     if status == "finished":
         return
     if dist.is_main:

@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass, fields
 
 from augment import parse_rand_augment
-from cli import UsageError, finite_float
+from cli import UsageError, finite_float, follows
 
 STAGES = ("pretrain", "finetune", "linprobe")
 ADAMW_BETAS = (0.9, 0.999)
@@ -68,6 +68,9 @@ RECIPES = {
     },
 }
 DEFAULT_RECIPE = {"pretrain": "seed", "finetune": "seed", "linprobe": "fast"}
+# The batch the paper's LARS probe sets its lr for: the linear scaling rule shrinks the lr of
+# smaller batches, and LARS's trust ratio (1e-3) leaves a small batch's probe near chance.
+LARS_BATCH = RECIPES["linprobe"]["paper"]["batch_size"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ def add_recipe_args(parser, stages):
             g.add_argument("--" + k, default=None, **kw)
     table = RECIPES[stages[0]][DEFAULT_RECIPE[stages[0]]]
     parser.set_defaults(**{k: _marked(table.get(k)) for k in keys})
+    follows(parser, "recipe", keys)  # --config A --recipe R: R's values, not A's
 
 
 def resolve(args, stage):
@@ -198,6 +202,15 @@ def _validate(args):
         parse_rand_augment(args.rand_augment)
     except ValueError as e:
         raise UsageError(f"--rand_augment: {e}") from None
+
+
+def lars_warning(args):
+    """The warning line of a LARS run below LARS_BATCH, else None."""
+    if args.optimizer != "lars" or args.batch_size >= LARS_BATCH:
+        return None
+    return (f"warning: LARS at --batch_size {args.batch_size}, below the {LARS_BATCH} its lr "
+            "is set for (lr = base lr x batch / 256): a short run may train to chance; use "
+            f"--batch_size {LARS_BATCH}, a higher --base_learning_rate, or --recipe fast")
 
 
 def describe(stage, recipe, rows):

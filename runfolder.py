@@ -8,7 +8,7 @@ import shutil
 import subprocess
 
 import distributed
-from cli import UsageError, os_error_hint
+from cli import UPSTREAM_KEY, UsageError, os_error_hint
 from fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
 from utils import check_model_file, load_checkpoint
 
@@ -19,9 +19,8 @@ LOCK_FN = ".lock"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_MODE = 0o666  # of a new lock file, before the umask
 PID_MAX_CHARS = 16  # a lock file holding more is not a pid
-# args.json key of a classifier's upstream: the sha256 of --pretrained_model_path's bytes
-# (None from scratch). The path's spelling does not matter; its content does.
-UPSTREAM_KEY = "pretrained_sha256"
+# UPSTREAM_KEY (cli.py): args.json's sha256 of --pretrained_model_path's bytes; the path's
+# spelling does not matter, its content does.
 HASH_SHOWN = 12  # hex digits of a hash shown in messages
 # Flags that do not change the numbers a run produces; they may differ on resume (a run
 # folder may also be moved or renamed).
@@ -35,6 +34,9 @@ NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "s
 
 # Names of the run folder's own files and folders, refused for output file flags.
 RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
+# The files that make a folder a run folder (no other run's output goes there).
+RUN_FILES = (ARGS_FN, SUMMARY_FN, CHECKPOINT_FN, LOCK_FN)
+EXPORT_EXTS = (".safetensors", ".json")  # export.py writes a model file's weights and JSON
 
 
 class RunFolder:
@@ -48,8 +50,11 @@ class RunFolder:
     removes the file.
     """
 
-    def __init__(self, path, args, is_main=True):
+    def __init__(self, path, args, is_main=True, defaults=None):
+        """defaults: {dest: default} of the stage's flags; a flag missing from a saved
+        args.json (one written before the flag existed) counts as its default."""
         self.path, self.args, self.is_main = path, vars(args).copy(), is_main
+        self.defaults = defaults or {}
         self.ckpt_path = os.path.join(path, CHECKPOINT_FN)
         self.lock_fd = None
         self.folders = []  # outside folders output files go to (check_output_path)
@@ -66,13 +71,14 @@ class RunFolder:
         return self.decided
 
     def _status(self):
-        if self.args.get("overwrite") or not self._has_run_files():
+        if self.args.get("overwrite") or not self._has_run_files() or self._only_args():
             return "new"
         saved = self._saved_args()
+        missing = object()
         diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
                 for k in sorted(set(saved) | set(self.args))
                 if k not in NON_RESULT_ARGS and k != UPSTREAM_KEY
-                and saved.get(k) != self.args.get(k)]
+                and saved.get(k, self.defaults.get(k, missing)) != self.args.get(k)]
         if diff:
             raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
                              + ". Use the same flags to resume, another --exp_name, or "
@@ -92,6 +98,22 @@ class RunFolder:
             raise UsageError(f"cannot read {self.path}: {e.strerror}") from None
         return any(n != LOCK_FN and not n.startswith(TEMP_PREFIX) for n in names)
 
+    def _only_args(self):
+        """Only an args.json: a run refused or stopped before writing anything else, whose
+        folder a command with other flags may take."""
+        names = {n for n in os.listdir(self.path)
+                 if n != LOCK_FN and not n.startswith(TEMP_PREFIX)}
+        return names == {ARGS_FN}
+
+    def wrote(self, key, path):
+        """Whether this folder's run (its saved args.json) wrote its --key file at path."""
+        try:
+            saved = self._saved_args()
+        except UsageError:
+            return False
+        value = saved.get(key)
+        return isinstance(value, str) and os.path.abspath(value) == os.path.abspath(path)
+
     def _saved_args(self):
         """The flags the folder's run was started with: args.json, else checkpoint.pt's."""
         path = self.file(ARGS_FN)
@@ -99,7 +121,7 @@ class RunFolder:
             try:
                 with open(path, encoding="utf-8") as f:
                     saved = json.load(f)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RecursionError) as e:
                 raise UsageError(f"{path} is damaged ({e}); restore it, or start again with "
                                  "--overwrite") from None
             if not isinstance(saved, dict):
@@ -226,9 +248,10 @@ def print_args(args):
 
 
 
-def check_file_names(names):
+def check_file_names(names, models=()):
     """names {flag: file name in the stage folder}: each a plain name, distinct, and not one
-    of the run folder's own files; UsageError naming the flag otherwise."""
+    of the run folder's own files; the model files among them (flags `models`) also not
+    named so that export.py's files of them would be; UsageError naming the flag otherwise."""
     seen = {}
     for flag, name in names.items():
         if not name or os.sep in name or name in (".", "..") or name.startswith(TEMP_PREFIX):
@@ -236,22 +259,36 @@ def check_file_names(names):
         if name in RESERVED_NAMES:
             raise UsageError(f"{flag} {name} would overwrite the run's own {name}; choose "
                              "another name")
+        exported = [os.path.splitext(name)[0] + ext for ext in EXPORT_EXTS]
+        clash = next((n for n in exported if n in RESERVED_NAMES), None)
+        if flag in models and clash:
+            raise UsageError(f"{flag} {name}: export.py would write its {clash} over the "
+                             f"run's own {clash}; choose another name")
         if name in seen:
             raise UsageError(f"{flag} and {seen[name]} both name {name}; choose different "
                              "names")
         seen[name] = flag
 
 
-def check_output_path(run, flag, path, names):
-    """A file path outside the naming rules of check_file_names: refused now, not after
-    training, if it cannot be written; its missing folders are created when the run opens.
-    names: the stage folder's other output names ({flag: name})."""
+def check_output_path(run, flag, key, names):
+    """The file path of flag (args key `key`), outside the naming rules of check_file_names:
+    refused now, not after training, if it cannot be written, if it is in another run's
+    folder, or if it exists and this run folder's run did not write it; its missing folders
+    are created when the run opens. names: the stage folder's other output names."""
+    path = run.args[key]
     full = os.path.abspath(path)
     folder = os.path.dirname(full)
     if folder == os.path.abspath(run.path):
-        check_file_names({**names, flag: os.path.basename(full)})
+        check_file_names({**names, flag: os.path.basename(full)}, models=(flag,))
     if os.path.isdir(full):
         raise UsageError(f"{flag} {path} is a folder; give a file path")
+    owner = run_folder_of(folder, run.path)
+    if owner is not None:
+        raise UsageError(f"{flag} {path} is in {owner}, another run's folder; choose a path "
+                         "outside run folders")
+    if os.path.lexists(full) and not run.wrote(key, path):
+        raise UsageError(f"{flag} {path} exists and this run did not write it; choose "
+                         "another path, or move that file")
     existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -259,6 +296,21 @@ def check_output_path(run, flag, path, names):
         raise UsageError(f"{flag} {path}: cannot create files under {existing}; choose a "
                          "writable path")
     run.folders.append(folder)
+
+
+def run_folder_of(folder, own):
+    """The nearest of folder and its parents (up to the run's own folder `own`, excluded)
+    that holds run files (RUN_FILES), or None."""
+    own = os.path.abspath(own)
+    while True:
+        if folder == own:
+            return None
+        if any(os.path.lexists(os.path.join(folder, n)) for n in RUN_FILES):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def upstream_hash(path):

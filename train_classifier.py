@@ -117,6 +117,9 @@ def resolve_recipe(args):
             raise UsageError(f"--{k} must be in [0, 1), got {getattr(args, k)}")
     if args.mixup < 0 or args.cutmix < 0:
         raise UsageError("--mixup and --cutmix must be >= 0")
+    warning = recipes.lars_warning(args)
+    if warning and int(os.environ.get("RANK", "0")) == 0:
+        print(warning)
     return rows
 
 
@@ -239,10 +242,10 @@ def check_outputs(args, run):
         runfolder.check_file_names({**names, "--model_fn": model_fn})
         return
     runfolder.check_file_names(names)
-    runfolder.check_output_path(run, "--model_fn", args.output_model_path, names)
     if args.pretrained_model_path and os.path.exists(args.output_model_path) and \
             os.path.samefile(args.output_model_path, args.pretrained_model_path):
         raise UsageError("--model_fn would overwrite --pretrained_model_path")
+    runfolder.check_output_path(run, "--model_fn", "output_model_path", names)
 
 
 def model_file(args, folder):
@@ -264,7 +267,7 @@ def main(args):
     # the upstream's identity is its content: compared on resume, recorded in the results
     args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
     folder, _, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]
-    dist, run, status = engine.start_stage(args, folder)
+    dist, run, status = engine.start_stage(args, folder, get_args_parser())
     check_outputs(args, run)
     if status == "finished":
         return
