@@ -10,9 +10,10 @@ from conftest import TINY_DATA, TINY_MAE, run_scripts
 import bench
 import export
 import mae_pretrain
+import recipes
 import train_classifier
 import visualize_pred
-from cli import HelpFormatter, UsageError, parse_args
+from cli import HelpFormatter, UsageError, parse_args, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PARSERS = {"mae_pretrain": mae_pretrain, "train_classifier": train_classifier,
@@ -146,3 +147,108 @@ def test_seed_flags_and_values_parse(name):
     if name == "mae_pretrain":
         assert (defaults.model_fn, defaults.csv_fn, defaults.save_images_dir) == \
             ("vit-t-mae.pt", "metrics.csv", "images")
+
+
+# --------------------------------------------------------------------------- issue 25
+def test_replayed_config_never_overwrites(tmp_path):
+    """25.1: X's args.json says overwrite; replayed into Y it leaves Y's run (seed 7) alone,
+    and replayed as is it finds X finished."""
+    tiny = [MAE_SCRIPT, *TINY_DATA, *TINY_MAE, "--output_root", tmp_path, "--total_epoch", "1",
+            "--visualize_freq", "0"]
+    x_args = tmp_path / "X" / "mae-pretrain" / "args.json"
+    y_model = tmp_path / "Y" / "mae-pretrain" / "vit-t-mae.pt"
+    y, x = run_scripts([[*tiny, "--exp_name", "Y", "--seed", "7"],
+                        [*tiny, "--exp_name", "X", "--overwrite"]])
+    assert y.returncode == 0 and x.returncode == 0, (y.stderr[-2000:], x.stderr[-2000:])
+    before = y_model.read_bytes()
+    into_y, itself = run_scripts([[MAE_SCRIPT, "--config", x_args, "--exp_name", "Y"],
+                                  [MAE_SCRIPT, "--config", x_args]])
+    # Y holds seed 7: the replay (seed 42) is refused as other flags, and nothing is deleted
+    assert into_y.returncode == 2 and "--seed: 7 (saved) vs 42 (now)" in into_y.stderr
+    assert y_model.read_bytes() == before
+    assert json.loads((y_model.parent / "args.json").read_text())["seed"] == 7
+    assert itself.returncode == 0 and "nothing to do" in itself.stdout, itself.stderr[-2000:]
+    assert "it is not replayed" in itself.stdout
+
+
+MAE_SCRIPT = "mae_pretrain.py"
+BAD_CONFIG_VALUES = {"batch_size": [0, -5, 64.5, True, None], "dataset": ["bogus"],
+                     "base_learning_rate": [float("nan"), "x"], "total_epoch": [0],
+                     "betas": [[0.9], 0.9, [0.9, "a"]], "norm_pix_loss": [1],
+                     "emb_dim": [[32]], "exp_name": [3]}
+
+
+@pytest.mark.parametrize("key", BAD_CONFIG_VALUES)
+def test_config_values_are_checked_as_flags_are(key, tmp_path, monkeypatch, capsys):
+    """25.11: a value its flag would refuse on the command line is one error line, exit 2."""
+    path = tmp_path / "args.json"
+    for value in BAD_CONFIG_VALUES[key]:
+        path.write_text(json.dumps({key: value}))
+        monkeypatch.setattr("sys.argv", [MAE_SCRIPT, "--config", str(path)])
+        with pytest.raises(SystemExit) as e:
+            run_cli(lambda args: pytest.fail("ran"),
+                    mae_pretrain.get_args_parser())
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1, (value, err)
+        assert err.startswith(f"error: --config {path}: {key} ") and "expected" in err, err
+
+
+def test_config_values_convert_as_flags_do(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"batch_size": 64, "base_learning_rate": 1e-3, "betas": [0.9, 1],
+                                "image_size": None, "drop_last": True, "norm_pix_loss": True}))
+    args = parse_args(mae_pretrain.get_args_parser(), ["--config", str(path)])
+    assert (args.batch_size, args.base_learning_rate, args.betas, args.image_size) == \
+        (64, 1e-3, [0.9, 1.0], None)
+    assert args.drop_last is True and args.norm_pix_loss is True
+
+
+def test_deeply_nested_config_is_one_error(tmp_path, monkeypatch, capsys):
+    """25.12: no RecursionError."""
+    path = tmp_path / "args.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    monkeypatch.setattr("sys.argv", [MAE_SCRIPT, "--config", str(path)])
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda args: pytest.fail("ran"), mae_pretrain.get_args_parser())
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "cannot read it as JSON" in err
+
+
+def test_config_with_recipe_re_resolves_the_recipe(tmp_path):
+    """25.4: --config A --recipe paper: the paper table replaces A's recipe values (flags on
+    the command line still win); A's other settings stay."""
+    a = tmp_path / "args.json"
+    parser = train_classifier.get_args_parser()
+    ran = parse_args(parser, ["--emb_dim", "48", "--seed", "3", "--total_epoch", "7"])
+    train_classifier.resolve_recipe(ran)
+    a.write_text(json.dumps(vars(ran)))
+    replay = parse_args(train_classifier.get_args_parser(), ["--config", str(a)])
+    train_classifier.resolve_recipe(replay)
+    assert vars(replay) == {**vars(ran), "config": str(a)}  # without --recipe: exactly A
+    args = parse_args(train_classifier.get_args_parser(),
+                      ["--config", str(a), "--recipe", "paper", "--mixup", "0.5"])
+    train_classifier.resolve_recipe(args)
+    paper = recipes.RECIPES["finetune"]["paper"]
+    assert (args.recipe, args.emb_dim, args.seed) == ("paper", 48, 3)
+    assert args.mixup == 0.5  # given with it
+    for k, v in paper.items():
+        if k != "mixup":
+            assert getattr(args, k) == (list(v) if isinstance(v, tuple) else v), k
+    assert "re-resolves" in " ".join(parser.format_help().split())
+
+
+def test_replayed_recipe_saves_what_ran(tmp_path):
+    """25.4 through the CLI: args.json of `--config A --recipe paper` holds the paper
+    table's values (what trained), A's model and seed."""
+    tiny = [MAE_SCRIPT, *TINY_DATA, *TINY_MAE, "--output_root", tmp_path, "--total_epoch", "1",
+            "--visualize_freq", "0"]
+    a_args = tmp_path / "A" / "mae-pretrain" / "args.json"
+    a, b = run_scripts([[*tiny, "--exp_name", "A", "--seed", "5"],
+                        [MAE_SCRIPT, "--config", a_args, "--exp_name", "B", "--recipe", "paper",
+                         "--batch_size", "32"]])
+    assert a.returncode == 0 and b.returncode == 0, b.stderr[-2000:]
+    saved = json.loads((tmp_path / "B" / "mae-pretrain" / "args.json").read_text())
+    assert (saved["recipe"], saved["augment"], saved["pos_embed"], saved["drop_last"]) == \
+        ("paper", "rrc_flip", "sincos", True)
+    assert (saved["batch_size"], saved["seed"], saved["emb_dim"]) == (32, 5, 32)
+    assert "augment: rrc_flip" in b.stdout  # the printed recipe is the saved one
