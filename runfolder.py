@@ -34,8 +34,9 @@ NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "s
 
 # Names of the run folder's own files and folders, refused for output file flags.
 RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
-# The files that make a folder a run folder (no other run's output goes there).
-RUN_FILES = (ARGS_FN, SUMMARY_FN, CHECKPOINT_FN, LOCK_FN)
+# The files that make a folder a run folder (no other run's output goes there; a lock file
+# alone does not: other tools take locks of that name).
+RUN_FILES = (ARGS_FN, SUMMARY_FN, CHECKPOINT_FN)
 EXPORT_EXTS = (".safetensors", ".json")  # export.py writes a model file's weights and JSON
 
 

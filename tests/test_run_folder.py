@@ -281,3 +281,62 @@ def test_ctrl_c_before_training_and_absurd_sizes(runs):
     proc = procs["huge_batch"]
     assert proc.returncode == 0, proc.stderr
     assert "warning: --batch_size 100000000 exceeds the 64 training images" in proc.stdout
+
+
+# --------------------------------------------------------------------------- issue 25
+def test_output_paths_of_other_runs_are_refused(tmp_path):
+    """25.3: --model_fn in another run's folder, or at a file this run did not write, is one
+    error line and nothing is written; a path the run wrote itself is its own on rerun."""
+    root = str(tmp_path)
+    mae = os.path.join(root, "base", "mae-pretrain", "vit-t-mae.pt")
+    foreign = tmp_path / "mine.pt"
+    foreign.write_bytes(b"a user's file")
+    own = os.path.join(root, "out", "x.pt")
+    clf = [*classifier_flags(root), *TINY_ENCODER, "--exp_name"]
+    procs = run_scripts([
+        mae_flags(root, "base"),
+        [*clf, "other", "--model_fn", mae],
+        [*clf, "other", "--model_fn", os.path.join(root, "base", "mae-pretrain", "new.pt")],
+        [*clf, "other", "--model_fn", foreign],
+        [*clf, "ok", "--model_fn", own],
+        [*clf, "ok", "--model_fn", own],
+        [*clf, "ok", "--model_fn", own, "--overwrite"],
+        [*clf, "ok2", "--model_fn", own]])
+    assert procs[0].returncode == 0, procs[0].stderr[-2000:]
+    for proc, words in ((procs[1], "another run's folder"), (procs[2], "another run's folder"),
+                        (procs[3], "exists and this run did not write it"),
+                        (procs[7], "exists and this run did not write it")):
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
+    assert [p.returncode for p in procs[4:7]] == [0, 0, 0], procs[6].stderr[-2000:]
+    assert "nothing to do" in procs[5].stdout
+    with open(os.path.join(root, "base", "mae-pretrain", "summary.json")) as f:
+        assert json.load(f)["model_sha256"] == file_sha256(mae)  # base's MAE is untouched
+    assert foreign.read_bytes() == b"a user's file"
+    assert not os.path.exists(os.path.join(root, "other"))
+
+
+def test_refused_run_leaves_a_folder_the_corrected_command_takes(tmp_path):
+    """25.16: --recipe paper's batch 1024 on 64 images is refused after the folder is made;
+    the corrected command (with --batch_size) then runs instead of meeting "other flags"."""
+    at = TINY_DATA.index("--batch_size")
+    data = TINY_DATA[:at] + TINY_DATA[at + 2:]
+    cmd = [CLF, *data, *TINY_ENCODER, "--total_epoch", "1", "--warmup_epoch", "0",
+           "--output_root", tmp_path, "--exp_name", "e", "--recipe", "paper"]
+    refused, corrected = run_scripts([cmd, [*cmd, "--batch_size", "32"]])
+    assert refused.returncode == 2 and "64 images make no full batch of 1024" in refused.stderr
+    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    assert os.path.exists(tmp_path / "e" / "scratch-cls" / "summary.json")
+
+
+def test_flag_missing_from_saved_args_counts_as_its_default(tmp_path):
+    """A folder written before a flag existed (no val_split in its args.json) is still the
+    same run at that flag's default, and another value is still other flags."""
+    root = str(tmp_path)
+    assert run_scripts([mae_flags(root, "old")])[0].returncode == 0
+    folder = os.path.join(root, "old", "mae-pretrain")
+    edit(folder, "args.json",
+         lambda t: json.dumps({k: v for k, v in json.loads(t).items() if k != "val_split"}))
+    same, other = run_scripts([mae_flags(root, "old"), mae_flags(root, "old", "--val_split", "8")])
+    assert same.returncode == 0 and "nothing to do" in same.stdout, same.stderr[-2000:]
+    assert other.returncode == 2 and "--val_split: None (saved) vs 8 (now)" in other.stderr
