@@ -72,9 +72,11 @@ class RunFolder:
         return self.decided
 
     def _status(self):
-        if self.args.get("overwrite") or not self._has_run_files() or self._only_args():
+        if self.args.get("overwrite") or not self._has_run_files():
             return "new"
-        saved = self._saved_args()
+        saved = self._saved_args()  # a damaged args.json is refused, even alone
+        if self._only_args():
+            return "new"
         missing = object()
         diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
                 for k in sorted(set(saved) | set(self.args))
@@ -101,7 +103,7 @@ class RunFolder:
 
     def _only_args(self):
         """Only an args.json: a run refused or stopped before writing anything else, whose
-        folder a command with other flags may take."""
+        folder a command with other flags may take (RunFolder.open writes its own)."""
         names = {n for n in os.listdir(self.path)
                  if n != LOCK_FN and not n.startswith(TEMP_PREFIX)}
         return names == {ARGS_FN}

@@ -252,3 +252,42 @@ def test_replayed_recipe_saves_what_ran(tmp_path):
         ("paper", "rrc_flip", "sincos", True)
     assert (saved["batch_size"], saved["seed"], saved["emb_dim"]) == (32, 5, 32)
     assert "augment: rrc_flip" in b.stdout  # the printed recipe is the saved one
+
+
+def test_classifier_and_baseline_configs_replay_bit_exact(tmp_path):
+    """25.15: a classifier's and a baseline's args.json (which record pretrained_sha256 beside
+    the flags) replay into another folder, to the same numbers and weights."""
+    import torch
+
+    root = ["--output_root", tmp_path]
+    mae = tmp_path / "m" / "mae-pretrain" / "vit-t-mae.pt"
+    clf = ["train_classifier.py", *TINY_DATA, *root, "--pretrained_model_path", mae,
+           "--total_epoch", "2", "--warmup_epoch", "0"]
+    base = ["baselines.py", *TINY_DATA, *root, "--pretrained_model_path", mae, "--val_split",
+            "16", "--total_epoch", "2", "--warmup_epoch", "0", "--probe_lrs", "0.01",
+            "--probe_weight_decays", "0"]
+    procs = run_scripts([
+        [MAE_SCRIPT, *TINY_DATA, *TINY_MAE, *root, "--total_epoch", "1", "--exp_name", "m",
+         "--visualize_freq", "0"],
+        [*clf, "--exp_name", "X"],
+        ["train_classifier.py", "--config", tmp_path / "X" / "pretrain-cls" / "args.json",
+         "--exp_name", "Y"],
+        [*base, "--exp_name", "X"]])
+    for p in procs:
+        assert p.returncode == 0, p.stderr[-2000:]
+    (stage,) = [d.name for d in (tmp_path / "X").iterdir() if d.name != "pretrain-cls"]
+    replay = run_scripts([["baselines.py", "--config", tmp_path / "X" / stage / "args.json",
+                           "--exp_name", "Y"]])[0]
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    x, y = (torch.load(tmp_path / e / "pretrain-cls" / "vit-t-clf-from_pretrained.pt",
+                       weights_only=True)["model"] for e in ("X", "Y"))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+    def numbers(exp, folder, keys):
+        s = json.loads((tmp_path / exp / folder / "summary.json").read_text())
+        return [s[k] for k in keys]
+
+    assert numbers("X", "pretrain-cls", ("final_test_acc", "best_val_acc")) == \
+        numbers("Y", "pretrain-cls", ("final_test_acc", "best_val_acc"))
+    assert numbers("X", stage, ("final_test_acc", "grid")) == \
+        numbers("Y", stage, ("final_test_acc", "grid"))

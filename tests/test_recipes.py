@@ -346,6 +346,24 @@ def test_lars_adapts_weights_like_the_official_probe_and_leaves_biases_plain():
     assert torch.allclose(head.bias, b0 - 0.5 * gb, atol=1e-6)
 
 
+def test_lars_below_its_batch_warns_up_front(capsys):
+    """25.21: the paper probe's LARS at a small batch (lr scaled down with it) says so, naming
+    the batch the recipe expects and the `fast` alternative; at that batch, or with AdamW
+    (`fast`), it does not."""
+    def warnings(*argv):
+        args = train_classifier.get_args_parser().parse_args(["--linear_probe", *argv])
+        train_classifier.resolve_recipe(args)
+        return [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
+
+    for batch in ("64", "256"):
+        lines = warnings("--recipe", "paper", "--batch_size", batch)
+        assert len(lines) == 1 and lines[0].startswith(f"warning: LARS at --batch_size {batch}")
+        assert "16384" in lines[0] and "--recipe fast" in lines[0]
+    assert warnings("--recipe", "paper") == []  # the recipe's own batch
+    assert warnings("--batch_size", "64") == []  # fast: AdamW
+    assert warnings("--optimizer", "lars", "--batch_size", "64")  # LARS in any recipe
+
+
 def test_schedule_ends_at_min_lr():
     lrs = [cosine_lr(s, 100, 10, 1.0, 1e-3) for s in range(101)]
     assert min(lrs[10:]) == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-3)
