@@ -74,7 +74,7 @@ def read_config(parser, path):
         raise UsageError(f"{CONFIG_FLAG} {path}: unknown keys {', '.join(unknown)} (is it "
                          f"an args.json of {parser.prog}?)")
     if values.get("overwrite") and int(os.environ.get("RANK", "0")) == 0:
-        print(f"note: {CONFIG_FLAG} {path} says overwrite; it is not replayed (give "
+        print(f"note: --config {path} says overwrite; it is not replayed (give "
               "--overwrite on the command line to train again)")
     return {k: _config_value(actions[k], v, path) for k, v in values.items()
             if k not in ACTION_KEYS and k not in RECORDED_KEYS}
