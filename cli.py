@@ -83,8 +83,7 @@ def read_config(parser, path):
 def _load_config(path):
     try:
         with open(path) as f:
-            text = f.read()
-        values = json.loads(text)
+            values = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{CONFIG_FLAG} {path}: cannot read it as JSON: "
                          f"{getattr(e, 'strerror', None) or e}") from None
@@ -103,8 +102,8 @@ def _config_value(action, value, path):
         return _convert(action, value)
     except (TypeError, ValueError, argparse.ArgumentTypeError):
         raise UsageError(f"{CONFIG_FLAG} {path}: {action.dest} {json.dumps(value)} is not a "
-                         f"valid {action.option_strings[0] if action.option_strings else ''}"
-                         f" (expected {_expected(action)})") from None
+                         f"valid {action.option_strings[0]} (expected {_expected(action)})"
+                         ) from None
 
 
 def _convert(action, value):
@@ -140,8 +139,10 @@ def _expected(action):
     """What a flag's value must be, for a message."""
     if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
         return "true or false"
-    one = f"one of {', '.join(map(str, action.choices))}" if action.choices is not None else \
-        getattr(action.type, "__name__", "a string") if action.type else "a string"
+    if action.choices is not None:
+        one = f"one of {', '.join(map(str, action.choices))}"
+    else:
+        one = getattr(action.type, "__name__", "a value") if action.type else "a string"
     if action.nargs in (None, "?"):
         return one
     count = action.nargs if isinstance(action.nargs, int) else "one or more"
