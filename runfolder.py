@@ -65,9 +65,10 @@ class RunFolder:
         return os.path.join(self.path, name)
 
     def status(self):
-        """'new' (nothing to resume: no files, --overwrite, or only the args.json of a run
-        stopped before its first checkpoint), 'unfinished' or 'finished'; refuses changed
-        flags and foreign folders. Reads only."""
+        """'new' (nothing to resume: no files, --overwrite, only a readable args.json of a
+        run refused or stopped before writing anything else, whatever its flags, or an
+        args.json of the same flags without a checkpoint), 'unfinished' or 'finished';
+        refuses changed flags and foreign folders. Reads only."""
         self.decided = self._status()
         return self.decided
 
