@@ -128,9 +128,9 @@ ABL_MASKS=${ABL_MASKS:-"0.5 0.9"}
 CLS_EPOCHS=$ABL_CLS_EPOCHS
 
 ENCODER=(--patch_size "$PATCH" --emb_dim "$EMB_DIM" --encoder_layer "$ENCODER_LAYER"
-         --encoder_head "$ENCODER_HEAD" ${SIZE[@]+"${SIZE[@]}"})
+         --encoder_head "$ENCODER_HEAD")
 SPLIT=(--max_train_images "$LABELLED" --val_split "$VAL_SPLIT" --max_eval_images "$EVAL_IMAGES"
-       --batch_size "$BATCH")
+       --batch_size "$BATCH" ${SIZE[@]+"${SIZE[@]}"})
 CHEAP=(--max_train_images "$PRETRAIN_IMAGES" --total_epoch "$PRETRAIN_EPOCHS"
        --warmup_epoch "$PRETRAIN_WARMUP" --visualize_freq "$PRETRAIN_EPOCHS" --knn_freq 0)
 HEAD=(--max_train_images "$HEAD_IMAGES" --total_epoch "$HEAD_EPOCHS" --warmup_epoch "$HEAD_WARMUP"
@@ -161,9 +161,10 @@ mae() {
     if (( MAIN_NORM_PIX )); then
         norm_pix=(--norm_pix_loss)
     fi
-    pretrain "$exp" "${ENCODER[@]}" --seed "$seed" --pos_embed "$MAIN_POS_EMBED" \
-        --decoder_layer "$MAIN_DECODER_LAYER" --decoder_dim "$MAIN_DECODER_DIM" \
-        --mask_ratio "$MAIN_MASK" ${norm_pix[@]+"${norm_pix[@]}"} --val_split "$VAL_SPLIT" \
+    pretrain "$exp" ${SIZE[@]+"${SIZE[@]}"} "${ENCODER[@]}" --seed "$seed" \
+        --pos_embed "$MAIN_POS_EMBED" --decoder_layer "$MAIN_DECODER_LAYER" \
+        --decoder_dim "$MAIN_DECODER_DIM" --mask_ratio "$MAIN_MASK" \
+        ${norm_pix[@]+"${norm_pix[@]}"} --val_split "$VAL_SPLIT" \
         --max_eval_images "$EVAL_IMAGES" --knn_train_images "$LABELLED" \
         --knn_eval_images "$VAL_SPLIT" --augment flip --batch_size "$PRETRAIN_BATCH" \
         --max_device_batch_size "$PRETRAIN_BATCH" --base_learning_rate "$PRETRAIN_LR" "$@"
@@ -174,7 +175,7 @@ baseline() {
     local exp=$1
     shift
     launch baselines.py "${DATA[@]}" --device "$DEVICE" --output_root "$OUTPUT_ROOT" \
-        --exp_name "$exp" "${SPLIT[@]}" ${SIZE[@]+"${SIZE[@]}"} "$@"
+        --exp_name "$exp" "${SPLIT[@]}" "$@"
 }
 
 # probe_and_knn EXP SEED: the tuned linear probe and kNN of EXP's own encoder.

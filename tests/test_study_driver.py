@@ -22,10 +22,10 @@ PARTS = ("pilot", "head", "scratch", "pixels", "abl_depth", "abl_width", "abl_ma
 RECORDER = """#!/usr/bin/env bash
 printf '%s\\0' "$(basename "$0")" "$@" > "$CALLS_DIR/$(date +%s%N)-$$"
 """
-# The labelled split of every classifier and baseline: (dataset, max_train_images, val_split,
-# max_eval_images, batch_size).
-SPLIT_KEYS = ("dataset", "max_train_images", "val_split", "max_eval_images", "batch_size")
-STUDY_SPLIT = ("fashion_mnist", 5000, 2000, 10000, 128)
+# The labelled split of every classifier and baseline.
+SPLIT_KEYS = ("dataset", "max_train_images", "val_split", "max_eval_images", "batch_size",
+              "image_size")
+STUDY_SPLIT = ("fashion_mnist", 5000, 2000, 10000, 128, None)
 ENCODER = {"patch_size": 4, "emb_dim": 64, "encoder_layer": 6, "encoder_head": 4,
            "pos_embed": "sincos"}
 
