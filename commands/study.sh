@@ -94,8 +94,9 @@ BASE_DECODER_LAYER=${BASE_DECODER_LAYER:-2}  # decoder 2 x 64 (heads: mae_pretra
 BASE_DECODER_DIM=${BASE_DECODER_DIM:-64}     # max(1, dim // 64)), mask 0.75
 BASE_MASK=${BASE_MASK:-0.75}
 PILOT_DECODER_LAYER=${PILOT_DECODER_LAYER:-4}  # the pilot's bigger decoder, 4 x 128: about
-PILOT_DECODER_DIM=${PILOT_DECODER_DIM:-128}    # 3x the base's pretraining time (v1 depth and
-                                               # width rows); chosen, HEAD_EPOCHS must shrink
+PILOT_DECODER_DIM=${PILOT_DECODER_DIM:-128}    # 3x the base's pretraining time (v1's depth
+# and width rows: ~8 min at the cheap budget). Chosen, a head seed at HEAD_EPOCHS=26 (the
+# 10x-steps floor) would take ~85 min: its part then splits over sessions (it resumes).
 # chosen by the pilot: see results.md's pilot table
 MAIN_NORM_PIX=${MAIN_NORM_PIX:-$BASE_NORM_PIX}
 MAIN_POS_EMBED=${MAIN_POS_EMBED:-$BASE_POS_EMBED}
