@@ -247,8 +247,8 @@ stop_arms() {
     exit 143
 }
 
-# settings NAME=VALUE...: check that each overrides a MAIN_* setting (the caller makes them
-# local).
+# settings_ok NAME=VALUE...: exit status 2 (with a message) unless each NAME is a MAIN_*
+# setting (the arm then makes them local: its stages see them, the rest of the part does not).
 settings_ok() {
     local word
     for word in "$@"; do
