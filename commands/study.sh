@@ -282,7 +282,8 @@ head_arm() {
     probe_and_knn "$exp" "$seed"
     classify "$exp" "${CONVERGE[@]}" --seed "$seed" --pretrained_model_path "$(mae_model "$exp")"
     if (( RANDOM_ENCODER )); then
-        local random=(--features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED" --seed "$seed")
+        local random=(--features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED"
+                      --seed "$seed")
         baseline "$exp" "${PROBE[@]}" "${random[@]}"
         baseline "$exp" "${KNN[@]}" "${random[@]}"
     fi
