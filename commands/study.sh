@@ -1,120 +1,400 @@
 #!/usr/bin/env bash
-# The real-image study of issue 13 on Fashion-MNIST, in parts that each fit a session on 2 CPU
-# cores (measured times: results/fashion_mnist_study/environment/<part>_<time>.md):
-#   PART=main       3 pretraining seeds; for each: fine-tune, scratch (same epochs), linear
-#                   probe, random-encoder probe, kNN
-#   PART=baselines  linear probe and kNN on raw pixels; the mask-ratio ablation (0.5, 0.9)
-#   PART=long       the long budget (LONG_FACTOR x the epochs), for every seed: scratch, and
-#                   fine-tuning of PART=main's encoder (like for like with the long scratch)
-#   PART=depth      decoder depth ablation (DEPTHS; the main arm's depth is the default row)
-#   PART=width      decoder width ablation (WIDTHS, 0.5x-4x the encoder width)
-#   PART=search     validation-only search: probe lr, pooling, block, norm_pix_loss, lr,
-#                   pretraining images x epochs
+# Study v2 on Fashion-MNIST (issue 22): the headline question (H: is the MAE representation
+# worth having against tuned pixel baselines and a converged scratch model?) and the seed's
+# question (T: the paper's Table 1, decoder depth / width and mask ratio), paired by seed.
+# Parts, each at most about 70 min on 2 CPU cores at JOBS=1 (estimated from the v1 study's
+# measured runs: a 15k x 10 pretraining with decoder 2 x 64 took 2.5 min, 8 classifier epochs
+# on 5,000 images 1.6 min; the measured times land in RESULTS/environment/<part>_<time>.md):
+#   PART=pilot      one seed, cheap budget, validation only: base, nonormpix, learnedpos and a
+#                   bigger decoder; each with the tuned probe and kNN (~22 min). Its choice is
+#                   then frozen in MAIN_* below by hand (results.md's pilot table)
+#   PART=head       per seed (run PART=head SEEDS=1, then 2, 3): pretraining on all 58,000
+#                   non-validation images for HEAD_EPOCHS, then the tuned probe, tuned kNN, a
+#                   fine-tune with scratch's budget and stopping rule, and a random encoder's
+#                   tuned probe and kNN (~40 min per seed)
+#   PART=scratch    from scratch until validation accuracy stops improving, 3 seeds
+#                   (~15 min per seed; at most ~27 when it never stops: then run per seed)
+#   PART=pixels     tuned pixel probes (full and PCA to the encoder's width) per seed; pixel
+#                   kNN and PCA kNN (deterministic) for seed 1 only (~3 min)
+#   PART=abl_depth  decoder depth 1 vs 8 (~50 min with the default row)
+#   PART=abl_width  decoder width 0.5x vs 4x the encoder's (~50 min)
+#   PART=abl_mask   mask ratio 0.5 vs 0.9 (~30 min)
+#                   Each ablation row: cheap-budget pretraining with the main arm's settings
+#                   but one, a short fine-tune and the tuned probe, 3 seeds, paired by seed
+#                   with the default row abl_default_seed<s>, which the first ablation part
+#                   trains and later ones skip once its runs are in RESULTS/runs/
 #   PART=report     results.md and figures from the committed run files (report.py)
-#   no PART         every part in that order
-# Every arm uses the same labelled subset (LABELLED training images, VAL_SPLIT of them held out
-# for selection) and the whole test split. Each part copies its runs' args.json, metrics.csv and
-# summary.json to RESULTS/runs/ and writes RESULTS/environment/<part>_<time>.md when it ends;
-# commit them. Every stage skips itself when finished and resumes when interrupted: rerun the
-# same command after any stop. SMOKE=1 runs every arm in minutes on generated images (tests).
-#   PART=main bash commands/study.sh
-#   SMOKE=1 OUTPUT_ROOT=/tmp/o RESULTS=/tmp/r bash commands/study.sh
+#   no PART         every part in that order (freeze the pilot's choice first)
+# About 5 CPU-hours in all (4-6). Every classifier and baseline uses the same labelled split
+# (LABELLED training images after VAL_SPLIT are held out for every choice) and the whole test
+# split; every pretraining draws from the training split minus those VAL_SPLIT images. Each
+# part copies its runs' args.json, metrics.csv and summary.json to RESULTS/runs/ and writes
+# RESULTS/environment/<part>_<time>.md when it ends: commit them. Every stage skips itself
+# when finished and resumes when interrupted: rerun the same command after any stop (a part
+# on a fresh machine pretrains again the encoders it needs). JOBS=2 runs a part's independent
+# arms two at a time, one thread each (logs: OUTPUT_ROOT/logs/). SMOKE=1: every part in
+# minutes on generated images (tests/test_study_driver.py).
+#   PART=pilot bash commands/study.sh
+#   PART=head SEEDS=2 JOBS=1 bash commands/study.sh
+#   SMOKE=1 OUTPUT_ROOT=/tmp/o RESULTS=/tmp/r PART=head SEEDS=1 bash commands/study.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n "${SMOKE:-}" ]]; then  # tiny sizes on generated images: every arm in a few minutes
+if [[ -n "${SMOKE:-}" ]]; then  # tiny sizes on generated images: every part in a few minutes
     DATASET=${DATASET:-fake}
-    OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_smoke}
-    RESULTS=${RESULTS:-outputs/study_smoke_results}
+    OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v2_smoke}
+    RESULTS=${RESULTS:-outputs/study_v2_smoke_results}
     SIZE=(--image_size 16)
-    MODEL=(--patch_size 4 --emb_dim 32 --encoder_layer 2 --encoder_head 2)
-    : "${WIDTHS:=16 64 128}" "${DECODER_DIM:=32}" "${PRETRAIN_IMAGES:=64}"
-    : "${PRETRAIN_EPOCHS:=1}" "${PRETRAIN_WARMUP:=0}" "${CLS_EPOCHS:=1}" "${CLS_WARMUP:=0}"
-    : "${LIN_EPOCHS:=1}" "${LIN_WARMUP:=0}" "${LABELLED:=64}" "${VAL_SPLIT:=16}"
-    : "${EVAL_IMAGES:=32}" "${BATCH:=32}" "${SEARCH_IMAGES:=96}" "${SEARCH_EPOCHS:=1}"
-    : "${SEARCH_BLOCK:=0}"
+    : "${EMB_DIM:=32}" "${ENCODER_LAYER:=2}" "${ENCODER_HEAD:=2}"
+    : "${BASE_DECODER_LAYER:=1}" "${BASE_DECODER_DIM:=32}" "${PILOT_DECODER_LAYER:=2}"
+    : "${PILOT_DECODER_DIM:=64}" "${ABL_DEPTHS:=1 2}"
+    : "${PRETRAIN_IMAGES:=64}" "${PRETRAIN_EPOCHS:=1}" "${PRETRAIN_WARMUP:=0}"
+    : "${PRETRAIN_BATCH:=32}" "${HEAD_IMAGES:=96}" "${HEAD_EPOCHS:=2}" "${HEAD_KNN_FREQ:=1}"
+    : "${LABELLED:=64}" "${VAL_SPLIT:=16}" "${EVAL_IMAGES:=32}" "${BATCH:=32}"
+    : "${MAX_EPOCHS:=3}" "${PATIENCE:=1}" "${CLS_WARMUP:=0}" "${ABL_CLS_EPOCHS:=1}"
+    : "${ABL_CLS_WARMUP:=0}" "${LIN_EPOCHS:=1}" "${LIN_WARMUP:=0}"
 else
     SIZE=()
-    MODEL=(--patch_size 4 --emb_dim 64 --encoder_layer 6 --encoder_head 4)
 fi
 # common.sh settings with this study's defaults (set before it fills in the rest)
 DATASET=${DATASET:-fashion_mnist}
 DATA_DIR=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 DEVICE=${DEVICE:-cpu}
-OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study}
-LIN_EPOCHS=${LIN_EPOCHS:-50}
-LIN_WARMUP=${LIN_WARMUP:-5}
-CLS_WARMUP=${CLS_WARMUP:-1}
-DEPTHS=${DEPTHS:-"1 4 8"}          # with the main arm's 2: 1, 2, 4, 8
-WIDTHS=${WIDTHS:-"32 128 256"}     # with the main arm's 64: 0.5x, 1x, 2x, 4x the encoder width
+OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v2}
+LIN_EPOCHS=${LIN_EPOCHS:-50}       # baselines.py's linear probe: epochs (each grid cell keeps
+LIN_WARMUP=${LIN_WARMUP:-5}        # its best validation epoch) and warmup epochs
+CLS_WARMUP=${CLS_WARMUP:-5}        # scratch and the head's fine-tune: warmup epochs
 source commands/common.sh
 
-RESULTS=${RESULTS:-results/fashion_mnist_study}
+RESULTS=${RESULTS:-results/fashion_mnist_study_v2}
 PART=${PART:-all}
-SEEDS=${SEEDS:-"1 2 3"}            # pretraining seeds of the main arm (and its classifiers')
-ABLATION_SEED=${ABLATION_SEED:-1}  # ablation rows: one pretraining seed (noise floor: main arm)
-DECODER_LAYER=${DECODER_LAYER:-2}  # the main arm's decoder and mask; one changes per ablation
-DECODER_DIM=${DECODER_DIM:-64}
-MASK=${MASK:-0.75}
-MASKS=${MASKS-"0.5 0.9"}           # with the main arm's 0.75 (MASKS="": none)
-PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-15000}
-PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}
-PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-1}
-PRETRAIN_LR=${PRETRAIN_LR:-1e-3}   # base lr at batch 256; ViT-T's 1.5e-4 is slow for 10 epochs
-CLS_EPOCHS=${CLS_EPOCHS:-8}        # fine-tuning and scratch alike
-LONG_FACTOR=${LONG_FACTOR:-4}      # scratch at the long budget: LONG_FACTOR x CLS_EPOCHS
-LABELLED=${LABELLED:-5000}         # labelled training images of every classifier and baseline
-VAL_SPLIT=${VAL_SPLIT:-2000}       # of them held out: selection (best epoch, search) only
-EVAL_IMAGES=${EVAL_IMAGES:-10000}  # the whole Fashion-MNIST test split
-BATCH=${BATCH:-128}
-PROBE_LRS=${PROBE_LRS:-"0.001 0.01 0.1 1.0"}  # the validation-only probe lr sweep
-SEARCH_IMAGES=${SEARCH_IMAGES:-60000}  # search: every training image (4x the main arm's), same epochs
-SEARCH_EPOCHS=${SEARCH_EPOCHS:-10}
-SEARCH_LR=${SEARCH_LR:-3e-3}
-SEARCH_BLOCK=${SEARCH_BLOCK:-2}    # an intermediate encoder block (0-based) for the probe
+SEEDS=${SEEDS:-"1 2 3"}            # seeds of every 3-seed arm (a part may run one: SEEDS=2)
+PILOT_SEED=${PILOT_SEED:-1}        # the pilot's one seed
+PIXEL_KNN_SEED=${PIXEL_KNN_SEED:-1}  # pixel kNN is deterministic: run with this seed only
+# JOBS default: see BENCHMARKS.md "CPU configuration"
+JOBS=${JOBS:-1}                    # independent arms run at once (> 1: one thread each)
 
+# --- data: the same labelled split for every classifier and baseline
+LABELLED=${LABELLED:-5000}         # labelled training images (after the validation carve)
+VAL_SPLIT=${VAL_SPLIT:-2000}       # held out of the 60k training split: every choice, never
+                                   # seen by pretraining
+EVAL_IMAGES=${EVAL_IMAGES:-10000}  # the whole Fashion-MNIST test split
+BATCH=${BATCH:-128}                # classifier and linear-probe batch
+
+# --- model: patch 4, width 64, 6 blocks, 4 heads (the v1 study's)
+PATCH=${PATCH:-4}
+EMB_DIM=${EMB_DIM:-64}
+ENCODER_LAYER=${ENCODER_LAYER:-6}
+ENCODER_HEAD=${ENCODER_HEAD:-4}
+
+# --- pretraining: the pilot's base arm, and the main arm's choice
+BASE_NORM_PIX=${BASE_NORM_PIX:-1}  # the pilot's base: norm_pix_loss on (1) or off (0),
+BASE_POS_EMBED=${BASE_POS_EMBED:-sincos}  # official fixed sin-cos position embeddings,
+BASE_DECODER_LAYER=${BASE_DECODER_LAYER:-2}  # decoder 2 x 64 (heads: mae_pretrain.py's
+BASE_DECODER_DIM=${BASE_DECODER_DIM:-64}     # max(1, dim // 64)), mask 0.75
+BASE_MASK=${BASE_MASK:-0.75}
+PILOT_DECODER_LAYER=${PILOT_DECODER_LAYER:-4}  # the pilot's bigger decoder, 4 x 128: about
+PILOT_DECODER_DIM=${PILOT_DECODER_DIM:-128}    # 3x the base's pretraining time (v1's depth
+# and width rows: ~8 min at the cheap budget). Chosen, a head seed at HEAD_EPOCHS=26 (the
+# 10x-steps floor) would take ~85 min: its part then splits over sessions (it resumes).
+# chosen by the pilot: see results.md's pilot table
+MAIN_NORM_PIX=${MAIN_NORM_PIX:-$BASE_NORM_PIX}
+MAIN_POS_EMBED=${MAIN_POS_EMBED:-$BASE_POS_EMBED}
+MAIN_DECODER_LAYER=${MAIN_DECODER_LAYER:-$BASE_DECODER_LAYER}
+MAIN_DECODER_DIM=${MAIN_DECODER_DIM:-$BASE_DECODER_DIM}
+MAIN_MASK=${MAIN_MASK:-$BASE_MASK}
+PRETRAIN_BATCH=${PRETRAIN_BATCH:-256}
+PRETRAIN_LR=${PRETRAIN_LR:-1e-3}   # base lr at batch 256 (the v1 study's; 1.5e-4 is slow here)
+PRETRAIN_IMAGES=${PRETRAIN_IMAGES:-15000}  # the cheap budget (pilot, ablations): the v1 main
+PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}     # arm's 15,000 images x 10 epochs = 590 steps,
+PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-1}      # 1 warmup epoch
+HEAD_IMAGES=${HEAD_IMAGES:-58000}  # the headline arm: every non-validation training image
+HEAD_EPOCHS=${HEAD_EPOCHS:-30}     # 30 x 227 = 6,800 steps (>= 10x 590), ~30 min per seed
+HEAD_WARMUP=${HEAD_WARMUP:-$((HEAD_EPOCHS / 10))}  # a tenth of the run
+HEAD_KNN_FREQ=${HEAD_KNN_FREQ:-5}  # kNN monitor every N epochs: does it still rise?
+
+# --- classifiers
+MAX_EPOCHS=${MAX_EPOCHS:-200}      # scratch and the head's fine-tune: at most, with
+PATIENCE=${PATIENCE:-10}           # early stopping after N epochs without a val_acc gain
+ABL_CLS_EPOCHS=${ABL_CLS_EPOCHS:-8}  # the ablations' short fine-tune (cosine): the v1 budget
+ABL_CLS_WARMUP=${ABL_CLS_WARMUP:-1}
+PCA_DIM=${PCA_DIM:-$EMB_DIM}       # pixel baselines at the encoder's width
+
+# --- the ablations (Table 1's endpoints; the default row holds the main arm's values)
+ABL_DEPTHS=${ABL_DEPTHS:-"1 8"}    # decoder blocks
+ABL_WIDTHS=${ABL_WIDTHS:-"$((EMB_DIM / 2)) $((EMB_DIM * 4))"}  # 0.5x and 4x the encoder width
+                                   # (decoder heads max(1, dim // 64) divide both)
+ABL_MASKS=${ABL_MASKS:-"0.5 0.9"}
+# environment() records the v1 study's setting names: the ablations' short fine-tune here
+CLS_EPOCHS=$ABL_CLS_EPOCHS
+
+ENCODER=(--patch_size "$PATCH" --emb_dim "$EMB_DIM" --encoder_layer "$ENCODER_LAYER"
+         --encoder_head "$ENCODER_HEAD")
 SPLIT=(--max_train_images "$LABELLED" --val_split "$VAL_SPLIT" --max_eval_images "$EVAL_IMAGES"
        --batch_size "$BATCH" ${SIZE[@]+"${SIZE[@]}"})
-CLS=(--total_epoch "$CLS_EPOCHS" --warmup_epoch "$CLS_WARMUP" --recipe "$CLS_RECIPE"
-     --augment flip)
-LONG_CLS=(--total_epoch $((LONG_FACTOR * CLS_EPOCHS)) --warmup_epoch "$CLS_WARMUP"
+CHEAP=(--max_train_images "$PRETRAIN_IMAGES" --total_epoch "$PRETRAIN_EPOCHS"
+       --warmup_epoch "$PRETRAIN_WARMUP" --visualize_freq "$PRETRAIN_EPOCHS" --knn_freq 0)
+HEAD=(--max_train_images "$HEAD_IMAGES" --total_epoch "$HEAD_EPOCHS" --warmup_epoch "$HEAD_WARMUP"
+      --visualize_freq "$HEAD_EPOCHS" --knn_freq "$HEAD_KNN_FREQ")
+STOP=(--lr_schedule constant --early_stop_patience "$PATIENCE")  # warmup, then constant lr
+# TEMPORARY, until train_classifier.py's --early_stop_patience and baselines.py's
+# --features random are merged: SMOKE runs without what this checkout lacks (the study never).
+RANDOM_ENCODER=1
+if [[ -n "${SMOKE:-}" ]]; then
+    grep -q -- '"--early_stop_patience"' ./*.py || STOP=()
+    grep -q '"random"' baselines.py || RANDOM_ENCODER=0
+fi
+# scratch and the head's fine-tune: identical flags but --pretrained_model_path
+CONVERGE=("${SPLIT[@]}" --total_epoch "$MAX_EPOCHS" --warmup_epoch "$CLS_WARMUP"
+          --recipe "$CLS_RECIPE" --augment flip ${STOP[@]+"${STOP[@]}"} "${ENCODER[@]}"
+          --pos_embed "$MAIN_POS_EMBED")
+SHORT_FT=("${SPLIT[@]}" --total_epoch "$ABL_CLS_EPOCHS" --warmup_epoch "$ABL_CLS_WARMUP"
           --recipe "$CLS_RECIPE" --augment flip)
-DECODER=(--decoder_layer "$DECODER_LAYER" --decoder_dim "$DECODER_DIM" --mask_ratio "$MASK")
-
-NORM_PIX=(--norm_pix_loss)  # the main arm's target; a search row drops it
+PROBE=(--method linear --total_epoch "$LIN_EPOCHS" --warmup_epoch "$LIN_WARMUP")
+KNN=(--method knn)
 # ${A[@]+"${A[@]}"}: an array that may be empty, under set -u on bash 3.2 too
 
-# mae EXP SEED FLAGS...: MAE pretraining of the study's encoder (FLAGS change the defaults).
+# mae EXP SEED FLAGS...: pretraining of the study's encoder with the MAIN_* settings (an arm
+# overrides them as locals) on the training split minus the VAL_SPLIT images; FLAGS: budget.
 mae() {
-    local exp=$1 seed=$2
+    local exp=$1 seed=$2 norm_pix=()
     shift 2
-    pretrain "$exp" "${MODEL[@]}" ${SIZE[@]+"${SIZE[@]}"} --seed "$seed" "${DECODER[@]}" \
-        ${NORM_PIX[@]+"${NORM_PIX[@]}"} \
-        --augment flip --batch_size 256 --max_device_batch_size 256 \
-        --base_learning_rate "$PRETRAIN_LR" --total_epoch "$PRETRAIN_EPOCHS" \
-        --warmup_epoch "$PRETRAIN_WARMUP" --max_train_images "$PRETRAIN_IMAGES" \
-        --max_eval_images "$EVAL_IMAGES" --visualize_freq "$PRETRAIN_EPOCHS" --knn_freq 0 "$@"
+    if (( MAIN_NORM_PIX )); then
+        norm_pix=(--norm_pix_loss)
+    fi
+    pretrain "$exp" ${SIZE[@]+"${SIZE[@]}"} "${ENCODER[@]}" --seed "$seed" \
+        --pos_embed "$MAIN_POS_EMBED" --decoder_layer "$MAIN_DECODER_LAYER" \
+        --decoder_dim "$MAIN_DECODER_DIM" --mask_ratio "$MAIN_MASK" \
+        ${norm_pix[@]+"${norm_pix[@]}"} --val_split "$VAL_SPLIT" \
+        --max_eval_images "$EVAL_IMAGES" --knn_train_images "$LABELLED" \
+        --knn_eval_images "$VAL_SPLIT" --augment flip --batch_size "$PRETRAIN_BATCH" \
+        --max_device_batch_size "$PRETRAIN_BATCH" --base_learning_rate "$PRETRAIN_LR" "$@"
 }
 
-# baseline EXP FLAGS...: baselines.py (probe or kNN on frozen features) on the study's split.
+# baseline EXP FLAGS...: baselines.py (tuned on validation) on the study's labelled split.
 baseline() {
     local exp=$1
     shift
     launch baselines.py "${DATA[@]}" --device "$DEVICE" --output_root "$OUTPUT_ROOT" \
         --exp_name "$exp" "${SPLIT[@]}" "$@"
 }
-probe_flags() { echo --total_epoch "$LIN_EPOCHS" --warmup_epoch "$LIN_WARMUP"; }
 
-# arm EXP SEED FLAGS...: pretrain, then fine-tune, linear probe and kNN of that encoder.
+# probe_and_knn EXP SEED: the tuned linear probe and kNN of EXP's own encoder.
+probe_and_knn() {
+    local enc=(--pretrained_model_path "$(mae_model "$1")" --seed "$2")
+    baseline "$1" "${PROBE[@]}" "${enc[@]}"
+    baseline "$1" "${KNN[@]}" "${enc[@]}"
+}
+
+# --- arms: the independent chains of stages of a part, JOBS of them at a time
+ARMS=()      # the part's queued arms, "FUNCTION EXP SEED SETTINGS..." each
+ARM_PIDS=()  # the running arms' processes (JOBS > 1)
+
+# arm FUNCTION EXP SEED SETTINGS...: queue FUNCTION EXP SEED SETTINGS... (its stages run in
+# order); EXP's runs are collected with the part's. SETTINGS: NAME=VALUE words, no spaces.
 arm() {
+    ARMS+=("$*")
+    PART_EXPS+=("$2")
+}
+
+# run_arms: run the queued arms, in order at JOBS=1; else JOBS at a time, each a background
+# shell on one thread with its output in OUTPUT_ROOT/logs/EXP.log. Fails (after the others
+# end) when one fails; an interrupt stops every arm (rerun to resume them all).
+run_arms() {
+    local spec pid words failed=()
+    if (( JOBS == 1 )); then
+        for spec in ${ARMS[@]+"${ARMS[@]}"}; do
+            $spec  # words: FUNCTION EXP SEED SETTINGS...
+        done
+        ARMS=()
+        return
+    fi
+    mkdir -p "$OUTPUT_ROOT/logs"
+    trap stop_arms INT TERM
+    for spec in ${ARMS[@]+"${ARMS[@]}"}; do
+        while (( $(jobs -pr | wc -l) >= JOBS )); do
+            sleep 1
+        done
+        read -r -a words <<< "$spec"
+        echo "arm ${words[1]}: started, log $OUTPUT_ROOT/logs/${words[1]}.log"
+        (OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $spec) >> "$OUTPUT_ROOT/logs/${words[1]}.log" 2>&1 &
+        ARM_PIDS+=("$!:${words[1]}")
+    done
+    for pid in ${ARM_PIDS[@]+"${ARM_PIDS[@]}"}; do
+        if wait "${pid%%:*}"; then
+            echo "arm ${pid#*:}: finished"
+        else
+            failed+=("${pid#*:}")
+            tail -n 20 "$OUTPUT_ROOT/logs/${pid#*:}.log" >&2
+        fi
+    done
+    trap - INT TERM
+    ARMS=() ARM_PIDS=()
+    if (( ${#failed[@]} )); then
+        echo "error: arms failed: ${failed[*]} (logs in $OUTPUT_ROOT/logs/; rerun to resume)" >&2
+        exit 1
+    fi
+}
+
+# stop_arms: on INT or TERM, end each running arm's shell and the stage it runs, then exit.
+stop_arms() {
+    local pid stages
+    for pid in ${ARM_PIDS[@]+"${ARM_PIDS[@]}"}; do
+        stages=$(pgrep -P "${pid%%:*}" || true)
+        kill -TERM "${pid%%:*}" $stages 2>/dev/null || true
+    done
+    wait || true
+    exit 143
+}
+
+# settings_ok NAME=VALUE...: exit status 2 (with a message) unless each NAME is a MAIN_*
+# setting (the arm then makes them local: its stages see them, the rest of the part does not).
+settings_ok() {
+    local word
+    for word in "$@"; do
+        case ${word%%=*} in
+            MAIN_NORM_PIX | MAIN_POS_EMBED | MAIN_DECODER_LAYER | MAIN_DECODER_DIM | MAIN_MASK) ;;
+            *) echo "error: not a MAIN_* setting: $word" >&2; return 2 ;;
+        esac
+    done
+}
+
+# --- the arms of each part
+# pilot_arm EXP SEED SETTINGS...: the base's pretraining with SETTINGS changed, at the cheap
+# budget, then its tuned probe and kNN (judged on validation only).
+pilot_arm() {
     local exp=$1 seed=$2
     shift 2
-    mae "$exp" "$seed" "$@"
-    local enc=(--pretrained_model_path "$(mae_model "$exp")" --seed "$seed")
-    classify "$exp" "${SPLIT[@]}" "${CLS[@]}" "${enc[@]}"
-    classify "$exp" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}"
-    baseline "$exp" --method knn "${enc[@]}"
+    settings_ok "$@"
+    local MAIN_NORM_PIX=$BASE_NORM_PIX MAIN_POS_EMBED=$BASE_POS_EMBED \
+        MAIN_DECODER_LAYER=$BASE_DECODER_LAYER MAIN_DECODER_DIM=$BASE_DECODER_DIM \
+        MAIN_MASK=$BASE_MASK
+    [[ $# == 0 ]] || local "$@"
+    mae "$exp" "$seed" "${CHEAP[@]}"
+    probe_and_knn "$exp" "$seed"
 }
+
+# head_arm EXP SEED: the main arm at the headline budget; its tuned probe and kNN, its
+# fine-tune (scratch's budget and stopping rule), and a random encoder's tuned probe and kNN.
+head_arm() {
+    local exp=$1 seed=$2
+    mae "$exp" "$seed" "${HEAD[@]}"
+    probe_and_knn "$exp" "$seed"
+    classify "$exp" "${CONVERGE[@]}" --seed "$seed" --pretrained_model_path "$(mae_model "$exp")"
+    if (( RANDOM_ENCODER )); then
+        local random=(--features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED"
+                      --seed "$seed")
+        baseline "$exp" "${PROBE[@]}" "${random[@]}"
+        baseline "$exp" "${KNN[@]}" "${random[@]}"
+    fi
+}
+
+# scratch_arm EXP SEED: from scratch until validation accuracy stops improving.
+scratch_arm() {
+    classify "$1" "${CONVERGE[@]}" --seed "$2"
+}
+
+# pixels_arm EXP SEED: tuned pixel probes, full and at the encoder's width (PCA); the
+# deterministic kNNs with PIXEL_KNN_SEED only.
+pixels_arm() {
+    local exp=$1 seed=$2 pca=(--pca_dim "$PCA_DIM")
+    baseline "$exp" --features pixels "${PROBE[@]}" --seed "$seed"
+    baseline "$exp" --features pixels "${PROBE[@]}" "${pca[@]}" --seed "$seed"
+    if [[ $seed == "$PIXEL_KNN_SEED" ]]; then
+        baseline "$exp" --features pixels "${KNN[@]}" --seed "$seed"
+        baseline "$exp" --features pixels "${KNN[@]}" "${pca[@]}" --seed "$seed"
+    fi
+}
+
+# abl_arm EXP SEED SETTINGS...: the main arm at the cheap budget with SETTINGS changed; its
+# short fine-tune and tuned probe.
+abl_arm() {
+    local exp=$1 seed=$2
+    shift 2
+    settings_ok "$@"
+    [[ $# == 0 ]] || local "$@"
+    mae "$exp" "$seed" "${CHEAP[@]}"
+    local enc=(--pretrained_model_path "$(mae_model "$exp")" --seed "$seed")
+    classify "$exp" "${SHORT_FT[@]}" "${enc[@]}"
+    baseline "$exp" "${PROBE[@]}" "${enc[@]}"
+}
+
+# --- the parts
+part_pilot() {
+    local variant words
+    for variant in "base" "nonormpix MAIN_NORM_PIX=0" "learnedpos MAIN_POS_EMBED=learned" \
+        "dec${PILOT_DECODER_LAYER}x$PILOT_DECODER_DIM MAIN_DECODER_LAYER=$PILOT_DECODER_LAYER \
+MAIN_DECODER_DIM=$PILOT_DECODER_DIM"; do
+        read -r -a words <<< "$variant"
+        arm pilot_arm "pilot_${words[0]}_seed$PILOT_SEED" "$PILOT_SEED" \
+            ${words[1]+"${words[@]:1}"}
+    done
+    run_arms
+}
+
+part_head() {
+    local seed
+    for seed in $SEEDS; do
+        arm head_arm "head_seed$seed" "$seed"
+    done
+    run_arms
+}
+
+part_scratch() {
+    local seed
+    for seed in $SEEDS; do
+        arm scratch_arm "scratch_seed$seed" "$seed"
+    done
+    run_arms
+}
+
+part_pixels() {
+    local seed
+    for seed in $SEEDS; do
+        arm pixels_arm "pixels_seed$seed" "$seed"
+    done
+    run_arms
+}
+
+# ABL_STAGES: the default row's stages; once in RESULTS/runs/ (an earlier ablation part's),
+# a later ablation part does not train that seed's default row again.
+ABL_STAGES="mae-pretrain pretrain-cls mae-lin"
+
+# ablation PREFIX SETTING VALUES...: rows PREFIX<value>_seed<s> with SETTING=value, for every
+# seed, each after the seed's default row abl_default_seed<s> unless that is committed.
+ablation() {
+    local prefix=$1 setting=$2 seed value stage committed
+    shift 2
+    for seed in $SEEDS; do
+        committed=1
+        for stage in $ABL_STAGES; do
+            [[ -f "$RESULTS/runs/abl_default_seed$seed/$stage/summary.json" ]] || committed=0
+        done
+        (( committed )) || arm abl_arm "abl_default_seed$seed" "$seed"
+        for value in "$@"; do
+            arm abl_arm "abl_${prefix}${value}_seed$seed" "$seed" "$setting=$value"
+        done
+    done
+    run_arms
+}
+
+part_abl_depth() {
+    ablation depth MAIN_DECODER_LAYER $ABL_DEPTHS
+}
+
+part_abl_width() {
+    ablation width MAIN_DECODER_DIM $ABL_WIDTHS
+}
+
+part_abl_mask() {
+    ablation mask MAIN_MASK $ABL_MASKS
+}
+
+part_report() {
+    python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" \
+        --ablation_base abl_default --environment "$RESULTS/environment"
+}
+
 
 # collect EXP...: copy the finished runs' small files to RESULTS/runs/ (never checkpoints).
 collect() {
@@ -166,118 +446,6 @@ print(f"- python {platform.python_version()}, torch {torch.__version__}, torchvi
     mv "$file.tmp" "$file"
 }
 
-part_main() {
-    local seed
-    for seed in $SEEDS; do
-        arm "main_seed$seed" "$seed"
-        local exp="main_seed$seed"
-        classify "$exp" "${SPLIT[@]}" "${CLS[@]}" "${MODEL[@]}" --seed "$seed"  # scratch
-        classify "$exp" "${SPLIT[@]}" "${LIN[@]}" "${MODEL[@]}" --seed "$seed"  # random enc.
-        PART_EXPS+=("$exp")
-    done
-}
-
-part_baselines() {
-    local seed=${SEEDS%% *}
-    PART_EXPS+=(baseline_seed1)
-    baseline baseline_seed1 --features pixels --method linear $(probe_flags) --seed "$seed"
-    baseline baseline_seed1 --features pixels --method knn
-    ablation mask_r --mask_ratio $MASKS
-}
-
-# Scratch "that has had its chance" (its validation accuracy levels off by the long budget's
-# end: results.md's curves) against a fine-tune of the same length. Like the search, it first
-# retrains PART=main's encoders on a fresh machine (skipped when finished).
-part_long() {
-    local seed
-    for seed in $SEEDS; do
-        mae "main_seed$seed" "$seed"
-        classify "scratch_long_seed$seed" "${SPLIT[@]}" "${LONG_CLS[@]}" "${MODEL[@]}" \
-            --seed "$seed"
-        classify "ft_long_seed$seed" "${SPLIT[@]}" "${LONG_CLS[@]}" --seed "$seed" \
-            --pretrained_model_path "$(mae_model "main_seed$seed")"
-        PART_EXPS+=("scratch_long_seed$seed" "ft_long_seed$seed")
-    done
-}
-
-# ablation PREFIX FLAG VALUES...: one arm per value of one pretraining flag, named
-# PREFIX<value>_seed<ABLATION_SEED>; every other setting is the main arm's.
-ablation() {
-    local prefix=$1 flag=$2 value exp
-    shift 2
-    for value in "$@"; do
-        exp="${prefix}${value}_seed$ABLATION_SEED"
-        arm "$exp" "$ABLATION_SEED" "$flag" "$value"
-        PART_EXPS+=("$exp")
-    done
-}
-
-part_depth() {
-    ablation depth_d --decoder_layer $DEPTHS
-}
-
-part_width() {  # decoder heads: mae_pretrain.py's default, one per 64 channels
-    ablation width_w --decoder_dim $WIDTHS
-}
-
-# The search selects on the validation split only (best_val_acc); probes are trained on the
-# LABELLED - VAL_SPLIT images like every other probe. Its rows vary one thing each. It probes
-# PART=main's first-seed encoder; on a fresh machine (outputs/ does not travel) that
-# pretraining runs again first, and the probes record its sha256.
-part_search() {
-    local seed=$ABLATION_SEED lr
-    mae "main_seed$seed" "$seed"  # finished: skipped; else the same command as PART=main's
-    local enc=(--pretrained_model_path "$(mae_model "main_seed$seed")" --seed "$seed")
-    for lr in $PROBE_LRS; do  # the probe lr (item 5), on train_classifier.py's probe
-        classify "probe_lr${lr}_seed$seed" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}" \
-            --base_learning_rate "$lr"
-        PART_EXPS+=("probe_lr${lr}_seed$seed")
-    done
-    local feature pool block
-    for feature in "mean -1" "cls $SEARCH_BLOCK" "mean $SEARCH_BLOCK"; do
-        read -r pool block <<< "$feature"
-        local exp="search_pool${pool}_block${block}_seed$seed"
-        baseline "$exp" --method linear $(probe_flags) "${enc[@]}" --pool "$pool" --block "$block"
-        baseline "$exp" --method knn "${enc[@]}" --pool "$pool" --block "$block"
-        PART_EXPS+=("$exp")
-    done
-    # The last variant combines the two single changes whose probes scored best on the
-    # validation split (results.md's search table), added after the first three had run.
-    local variant images="images${SEARCH_IMAGES}x$SEARCH_EPOCHS"
-    local more=(--max_train_images "$SEARCH_IMAGES" --total_epoch "$SEARCH_EPOCHS")
-    for variant in nonormpix "lr$SEARCH_LR" "$images" "${images}_nonormpix"; do
-        local exp="search_${variant}_seed$seed" flags=()
-        case $variant in
-            nonormpix) flags=(--no_norm_pix) ;;
-            lr*) flags=(--base_learning_rate "$SEARCH_LR") ;;
-            images*_nonormpix) flags=(--no_norm_pix "${more[@]}") ;;
-            images*) flags=("${more[@]}") ;;
-        esac
-        search_arm "$exp" "$seed" "${flags[@]}"
-        PART_EXPS+=("$exp")
-    done
-}
-
-# search_arm EXP SEED FLAGS...: a pretraining variant judged by its probe and kNN (no
-# fine-tuning); --no_norm_pix first drops the main arm's --norm_pix_loss.
-search_arm() {
-    local exp=$1 seed=$2 NORM_PIX=("${NORM_PIX[@]}")
-    shift 2
-    if [[ "${1:-}" == --no_norm_pix ]]; then
-        NORM_PIX=()
-        shift
-    fi
-    mae "$exp" "$seed" "$@"
-    local enc=(--pretrained_model_path "$(mae_model "$exp")" --seed "$seed")
-    classify "$exp" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}"
-    baseline "$exp" --method knn "${enc[@]}"
-}
-
-part_report() {
-    python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" --ablation_base main \
-        --environment "$RESULTS/environment"
-}
-
 # n_finished: the number of finished runs (summary.json files) under OUTPUT_ROOT.
 n_finished() {
     if [[ -d "$OUTPUT_ROOT" ]]; then
@@ -303,15 +471,22 @@ run_part() {
     environment "$1" "$started" "${PART_EXPS[@]}"
 }
 
+PARTS="pilot head scratch pixels abl_depth abl_width abl_mask"
+case " $PARTS report all " in
+    *" $PART "*) ;;
+    *) echo "error: PART must be one of $PARTS, report, all or empty, got '$PART'" >&2; exit 2 ;;
+esac
+if ! [[ $JOBS =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: JOBS must be a positive whole number, got '$JOBS'" >&2
+    exit 2
+fi
 case $PART in
-    main | baselines | long | depth | width | search) run_part "$PART" ;;
     report) part_report ;;
     all)
-        for part in main baselines long depth width search; do
+        for part in $PARTS; do
             run_part "$part"
         done
         part_report
         ;;
-    *) echo "error: PART must be main, baselines, long, depth, width, search, report or" \
-            "empty, got '$PART'" >&2; exit 2 ;;
+    *) run_part "$PART" ;;
 esac
