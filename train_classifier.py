@@ -99,15 +99,27 @@ def get_args_parser():
     g.add_argument("--csv_fn", "--csv_log", dest="csv_log", default="auto",
                    help="per-epoch CSV file name in the stage folder (auto: metrics.csv)")
 
-    g = p.add_argument_group("model from scratch (default: taken from the MAE checkpoint)")
+    add_architecture_args(p, "model from scratch (default: taken from the MAE checkpoint)")
+    recipes.add_recipe_args(p, ("finetune", "linprobe"))
+    return p
+
+
+def add_architecture_args(parser, title):
+    """The ViT flags of a model from scratch (baselines.py's random encoder shares them);
+    None: VIT_TINY's value (architecture())."""
+    g = parser.add_argument_group(title)
     g.add_argument("--patch_size", type=cli.positive_int, default=None, help="patch side")
     g.add_argument("--emb_dim", type=cli.positive_int, default=None, help="width")
     g.add_argument("--encoder_layer", type=cli.positive_int, default=None, help="blocks")
-    g.add_argument("--encoder_head", type=cli.positive_int, default=None, help="heads")
+    g.add_argument("--encoder_head", type=cli.positive_int, default=None,
+                   help="heads (also: the heads of a timm file, which does not record them)")
     g.add_argument("--pos_embed", default=None, choices=("learned", "sincos"),
                    help="position embedding initialisation")
-    recipes.add_recipe_args(p, ("finetune", "linprobe"))
-    return p
+
+
+def architecture(args):
+    """{flag: value} of the architecture flags, VIT_TINY's value where one was not given."""
+    return {k: VIT_TINY[k] if getattr(args, k) is None else getattr(args, k) for k in VIT_TINY}
 
 
 def resolve_recipe(args):
@@ -138,8 +150,8 @@ def check_early_stop(args):
 def classifier_config(args, mae_cfg, num_classes):
     """The classifier config; from the MAE checkpoint when there is one."""
     in_chans, image_size = image_shape(args.dataset, args.image_size)
-    arch = {k: getattr(args, k) for k in VIT_TINY}
     if mae_cfg is not None:
+        arch = {k: getattr(args, k) for k in VIT_TINY}
         clash = [f"--{k} {v} (the checkpoint has {getattr(mae_cfg, k)})"
                  for k, v in arch.items() if v is not None and v != getattr(mae_cfg, k)]
         for k, v in (("in_chans", in_chans), ("image_size", image_size)):
@@ -149,7 +161,8 @@ def classifier_config(args, mae_cfg, num_classes):
         if clash:
             raise UsageError("the pretrained encoder does not match: " + "; ".join(clash))
         arch = {k: getattr(mae_cfg, k) for k in VIT_TINY}
-    arch = {k: VIT_TINY[k] if v is None else v for k, v in arch.items()}
+    else:
+        arch = architecture(args)
     try:
         return ClassifierConfig(image_size=image_size, in_chans=in_chans, **arch,
                                 num_classes=num_classes, pool=args.pool,
