@@ -14,8 +14,9 @@
 #   no PART         every part in that order
 # Every arm uses the same labelled subset (LABELLED training images, VAL_SPLIT of them held out
 # for selection) and the whole test split. Each part copies its runs' args.json, metrics.csv and
-# summary.json to RESULTS/runs/ and writes RESULTS/environment/<part>_<time>.md when it ends;
-# commit them. Every stage skips itself when finished and resumes when interrupted: rerun the
+# summary.json to RESULTS/runs/ and writes RESULTS/environment/<part>_<time>.md when it ends
+# (commands/study_lib.sh: whatever RESULTS lacks, so a rerun finishes a failed copy); commit
+# them. Every stage skips itself when finished and resumes when interrupted: rerun the
 # same command after any stop. SMOKE=1 runs every arm in minutes on generated images (tests).
 #   PART=main bash commands/study.sh
 #   SMOKE=1 OUTPUT_ROOT=/tmp/o RESULTS=/tmp/r bash commands/study.sh
@@ -72,6 +73,10 @@ SEARCH_IMAGES=${SEARCH_IMAGES:-60000}  # search: every training image (4x the ma
 SEARCH_EPOCHS=${SEARCH_EPOCHS:-10}
 SEARCH_LR=${SEARCH_LR:-3e-3}
 SEARCH_BLOCK=${SEARCH_BLOCK:-2}    # an intermediate encoder block (0-based) for the probe
+# the settings each environment record lists (study_lib.sh: run_part, environment)
+ENV_SETTINGS=(SMOKE SEEDS PRETRAIN_IMAGES PRETRAIN_EPOCHS CLS_EPOCHS LIN_EPOCHS LABELLED VAL_SPLIT
+              EVAL_IMAGES OMP_NUM_THREADS)
+source commands/study_lib.sh
 
 SPLIT=(--max_train_images "$LABELLED" --val_split "$VAL_SPLIT" --max_eval_images "$EVAL_IMAGES"
        --batch_size "$BATCH" ${SIZE[@]+"${SIZE[@]}"})
@@ -114,56 +119,6 @@ arm() {
     classify "$exp" "${SPLIT[@]}" "${CLS[@]}" "${enc[@]}"
     classify "$exp" "${SPLIT[@]}" "${LIN[@]}" "${enc[@]}"
     baseline "$exp" --method knn "${enc[@]}"
-}
-
-# collect EXP...: copy the finished runs' small files to RESULTS/runs/ (never checkpoints).
-collect() {
-    local exp stage file
-    for exp in "$@"; do
-        for stage in "$OUTPUT_ROOT/$exp"/*/; do
-            [[ -f "$stage/summary.json" ]] || continue
-            mkdir -p "$RESULTS/runs/$exp/$(basename "$stage")"
-            for file in args.json metrics.csv summary.json; do
-                cp "$stage/$file" "$RESULTS/runs/$exp/$(basename "$stage")/"
-            done
-        done
-    done
-}
-
-# environment PART STARTED EXP...: RESULTS/environment/PART_<UTC time>.md, one per invocation
-# of the part that trained something (a part split over sessions has one per session; a rerun
-# that skips everything writes none); never edited after.
-environment() {
-    local part=$1 started=$2 file
-    file="$RESULTS/environment/${part}_$(date -u +%Y%m%dT%H%M%SZ).md"
-    shift 2
-    mkdir -p "$RESULTS/environment"
-    {
-        echo "# Environment of one invocation of part \`$part\`"
-        echo
-        echo "- command: \`PART=$part bash commands/study.sh\` (SMOKE=${SMOKE:-}," \
-             "SEEDS=$SEEDS, PRETRAIN_IMAGES=$PRETRAIN_IMAGES, PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS," \
-             "CLS_EPOCHS=$CLS_EPOCHS, LIN_EPOCHS=$LIN_EPOCHS, LABELLED=$LABELLED," \
-             "VAL_SPLIT=$VAL_SPLIT, EVAL_IMAGES=$EVAL_IMAGES, OMP_NUM_THREADS=${OMP_NUM_THREADS:-})"
-        echo "- finished: $(date -u '+%Y-%m-%d %H:%M UTC'); wall time of the invocation that" \
-             "finished it: $(awk "BEGIN {printf \"%.1f\", ($(date -u +%s) - $started) / 60}") min"
-        python -c 'import glob, json, sys
-paths = [p for exp in sys.argv[2:] for p in glob.glob(f"{sys.argv[1]}/{exp}/*/summary.json")]
-total = sum(json.load(open(p)).get("wall_seconds", 0) + json.load(open(p)).get(
-    "feature_seconds", 0) for p in paths)
-print(f"- training + feature time summed over {len(paths)} runs: {total / 60:.1f} min")' \
-            "$OUTPUT_ROOT" "$@"
-        echo "- machine: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
-             xargs), $(free -g | awk '/Mem:/ {print $2}') GiB; load average at the end:" \
-             "$(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "- git commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-             "$(git diff --quiet HEAD 2>/dev/null || echo '(with uncommitted changes)')"
-        python -c 'import platform, torch, torchvision, timm, numpy, pandas
-print(f"- python {platform.python_version()}, torch {torch.__version__}, torchvision "
-      f"{torchvision.__version__}, timm {timm.__version__}, numpy {numpy.__version__}, "
-      f"pandas {pandas.__version__}")'
-    } > "$file.tmp"
-    mv "$file.tmp" "$file"
 }
 
 part_main() {
@@ -276,31 +231,6 @@ search_arm() {
 part_report() {
     python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" --ablation_base main \
         --environment "$RESULTS/environment"
-}
-
-# n_finished: the number of finished runs (summary.json files) under OUTPUT_ROOT.
-n_finished() {
-    if [[ -d "$OUTPUT_ROOT" ]]; then
-        find "$OUTPUT_ROOT" -name summary.json | wc -l
-    else
-        echo 0
-    fi
-}
-
-# run_part NAME: one part, its runs collected and its environment written.
-run_part() {
-    local started before
-    started=$(date -u +%s)
-    before=$(n_finished)
-    PART_EXPS=()  # filled by part_NAME: the experiments whose runs it trained
-    echo "=== part $1"
-    "part_$1"
-    if (( $(n_finished) == before )); then  # all skipped, or a dry run with a stand-in python
-        echo "part $1 trained nothing new: run files and environment left as they are"
-        return
-    fi
-    collect "${PART_EXPS[@]}"
-    environment "$1" "$started" "${PART_EXPS[@]}"
 }
 
 case $PART in
