@@ -7,12 +7,18 @@ split and test split as train_classifier.py.
     python baselines.py --val_split 2000 --pca_dim 64 --method linear        # -> pixels-pca64-lin/
     python baselines.py --val_split 2000 --pretrained_model_path P --method knn    # -> mae-knn/
     python baselines.py --val_split 2000 --pretrained_model_path P --pool mean --block 3
+    python baselines.py --val_split 2000 --features random --patch_size 4 --emb_dim 64 \\
+        --method linear                                   # -> random-lin/ (an untrained ViT)
 
 Features are computed once: pixels standardised with the dataset's per-channel mean/std and
 flattened (C*H*W), or the encoder's cls token / mean patch token after block --block (the
-last block includes the final norm, as train_classifier.py's probe). --pca_dim projects them
-on their first principal components, fitted on the training part only. Pixels and encoder
-features then take the same code path, so each side is tuned as hard as the other:
+last block includes the final norm, as train_classifier.py's probe). The encoder is the MAE's
+of --pretrained_model_path, or with --features random a ViT of the architecture flags
+initialised exactly as train_classifier.py initialises a scratch classifier seeded by
+--seed (the random-encoder baseline, tuned by the same grids as the MAE's features).
+--pca_dim projects them on their first principal components, fitted on the training part
+only. Pixels and encoder features then take the same code path, so each side is tuned as
+hard as the other:
 - linear probe: multinomial logistic regression on features standardised with the training
   part's mean and std (std floored, see STD_FLOOR); one head per cell of the --probe_lrs x
   --probe_weight_decays grid, all trained at once on the same mini-batches with Adam
@@ -47,9 +53,10 @@ from data import SPLIT_SEED, image_record, image_shape
 from model import ENCODER_FIELDS, POOLS, ClassifierConfig, ViT_Classifier
 from utils import cosine_lr, seed_everything
 
-FEATURES = ("pixels", "encoder")
+FEATURES = ("pixels", "encoder", "random")
 METHODS = {"linear": "lin", "knn": "knn"}  # --method -> stage folder suffix
-FEATURE_PREFIX = {"pixels": "pixels", "encoder": "mae"}  # --features -> stage folder prefix
+# --features -> stage folder prefix
+FEATURE_PREFIX = {"pixels": "pixels", "encoder": "mae", "random": "random"}
 LAST_BLOCK = -1
 # Log grids wide enough that the choice lands inside them on pixels and on MAE features alike
 PROBE_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # Adam peak lr (not scaled by batch size)
@@ -79,14 +86,13 @@ def get_args_parser():
 
     g = p.add_argument_group("features")
     g.add_argument("--features", default=None, choices=FEATURES,
-                   help="raw pixels, or the encoder of --pretrained_model_path (default: "
+                   help="raw pixels, the encoder of --pretrained_model_path, or a randomly "
+                        "initialised encoder of the architecture flags below (default: "
                         "encoder when --pretrained_model_path is given, else pixels)")
     g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="pretrained_model_path",
                    default=None,
                    help="MAE model file (mae_pretrain.py's, a timm ViT state dict or an "
                         "official MAE checkpoint) whose frozen encoder gives the features")
-    g.add_argument("--encoder_head", type=cli.positive_int, default=None,
-                   help="attention heads of a timm file that does not record them")
     g.add_argument("--pool", default="cls", choices=POOLS,
                    help="encoder feature: the cls token, or the mean of the patch tokens")
     g.add_argument("--block", type=int, default=LAST_BLOCK,
@@ -96,6 +102,10 @@ def get_args_parser():
                    help="project the features on their first N principal components, "
                         "fitted on the training part (e.g. the encoder's width for pixels); "
                         "0 = no projection")
+
+    train_classifier.add_architecture_args(
+        p, "random encoder (--features random; train_classifier.py's scratch flags and "
+           "defaults)")
 
     g = p.add_argument_group("method and its validation grid")
     g.add_argument("--method", default="linear", choices=tuple(METHODS),
@@ -119,7 +129,8 @@ def get_args_parser():
 
     g = p.add_argument_group("runtime and output")
     g.add_argument("--seed", type=cli.seed_int, default=42,
-                   help="seed of the probe's batch order")
+                   help="seed of the probe's batch order and of the random encoder's "
+                        "initialisation")
     g.add_argument("--device", default="auto",
                    help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", default="off", choices=("auto", "bf16", "fp16", "off"),
@@ -142,10 +153,17 @@ def validate(args):
         args.features = "encoder" if args.pretrained_model_path else "pixels"
     if args.features == "encoder" and not args.pretrained_model_path:
         raise UsageError("--features encoder needs --pretrained_model_path")
-    if args.features == "pixels" and args.pretrained_model_path:
-        raise UsageError("--features pixels takes no --pretrained_model_path")
+    if args.features != "encoder" and args.pretrained_model_path:
+        raise UsageError(f"--features {args.features} takes no --pretrained_model_path")
     if args.features == "pixels" and args.block != LAST_BLOCK:
-        raise UsageError("--block applies to --features encoder")
+        raise UsageError("--block applies to encoder features (--features encoder or random)")
+    if args.features != "random":  # an MAE's architecture comes from its file
+        allowed = ("encoder_head",) if args.features == "encoder" else ()  # a timm file's
+        given = [k for k in train_classifier.VIT_TINY
+                 if getattr(args, k) is not None and k not in allowed]
+        if given:
+            raise UsageError(f"{', '.join('--' + k for k in given)}: the architecture of "
+                             "--features random")
     if not args.val_split:
         raise UsageError("--val_split N is required: baselines choose every hyper-parameter "
                          "on N held-out training images, never on the test split")
@@ -237,6 +255,26 @@ def build_encoder(args, num_classes):
     model = ViT_Classifier(cfg)
     weights.check_tensors(model.encoder_state_dict(), model.from_encoder(state), path)
     model.load_encoder(state)
+    return frozen_trunk(args, model)
+
+
+def random_encoder(args, num_classes):
+    """A frozen ViT of the architecture flags, initialised as train_classifier.py initialises
+    a scratch classifier (the caller seeds with --seed first, as train_classifier.py does;
+    the trunk draws do not depend on the head, so a scratch classifier of this --seed,
+    dataset and architecture starts from exactly these weights)."""
+    in_chans, size = image_shape(args.dataset, args.image_size)
+    try:
+        cfg = ClassifierConfig(image_size=size, in_chans=in_chans,
+                               **train_classifier.architecture(args), num_classes=num_classes,
+                               pool=args.pool)
+    except ValueError as e:
+        raise common_args.model_error(e) from None
+    return frozen_trunk(args, ViT_Classifier(cfg))
+
+
+def frozen_trunk(args, model):
+    """The classifier without its head, in eval mode; --block checked against its depth."""
     n_blocks = len(model.blocks)
     if not LAST_BLOCK <= args.block < n_blocks:
         raise UsageError(f"--block must be -1 or in [0, {n_blocks}), got {args.block}")
@@ -245,10 +283,11 @@ def build_encoder(args, num_classes):
 
 
 def build(args, data, device):
-    """The FrozenFeatures of args (the encoder of the model file, or pixels)."""
+    """The FrozenFeatures of args (the encoder of the model file, a random one, or pixels)."""
     encoder = None
-    if args.features == "encoder":
-        encoder = build_encoder(args, data.num_classes)
+    if args.features != "pixels":
+        build_fn = build_encoder if args.features == "encoder" else random_encoder
+        encoder = build_fn(args, data.num_classes)
         dim = encoder.embed_dim
     else:
         in_chans, size = image_shape(args.dataset, args.image_size)
@@ -446,6 +485,7 @@ def sweep(args, model, data, run, device):
             "its head trained on the training part only (no refit on training + validation)"
             if args.method == "linear" else "the training part as memory"),
         "chosen_on_grid_edge": edges, "feature_dim": feats["train"][0].shape[1],
+        "architecture": architecture(model),
         "train_images": len(data.train), "val_images": len(data.val),
         "images": images_used(args, data), runfolder.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
@@ -453,6 +493,15 @@ def sweep(args, model, data, run, device):
     print(pd.DataFrame(summary["grid"]).to_string(index=False))
     print(f"{stage_name(args)}: chosen on validation {summary['chosen']} "
           f"(val accuracy {summary['best_val_acc']:.4f}); test accuracy {test_acc:.4f}")
+
+
+def architecture(model):
+    """summary.json's record of the encoder ({ENCODER_FIELDS: value}, and the feature's pool
+    and block), or None for pixels."""
+    if model.encoder is None:
+        return None
+    return {**{k: getattr(model.encoder.config, k) for k in ENCODER_FIELDS},
+            "pool": model.config.pool, "block": model.config.block}
 
 
 def images_used(args, data):

@@ -2,8 +2,8 @@
 training loop and the metrics log.
 
 The loop keeps the GPU busy: losses are summed on the device and read once per log interval;
-the learning rate follows a per-step warmup + cosine schedule; checkpoints hold everything a
-resume needs (model, optimizer, scaler, RNG states, position in the epoch).
+the learning rate follows a per-step warmup + cosine (or constant) schedule; checkpoints hold
+everything a resume needs (model, optimizer, scaler, RNG states, position in the epoch).
 """
 import os
 import signal
@@ -24,6 +24,7 @@ from runfolder import TENSORBOARD_DIR, RunFolder, print_args
 from utils import (
     CHECKPOINT_FORMAT,
     NO_DECAY_NAMES,
+    constant_lr,
     cosine_lr,
     get_rng_state,
     load_checkpoint,
@@ -34,6 +35,7 @@ from utils import (
 )
 
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
+LR_SCHEDULES = ("cosine", "constant")  # after the linear warmup: cosine to min_lr, or the peak
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
 RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
@@ -108,11 +110,12 @@ class Trainer:
     over the epoch; the loss is averaged per image. `state_module` is what checkpoints hold
     (the whole classifier, say, while only its head trains). `recipe` is the resolved recipe's
     recipes.Optimization (recipes.optimization(args)): optimizer, betas or momentum, layer
-    decay, min_lr, token decay (None: Optimization()'s defaults).
+    decay, min_lr, token decay (None: Optimization()'s defaults). `lr_schedule`: one of
+    LR_SCHEDULES.
     """
 
     def __init__(self, args, dist, module, loader, step_fn, run, kind, config,
-                 recipe=None, state_module=None, extra_state=None):
+                 recipe=None, state_module=None, extra_state=None, lr_schedule="cosine"):
         self.args, self.dist, self.loader, self.step_fn, self.run = args, dist, loader, step_fn, run
         self.kind, self.config, self.extra_state = kind, config, extra_state or {}
         self.module = module
@@ -127,7 +130,7 @@ class Trainer:
         self.model = model
         self.lr = args.base_learning_rate * args.batch_size / LR_REFERENCE_BATCH
         recipe = recipe or Optimization()  # None: AdamW with the defaults of recipes.py
-        self.min_lr = recipe.min_lr
+        self.min_lr, self.lr_schedule = recipe.min_lr, lr_schedule
         groups = param_groups(module, args.weight_decay, recipe.layer_decay,
                               () if recipe.decay_tokens else NO_DECAY_NAMES)
         self.optimizer = build_optimizer(recipe.optimizer, groups, self.lr, recipe.betas,
@@ -143,7 +146,8 @@ class Trainer:
 
     def describe(self):
         return (f"lr = {self.args.base_learning_rate:g} x {self.args.batch_size} / "
-                f"{LR_REFERENCE_BATCH} = {self.lr:.3g}; {self.steps_per_epoch} steps/epoch; "
+                f"{LR_REFERENCE_BATCH} = {self.lr:.3g} ({self.lr_schedule} after warmup); "
+                f"{self.steps_per_epoch} steps/epoch; "
                 f"{self.dist.world} process(es) x {self.micro_batches} micro-batch(es) of "
                 f"<= {-(-self.local_batch // self.micro_batches)} images; "
                 f"amp {self.dtype or 'off'}")
@@ -240,25 +244,37 @@ class Trainer:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
 
-    def fit(self, on_epoch_end):
-        """Train from the resume point to total_epoch; on_epoch_end(epoch, stats) logs.
+    def fit(self, on_epoch_end, done_after=lambda epoch: False):
+        """Train from the resume point to total_epoch, or until done_after(epoch) says the
+        run is complete after that epoch (early stopping; it must depend only on what the
+        checkpoint restores, and agree on every rank); on_epoch_end(epoch, stats) logs.
 
         The checkpoint is written every save_freq epochs and after the last one; a signal
         received during an epoch saves at the next step boundary (under DDP: the next log
         interval or the epoch end, where the ranks agree) and raises Interrupted.
         """
+        if self.start_epoch > 0 and done_after(self.start_epoch - 1):
+            return  # stopped early, then interrupted before its final files were written
         self.install_signal_handlers()
         for epoch in range(self.start_epoch, self.args.total_epoch):
             stats = self.train_epoch(epoch)
             on_epoch_end(epoch, stats)
             self.stop_signal = self._stop_requested(True)  # a signal during evaluation, too
-            last = epoch + 1 == self.args.total_epoch
+            last = epoch + 1 == self.args.total_epoch or done_after(epoch)
             if last or (epoch + 1) % self.args.save_freq == 0 or self.stop_signal:
                 self.save(epoch + 1, 0)
-            if self.stop_signal and not last:
+            if last:
+                return
+            if self.stop_signal:
                 raise Interrupted(self.stop_signal)
 
     # ---- the loop
+    def lr_at(self, step):
+        """The learning rate at optimizer step `step` (0-based, counted over the run)."""
+        if self.lr_schedule == "constant":
+            return constant_lr(step, self.warmup_steps, self.lr)
+        return cosine_lr(step, self.total_steps, self.warmup_steps, self.lr, self.min_lr)
+
     def train_epoch(self, epoch):
         """One epoch from self.start_step; returns {'loss': mean loss, **mean sums, ...}."""
         self.module.train()
@@ -274,8 +290,7 @@ class Trainer:
         bar = tqdm(total=n, initial=start, desc=f"epoch {epoch}", leave=False,
                    disable=not (self.dist.is_main and sys.stderr.isatty()))
         for step, (x, y) in enumerate(self.loader.epoch(epoch, start), start=start):
-            set_lr(self.optimizer, cosine_lr(epoch * n + step, self.total_steps,
-                                             self.warmup_steps, self.lr, self.min_lr))
+            set_lr(self.optimizer, self.lr_at(epoch * n + step))
             step_losses[step] = self._optimizer_step(x, y, sums)
             bar.update(1)
             last = step == n - 1

@@ -85,21 +85,41 @@ def get_args_parser():
     g.add_argument("--val_split", type=cli.non_negative_int, default=0,
                    help="hold out N training images for choosing the best epoch; 0: the "
                         "best epoch is chosen on the test set (and labelled so)")
+    g.add_argument("--lr_schedule", default="cosine", choices=engine.LR_SCHEDULES,
+                   help="after the linear warmup: cosine decay to the recipe's min lr at "
+                        "--total_epoch, or constant at the peak lr (no decay, so the lr "
+                        "falling to 0 forces no plateau; for --early_stop_patience)")
+    g.add_argument("--early_stop_patience", type=cli.non_negative_int, default=0,
+                   help="stop once the validation accuracy has not improved for N "
+                        "consecutive epochs (needs --val_split; --total_epoch is then the "
+                        "maximum); 0: off")
     g.add_argument("--model_fn", "--output_model_path", dest="output_model_path",
                    default="auto",
                    help="where to write the final classifier (auto: in the stage folder)")
     g.add_argument("--csv_fn", "--csv_log", dest="csv_log", default="auto",
                    help="per-epoch CSV file name in the stage folder (auto: metrics.csv)")
 
-    g = p.add_argument_group("model from scratch (default: taken from the MAE checkpoint)")
+    add_architecture_args(p, "model from scratch (default: taken from the MAE checkpoint)")
+    recipes.add_recipe_args(p, ("finetune", "linprobe"))
+    return p
+
+
+def add_architecture_args(parser, title):
+    """The ViT flags of a model from scratch (baselines.py's random encoder shares them);
+    None: VIT_TINY's value (architecture())."""
+    g = parser.add_argument_group(title)
     g.add_argument("--patch_size", type=cli.positive_int, default=None, help="patch side")
     g.add_argument("--emb_dim", type=cli.positive_int, default=None, help="width")
     g.add_argument("--encoder_layer", type=cli.positive_int, default=None, help="blocks")
-    g.add_argument("--encoder_head", type=cli.positive_int, default=None, help="heads")
+    g.add_argument("--encoder_head", type=cli.positive_int, default=None,
+                   help="heads (also: the heads of a timm file, which does not record them)")
     g.add_argument("--pos_embed", default=None, choices=("learned", "sincos"),
                    help="position embedding initialisation")
-    recipes.add_recipe_args(p, ("finetune", "linprobe"))
-    return p
+
+
+def architecture(args):
+    """{flag: value} of the architecture flags, VIT_TINY's value where one was not given."""
+    return {k: VIT_TINY[k] if getattr(args, k) is None else getattr(args, k) for k in VIT_TINY}
 
 
 def resolve_recipe(args):
@@ -123,11 +143,18 @@ def resolve_recipe(args):
     return rows
 
 
+def check_early_stop(args):
+    """Early stopping selects on held-out images only: refused without --val_split."""
+    if args.early_stop_patience and not args.val_split:
+        raise UsageError("--early_stop_patience stops on the validation accuracy; give "
+                         "--val_split N (stopping on the test split would select on it)")
+
+
 def classifier_config(args, mae_cfg, num_classes):
     """The classifier config; from the MAE checkpoint when there is one."""
     in_chans, image_size = image_shape(args.dataset, args.image_size)
-    arch = {k: getattr(args, k) for k in VIT_TINY}
     if mae_cfg is not None:
+        arch = {k: getattr(args, k) for k in VIT_TINY}
         clash = [f"--{k} {v} (the checkpoint has {getattr(mae_cfg, k)})"
                  for k, v in arch.items() if v is not None and v != getattr(mae_cfg, k)]
         for k, v in (("in_chans", in_chans), ("image_size", image_size)):
@@ -137,7 +164,8 @@ def classifier_config(args, mae_cfg, num_classes):
         if clash:
             raise UsageError("the pretrained encoder does not match: " + "; ".join(clash))
         arch = {k: getattr(mae_cfg, k) for k in VIT_TINY}
-    arch = {k: VIT_TINY[k] if v is None else v for k, v in arch.items()}
+    else:
+        arch = architecture(args)
     try:
         return ClassifierConfig(image_size=image_size, in_chans=in_chans, **arch,
                                 num_classes=num_classes, pool=args.pool,
@@ -264,6 +292,7 @@ def csv_name(args):
 def main(args):
     recipe = resolve_recipe(args)
     common_args.validate_common(args)
+    check_early_stop(args)
     # the upstream's identity is its content: compared on resume, recorded in the results
     args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
     folder, _, mode = MODES[(args.pretrained_model_path is not None, args.linear_probe)]
@@ -312,7 +341,8 @@ class Stage:
             args, dist, module, loader, Objective(args, data.num_classes), run, "classifier",
             asdict(model.config), recipes.optimization(args), state_module=model,
             extra_state={"best": lambda: dict(self.best),
-                         runfolder.UPSTREAM_KEY: lambda: args.pretrained_sha256})
+                         runfolder.UPSTREAM_KEY: lambda: args.pretrained_sha256},
+            lr_schedule=args.lr_schedule)
         self.eval_model = module
 
     def features(self, split):
@@ -330,7 +360,7 @@ class Stage:
         log = engine.MetricsLog(self.run, csv_name(self.args), CSV_FIELDS,
                                 self.trainer.start_epoch) if self.dist.is_main else None
         self.log = log
-        self.trainer.fit(self.on_epoch_end)
+        self.trainer.fit(self.on_epoch_end, self.patience_ran_out)
         if self.dist.is_main:
             log.close()
             self.finish()
@@ -352,19 +382,34 @@ class Stage:
             self.log.log(row)
             print(engine.epoch_line(epoch, self.args.total_epoch, row))
 
+    def patience_ran_out(self, epoch):
+        """Early stopping: no val_acc improvement in the --early_stop_patience epochs up to
+        `epoch`. A function of the best epoch alone, which the checkpoint holds, so a resumed
+        run stops where an uninterrupted one does."""
+        patience = self.args.early_stop_patience
+        return patience > 0 and epoch - self.best["epoch"] >= patience
+
+    def stop_reason(self, stopped_epoch):
+        if self.patience_ran_out(stopped_epoch):
+            return (f"patience: no val_acc improvement for {self.args.early_stop_patience} "
+                    f"epochs after epoch {self.best['epoch']}")
+        return "reached total_epoch"
+
     def model_path(self):
         return model_file(vars(self.args), self.run.path)
 
     def finish(self):
         rows = self.log.csv.rows
+        stopped = int(rows[-1]["epoch"])  # the last epoch trained (0-based, as best_epoch)
         save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "classifier",
                          "config": asdict(self.model.config), "model": self.model.state_dict(),
                          "classes": self.data.classes, "norm_mean": self.data.mean,
-                         "norm_std": self.data.std, "epoch": self.args.total_epoch,
+                         "norm_std": self.data.std, "epoch": stopped + 1,
                          "args": vars(self.args),
                          runfolder.UPSTREAM_KEY: self.args.pretrained_sha256}, self.model_path())
         self.summary = {
-            "finished": True, "mode": self.mode, "epochs": self.args.total_epoch,
+            "finished": True, "mode": self.mode, "epochs": stopped + 1,
+            "stopped_epoch": stopped, "stop_reason": self.stop_reason(stopped),
             "final_test_acc": float(rows[-1]["test_acc"]),
             "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
             "test_acc_at_best": self.best["test_acc"],
@@ -378,6 +423,8 @@ class Stage:
         s = self.summary
         split = "held-out validation split" if s["selection_split"] == "val" else \
             "TEST split (no --val_split; optimistic)"
+        print(f"stopped after epoch {s['stopped_epoch'] + 1}/{self.args.total_epoch} "
+              f"({s['stop_reason']})")
         print(f"final test accuracy (last epoch {s['epochs']}): {s['final_test_acc']:.4f}")
         print(f"best accuracy on the {split}: {s['best_val_acc']:.4f} at epoch "
               f"{s['best_epoch'] + 1} (test accuracy then: {s['test_acc_at_best']:.4f})")

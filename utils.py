@@ -124,6 +124,12 @@ def cosine_lr(step, total_steps, warmup_steps, peak_lr, min_lr=0.0):
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def constant_lr(step, warmup_steps, peak_lr):
+    """Learning rate at optimizer step `step`: linear warmup from 0, then peak_lr for good
+    (no decay: a plateau of the validation curve is the model's, not the schedule's)."""
+    return peak_lr * step / warmup_steps if step < warmup_steps else peak_lr
+
+
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")
 
 

@@ -29,7 +29,8 @@
 # (LABELLED training images after VAL_SPLIT are held out for every choice) and the whole test
 # split; every pretraining draws from the training split minus those VAL_SPLIT images. Each
 # part copies its runs' args.json, metrics.csv and summary.json to RESULTS/runs/ and writes
-# RESULTS/environment/<part>_<time>.md when it ends: commit them. Every stage skips itself
+# RESULTS/environment/<part>_<time>.md when it ends (commands/study_lib.sh: whatever RESULTS
+# lacks, so a rerun finishes a failed copy): commit them. Every stage skips itself
 # when finished and resumes when interrupted: rerun the same command after any stop (a part
 # on a fresh machine pretrains again the encoders it needs). JOBS=2 runs a part's independent
 # arms two at a time, one thread each (logs: OUTPUT_ROOT/logs/). SMOKE=1: every part in
@@ -125,8 +126,11 @@ ABL_DEPTHS=${ABL_DEPTHS:-"1 8"}    # decoder blocks
 ABL_WIDTHS=${ABL_WIDTHS:-"$((EMB_DIM / 2)) $((EMB_DIM * 4))"}  # 0.5x and 4x the encoder width
                                    # (decoder heads max(1, dim // 64) divide both)
 ABL_MASKS=${ABL_MASKS:-"0.5 0.9"}
-# environment() records the v1 study's setting names: the ablations' short fine-tune here
-CLS_EPOCHS=$ABL_CLS_EPOCHS
+# the settings each environment record lists (study_lib.sh: run_part, environment)
+ENV_SETTINGS=(SMOKE SEEDS JOBS MAIN_NORM_PIX MAIN_POS_EMBED MAIN_DECODER_LAYER MAIN_DECODER_DIM
+              MAIN_MASK PRETRAIN_IMAGES PRETRAIN_EPOCHS HEAD_IMAGES HEAD_EPOCHS MAX_EPOCHS
+              PATIENCE ABL_CLS_EPOCHS LIN_EPOCHS LABELLED VAL_SPLIT EVAL_IMAGES OMP_NUM_THREADS)
+source commands/study_lib.sh
 
 ENCODER=(--patch_size "$PATCH" --emb_dim "$EMB_DIM" --encoder_layer "$ENCODER_LAYER"
          --encoder_head "$ENCODER_HEAD")
@@ -137,16 +141,9 @@ CHEAP=(--max_train_images "$PRETRAIN_IMAGES" --total_epoch "$PRETRAIN_EPOCHS"
 HEAD=(--max_train_images "$HEAD_IMAGES" --total_epoch "$HEAD_EPOCHS" --warmup_epoch "$HEAD_WARMUP"
       --visualize_freq "$HEAD_EPOCHS" --knn_freq "$HEAD_KNN_FREQ")
 STOP=(--lr_schedule constant --early_stop_patience "$PATIENCE")  # warmup, then constant lr
-# TEMPORARY, until train_classifier.py's --early_stop_patience and baselines.py's
-# --features random are merged: SMOKE runs without what this checkout lacks (the study never).
-RANDOM_ENCODER=1
-if [[ -n "${SMOKE:-}" ]]; then
-    grep -q -- '"--early_stop_patience"' ./*.py || STOP=()
-    grep -q '"random"' baselines.py || RANDOM_ENCODER=0
-fi
 # scratch and the head's fine-tune: identical flags but --pretrained_model_path
 CONVERGE=("${SPLIT[@]}" --total_epoch "$MAX_EPOCHS" --warmup_epoch "$CLS_WARMUP"
-          --recipe "$CLS_RECIPE" --augment flip ${STOP[@]+"${STOP[@]}"} "${ENCODER[@]}"
+          --recipe "$CLS_RECIPE" --augment flip "${STOP[@]}" "${ENCODER[@]}"
           --pos_embed "$MAIN_POS_EMBED")
 SHORT_FT=("${SPLIT[@]}" --total_epoch "$ABL_CLS_EPOCHS" --warmup_epoch "$ABL_CLS_WARMUP"
           --recipe "$CLS_RECIPE" --augment flip)
@@ -281,12 +278,9 @@ head_arm() {
     mae "$exp" "$seed" "${HEAD[@]}"
     probe_and_knn "$exp" "$seed"
     classify "$exp" "${CONVERGE[@]}" --seed "$seed" --pretrained_model_path "$(mae_model "$exp")"
-    if (( RANDOM_ENCODER )); then
-        local random=(--features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED"
-                      --seed "$seed")
-        baseline "$exp" "${PROBE[@]}" "${random[@]}"
-        baseline "$exp" "${KNN[@]}" "${random[@]}"
-    fi
+    local random=(--features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED" --seed "$seed")
+    baseline "$exp" "${PROBE[@]}" "${random[@]}"
+    baseline "$exp" "${KNN[@]}" "${random[@]}"
 }
 
 # scratch_arm EXP SEED: from scratch until validation accuracy stops improving.
@@ -395,81 +389,6 @@ part_report() {
         --ablation_base abl_default --environment "$RESULTS/environment"
 }
 
-
-# collect EXP...: copy the finished runs' small files to RESULTS/runs/ (never checkpoints).
-collect() {
-    local exp stage file
-    for exp in "$@"; do
-        for stage in "$OUTPUT_ROOT/$exp"/*/; do
-            [[ -f "$stage/summary.json" ]] || continue
-            mkdir -p "$RESULTS/runs/$exp/$(basename "$stage")"
-            for file in args.json metrics.csv summary.json; do
-                cp "$stage/$file" "$RESULTS/runs/$exp/$(basename "$stage")/"
-            done
-        done
-    done
-}
-
-# environment PART STARTED EXP...: RESULTS/environment/PART_<UTC time>.md, one per invocation
-# of the part that trained something (a part split over sessions has one per session; a rerun
-# that skips everything writes none); never edited after.
-environment() {
-    local part=$1 started=$2 file
-    file="$RESULTS/environment/${part}_$(date -u +%Y%m%dT%H%M%SZ).md"
-    shift 2
-    mkdir -p "$RESULTS/environment"
-    {
-        echo "# Environment of one invocation of part \`$part\`"
-        echo
-        echo "- command: \`PART=$part bash commands/study.sh\` (SMOKE=${SMOKE:-}," \
-             "SEEDS=$SEEDS, PRETRAIN_IMAGES=$PRETRAIN_IMAGES, PRETRAIN_EPOCHS=$PRETRAIN_EPOCHS," \
-             "CLS_EPOCHS=$CLS_EPOCHS, LIN_EPOCHS=$LIN_EPOCHS, LABELLED=$LABELLED," \
-             "VAL_SPLIT=$VAL_SPLIT, EVAL_IMAGES=$EVAL_IMAGES, OMP_NUM_THREADS=${OMP_NUM_THREADS:-})"
-        echo "- finished: $(date -u '+%Y-%m-%d %H:%M UTC'); wall time of the invocation that" \
-             "finished it: $(awk "BEGIN {printf \"%.1f\", ($(date -u +%s) - $started) / 60}") min"
-        python -c 'import glob, json, sys
-paths = [p for exp in sys.argv[2:] for p in glob.glob(f"{sys.argv[1]}/{exp}/*/summary.json")]
-total = sum(json.load(open(p)).get("wall_seconds", 0) + json.load(open(p)).get(
-    "feature_seconds", 0) for p in paths)
-print(f"- training + feature time summed over {len(paths)} runs: {total / 60:.1f} min")' \
-            "$OUTPUT_ROOT" "$@"
-        echo "- machine: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 |
-             xargs), $(free -g | awk '/Mem:/ {print $2}') GiB; load average at the end:" \
-             "$(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "- git commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-             "$(git diff --quiet HEAD 2>/dev/null || echo '(with uncommitted changes)')"
-        python -c 'import platform, torch, torchvision, timm, numpy, pandas
-print(f"- python {platform.python_version()}, torch {torch.__version__}, torchvision "
-      f"{torchvision.__version__}, timm {timm.__version__}, numpy {numpy.__version__}, "
-      f"pandas {pandas.__version__}")'
-    } > "$file.tmp"
-    mv "$file.tmp" "$file"
-}
-
-# n_finished: the number of finished runs (summary.json files) under OUTPUT_ROOT.
-n_finished() {
-    if [[ -d "$OUTPUT_ROOT" ]]; then
-        find "$OUTPUT_ROOT" -name summary.json | wc -l
-    else
-        echo 0
-    fi
-}
-
-# run_part NAME: one part, its runs collected and its environment written.
-run_part() {
-    local started before
-    started=$(date -u +%s)
-    before=$(n_finished)
-    PART_EXPS=()  # filled by part_NAME: the experiments whose runs it trained
-    echo "=== part $1"
-    "part_$1"
-    if (( $(n_finished) == before )); then  # all skipped, or a dry run with a stand-in python
-        echo "part $1 trained nothing new: run files and environment left as they are"
-        return
-    fi
-    collect "${PART_EXPS[@]}"
-    environment "$1" "$started" "${PART_EXPS[@]}"
-}
 
 PARTS="pilot head scratch pixels abl_depth abl_width abl_mask"
 case " $PARTS report all " in

@@ -10,8 +10,9 @@ import torch
 from conftest import TINY_DATA, run_scripts
 
 import baselines
+import train_classifier
 from model import MAE_ViT, MAEConfig
-from utils import CHECKPOINT_FORMAT, UsageError, save_checkpoint
+from utils import CHECKPOINT_FORMAT, UsageError, save_checkpoint, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = MAEConfig(image_size=16, emb_dim=32, encoder_layer=2, encoder_head=2, decoder_dim=32,
@@ -171,6 +172,10 @@ def test_non_finite_encoder_and_bad_flags_refused_before_anything_is_written(tmp
         [*base, "--probe_weight_decays", "-1"],
         [*base, "--warmup_epoch", "9", "--total_epoch", "2"],
         [*base, "--exp_name", "a/b"],
+        [*base, "--features", "random", "--pretrained_model_path", nan],
+        [*base, "--emb_dim", "32"],  # pixels: the architecture is --features random's
+        [*base, "--pretrained_model_path", nan, "--encoder_layer", "2"],
+        [*base, "--features", "random", "--emb_dim", "30", "--encoder_head", "4"],
     ]
     procs = run_scripts(bad)
     for argv, p in zip(bad, procs):
@@ -207,3 +212,60 @@ def test_pca_run_records_its_width_and_grid(tmp_path):
                              .read_text())
     assert knn_summary["chosen_on_grid_edge"][0] == "knn_ks"  # a two-value grid: an end
     assert "note: the chosen value is at an end of --knn_ks" in procs[1].stdout
+
+
+# ----------------------------------------------------------------------------- random encoder
+RANDOM_ARCH = ["--patch_size", "4", "--emb_dim", "32", "--encoder_layer", "2",
+               "--encoder_head", "2", "--pos_embed", "sincos"]
+
+
+def random_features(seed, x):
+    """baselines.py's --features random encoder of --seed `seed`, as main() builds it, on x."""
+    args = baselines.get_args_parser().parse_args(
+        [*TINY_DATA, "--val_split", "16", "--features", "random", *RANDOM_ARCH,
+         "--seed", str(seed)])
+    baselines.validate(args)
+    seed_everything(args.seed)
+    encoder = baselines.random_encoder(args, num_classes=10)
+    cfg = baselines.FeatureConfig("random", baselines.LAST_BLOCK, "cls", encoder.embed_dim)
+    return encoder, baselines.FrozenFeatures(cfg, encoder).features(x)
+
+
+def test_random_encoder_features_follow_the_seed():
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    _, a = random_features(1, x)
+    _, again = random_features(1, x)
+    _, b = random_features(2, x)
+    assert a.shape == (4, 32) and torch.isfinite(a).all()
+    assert torch.equal(a, again)
+    assert not torch.allclose(a, b)
+
+
+def test_random_encoder_is_the_scratch_classifiers_initial_encoder():
+    encoder, _ = random_features(7, torch.zeros(1, 3, 16, 16))
+    args = train_classifier.get_args_parser().parse_args(
+        [*TINY_DATA, *RANDOM_ARCH, "--seed", "7"])
+    train_classifier.resolve_recipe(args)
+    seed_everything(args.seed)  # as train_classifier.main() does before build_model
+    scratch = train_classifier.build_model(args, num_classes=10, device="cpu")
+    want = scratch.encoder_state_dict()
+    got = encoder.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_random_run_records_its_architecture(tmp_path):
+    common = ["baselines.py", *TINY_DATA, "--output_root", tmp_path, "--val_split", "16",
+              "--features", "random", *RANDOM_ARCH]
+    procs = run_scripts([
+        [*common, "--method", "knn", "--knn_ks", "1", "5", "--knn_ts", "0.1"],
+        [*common, "--probe_lrs", "0.01", "--probe_weight_decays", "0", "--total_epoch", "1",
+         "--warmup_epoch", "0"]])
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-800:] for p in procs]
+    for stage in ("random-knn", "random-lin"):
+        summary = json.loads((tmp_path / "main_exp" / stage / "summary.json").read_text())
+        assert summary["architecture"] == {
+            "image_size": 16, "patch_size": 4, "in_chans": 3, "emb_dim": 32,
+            "encoder_layer": 2, "encoder_head": 2, "pos_embed": "sincos", "pool": "cls",
+            "block": -1}
+        assert summary["feature_dim"] == 32 and summary["pretrained_sha256"] is None

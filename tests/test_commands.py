@@ -18,7 +18,8 @@ from conftest import REPO, SCRIPT_TIMEOUT_S, THREAD_ENV
 
 COMMANDS = REPO / "commands"
 SHELL_FILES = sorted(p.name for p in COMMANDS.glob("*.sh"))
-DRIVERS = [name for name in SHELL_FILES if name != "common.sh"]
+LIBRARIES = ("common.sh", "study_lib.sh")  # sourced by the drivers, not run
+DRIVERS = [name for name in SHELL_FILES if name not in LIBRARIES]
 SCRIPTS = ("mae_pretrain.py", "train_classifier.py", "visualize_pred.py", "report.py",
            "baselines.py")
 TRAINING = ("mae_pretrain.py", "train_classifier.py")

@@ -7,6 +7,7 @@ aside), as it is for the committed study when there is one.
 import json
 import os
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -56,6 +57,123 @@ def test_results_md_regenerates_from_the_run_files(smoke, tmp_path, committed):
                         environment=results / "environment")
     assert without_date((tmp_path / "results.md").read_text()) == without_date(
         (results / "results.md").read_text())
+
+
+# ----------------------------------------------------------------------------- collecting
+# A stand-in python for the driver: `python -c CODE` runs the real one (after FAKE_SLOW_S
+# seconds; exit 1 instead where CODE contains FAKE_FAIL_C); `python SCRIPT FLAGS...` stands for
+# a stage: it writes the files of a finished run into OUTPUT_ROOT/EXP/<script>-<cksum of its
+# flags>/, or, like a finished stage, does nothing when they are there.
+FAKE_STAGE = """#!/usr/bin/env bash
+if [[ "$1" == -c ]]; then
+    sleep "${FAKE_SLOW_S:-0}"
+    [[ -n "${FAKE_FAIL_C:-}" && "$2" == *"$FAKE_FAIL_C"* ]] && exit 1
+    exec "$REAL_PYTHON" "$@"
+fi
+script=$(basename "$1" .py)
+shift
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case ${args[i]} in
+        --output_root) root=${args[i+1]} ;;
+        --exp_name) exp=${args[i+1]} ;;
+    esac
+done
+dir="$root/$exp/$script-$(printf '%s ' "$@" | cksum | cut -d' ' -f1)"
+[[ -f "$dir/summary.json" ]] && exit 0
+mkdir -p "$dir"
+printf '%s\n' "$*" > "$dir/args.json"
+printf 'epoch\n0\n' > "$dir/metrics.csv"
+echo '{"finished": true, "wall_seconds": 60}' > "$dir/summary.json"
+"""
+FAKE_RUNS = 2  # PART=baselines with MASKS="": the pixel probe and the pixel kNN
+RUN_FILES = {"args.json", "metrics.csv", "summary.json"}
+
+
+@pytest.fixture
+def fake_stage(tmp_path):
+    path = tmp_path / "bin"
+    path.mkdir()
+    (path / "python").write_text(FAKE_STAGE)
+    (path / "python").chmod(0o755)
+    return path
+
+
+def fake_study(bin_dir, outputs, results, **settings):
+    """A Popen of PART=baselines (MASKS="") with the stand-in stages of bin_dir."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("DATASET", "DATA_DIR")},
+           **THREAD_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "REAL_PYTHON": sys.executable, "SMOKE": "1", "PART": "baselines", "SEEDS": "1",
+           "MASKS": "", "OUTPUT_ROOT": str(outputs), "RESULTS": str(results), **settings}
+    return subprocess.Popen(["bash", "commands/study.sh"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=SCRIPT_TIMEOUT_S)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def collected(results):
+    """(the run files under RESULTS/runs/, the environment folder's entries)."""
+    runs = sorted(p.name for p in (results / "runs").rglob("*") if p.is_file())
+    env = results / "environment"
+    return runs, sorted(p.name for p in env.iterdir()) if env.is_dir() else []
+
+
+def assert_complete(results):
+    runs, env = collected(results)
+    assert runs == sorted(list(RUN_FILES) * FAKE_RUNS), runs
+    assert len(env) == 1 and env[0].startswith("baselines_") and env[0].endswith(".md"), env
+    text = (results / "environment" / env[0]).read_text()
+    assert "# Environment of one invocation of part `baselines`" in text
+    assert "(SMOKE=1, SEEDS=1, " in text and "torch" in text
+    assert "training + feature time summed over 2 runs: 2.0 min" in text
+
+
+def test_a_rerun_collects_what_a_failed_copy_left_out(fake_stage, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "runs").write_text("in the way")  # RESULTS/runs/ cannot be written
+    failed = finish(fake_study(fake_stage, tmp_path / "outputs", results))
+    assert failed.returncode != 0
+    (results / "runs").unlink()
+    rerun = finish(fake_study(fake_stage, tmp_path / "outputs", results))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "environment recorded" in rerun.stdout
+    assert_complete(results)
+    before = collected(results)
+    again = finish(fake_study(fake_stage, tmp_path / "outputs", results))
+    assert again.returncode == 0 and "already holds its runs" in again.stdout
+    assert collected(results) == before  # nothing new: no second record
+
+
+def test_a_rerun_finishes_an_environment_record_a_kill_left_half_written(fake_stage, tmp_path):
+    results = tmp_path / "results"
+    failed = finish(fake_study(fake_stage, tmp_path / "outputs", results,
+                               FAKE_FAIL_C="import platform"))  # dies inside environment()
+    assert failed.returncode != 0
+    _, env = collected(results)
+    assert len(env) == 2 and env[0].startswith(".pending_") and env[1].endswith(".md.tmp"), env
+    stale = results / "environment" / "baselines_20200101T000000Z.md.tmp"
+    stale.write_text("left by an older kill")
+    rerun = finish(fake_study(fake_stage, tmp_path / "outputs", results))
+    assert rerun.returncode == 0, rerun.stderr
+    assert_complete(results)
+    assert collected(results)[1] == [env[1].removesuffix(".tmp")]  # the same record, whole
+
+
+def test_overlapping_invocations_write_one_record(fake_stage, tmp_path):
+    outputs = tmp_path / "outputs"
+    assert finish(fake_study(fake_stage, outputs, tmp_path / "first")).returncode == 0
+    results = tmp_path / "results"  # both find the same runs missing from it
+    procs = [fake_study(fake_stage, outputs, results, FAKE_SLOW_S="1") for _ in range(2)]
+    done = [finish(p) for p in procs]
+    assert [p.returncode for p in done] == [0, 0], [p.stderr for p in done]
+    assert_complete(results)
+    said = sorted("environment recorded" in p.stdout for p in done)
+    assert said == [False, True]  # the second waited for the first, then found nothing to do
+    assert any("already holds its runs" in p.stdout for p in done)
 
 
 # ----------------------------------------------------------------------------- baselines.py

@@ -8,13 +8,16 @@ SMOKE=1 on generated images, two arms at a time, and again to show that it skips
 import importlib
 import os
 import subprocess
+import tempfile
 from argparse import Namespace
 
 import pytest
 from conftest import REPO, SCRIPT_TIMEOUT_S, THREAD_ENV
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-OUT = "out"  # OUTPUT_ROOT of the dry runs
+# OUTPUT_ROOT of the dry runs: the stand-in python writes nothing there, but JOBS=2 writes its
+# logs under it, so it lies outside the repository (the driver runs in the repository root)
+OUT = os.path.join(tempfile.gettempdir(), "study_driver_dry_run")
 SEEDS = (1, 2, 3)
 PARTS = ("pilot", "head", "scratch", "pixels", "abl_depth", "abl_width", "abl_mask")
 # Writes each launch to its own file in CALLS_DIR, named by the time it began: its name and
@@ -30,25 +33,9 @@ ENCODER = {"patch_size": 4, "emb_dim": 64, "encoder_layer": 6, "encoder_head": 4
            "pos_embed": "sincos"}
 
 
-def pending_flags(script, parser):
-    """Adds to parser what the classifier branch of issue 22 adds (train_classifier.py's
-    --lr_schedule and --early_stop_patience, baselines.py's --features random and model
-    flags) where this checkout lacks it; a no-op once that branch is merged."""
-    flags = parser._option_string_actions
-    if script == "train_classifier.py" and "--early_stop_patience" not in flags:
-        parser.add_argument("--lr_schedule", choices=("cosine", "constant"), default="cosine")
-        parser.add_argument("--early_stop_patience", type=int, default=0)
-    if script == "baselines.py" and "random" not in flags["--features"].choices:
-        flags["--features"].choices = (*flags["--features"].choices, "random")
-        for flag in ("--patch_size", "--emb_dim", "--encoder_layer"):
-            parser.add_argument(flag, type=int)
-        parser.add_argument("--pos_embed", choices=("learned", "sincos"))
-    return parser
-
-
 def parse(script, args) -> Namespace:
     module = importlib.import_module(script.removesuffix(".py"))
-    return pending_flags(script, module.get_args_parser()).parse_args(args)
+    return module.get_args_parser().parse_args(args)
 
 
 class Call:
