@@ -255,7 +255,7 @@ def test_smoke_two_arms_at_once_collect_and_skip_on_rerun(tmp_path):
     assert logs == ["scratch_seed1.log", "scratch_seed2.log"]
     (env,) = (results / "environment").glob("scratch_*.md")
     proc = run_smoke(tmp_path, PART="scratch", SEEDS="1 2", JOBS="2")
-    assert "trained nothing new" in proc.stdout
+    assert "already holds its runs and environment" in proc.stdout
     assert list((results / "environment").iterdir()) == [env]
     assert all("nothing to do" in (tmp_path / "outputs" / "logs" / log).read_text()
                for log in logs)
