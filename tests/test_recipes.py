@@ -207,6 +207,30 @@ def test_rand_augment_changes_images_keeps_shape_dtype_range_and_is_seeded():
     assert augment.parse_rand_augment("rand-m9-mstd0.5-inc1") == (2, 9.0, 0.5)
 
 
+def test_rand_augment_magnitudes_are_drawn_with_mean_m_and_std_mstd(monkeypatch):
+    """Every op receives per-image levels; timm draws each magnitude from N(m, mstd)."""
+    levels = []
+
+    def recording(op):
+        def op_with_record(x, level, sign):
+            levels.append(level.clone())
+            return op(x, level, sign)
+        return op_with_record
+
+    monkeypatch.setattr(augment, "PIXEL_OPS",
+                        {k: recording(v) for k, v in augment.PIXEL_OPS.items()})
+    x = uint8_images(n=20000, side=2).float() / 255
+    torch.manual_seed(0)
+    m, mstd, n_ops = 5.0, 1.5, 2  # 3.3 std from the [0, 10] clip: it barely matters
+    augment.rand_augment(x, n_ops, m, mstd, fill=x.mean(dim=(0, 2, 3))[None, :, None, None])
+    # the ops of one round share its levels: one distinct row of levels per round
+    drawn = torch.unique(torch.stack(levels), dim=0) * augment.LEVEL_MAX  # (rounds, B)
+    assert len(drawn) == n_ops
+    assert drawn.mean().item() == pytest.approx(m, abs=0.05)
+    assert drawn.std().item() == pytest.approx(mstd, rel=0.05)
+    assert not torch.equal(drawn[0], drawn[1])  # a fresh draw per op
+
+
 def test_paper_loader_crops_randaugments_and_erases_on_the_device():
     split = Split(uint8_images(n=40, side=16), torch.arange(40))
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
