@@ -15,6 +15,7 @@ hole in the tests. docs/mutation.md says how to read the output. Not part of CI:
 import argparse
 import ast
 import copy
+import difflib
 import json
 import os
 import random
@@ -85,7 +86,14 @@ def get_args_parser():
     p.add_argument("--repo", default=str(REPO),
                    help="repository to copy and test (e.g. a checkout of an older commit)")
     p.add_argument("--out", default=None, help="write every result as JSON lines here")
+    p.add_argument("--survivors_of", default=None, metavar="RESULTS_JSONL",
+                   help="only the mutants (of the same sample) that SURVIVED in this earlier "
+                        "--out file: rerun them after adding tests")
     p.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    p.add_argument("--diff", action="store_true",
+                   help="with --list: print each mutant's changed line(s) as a diff")
+    p.add_argument("--line", type=int, default=None,
+                   help="only the mutants on this source line (with --target)")
     return p
 
 
@@ -256,12 +264,13 @@ def run_tests(workdir, tests, timeout):
 def campaign_jobs(args):
     if args.campaign:
         return [(f, names, tests) for f, names, tests in CAMPAIGN]
-    if not args.target or not args.tests:
-        raise SystemExit("error: give --campaign, or --target and --tests")
+    if not args.target or not (args.tests or args.list):
+        raise SystemExit("error: give --campaign, or --target and --tests (last: the rest of "
+                         "the command line goes to pytest)")
     jobs = []
     for t in args.target:
         file, _, names = t.partition(":")
-        jobs.append((file, [n for n in names.split(",") if n], args.tests))
+        jobs.append((file, [n for n in names.split(",") if n], args.tests or []))
     return jobs
 
 
@@ -293,6 +302,16 @@ def run_job(work, file, mutants, tests, out):
     return results
 
 
+def key(row):
+    return row["file"], row["function"], row["line"], row["mutant" if "mutant" in row else "what"]
+
+
+def survivors_of(path):
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {key(r) for r in rows if r["status"] == "SURVIVED"}
+
+
 def summary(results):
     by_file = {}
     for r in results:
@@ -311,13 +330,22 @@ def main(args):
     planned = []
     for file, names, tests in jobs:
         mutants = mutants_of(Path(args.repo) / file, names)
+        if args.line is not None:
+            mutants = [m for m in mutants if m.line == args.line]
+        if args.survivors_of:
+            mutants = [m for m in mutants if key(m.__dict__) in survivors_of(args.survivors_of)]
         if args.sample and len(mutants) > args.sample:
             mutants = sorted(rng.sample(mutants, args.sample), key=lambda m: (m.line, m.what))
         planned.append((file, mutants, tests))
     if args.list:
-        for _, mutants, _ in planned:
+        for file, mutants, _ in planned:
+            original = ast.unparse(ast.parse((Path(args.repo) / file).read_text())).splitlines()
             for m in mutants:
                 print(f"{m.file}:{m.line} {m.function}: {m.what}")
+                if args.diff:
+                    diff = difflib.unified_diff(original, m.source.splitlines(), n=0,
+                                                lineterm="")
+                    print("\n".join(list(diff)[2:]))
         print(f"{sum(len(m) for _, m, _ in planned)} mutants")
         return
     preload()

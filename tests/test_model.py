@@ -157,6 +157,21 @@ def test_loss_is_the_mse_over_masked_patches(norm_pix):
     torch.testing.assert_close(model.forward_loss(x, pred2, mask), loss)
 
 
+@pytest.mark.parametrize("n_masked", [0, 1, 2])
+def test_loss_averages_exactly_the_masked_patches_even_one_or_none(n_masked):
+    """Per-patch errors 0, 1, 2, ... by construction: the loss is the mean error of the
+    masked patches (patches 3, 4 here), or of all patches when none is masked."""
+    model = tiny_mae()
+    x = torch.zeros(1, 3, 32, 32)
+    num_patches = model.encoder.patch_embed.num_patches
+    errors = torch.arange(num_patches).float()  # (L,)
+    pred = errors.sqrt()[None, :, None].expand(1, -1, model.patchify(x).shape[-1])
+    mask = torch.zeros(1, num_patches)
+    mask[0, 3:3 + n_masked] = 1
+    expected = errors[3:3 + n_masked].mean() if n_masked else errors.mean()
+    torch.testing.assert_close(model.forward_loss(x, pred, mask), expected)
+
+
 # --------------------------------------------------------------------------- no leak
 def test_masked_pixels_do_not_reach_the_encoder_or_the_prediction():
     model = tiny_mae().eval()

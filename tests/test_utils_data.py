@@ -289,7 +289,8 @@ def test_crop_flip_gives_a_window_of_the_padded_image_at_offsets_that_vary():
     assert None not in found  # each output is its own image's window, or its mirror
     offsets = {(dy, dx) for dy, dx, _ in found}
     assert len(offsets) > n // 3  # (2 * pad + 1) ** 2 = 81 offsets, drawn per image
-    assert len({dy for dy, _ in offsets}) > pad and len({dx for _, dx in offsets}) > pad
+    every_shift = set(range(2 * pad + 1))  # from flush with one padded edge to the other
+    assert {dy for dy, _ in offsets} == {dx for _, dx in offsets} == every_shift
     mirrored = sum(m for _, _, m in found)
     assert n // 4 < mirrored < 3 * n // 4
 
@@ -357,9 +358,21 @@ def test_fake_dataset_is_deterministic_and_learnable():
 
 def test_val_split_is_held_out_of_train():
     d = load_dataset("fake", image_size=16, val_split=100, max_eval=50)
+    assert (d.name, d.source) == ("fake", "generated images (--dataset fake)")
     assert len(d.val) == 50 and len(d.train) == 4096 - 100
     train_set = {bytes(x.numpy()) for x in d.train.images}
     assert not any(bytes(x.numpy()) in train_set for x in d.val.images)
+
+
+@pytest.mark.parametrize("val_split", [1, 4095])
+def test_val_split_takes_from_one_image_to_all_but_one(val_split):
+    d = load_dataset("fake", image_size=4, val_split=val_split)
+    assert (len(d.val), len(d.train)) == (val_split, 4096 - val_split)
+
+
+def test_val_split_of_the_whole_training_set_is_refused():
+    with pytest.raises(UsageError, match="--val_split 4096 must be between 1 and 4095$"):
+        load_dataset("fake", image_size=4, val_split=4096)
 
 
 def write_idx(path, array, magic):
