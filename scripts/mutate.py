@@ -66,6 +66,7 @@ class Mutant:
     file: str
     function: str
     line: int
+    col: int  # the mutated node's column: tells apart mutants of one kind on one line
     what: str
     source: str  # the whole mutated module
 
@@ -176,7 +177,8 @@ def mutants_of(path, names):
             for k, (what, _) in enumerate(edits(node, parent)):
                 mutated = mutate(tree, node, parent, k)
                 if mutated is not None:
-                    out.append(Mutant(os.path.basename(path), qual, node.lineno, what, mutated))
+                    out.append(Mutant(os.path.basename(path), qual, node.lineno,
+                                      node.col_offset, what, mutated))
     return sorted(out, key=lambda m: (m.line, m.what))
 
 
@@ -290,10 +292,10 @@ def run_job(work, file, mutants, tests, out):
             outcome, secs = run_tests(work, tests, timeout)
             status = {"passed": "SURVIVED", "failed": "KILLED", "timeout": "TIMEOUT"}[outcome]
             row = {"status": status, "file": m.file, "function": m.function, "line": m.line,
-                   "mutant": m.what, "seconds": round(secs, 1)}
+                   "col": m.col, "mutant": m.what, "seconds": round(secs, 1)}
             results.append(row)
-            print(f"{status:8s} {m.file}:{m.line} {m.function}: {m.what} ({secs:.0f} s)",
-                  flush=True)
+            print(f"{status:8s} {m.file}:{m.line}:{m.col} {m.function}: {m.what} "
+                  f"({secs:.0f} s)", flush=True)
             if out:
                 with open(out, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -302,14 +304,17 @@ def run_job(work, file, mutants, tests, out):
     return results
 
 
-def key(row):
-    return row["file"], row["function"], row["line"], row["mutant" if "mutant" in row else "what"]
-
-
 def survivors_of(path):
+    """Keys (file, function, line, col, mutant) of the SURVIVED rows of a results file; col
+    is None in files written before it was recorded (then it matches any column)."""
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return {key(r) for r in rows if r["status"] == "SURVIVED"}
+    return {(r["file"], r["function"], r["line"], r.get("col"), r["mutant"]) for r in rows
+            if r["status"] == "SURVIVED"}
+
+
+def survived(m, keys):
+    return any(k in keys for k in ((m.file, m.function, m.line, c, m.what) for c in (m.col, None)))
 
 
 def summary(results):
@@ -332,16 +337,17 @@ def main(args):
         mutants = mutants_of(Path(args.repo) / file, names)
         if args.line is not None:
             mutants = [m for m in mutants if m.line == args.line]
-        if args.survivors_of:
-            mutants = [m for m in mutants if key(m.__dict__) in survivors_of(args.survivors_of)]
         if args.sample and len(mutants) > args.sample:
             mutants = sorted(rng.sample(mutants, args.sample), key=lambda m: (m.line, m.what))
+        if args.survivors_of:
+            keys = survivors_of(args.survivors_of)
+            mutants = [m for m in mutants if survived(m, keys)]
         planned.append((file, mutants, tests))
     if args.list:
         for file, mutants, _ in planned:
             original = ast.unparse(ast.parse((Path(args.repo) / file).read_text())).splitlines()
             for m in mutants:
-                print(f"{m.file}:{m.line} {m.function}: {m.what}")
+                print(f"{m.file}:{m.line}:{m.col} {m.function}: {m.what}")
                 if args.diff:
                     diff = difflib.unified_diff(original, m.source.splitlines(), n=0,
                                                 lineterm="")
@@ -360,7 +366,7 @@ def main(args):
     if survivors:
         print("survivors:")
         for r in survivors:
-            print(f"  {r['file']}:{r['line']} {r['function']}: {r['mutant']}")
+            print(f"  {r['file']}:{r['line']}:{r['col']} {r['function']}: {r['mutant']}")
 
 
 if __name__ == "__main__":

@@ -325,8 +325,11 @@ def test_random_resized_crop_zooms_into_a_box_of_the_right_area_and_keeps_flat_i
     assert area.min() >= lo - 0.01 and area.max() <= hi + 0.01
     assert area.min() < lo + 0.05 and area.max() > 0.9  # the whole range is used
     assert (w / h).min() >= RRC_RATIO[0] - 0.02 and (w / h).max() <= RRC_RATIO[1] + 0.02
-    starts = out[:, 0, side // 2, 0]  # about the box's left edge, in input pixels
-    assert starts.min() < 1 and starts.max() > side * 0.3  # boxes sit anywhere
+    centres = out[:, :, side // 2, side // 2]  # (n, 2): about each box's centre x, y
+    for axis in range(2):  # boxes sit anywhere, centred on the image on average
+        c = centres[:, axis]
+        assert c.mean().item() == pytest.approx((side - 1) / 2, abs=1.0)
+        assert c.max() - c.min() > side / 3
     flat = torch.full((8, 3, side, side), 0.3)
     torch.testing.assert_close(augment_batch(flat, "rrc_flip"), flat)
     x = torch.rand(16, 3, side, side)
