@@ -3,10 +3,12 @@ exactly, the probe trains only its head (cached or not), and bad checkpoints exi
 import csv
 import json
 import math
+from argparse import Namespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts
 
 import engine
@@ -162,6 +164,54 @@ def test_lr_warms_up_linearly_then_follows_the_cosine_at_every_step(selection):
     assert len(lrs) == total
     for step, (got, want) in enumerate(zip(lrs, expected)):
         assert got == pytest.approx([want] * len(got), abs=1e-12), f"step {step}"
+
+
+# --------------------------------------------------------------------------- the loss
+NUM_CLASSES, SMOOTHING = 4, 0.1
+
+
+def smoothed(labels):
+    """Label-smoothed one-hot targets (timm's: 1 - s + s/K on the label, s/K elsewhere)."""
+    return F.one_hot(labels, NUM_CLASSES) * (1 - SMOOTHING) + SMOOTHING / NUM_CLASSES
+
+
+def recording_model(logits):
+    seen = []
+
+    def model(x):
+        seen.append(x.clone())
+        return logits
+    return model, seen
+
+
+def test_objective_is_the_smoothed_cross_entropy_and_counts_correct_labels():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, NUM_CLASSES, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
+    args = Namespace(mixup=0.0, cutmix=0.0, smoothing=SMOOTHING)
+    loss, sums = train_classifier.Objective(args, NUM_CLASSES)(
+        recording_model(logits)[0], torch.randn(6, 3, 4, 4), y)
+    expected = -(smoothed(y) * F.log_softmax(logits, -1)).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
+    assert sums["correct"] == (logits.argmax(-1) == y).sum()
+
+
+def test_objective_with_mixup_trains_on_mixed_images_against_mixed_targets():
+    """timm's batch mixup: image i is lam * x_i + (1 - lam) * x_(B-1-i), and so is its
+    smoothed target."""
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, NUM_CLASSES, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
+    x = torch.randn(6, 3, 4, 4, generator=g)
+    model, seen = recording_model(logits)
+    args = Namespace(mixup=0.8, cutmix=0.0, smoothing=SMOOTHING)
+    objective = train_classifier.Objective(args, NUM_CLASSES)
+    np.random.seed(0)  # timm draws lam with numpy
+    loss, _ = objective(model, x.clone(), y)
+    mixed, other = seen[0], x.flip(0)
+    lam = ((mixed - other) / (x - other)).flatten()[0].item()
+    assert 0.05 < lam < 0.95  # really mixed (the seed's draw)
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * other)
+    target = lam * smoothed(y) + (1 - lam) * smoothed(y.flip(0))
+    torch.testing.assert_close(loss, -(target * F.log_softmax(logits, -1)).sum(-1).mean())
 
 
 # --------------------------------------------------------------------------- CLI runs
