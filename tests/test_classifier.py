@@ -1,6 +1,8 @@
 """train_classifier.py: the four modes run and write their files, start from the MAE encoder
 exactly, the probe trains only its head (cached or not), and bad checkpoints exit 2."""
+import contextlib
 import csv
+import io
 import json
 import math
 from argparse import Namespace
@@ -95,6 +97,7 @@ def initial_model(runs, *extra):
 SELECT_EPOCHS, SELECT_WARMUP, SELECT_VAL = 3, 2, 16
 SCRIPTED_VAL_ACC = [0.25, 0.75, 0.75]  # the best is epoch 1 (the first of a tie), not the last
 SELECT_BASE_LR = 4e-3
+SELECT_LAYER_DECAY = 0.5  # the groups' lrs differ: the logged lr must be the schedule's
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,8 @@ def selection(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("selection")
     argv = [*TINY_DATA, *TINY_ENCODER, "--total_epoch", str(SELECT_EPOCHS), "--warmup_epoch",
             str(SELECT_WARMUP), "--val_split", str(SELECT_VAL), "--base_learning_rate",
-            str(SELECT_BASE_LR), "--output_root", str(tmp), "--exp_name", "e"]
+            str(SELECT_BASE_LR), "--layer_decay", str(SELECT_LAYER_DECAY), "--output_root",
+            str(tmp), "--exp_name", "e"]
     lrs, evaluated, scripted = [], [], iter(SCRIPTED_VAL_ACC)
     real_evaluate, real_step = train_classifier.evaluate, engine.Trainer._optimizer_step
 
@@ -118,13 +122,15 @@ def selection(tmp_path_factory):
         lrs.append([g["lr"] / g["lr_scale"] for g in self.optimizer.param_groups])
         return real_step(self, *args)
 
-    with pytest.MonkeyPatch.context() as mp:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(train_classifier, "evaluate", evaluate)
         mp.setattr(engine.Trainer, "_optimizer_step", optimizer_step)
         train_classifier.main(parse_args(train_classifier.get_args_parser(), argv))
     out = tmp / "e" / MODES["scratch"][0]
     return dict(rows=read_rows(out / "metrics.csv"), lrs=lrs, evaluated=evaluated,
-                summary=json.loads((out / "summary.json").read_text()))
+                summary=json.loads((out / "summary.json").read_text()),
+                stdout=printed.getvalue())
 
 
 def test_selection_picks_the_epoch_of_the_best_validation_accuracy(selection):
@@ -164,6 +170,18 @@ def test_lr_warms_up_linearly_then_follows_the_cosine_at_every_step(selection):
     assert len(lrs) == total
     for step, (got, want) in enumerate(zip(lrs, expected)):
         assert got == pytest.approx([want] * len(got), abs=1e-12), f"step {step}"
+    for epoch, row in enumerate(selection["rows"]):  # the lr of the epoch's last step
+        assert float(row["lr"]) == pytest.approx(expected[(epoch + 1) * steps_per_epoch - 1])
+
+
+def test_each_epoch_prints_its_line_with_its_numbers(selection):
+    lines = [s for s in selection["stdout"].splitlines() if s.startswith("epoch ")]
+    assert [s.split(":")[0] for s in lines] == [f"epoch {e + 1}/{SELECT_EPOCHS}"
+                                                for e in range(SELECT_EPOCHS)]
+    for line, acc in zip(lines, SCRIPTED_VAL_ACC):
+        assert f"val_acc {acc:.4g}" in line
+    assert "best accuracy on the held-out validation split: 0.7500 at epoch 2" in \
+        selection["stdout"]
 
 
 # --------------------------------------------------------------------------- the loss

@@ -236,6 +236,19 @@ def test_rand_augment_magnitudes_are_drawn_with_mean_m_and_std_mstd(monkeypatch)
     assert not torch.equal(drawn[0], drawn[1])  # a fresh draw per op
 
 
+@pytest.mark.parametrize("m", [0.0, 10.0])
+def test_rand_augment_clips_magnitudes_to_the_level_range(monkeypatch, m):
+    """timm clips N(m, mstd) to [0, 10]: at m = 0 (or 10) about half the draws sit on 0
+    (10)."""
+    calls = recorded_levels_and_signs(monkeypatch)
+    x = uint8_images(n=4000, side=2).float() / 255
+    torch.manual_seed(0)
+    augment.rand_augment(x, 1, m, 2.0, fill=x.mean(dim=(0, 2, 3))[None, :, None, None])
+    drawn = calls[0][0] * augment.LEVEL_MAX
+    assert (drawn == m).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert ((drawn >= 0) & (drawn <= augment.LEVEL_MAX)).all()
+
+
 def test_rand_augment_applies_one_whole_op_or_none_to_each_image(monkeypatch):
     """One op per image: about half the images come out unchanged (OP_PROB), every other
     one is exactly one of the 15 ops at its level and sign, every op is used, and the signs

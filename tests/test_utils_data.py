@@ -125,6 +125,11 @@ def test_cosine_lr_warms_up_linearly_then_follows_a_cosine_per_step():
     assert cosine_lr(0, total, 0, peak) == pytest.approx(peak)  # no warmup: start at the peak
 
 
+def test_cosine_lr_when_the_warmup_fills_the_run():
+    """No cosine phase left: linear to the peak, and the peak at the end (no division by 0)."""
+    assert [cosine_lr(s, 4, 4, 1.0) for s in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
 # --------------------------------------------------------------------------- optimizer groups
 def no_decay_expected(name):
     return name.endswith(".bias") or "norm" in name or name in ("cls_token", "pos_embed")
