@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the CPUs are shared
 COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "outputs", "data",
                                      "out", "results", "*.pt", "*.png")
-TIMEOUT_FACTOR = 3  # a mutant may run this many times the unmutated tests' time
-MIN_TIMEOUT_S = 30
+TIMEOUT_FACTOR = 5  # a mutant may run this many times the unmutated tests' time (the
+MIN_TIMEOUT_S = 60  # cores are shared: a tighter bound turns slow runs into false kills)
 POLL_S = 0.05
 NO_TESTS = 5  # pytest's exit code when no test was selected
 PYTEST = ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly"]
@@ -90,6 +90,9 @@ def get_args_parser():
     p.add_argument("--survivors_of", default=None, metavar="RESULTS_JSONL",
                    help="only the mutants (of the same sample) that SURVIVED in this earlier "
                         "--out file: rerun them after adding tests")
+    p.add_argument("--statuses", default="SURVIVED",
+                   help="with --survivors_of: the statuses to rerun, comma-separated (e.g. "
+                        "SURVIVED,TIMEOUT to also retry timeouts on a quieter machine)")
     p.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     p.add_argument("--diff", action="store_true",
                    help="with --list: print each mutant's changed line(s) as a diff")
@@ -132,7 +135,8 @@ def edits(node, parent):
         for i, op in enumerate(node.ops):
             if type(op) in SWAPS:
                 new = SWAPS[type(op)]
-                out.append((f"{type(op).__name__} -> {new.__name__}",
+                which = f" (comparison {i + 1})" if len(node.ops) > 1 else ""
+                out.append((f"{type(op).__name__} -> {new.__name__}{which}",
                             lambda n, i=i, new=new: n.ops.__setitem__(i, new())))
     if isinstance(node, ast.Constant) and type(node.value) in (int, float) \
             and not isinstance(node.value, bool):
@@ -304,13 +308,14 @@ def run_job(work, file, mutants, tests, out):
     return results
 
 
-def survivors_of(path):
-    """Keys (file, function, line, col, mutant) of the SURVIVED rows of a results file; col
-    is None in files written before it was recorded (then it matches any column)."""
+def survivors_of(path, statuses):
+    """Keys (file, function, line, col, mutant) of the rows of a results file whose status is
+    in `statuses`; col is None in files written before it was recorded (it then matches any
+    column)."""
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return {(r["file"], r["function"], r["line"], r.get("col"), r["mutant"]) for r in rows
-            if r["status"] == "SURVIVED"}
+            if r["status"] in statuses}
 
 
 def survived(m, keys):
@@ -340,7 +345,7 @@ def main(args):
         if args.sample and len(mutants) > args.sample:
             mutants = sorted(rng.sample(mutants, args.sample), key=lambda m: (m.line, m.what))
         if args.survivors_of:
-            keys = survivors_of(args.survivors_of)
+            keys = survivors_of(args.survivors_of, args.statuses.split(","))
             mutants = [m for m in mutants if survived(m, keys)]
         planned.append((file, mutants, tests))
     if args.list:
