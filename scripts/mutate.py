@@ -365,7 +365,8 @@ def main(args):
         work = Path(tmp) / "repo"
         shutil.copytree(args.repo, work, ignore=COPY_IGNORE)
         for file, mutants, tests in planned:
-            results += run_job(work, file, mutants, tests, args.out)
+            if mutants:
+                results += run_job(work, file, mutants, tests, args.out)
     print(summary(results))
     survivors = [r for r in results if r["status"] == "SURVIVED"]
     if survivors:
