@@ -1,15 +1,23 @@
 """train_classifier.py: the four modes run and write their files, start from the MAE encoder
 exactly, the probe trains only its head (cached or not), and bad checkpoints exit 2."""
+import contextlib
 import csv
+import io
 import json
+import math
+from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts
 
+import engine
 import train_classifier
+from data import load_dataset
 from model import ClassifierConfig, ViT_Classifier
-from utils import seed_everything
+from utils import parse_args, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CSV_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
@@ -83,6 +91,145 @@ def initial_model(runs, *extra):
     args = parse(runs, *extra)
     seed_everything(args.seed)
     return train_classifier.build_model(args, num_classes=10, device="cpu")
+
+
+# --------------------------------------------------------------------------- selection
+SELECT_EPOCHS, SELECT_WARMUP, SELECT_VAL = 3, 2, 16
+SCRIPTED_VAL_ACC = [0.25, 0.75, 0.75]  # the best is epoch 1 (the first of a tie), not the last
+SELECT_BASE_LR = 4e-3
+SELECT_LAYER_DECAY = 0.5  # the groups' lrs differ: the logged lr must be the schedule's
+
+
+@pytest.fixture(scope="module")
+def selection(tmp_path_factory):
+    """A 3-epoch --val_split run in this process, recording the lr of every optimizer step
+    and the images of every evaluated split; the validation split reports scripted
+    accuracies (its loss and the test split's numbers are real)."""
+    tmp = tmp_path_factory.mktemp("selection")
+    argv = [*TINY_DATA, *TINY_ENCODER, "--total_epoch", str(SELECT_EPOCHS), "--warmup_epoch",
+            str(SELECT_WARMUP), "--val_split", str(SELECT_VAL), "--base_learning_rate",
+            str(SELECT_BASE_LR), "--layer_decay", str(SELECT_LAYER_DECAY), "--output_root",
+            str(tmp), "--exp_name", "e"]
+    lrs, evaluated, scripted = [], [], iter(SCRIPTED_VAL_ACC)
+    real_evaluate, real_step = train_classifier.evaluate, engine.Trainer._optimizer_step
+
+    def evaluate(model, split, *args):
+        loss, acc = real_evaluate(model, split, *args)
+        evaluated.append(split.images.clone())
+        return (loss, next(scripted)) if len(split) == SELECT_VAL else (loss, acc)
+
+    def optimizer_step(self, *args):
+        lrs.append([g["lr"] / g["lr_scale"] for g in self.optimizer.param_groups])
+        return real_step(self, *args)
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(train_classifier, "evaluate", evaluate)
+        mp.setattr(engine.Trainer, "_optimizer_step", optimizer_step)
+        train_classifier.main(parse_args(train_classifier.get_args_parser(), argv))
+    out = tmp / "e" / MODES["scratch"][0]
+    return dict(rows=read_rows(out / "metrics.csv"), lrs=lrs, evaluated=evaluated,
+                summary=json.loads((out / "summary.json").read_text()),
+                stdout=printed.getvalue())
+
+
+def test_selection_picks_the_epoch_of_the_best_validation_accuracy(selection):
+    rows, summary = selection["rows"], selection["summary"]
+    val_acc = [float(r["val_acc"]) for r in rows]
+    assert val_acc == SCRIPTED_VAL_ACC  # the validation split was evaluated every epoch
+    best = int(np.argmax(val_acc))  # the first epoch of the best accuracy
+    assert summary["selection_split"] == "val"
+    assert summary["best_epoch"] == int(rows[best]["epoch"]) == 1
+    assert summary["best_val_acc"] == pytest.approx(val_acc[best])
+    assert summary["test_acc_at_best"] == pytest.approx(float(rows[best]["test_acc"]))
+    assert summary["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+
+
+def test_the_validation_images_are_held_out_of_train_and_are_not_the_test_images(selection):
+    data = load_dataset("fake", image_size=16, max_train=64, max_eval=32, val_split=SELECT_VAL)
+    val = [x for x in selection["evaluated"] if len(x) == SELECT_VAL]
+    assert len(val) == SELECT_EPOCHS
+    def as_set(images):
+        return {bytes(x.numpy()) for x in images}
+    val_set, test_set = as_set(val[0]), as_set(data.test.images)
+    assert len(val_set) == SELECT_VAL
+    assert not val_set & test_set and not val_set & as_set(data.train.images)
+    assert val_set <= as_set(load_dataset("fake", image_size=16).train.images)
+    for r in selection["rows"]:  # a different split: its loss is not the test loss
+        assert r["val_loss"] != r["test_loss"]
+
+
+def test_lr_warms_up_linearly_then_follows_the_cosine_at_every_step(selection):
+    peak = SELECT_BASE_LR * 32 / 256  # base lr x batch / 256
+    steps_per_epoch = 2  # 64 training images (the validation ones are taken out first) / 32
+    warmup, total = SELECT_WARMUP * steps_per_epoch, SELECT_EPOCHS * steps_per_epoch
+    expected = [peak * s / warmup for s in range(warmup)]  # 0, peak/4, peak/2, 3 peak/4
+    expected += [peak * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+                 for s in range(warmup, total)]  # peak, peak/2
+    lrs = selection["lrs"]
+    assert len(lrs) == total
+    for step, (got, want) in enumerate(zip(lrs, expected)):
+        assert got == pytest.approx([want] * len(got), abs=1e-12), f"step {step}"
+    for epoch, row in enumerate(selection["rows"]):  # the lr of the epoch's last step
+        assert float(row["lr"]) == pytest.approx(expected[(epoch + 1) * steps_per_epoch - 1])
+
+
+def test_each_epoch_prints_its_line_with_its_numbers(selection):
+    lines = [s for s in selection["stdout"].splitlines() if s.startswith("epoch ")]
+    assert [s.split(":")[0] for s in lines] == [f"epoch {e + 1}/{SELECT_EPOCHS}"
+                                                for e in range(SELECT_EPOCHS)]
+    for line, acc in zip(lines, SCRIPTED_VAL_ACC):
+        assert f"val_acc {acc:.4g}" in line
+    assert "best accuracy on the held-out validation split: 0.7500 at epoch 2" in \
+        selection["stdout"]
+
+
+# --------------------------------------------------------------------------- the loss
+NUM_CLASSES, SMOOTHING = 4, 0.1
+
+
+def smoothed(labels):
+    """Label-smoothed one-hot targets (timm's: 1 - s + s/K on the label, s/K elsewhere)."""
+    return F.one_hot(labels, NUM_CLASSES) * (1 - SMOOTHING) + SMOOTHING / NUM_CLASSES
+
+
+def recording_model(logits):
+    seen = []
+
+    def model(x):
+        seen.append(x.clone())
+        return logits
+    return model, seen
+
+
+def test_objective_is_the_smoothed_cross_entropy_and_counts_correct_labels():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, NUM_CLASSES, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
+    args = Namespace(mixup=0.0, cutmix=0.0, smoothing=SMOOTHING)
+    loss, sums = train_classifier.Objective(args, NUM_CLASSES)(
+        recording_model(logits)[0], torch.randn(6, 3, 4, 4), y)
+    expected = -(smoothed(y) * F.log_softmax(logits, -1)).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
+    assert sums["correct"] == (logits.argmax(-1) == y).sum()
+
+
+def test_objective_with_mixup_trains_on_mixed_images_against_mixed_targets():
+    """timm's batch mixup: image i is lam * x_i + (1 - lam) * x_(B-1-i), and so is its
+    smoothed target."""
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, NUM_CLASSES, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
+    x = torch.randn(6, 3, 4, 4, generator=g)
+    model, seen = recording_model(logits)
+    args = Namespace(mixup=0.8, cutmix=0.0, smoothing=SMOOTHING)
+    objective = train_classifier.Objective(args, NUM_CLASSES)
+    np.random.seed(0)  # timm draws lam with numpy
+    loss, _ = objective(model, x.clone(), y)
+    mixed, other = seen[0], x.flip(0)
+    lam = ((mixed - other) / (x - other)).flatten()[0].item()
+    assert 0.05 < lam < 0.95  # really mixed (the seed's draw)
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * other)
+    target = lam * smoothed(y) + (1 - lam) * smoothed(y.flip(0))
+    torch.testing.assert_close(loss, -(target * F.log_softmax(logits, -1)).sum(-1).mean())
 
 
 # --------------------------------------------------------------------------- CLI runs

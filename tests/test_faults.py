@@ -6,7 +6,6 @@ the middle of an epoch or was killed with SIGKILL.
 """
 import csv
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from conftest import REPO, TINY_MAE, run_scripts, script_env
 import mae_pretrain
 import runfolder
 from cli import UsageError
+from fileio import TEMP_PREFIX
 from utils import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 BATCH, TRAIN_IMAGES = 16, 1024
@@ -27,10 +27,11 @@ STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH  # 64: a signal after the first checkpoi
 SIGTERM_AFTER = STEPS_PER_EPOCH + 5  # optimizer steps: the 6th step of the second epoch
 NAN_FROM = STEPS_PER_EPOCH + 3  # the loss turns NaN at this step (epoch 1, step 2)
 SIGINT_AFTER = STEPS_PER_EPOCH + 9  # Ctrl-C during the 10th step of the second epoch
+STOP_AT = STEPS_PER_EPOCH + 7  # the run to kill -9 freezes after this step (second epoch)
 WALL_CLOCK = {"epoch_seconds", "images_per_s"}  # CSV columns that may differ between runs
 WAIT_S = 240  # generous bound for a subprocess to reach a state on 2 busy cores
 POLL_S = 0.01  # seconds between looks at a background run's files
-KILL_TRIES = 5  # random SIGKILLs of a process that saves checkpoints in a loop
+KILL_TRIES = 5  # SIGKILLs, each during a save, of a process that saves in a loop
 
 
 def tiny_args(root, exp):
@@ -47,8 +48,9 @@ def stage(root, exp):
 
 
 # `python fault.py AT ACTION script args`: runs the script; at optimizer step AT, an ACTION
-# with 'sigint' sends SIGINT to the process (like Ctrl-C), one with 'nan' copies the
-# checkpoint to BEFORE_NAN (next to the stage folder) and makes the loss NaN from then on.
+# with 'sigint' sends SIGINT to the process (like Ctrl-C), 'stop' freezes it (SIGSTOP), one
+# with 'nan' copies the checkpoint to BEFORE_NAN (next to the stage folder) and makes the loss
+# NaN from then on.
 FAULT_WRAPPER = """
 import os, runpy, shutil, signal, sys
 import engine
@@ -62,6 +64,8 @@ def faulty_step(self, *a):
         shutil.copy(self.run.ckpt_path, self.run.path + {before!r})
     if faulty_step.calls == at and "sigint" in action:
         os.kill(os.getpid(), signal.SIGINT)
+    if faulty_step.calls == at and action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
     return loss * float("nan") if "nan" in action and faulty_step.calls >= at else loss
 faulty_step.calls = 0
 engine.Trainer._optimizer_step = faulty_step
@@ -74,13 +78,25 @@ finally:
 BEFORE_NAN = "-checkpoint-before-nan.pt"
 
 
-def start(args, log_dir):
-    """`python mae_pretrain.py args` in the background, output to files in log_dir."""
+def start(argv, log_dir):
+    """`python *argv` in the background, output to files in log_dir."""
     out = open(os.path.join(log_dir, "stdout"), "w")
     err = open(os.path.join(log_dir, "stderr"), "w")
     with out, err:
-        return subprocess.Popen([sys.executable, "mae_pretrain.py", *args], cwd=REPO,
-                                env=script_env(), stdout=out, stderr=err)
+        return subprocess.Popen([sys.executable, *map(str, argv)], cwd=REPO, env=script_env(),
+                                stdout=out, stderr=err)
+
+
+def wait_until_stopped(proc, what):
+    """Wait until proc has stopped itself with SIGSTOP (without reaping it)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG | os.WUNTRACED)
+        if pid:
+            assert os.WIFSTOPPED(status), f"the run exited ({status}) before {what}"
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(POLL_S)
 
 
 def wait_for(condition, proc, what):
@@ -91,17 +107,16 @@ def wait_for(condition, proc, what):
         time.sleep(POLL_S)
 
 
-def kill_mid_epoch(root):
-    """Start a run, freeze it (SIGSTOP) in its second epoch, start the same command here
-    (refused: the frozen run holds the lock), then SIGKILL the frozen run. Leaves a temporary
-    file like the one a kill during a save leaves. -> facts for the tests."""
+def kill_mid_epoch(root, wrapper):
+    """Start a run that freezes itself (SIGSTOP) at step STOP_AT, in its second epoch; start
+    the same command here (refused: the frozen run holds the lock), then SIGKILL the frozen
+    run. Leaves a temporary file like the one a kill during a save leaves. -> facts for the
+    tests."""
     args = tiny_args(root, "kill")
     ckpt = os.path.join(stage(root, "kill"), runfolder.CHECKPOINT_FN)
-    proc = start(args, root)
+    proc = start([wrapper, STOP_AT, "stop", "mae_pretrain.py", *args], root)
     try:
-        wait_for(lambda: os.path.exists(ckpt), proc, "the first checkpoint")
-        time.sleep(random.uniform(0, 0.3))  # somewhere in the second epoch
-        proc.send_signal(signal.SIGSTOP)
+        wait_until_stopped(proc, f"step {STOP_AT}")
         try:
             mae_pretrain.main(mae_pretrain.get_args_parser().parse_args(args))
             refusal = None
@@ -125,9 +140,9 @@ def runs(tmp_path_factory):
     loss turns NaN after the first checkpoint (and one that also gets SIGINT then), one with a
     huge lr, one stopped by SIGINT."""
     root = tmp_path_factory.mktemp("faults")
-    killed = kill_mid_epoch(root)
     wrapper = root / "fault.py"
     wrapper.write_text(FAULT_WRAPPER.format(before=BEFORE_NAN))
+    killed = kill_mid_epoch(root, wrapper)
     commands = {
         "reference": ["mae_pretrain.py", *tiny_args(root, "ref")],
         "sigterm": {"argv": ["mae_pretrain.py", *tiny_args(root, "term")],
@@ -158,8 +173,12 @@ def assert_same_run(folder, reference):
     ref_model, ref_optim, ref_rows = final_state(reference)
     assert model.keys() == ref_model.keys()
     assert all(torch.equal(model[k], ref_model[k]) for k in model), "weights differ"
-    for state, ref_state in zip(optim["state"].values(), ref_optim["state"].values()):
-        assert all(torch.equal(state[k], ref_state[k]) for k in state), "optimizer differs"
+    assert optim["state"].keys() == ref_optim["state"].keys(), "optimizer entries differ"
+    for i, ref_state in ref_optim["state"].items():
+        assert optim["state"][i].keys() == ref_state.keys(), f"optimizer entry {i} differs"
+        assert all(torch.equal(optim["state"][i][k], v) for k, v in ref_state.items()), \
+            f"optimizer entry {i} differs"
+    assert optim["param_groups"] == ref_optim["param_groups"]
     assert [r["epoch"] for r in rows] == [str(e) for e in range(len(ref_rows))]
     assert rows == ref_rows
 
@@ -258,20 +277,31 @@ def save_forever(path, state):
         os._exit(0)
 
 
-def test_checkpoint_survives_kill_at_random_moments(tmp_path):
-    """SIGKILL a process that saves checkpoints in a loop: the file always loads whole, and
-    the temporary files killed saves leave are removed when the run folder is opened."""
+def temp_files(folder):
+    return [f for f in os.listdir(folder) if f.startswith(TEMP_PREFIX)]
+
+
+def test_checkpoint_survives_kill_during_a_save(tmp_path):
+    """SIGKILL a process that saves checkpoints in a loop, each time while a save is under
+    way (its temporary file exists): the file always loads whole, and the temporary files the
+    killed saves leave are removed when the run folder is opened."""
     path = str(tmp_path / runfolder.CHECKPOINT_FN)
     state = {"format": CHECKPOINT_FORMAT, "kind": "mae", "weights": torch.randn(2 ** 21)}
     save_checkpoint(state, path)
+    left = set()
     for _ in range(KILL_TRIES):
         pid = os.fork()
         if pid == 0:
             save_forever(path, state)
-        time.sleep(random.uniform(0, 0.2))
+        deadline = time.monotonic() + WAIT_S
+        while not set(temp_files(tmp_path)) - left:  # a save of this child is under way
+            assert time.monotonic() < deadline, "no save started"
+            time.sleep(POLL_S / 10)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         assert torch.equal(load_checkpoint(path, kind="mae")["weights"], state["weights"])
+        left |= set(temp_files(tmp_path))
+    assert left  # the kills did land in the middle of saves
     with open(tmp_path / ".tmp-stale-metrics.csv", "w") as f:
         f.write("epoch,loss\n0,")
     run = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))

@@ -1,4 +1,6 @@
 """model.py: patches, masking, the loss, no information leak, gradients, config checks."""
+import math
+
 import pytest
 import timm
 import torch
@@ -98,6 +100,39 @@ def test_mask_ratio_one_is_refused():
         model(images(model), mask_ratio=1.0)
 
 
+def test_without_masking_the_prediction_does_not_depend_on_the_masking_noise():
+    """Ratio 0 keeps every patch, in the noise's shuffled order: the decoder must put them
+    back (gather by ids_restore), so each patch's prediction is the same for any noise."""
+    model = tiny_mae().eval()
+    x = images(model)
+    in_order = torch.arange(model.encoder.patch_embed.num_patches).float().expand(BATCH, -1)
+    _, reference, _ = model(x, mask_ratio=0.0, noise=in_order)
+    for seed in (3, 4):
+        _, pred, mask = model(x, mask_ratio=0.0, noise=fixed_noise(model, seed=seed))
+        assert mask.sum() == 0
+        torch.testing.assert_close(pred, reference, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_encoder_tokens_are_patch_plus_position_embeddings_at_the_kept_patches(pos_embed):
+    """The tokens entering the blocks: cls + its position, then patch_embed + pos_embed of
+    each kept patch (the smallest noise first), so every token keeps its own position."""
+    model = tiny_mae(pos_embed=pos_embed).eval()
+    x, noise = images(model), fixed_noise(model)
+    seen = []
+    model.encoder.blocks.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model.forward_encoder(x, 0.75, noise)
+    enc = model.encoder
+    keep = model.num_kept(0.75)
+    ids_keep = noise.argsort(dim=1)[:, :keep]  # (B, K)
+    tokens = enc.patch_embed(x) + enc.pos_embed[:, 1:]  # (B, L, D)
+    expected = torch.stack([tokens[b, ids_keep[b]] for b in range(BATCH)])  # (B, K, D)
+    torch.testing.assert_close(seen[0][:, 1:], expected)
+    cls = (enc.cls_token + enc.pos_embed[:, :1])[0, 0]
+    for b in range(BATCH):
+        torch.testing.assert_close(seen[0][b, 0], cls)
+
+
 # --------------------------------------------------------------------------- loss
 def masked_mse_by_hand(imgs, pred, mask, p, norm_pix):
     b, c = imgs.shape[:2]
@@ -120,6 +155,21 @@ def test_loss_is_the_mse_over_masked_patches(norm_pix):
     # visible patches do not count: changing their prediction leaves the loss unchanged
     pred2 = pred + 10.0 * (1 - mask)[..., None]
     torch.testing.assert_close(model.forward_loss(x, pred2, mask), loss)
+
+
+@pytest.mark.parametrize("n_masked", [0, 1, 2])
+def test_loss_averages_exactly_the_masked_patches_even_one_or_none(n_masked):
+    """Per-patch errors 0, 1, 2, ... by construction: the loss is the mean error of the
+    masked patches (patches 3, 4 here), or of all patches when none is masked."""
+    model = tiny_mae()
+    x = torch.zeros(1, 3, 32, 32)
+    num_patches = model.encoder.patch_embed.num_patches
+    errors = torch.arange(num_patches).float()  # (L,)
+    pred = errors.sqrt()[None, :, None].expand(1, -1, model.patchify(x).shape[-1])
+    mask = torch.zeros(1, num_patches)
+    mask[0, 3:3 + n_masked] = 1
+    expected = errors[3:3 + n_masked].mean() if n_masked else errors.mean()
+    torch.testing.assert_close(model.forward_loss(x, pred, mask), expected)
 
 
 # --------------------------------------------------------------------------- no leak
@@ -189,6 +239,44 @@ def test_sincos_position_embeddings_are_fixed_and_frozen():
     model(images(model))[0].backward()
     opt.step()
     assert torch.equal(enc_pos, before[0]) and torch.equal(dec_pos, before[1])
+
+
+def official_mae_sincos(dim, grid):
+    """get_2d_sincos_pos_embed of facebookresearch/mae, written out per position and channel:
+    np.meshgrid(grid_w, grid_h) puts w (the column, x) in grid[0], which fills the first
+    half of the channels; each half is [sin(pos * omega), cos(pos * omega)] with
+    omega_k = 1 / 10000 ** (k / (dim / 4)), k < dim / 4."""
+    quarter = dim // 4
+    rows = [[0.0] * dim]  # the cls token
+    for i in range(grid):  # row (y)
+        for j in range(grid):  # column (x)
+            row = []
+            for pos in (j, i):
+                omegas = [1.0 / 10000 ** (k / quarter) for k in range(quarter)]
+                row += [math.sin(pos * w) for w in omegas] + [math.cos(pos * w) for w in omegas]
+            rows.append(row)
+    return torch.tensor(rows)
+
+
+def test_sincos_values_by_hand_for_a_two_by_two_grid():
+    """dim 8: omegas 1 and 1/100; patch 1 is (row 0, column 1), patch 2 is (row 1, column 0)."""
+    emb = sincos_pos_embed(8, 2)
+    s1, c1, s01, c01 = math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)
+    expected = torch.tensor([
+        [0, 0, 0, 0, 0, 0, 0, 0],  # cls
+        [0, 0, 1, 1, 0, 0, 1, 1],  # (0, 0)
+        [s1, s01, c1, c01, 0, 0, 1, 1],  # (row 0, column 1): x = 1 in the first half
+        [0, 0, 1, 1, s1, s01, c1, c01],  # (row 1, column 0): y = 1 in the second half
+        [s1, s01, c1, c01, s1, s01, c1, c01],
+    ])
+    torch.testing.assert_close(emb, expected)
+
+
+@pytest.mark.parametrize("dim,grid", [(16, 4), (32, 3), (64, 16)])
+def test_sincos_matches_the_official_mae_formula(dim, grid):
+    """To float32 rounding: on a 16 x 16 grid a base of 9999 instead of 10000 is off by 6e-5."""
+    torch.testing.assert_close(sincos_pos_embed(dim, grid), official_mae_sincos(dim, grid),
+                               atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------- encoder transfer

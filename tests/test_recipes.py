@@ -218,6 +218,77 @@ def test_rand_augment_bounds_the_number_of_ops():
     assert augment.parse_rand_augment(n_max) == (augment.MAX_OPS, 9.0, 0.5)
     with pytest.raises(UsageError, match=rf"--rand_augment: -n99999 .* at most {augment.MAX_OPS}"):
         resolved("finetune", "--rand_augment", "rand-m9-mstd0.5-n99999-inc1")
+def recorded_levels_and_signs(monkeypatch):
+    """Make every pixel op record the (level, sign) it is called with -> that list."""
+    calls = []
+
+    def recording(op):
+        def op_with_record(x, level, sign):
+            calls.append((level.clone(), sign.clone()))
+            return op(x, level, sign)
+        return op_with_record
+    monkeypatch.setattr(augment, "PIXEL_OPS",
+                        {k: recording(v) for k, v in augment.PIXEL_OPS.items()})
+    return calls
+
+
+def test_rand_augment_magnitudes_are_drawn_with_mean_m_and_std_mstd(monkeypatch):
+    """Every op receives per-image levels; timm draws each magnitude from N(m, mstd)."""
+    calls = recorded_levels_and_signs(monkeypatch)
+    x = uint8_images(n=20000, side=2).float() / 255
+    torch.manual_seed(0)
+    m, mstd, n_ops = 5.0, 1.5, 2  # 3.3 std from the [0, 10] clip: it barely matters
+    augment.rand_augment(x, n_ops, m, mstd, fill=x.mean(dim=(0, 2, 3))[None, :, None, None])
+    # the ops of one round share its levels: one distinct row of levels per round
+    drawn = torch.unique(torch.stack([lv for lv, _ in calls]), dim=0) * augment.LEVEL_MAX
+    assert len(drawn) == n_ops
+    assert drawn.mean().item() == pytest.approx(m, abs=0.05)
+    assert drawn.std().item() == pytest.approx(mstd, rel=0.05)
+    assert not torch.equal(drawn[0], drawn[1])  # a fresh draw per op
+
+
+@pytest.mark.parametrize("m", [0.0, 10.0])
+def test_rand_augment_clips_magnitudes_to_the_level_range(monkeypatch, m):
+    """timm clips N(m, mstd) to [0, 10]: at m = 0 (or 10) about half the draws sit on 0
+    (10)."""
+    calls = recorded_levels_and_signs(monkeypatch)
+    x = uint8_images(n=4000, side=2).float() / 255
+    torch.manual_seed(0)
+    augment.rand_augment(x, 1, m, 2.0, fill=x.mean(dim=(0, 2, 3))[None, :, None, None])
+    drawn = calls[0][0] * augment.LEVEL_MAX
+    assert (drawn == m).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert ((drawn >= 0) & (drawn <= augment.LEVEL_MAX)).all()
+
+
+def test_rand_augment_applies_one_whole_op_or_none_to_each_image(monkeypatch):
+    """One op per image: about half the images come out unchanged (OP_PROB), every other
+    one is exactly one of the 15 ops at its level and sign, every op is used, and the signs
+    are +-1 with even odds."""
+    calls = recorded_levels_and_signs(monkeypatch)
+    pixel_ops = dict(augment.PIXEL_OPS)
+    g = torch.Generator().manual_seed(0)
+    b = 600
+    x = 0.2 + 0.5 * torch.rand(b, 3, 8, 8, generator=g)  # no op leaves these unchanged
+    fill = x.mean(dim=(0, 2, 3))[None, :, None, None]
+    torch.manual_seed(0)
+    out = augment.rand_augment(x, 1, 9.0, 0.5, fill)
+    level, sign = calls[0]
+    assert set(sign.tolist()) == {-1.0, 1.0}
+    assert (sign > 0).float().mean().item() == pytest.approx(0.5, abs=0.07)
+    candidates = {"none": x}
+    for name in augment.OPS:
+        if name in augment.GEOMETRIC:
+            theta = augment.affine_theta(name, level, sign)
+            candidates[name] = augment.warp(x, theta, fill).clamp(0, 1)
+        else:
+            candidates[name] = pixel_ops[name](x, level, sign).clamp(0, 1)
+    used = []
+    for i in range(b):
+        match = [k for k, c in candidates.items() if torch.allclose(out[i], c[i], atol=1e-5)]
+        assert match, f"image {i} is no single op of its level and sign"
+        used.append(match[0])
+    assert used.count("none") / b == pytest.approx(1 - augment.OP_PROB, abs=0.07)
+    assert set(used) == {"none", *augment.OPS}
 
 
 def test_paper_loader_crops_randaugments_and_erases_on_the_device():

@@ -11,7 +11,15 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import REPO, SCRIPT_TIMEOUT_S, THREAD_ENV, TINY_DATA, TINY_MAE, run_scripts
+from conftest import (
+    REPO,
+    SCRIPT_TIMEOUT_S,
+    THREAD_ENV,
+    TINY_DATA,
+    TINY_MAE,
+    run_script,
+    run_scripts,
+)
 from test_report import classifier, pretrain
 
 import report
@@ -26,10 +34,21 @@ def without_date(text):
 
 
 # ----------------------------------------------------------------------------- end to end
+def this_python_first(tmp_path):
+    """PATH with a folder first whose `python` is this interpreter (the driver calls
+    `python`; the one on PATH may be another, without the packages)."""
+    bin_dir = tmp_path / "this-python"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "python").exists():
+        (bin_dir / "python").symlink_to(sys.executable)
+    return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def run_study(tmp_path, part, **settings):
     env = {**{k: v for k, v in os.environ.items() if k not in ("DATASET", "DATA_DIR")},
            **THREAD_ENV, "SMOKE": "1", "PART": part, "OUTPUT_ROOT": str(tmp_path / "outputs"),
-           "RESULTS": str(tmp_path / "results"), **settings}
+           "RESULTS": str(tmp_path / "results"), "PATH": this_python_first(tmp_path),
+           **settings}
     proc = subprocess.run(["bash", "commands/study.sh"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=SCRIPT_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -309,9 +328,7 @@ def test_shared_pretraining_is_not_missing(tmp_path):
 
 # ----------------------------------------------------------------------------- report errors
 def report_cli(*args):
-    return subprocess.run(["python", "report.py", *map(str, args)], cwd=REPO,
-                          env={**os.environ, **THREAD_ENV}, capture_output=True, text=True,
-                          timeout=SCRIPT_TIMEOUT_S)
+    return run_script("report.py", *args)  # this interpreter, not a `python` from PATH
 
 
 def test_report_errors_are_one_line_and_exit_2(tmp_path):

@@ -10,17 +10,22 @@ import struct
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cli import UsageError
 from data import (
     AUGMENTS,
+    CROP_PAD,
+    RRC_RATIO,
+    RRC_SCALE,
     DeviceLoader,
     Split,
     augment_batch,
     carve,
     image_record,
     load_dataset,
+    random_resized_crop,
 )
 from fileio import CSVLogger
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
@@ -121,6 +126,11 @@ def test_cosine_lr_warms_up_linearly_then_follows_a_cosine_per_step():
     assert lrs[total] == pytest.approx(floor)
     assert all(a > b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))  # changes every step
     assert cosine_lr(0, total, 0, peak) == pytest.approx(peak)  # no warmup: start at the peak
+
+
+def test_cosine_lr_when_the_warmup_fills_the_run():
+    """No cosine phase left: linear to the peak, and the peak at the end (no division by 0)."""
+    assert [cosine_lr(s, 4, 4, 1.0) for s in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 # --------------------------------------------------------------------------- optimizer groups
@@ -259,6 +269,83 @@ def test_augmentation_keeps_shape_and_range(augment):
             assert torch.equal(a, b) or torch.equal(a.flip(-1), b)
 
 
+def tagged_images(n, side):
+    """(n, 1, side, side) floats: pixel (i, j) of image b holds 1 + b*side^2 + i*side + j,
+    so every value says where it came from (and 0 is the crop's padding)."""
+    return (1 + torch.arange(n * side * side, dtype=torch.float)).reshape(n, 1, side, side)
+
+
+def find_window(out, padded):
+    """(dy, dx, mirrored) of the window of padded (C, H+2p, W+2p) that out (C, H, W) is."""
+    h, w = out.shape[-2:]
+    for dy in range(padded.shape[-2] - h + 1):
+        for dx in range(padded.shape[-1] - w + 1):
+            window = padded[:, dy:dy + h, dx:dx + w]
+            for mirrored in (False, True):
+                if torch.equal(out, window.flip(-1) if mirrored else window):
+                    return dy, dx, mirrored
+    return None
+
+
+def test_crop_flip_gives_a_window_of_the_padded_image_at_offsets_that_vary():
+    torch.manual_seed(0)
+    n, side, pad = 48, 8, CROP_PAD
+    x = tagged_images(n, side)
+    out = augment_batch(x.clone(), "crop_flip")
+    padded = F.pad(x, (pad, pad, pad, pad))
+    found = [find_window(o, p) for o, p in zip(out, padded)]
+    assert None not in found  # each output is its own image's window, or its mirror
+    offsets = {(dy, dx) for dy, dx, _ in found}
+    assert len(offsets) > n // 3  # (2 * pad + 1) ** 2 = 81 offsets, drawn per image
+    every_shift = set(range(2 * pad + 1))  # from flush with one padded edge to the other
+    assert {dy for dy, _ in offsets} == {dx for _, dx in offsets} == every_shift
+    mirrored = sum(m for _, _, m in found)
+    assert n // 4 < mirrored < 3 * n // 4
+
+
+def test_flips_mirror_about_half_the_images():
+    torch.manual_seed(0)
+    n = 4000
+    x = tagged_images(n, 4)
+    out = augment_batch(x.clone(), "flip")
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(-1)).flatten(1).all(1)
+    assert torch.equal(same, ~mirrored)  # each image is either left alone or mirrored
+    assert mirrored.float().mean().item() == pytest.approx(0.5, abs=0.03)
+
+
+def ramps(n, side):
+    """(n, 2, side, side): channel 0 is the column index, channel 1 the row index."""
+    coords = torch.arange(side, dtype=torch.float)
+    return torch.stack([coords.expand(side, side), coords[:, None].expand(side, side)])[
+        None].expand(n, -1, -1, -1).clone()
+
+
+def test_random_resized_crop_zooms_into_a_box_of_the_right_area_and_keeps_flat_images():
+    torch.manual_seed(0)
+    n, side = 400, 32
+    lo, hi = RRC_SCALE
+    out = random_resized_crop(ramps(n, side), RRC_SCALE, RRC_RATIO)
+    inner = slice(2, side - 2)  # away from the border's half-pixel clamp
+    w = out[:, 0, inner].diff(dim=-1).median(dim=-1).values.median(dim=-1).values  # (n,)
+    h = out[:, 1, :, inner].diff(dim=-2).median(dim=-2).values.median(dim=-1).values
+    area = w * h  # the box's sides as fractions of the image
+    assert area.min() >= lo - 0.01 and area.max() <= hi + 0.01
+    assert area.min() < lo + 0.05 and area.max() > 0.9  # the whole range is used
+    assert (w / h).min() >= RRC_RATIO[0] - 0.02 and (w / h).max() <= RRC_RATIO[1] + 0.02
+    centres = out[:, :, side // 2, side // 2]  # (n, 2): about each box's centre x, y
+    for axis in range(2):  # boxes sit anywhere, centred on the image on average
+        c = centres[:, axis]
+        assert c.mean().item() == pytest.approx((side - 1) / 2, abs=1.0)
+        assert c.max() - c.min() > side / 3
+    flat = torch.full((8, 3, side, side), 0.3)
+    torch.testing.assert_close(augment_batch(flat, "rrc_flip"), flat)
+    x = torch.rand(16, 3, side, side)
+    y = augment_batch(x.clone(), "rrc_flip")
+    assert all(not torch.allclose(a, b, atol=1e-3) and not torch.allclose(a.flip(-1), b, atol=1e-3)
+               for a, b in zip(x, y))
+
+
 def test_unknown_augment_is_refused():
     with pytest.raises(UsageError, match="augment"):
         DeviceLoader(tagged_split(4), 2, augment="mixup")
@@ -282,6 +369,7 @@ def test_fake_dataset_is_deterministic_and_learnable():
 
 def test_val_split_is_held_out_of_train():
     d = load_dataset("fake", image_size=16, val_split=100, max_eval=50)
+    assert (d.name, d.source) == ("fake", "generated images (--dataset fake)")
     assert len(d.val) == 50 and len(d.train) == 4096 - 100
     train_set = {bytes(x.numpy()) for x in d.train.images}
     assert not any(bytes(x.numpy()) in train_set for x in d.val.images)
@@ -309,6 +397,15 @@ def test_image_record_hashes_the_sorted_positions():
     want = hashlib.sha256(np.array([3, 7, 9], dtype="<i8").tobytes()).hexdigest()
     assert image_record(split, "train", 3) == {"source": "train", "count": 3, "sha256": want}
     assert image_record(split, "test")["count"] == 4
+@pytest.mark.parametrize("val_split", [1, 4095])
+def test_val_split_takes_from_one_image_to_all_but_one(val_split):
+    d = load_dataset("fake", image_size=4, val_split=val_split)
+    assert (len(d.val), len(d.train)) == (val_split, 4096 - val_split)
+
+
+def test_val_split_of_the_whole_training_set_is_refused():
+    with pytest.raises(UsageError, match="--val_split 4096 must be between 1 and 4095$"):
+        load_dataset("fake", image_size=4, val_split=4096)
 
 
 def write_idx(path, array, magic):

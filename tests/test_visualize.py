@@ -1,4 +1,5 @@
 """visualize_pred.py on classifiers and an MAE trained for one epoch by the real scripts."""
+import re
 from dataclasses import asdict
 
 import pytest
@@ -7,6 +8,7 @@ from conftest import TINY_ENCODER, TINY_MAE, run_scripts
 
 import visualize_pred
 from cli import UsageError
+from data import load_dataset
 from model import ClassifierConfig, ViT_Classifier
 from utils import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
@@ -16,6 +18,7 @@ DATA = ["--dataset", "fake", "--device", "cpu", "--max_eval_images", str(N_TEST)
 TRAIN = DATA + ["--max_train_images", "128", "--batch_size", "128", "--total_epoch", "1",
                 "--warmup_epoch", "0"]
 FIGURES = ("predictions.png", "disagreements.png")
+MODELS = ("pretrained", "scratch")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,36 @@ def test_figures_and_accuracy_line(runs):
     line = next(s for s in r.stdout.splitlines() if s.startswith("accuracy on the 5 shown"))
     assert f"whole test split ({N_TEST} images)" in line
     assert "pretrained " in line and "scratch " in line
+
+
+def independent_predictions(path, split):
+    """Predicted labels of a saved classifier on split: rebuilt from the file, images
+    normalised by hand with the checkpoint's statistics."""
+    ckpt = torch.load(path, weights_only=True)
+    model = ViT_Classifier(ClassifierConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    mean, std = (ckpt[k][None, :, None, None] for k in ("norm_mean", "norm_std"))
+    with torch.no_grad():
+        return model.eval()((split.images.float() / 255 - mean) / std).argmax(-1)
+
+
+def test_printed_accuracies_and_disagreements_match_an_independent_evaluation(runs):
+    ckpt, results, _ = runs
+    out = results["full"].stdout
+    test = load_dataset("fake", max_eval=N_TEST).test
+    preds = {name: independent_predictions(ckpt[name], test) for name in MODELS}
+    shown = [int(i) for i in re.search(r"showing \[([\d, ]+)\]", out)[1].split(",")]
+    numbers = re.search(r"accuracy on the 5 shown images: pretrained ([\d.]+), scratch "
+                        r"([\d.]+); on the whole test split \(64 images\): pretrained "
+                        r"([\d.]+), scratch ([\d.]+); they disagree on (\d+) images", out)
+    assert numbers, out
+    for k, name in enumerate(MODELS):
+        right = (preds[name] == test.labels).float()
+        assert float(numbers[1 + k]) == pytest.approx(right[shown].mean().item(), abs=1e-4)
+        assert float(numbers[3 + k]) == pytest.approx(right.mean().item(), abs=1e-4)
+    assert int(numbers[5]) == (preds["pretrained"] != preds["scratch"]).sum().item()
+    accuracies = {float(numbers[3]), float(numbers[4])}
+    assert accuracies != {0.5}  # the check can fail: accuracy and error rate differ
 
 
 def test_identical_classifiers_never_disagree_and_no_mae_figure(runs):
