@@ -112,6 +112,7 @@ MINUTE_DIGITS = 1
 COMMIT_DIGITS = 7  # an abbreviated git commit
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
+STEPS_LABEL = "optimizer steps"  # x axis of the pretraining figures
 LEGEND_FONT_SIZE = "small"
 CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "low", "high", "text"]
 
@@ -730,8 +731,10 @@ def render_markdown(command: str, tables: list[dict], images: list[tuple[str, st
          "from the run files (args.json, metrics.csv, summary.json); do not edit by hand."), "",
         ("Final = last epoch; best = highest accuracy over epochs on the model-selection split "
          "named in the header (summary.json selection_split; selection never sees the test "
-         "split). Seeds of one experiment (`<name>_seed<N>`) are "
-         "shown as mean ± sample std (n = finished seeds). "
+         "split). Seeds of one experiment (`<name>_seed<N>`; the seed is args.json's) are "
+         "shown as mean ± sample std (n = finished seeds; 95% t-interval, df = n - 1, where "
+         f"n >= 2); seeds whose settings differ are not averaged. Differences are paired by "
+         f"seed: {RULE}. "
          f"{DASH} (status) marks a run without a result."), "",
     ]
     body = [markdown(t) for t in tables] + (notes + [""] if notes else [])
@@ -742,19 +745,19 @@ def render_markdown(command: str, tables: list[dict], images: list[tuple[str, st
 # ----------------------------------------------------------------------------- figures
 
 
-def new_figure(ncols: int = 1) -> tuple[Figure, list]:
-    """A headless (Agg) figure with ncols side-by-side axes."""
+def new_figure(ncols: int = 1, nrows: int = 1) -> tuple[Figure, list]:
+    """A headless (Agg) figure with nrows x ncols axes, as one list row by row."""
     width, height = FIG_PANEL_SIZE
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+    return fig, list(fig.subplots(nrows, ncols, squeeze=False).ravel())
 
 
 def finish_axes(ax, xlabel: str, ylabel: str) -> None:
     """Labels, and a legend or a 'no data yet' note."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if xlabel == "epoch":
+    if xlabel in ("epoch", STEPS_LABEL):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.lines or ax.containers:
         ax.legend(fontsize=LEGEND_FONT_SIZE)
@@ -768,28 +771,59 @@ def series(metrics: pd.DataFrame, column: str, scale: float = 1.0) -> tuple[list
     return points["epoch"].tolist(), (points[column] * scale).tolist()
 
 
+def step_series(run, column: str, scale: float = 1.0) -> tuple[list, list]:
+    """(optimizer steps at the end of each epoch, values * scale) of a pretraining metrics
+    column: (epoch + 1) * steps_per_epoch."""
+    epochs, values = series(run.metrics, column, scale)
+    return [(e + 1) * run.steps_per_epoch for e in epochs], values
+
+
+def loss_targets(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Pretraining runs with a known step count, by loss target (never two on one axis):
+    'normalised pixels' (norm_pix_loss) and 'pixels'."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["steps_per_epoch"].notna()]
+    norm = runs["args"].map(lambda a: a.get("norm_pix_loss") is True)
+    return {name: part for name, part in (("pixels", runs[~norm]),
+                                           ("normalised pixels", runs[norm])) if len(part)}
+
+
 def plot_pretrain_curves(frame: pd.DataFrame) -> Figure:
-    """Train and eval reconstruction loss vs epoch, one line per experiment."""
-    fig, axes = new_figure(2)
-    for run in frame[frame["stage"] == PRETRAIN].itertuples():
-        for ax, column in zip(axes, ("train_loss", "eval_loss"), strict=True):
-            ax.plot(*series(run.metrics, column), label=run.exp)
-    for ax, name in zip(axes, ("train loss", "eval loss"), strict=True):
-        ax.set_title(f"MAE pretraining: {name}")
-        finish_axes(ax, "epoch", name)
+    """Train and eval reconstruction loss vs optimizer steps, one line per experiment; one row
+    of panels per loss target (norm_pix_loss or not: different units)."""
+    targets = loss_targets(frame) or {"pixels": frame.iloc[:0]}
+    fig, axes = new_figure(2, len(targets))
+    split = eval_splits(frame)
+    for row, (target, runs) in enumerate(targets.items()):
+        pair = axes[2 * row: 2 * row + 2]
+        for run in runs.itertuples():
+            for ax, column in zip(pair, ("train_loss", "eval_loss"), strict=True):
+                ax.plot(*step_series(run, column), label=run.exp)
+        for ax, name in zip(pair, ("train loss", f"eval loss ({split} images)"), strict=True):
+            ax.set_title(f"MAE pretraining, {target} target: {name}")
+            finish_axes(ax, STEPS_LABEL, name)
     return fig
 
 
 def plot_knn(frame: pd.DataFrame) -> Figure:
-    """kNN accuracy of the encoder vs epoch for the pretraining runs that logged it."""
+    """kNN accuracy of the encoder vs optimizer steps for the pretraining runs that logged it."""
     fig, (ax,) = new_figure()
-    for run in frame[frame["stage"] == PRETRAIN].itertuples():
-        epochs, acc = series(run.metrics, "knn_acc", PERCENT)
-        if epochs:
-            ax.plot(epochs, acc, marker="o", label=run.exp)
-    ax.set_title("kNN accuracy during pretraining")
-    finish_axes(ax, "epoch", "kNN acc (%)")
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["steps_per_epoch"].notna()]
+    for run in runs.itertuples():
+        steps, acc = step_series(run, "knn_acc", PERCENT)
+        if steps:
+            ax.plot(steps, acc, marker="o", label=run.exp)
+    ax.set_title(f"kNN accuracy on {eval_splits(frame)} during pretraining")
+    finish_axes(ax, STEPS_LABEL, "kNN acc (%)")
     return fig
+
+
+def figure_notes(frame: pd.DataFrame) -> list[str]:
+    """Pretraining runs left out of the step figures: no known image count or batch size."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["steps_per_epoch"].isna()
+                 & frame["metrics"].map(len).gt(0)]
+    return [f"- left out of the figures against optimizer steps (no image count in summary.json "
+            f"or max_train_images / batch_size in args.json): {', '.join(runs['exp'])}"
+            ] if len(runs) else []
 
 
 def plot_classifier_curves(frame: pd.DataFrame, exp: str) -> Figure:
@@ -831,7 +865,8 @@ def build_figures(frame: pd.DataFrame, tables: list[dict]) -> dict[str, Figure]:
     """PNG file name -> figure, for every figure of the report."""
     figures = {"pretrain_loss.png": plot_pretrain_curves(frame)}
     pretrain_runs = frame[frame["stage"] == PRETRAIN].itertuples()
-    if any(series(run.metrics, "knn_acc")[0] for run in pretrain_runs):  # the monitor ran
+    if any(series(run.metrics, "knn_acc")[0] for run in pretrain_runs
+           if pd.notna(run.steps_per_epoch)):  # the monitor ran (and its steps are known)
         figures["knn_acc.png"] = plot_knn(frame)
     for t in tables:
         if t["name"].startswith("main:"):
@@ -897,7 +932,8 @@ def write_report(root, out=None, ablation_base: str | None = None,
         images += copy_reconstructions(frame, out)
         atomic_write_text(out / "results.csv", results_csv(tables))
         atomic_write_text(out / "results.md", render_markdown(command, tables, images,
-                                                              pairing_notes(frame)))
+                                                              pairing_notes(frame)
+                                                              + figure_notes(frame)))
     except OSError as e:
         raise UsageError(f"cannot write the report to {out}: "
                          f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"

@@ -26,6 +26,7 @@ PRETRAIN_ARGS = {
     "base_learning_rate": 1.5e-4, "mask_ratio": 0.75, "decoder_layer": 4, "decoder_dim": 192,
     "decoder_head": 3, "emb_dim": 192, "encoder_layer": 12, "encoder_head": 3, "patch_size": 2,
     "norm_pix_loss": False, "pos_embed": "sincos", "augment": "flip_crop",
+    "max_train_images": 1024,
 }
 CLS_ARGS = {
     "seed": 0, "dataset": "cifar10", "total_epoch": 2, "warmup_epoch": 1, "batch_size": 128,
@@ -192,14 +193,16 @@ def test_main_table(runs):
     assert rows["scratch"][0] == "75.12"
     assert rows["linear probe (MAE encoder)"][0] == "55.34"
     assert rows["linear probe (random encoder)"][0] == "33.45"
-    assert "final kNN acc (%) 45.00" in table["notes"][0]
+    assert "final kNN acc on test (%) 45.00" in table["notes"][0]
+    assert "optimizer steps 6," in table["notes"][0]  # 3 epochs x ceil(1024 / 512)
 
 
 def test_seed_group_mean_std(runs):
     table = report.main_table(runs, "cpu_study")
     assert "best test acc (%)" in report.wide(table).columns
     rows = cells_by_row(table)
-    assert rows["scratch"][0] == "52.00 ± 2.83 (n=2)"
+    # 95% CI: 52 ± t(0.975, df=1) 12.706 * 2.828 / sqrt(2) = 52 ± 25.41
+    assert rows["scratch"][0] == "52.00 ± 2.83 (n=2; 95% CI [26.59, 77.41])"
     assert rows["fine-tuned (MAE)"][0] == "61.00 (n=1; cpu_study_seed2: running, epoch 1/2)"
     assert rows["fine-tuned (MAE)"][1:] == ["61.78 (n=1)", "60.87 (n=1)", "2 (n=1)", "10.0 (n=1)"]
     assert rows["linear probe (MAE encoder)"] == ["— (missing)", "—", "—", "—", "—"]
