@@ -290,8 +290,10 @@ def main_table(frame: pd.DataFrame, group: str) -> dict:
     """Scratch / fine-tuned / linear probes of one experiment group (mean ± std over seeds)."""
     groups = group_experiments(frame)
     own = frame[frame["group"] == group]
-    splits = sorted(own.loc[own["stage"].isin(CLS_STAGES) & (own["status"] == FINISHED),
-                            "selection_split"].astype(str).unique())
+    finished = own[own["stage"].isin(CLS_STAGES) & (own["status"] == FINISHED)]
+    splits = sorted({s for s in finished["selection_split"] if isinstance(s, str)})
+    unsplit = finished.loc[finished["selection_split"].isna(), "exp"] + "/" + finished.loc[
+        finished["selection_split"].isna(), "stage"]
     pretrained = (own["stage"] == PRETRAIN).any()
     # a group with its own pretraining lists every classifier (the missing ones too); a
     # classifier-only group (a long scratch, a long fine-tune) lists the ones it has
@@ -304,6 +306,9 @@ def main_table(frame: pd.DataFrame, group: str) -> dict:
         notes.append("MAE pretraining: " + ", ".join(pre["column"] + " " + pre["text"]))
     if len(splits) > 1:
         notes.append(f"runs differ in selection split ({', '.join(splits)}), see summary.json")
+    if len(unsplit):
+        notes.append("finished, but summary.json names no selection split (another project "
+                     f"or an older version): {', '.join(unsplit)}")
     for stage, runs in own.groupby("stage", sort=False):
         keys = PRETRAIN_CONFIG_KEYS if stage == PRETRAIN else CLS_CONFIG_KEYS
         diff = differing(runs.loc[runs["args"].map(bool), "args"], keys)
