@@ -439,7 +439,10 @@ def compare(name: str, a: pd.Series | None, b: pd.Series | None,
     paired difference a - b by seed; says so when an arm mixes settings."""
     if a is None or b is None:
         return f"{name}: not compared (settings differ between the seeds of one arm)"
-    return f"{name} {difference_text(paired(a, b), digits)}"
+    difference = paired(a, b)
+    if difference.n == 0:
+        return f"{name}: no pair (no usable runs of both arms on one seed)"
+    return f"{name} {difference_text(difference, digits)}"
 
 
 def ablation_sentence(key: str, numbers: dict, base_value) -> str:
