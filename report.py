@@ -10,8 +10,9 @@ matches the MAE's model_sha256. With --ablation_base (commands/study.sh) the stu
 and validation-only search tables are added. Bad input is one `error:` line, exit 2.
 
     python report.py --outputs_root outputs --out outputs/report
-    python report.py --outputs_root results/fashion_mnist_study/runs \
-        --out results/fashion_mnist_study --ablation_base main
+    python report.py --outputs_root results/superseded/fashion_mnist_study_v1/runs \
+        --out results/superseded/fashion_mnist_study_v1 --ablation_base main \
+        --environment results/superseded/fashion_mnist_study_v1/environment
 """
 
 import argparse
