@@ -179,7 +179,7 @@ def cell(members: pd.DataFrame, frame: pd.DataFrame, digits: int, why: bool) -> 
     e = estimate(values)
     text = f"{e.mean:.{digits}f}" + (f" ± {e.std:.{digits}f}" if e.n > 1 else "")
     seeded = any(SEED_SUFFIX.search(exp) for exp in members["exp"].dropna())
-    extra = ([f"n={e.n}"] if seeded else []) + ([interval_text(e, digits)] if e.n > 1 else [])
+    extra = ([f"n={e.n}"] if seeded else []) + ([interval_text(e, digits)] if e.std > 0 else [])
     extra += notes
     text += f" ({'; '.join(extra)})" if extra else ""
     return {"value": e.mean, "std": e.std if e.n > 1 else None, "n": e.n,
@@ -440,6 +440,12 @@ def compare(name: str, a: pd.Series | None, b: pd.Series | None,
     paired difference a - b by seed; says so when an arm mixes settings."""
     if a is None or b is None:
         return f"{name}: not compared (settings differ between the seeds of one arm)"
+    if isinstance(a, SeedFree) and isinstance(b, SeedFree):
+        a, b = pd.Series([float(a)]), pd.Series([float(b)])
+    elif isinstance(a, SeedFree):
+        a = pd.Series(float(a), index=b.index)
+    elif isinstance(b, SeedFree):
+        b = pd.Series(float(b), index=a.index)
     difference = paired(a, b)
     if difference.n == 0:
         return f"{name}: no pair (no usable runs of both arms on one seed)"
@@ -476,20 +482,29 @@ def pixel_rows(frame: pd.DataFrame) -> list[tuple]:
              f"PCA to {PCA_STAGE.match(s)[1]} dims") for s in found]
 
 
-def baseline_rows(frame: pd.DataFrame) -> list[tuple]:
+def baseline_rows(frame: pd.DataFrame, main: str) -> list[tuple]:
     """BASELINE_ROWS with the PCA pixel rows after the raw-pixel ones, and the tuned MAE probe
     (baselines.py --features mae: mae-lin) where it was run."""
     rows = [*BASELINE_ROWS[:2], *pixel_rows(frame), *BASELINE_ROWS[2:]]
-    if (frame["stage"] == "mae-lin").any():
+    if ((frame["stage"] == "mae-lin") & (frame["group"] == main)).any():
         rows.insert(rows.index(BASELINE_ROWS[5]) + 1,
                     ("main", "mae-lin", "MAE linear probe, tuned (baselines.py)"))
     return rows
 
 
 def arm(frame: pd.DataFrame, group: str, stage: str) -> pd.Series | None:
-    """Final test accuracy (%) of a group's usable runs of stage, by seed (by_seed)."""
+    """Final test accuracy (%) of a group's usable runs of stage, by seed (by_seed). A
+    SEED_FREE stage's one run stands for every seed (SeedFree)."""
     rows = frame[(frame["group"] == group) & (frame["stage"] == stage)]
-    return by_seed(rows.assign(x=rows["final_test_acc"].where(rows["usable"].eq(True)) * PERCENT))
+    values = by_seed(rows.assign(x=rows["final_test_acc"].where(rows["usable"].eq(True))
+                                 * PERCENT))
+    return SeedFree(values.iloc[0]) if SEED_FREE.match(stage) and values is not None and len(
+        values) == 1 else values
+
+
+class SeedFree(float):
+    """The one result of a run that no seed changes (kNN on pixels, PCA or not: no random
+    step), paired with every seed of the other arm."""
 
 
 def best_pixels(frame: pd.DataFrame, method: str) -> str | None:
@@ -529,19 +544,22 @@ def baselines_table(frame: pd.DataFrame, main: str) -> dict:
     with the headline differences (baselines_sentence)."""
     groups = group_experiments(frame)
     rows = [(label, main if group == "main" else group, stage)
-            for group, stage, label in baseline_rows(frame)]
+            for group, stage, label in baseline_rows(frame, main)]
     members = members_of(groups, rows)
     names = text_column(members, "experiment",
                         {label: f"`{group}` {stage}" for label, group, stage in rows})
     result = table("baselines", "Baselines", "model",
                    aggregate_columns(frame, members, cls_columns("val"), names),
                    ["every row uses the same labelled training images, validation split and "
-                    f"whole test split; differences are paired by seed ({RULE})"])
+                    f"whole test split; differences are paired by seed ({RULE})",
+                    "a kNN on pixels (PCA or not) has no random step: its one run is paired "
+                    "with every seed of the other arm"])
     result["finding"] = baselines_sentence(frame, main)
     return result
 
 
 PROBE_STAGES = ("pretrain-cls-lin", "mae-lin")  # linear probes of an MAE encoder
+SEED_FREE = re.compile(r"^pixels-(pca\d+-)?knn$")  # baselines.py stages no seed changes
 
 
 def search_table(frame: pd.DataFrame, main: str) -> dict:

@@ -19,7 +19,7 @@ import report
 import runframe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-COMMITTED = REPO / "results" / "fashion_mnist_study"
+COMMITTED = REPO / "results" / "superseded" / "fashion_mnist_study_v1"  # the v1 study
 SPLIT_KEYS = ("dataset", "max_train_images", "val_split", "max_eval_images", "image_size")
 
 
