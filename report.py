@@ -105,6 +105,8 @@ BASELINE_ROWS = (  # (group, stage, row label); "main" is the --ablation_base gr
 
 RULE = ("a difference holds when its 95% t-interval excludes 0, else it is inconclusive at "
         "that n; one pair has no interval")
+PLATEAU_FRACTION = 4  # plateau_notes: the last quarter of a classifier's epochs
+PLATEAU_MIN_EPOCHS = 8  # ... of a run with at least this many epochs
 SECONDS_PER_MINUTE = 60.0
 PERCENT = 100.0
 ACC_DIGITS = 2
@@ -310,6 +312,7 @@ def main_table(frame: pd.DataFrame, group: str) -> dict:
     if len(unsplit):
         notes.append("finished, but summary.json names no selection split (another project "
                      f"or an older version): {', '.join(unsplit)}")
+    notes += plateau_notes(own)
     for stage, runs in own.groupby("stage", sort=False):
         keys = PRETRAIN_CONFIG_KEYS if stage == PRETRAIN else CLS_CONFIG_KEYS
         diff = differing(runs.loc[runs["args"].map(bool), "args"], keys)
@@ -317,6 +320,34 @@ def main_table(frame: pd.DataFrame, group: str) -> dict:
             notes.append(f"{stage}: settings differ between seeds: {', '.join(sorted(diff))}")
     cells = aggregate_columns(frame, members, cls_columns("/".join(splits) or "selection-split"))
     return table(f"main:{group}", f"Classification: `{group}`", "classifier", cells, notes)
+
+
+def plateau_gain(metrics: pd.DataFrame) -> tuple[int, float] | None:
+    """(epochs in the last quarter, validation accuracy gain in points over it: the last
+    epoch's val_acc minus the val_acc of the epoch before that quarter), or None when there are
+    fewer than PLATEAU_MIN_EPOCHS epochs with a val_acc."""
+    points = metrics.reindex(columns=["epoch", "val_acc"]).dropna()
+    if len(points) < PLATEAU_MIN_EPOCHS:
+        return None
+    last = len(points) // PLATEAU_FRACTION
+    return last, (points["val_acc"].iloc[-1] - points["val_acc"].iloc[-1 - last]) * PERCENT
+
+
+def plateau_notes(own: pd.DataFrame) -> list[str]:
+    """Per classifier stage of a group: how much validation accuracy still rose over the last
+    quarter of the epochs, the range over its usable seeds (is it still rising?)."""
+    notes = []
+    for stage, runs in own[own["stage"].isin(CLS_STAGES) & own["usable"].eq(True)].groupby(
+            "stage", sort=False):
+        gains = [g for g in runs["metrics"].map(plateau_gain) if g is not None]
+        if gains:
+            lo, hi = min(g for _, g in gains), max(g for _, g in gains)
+            spans = sorted({n for n, _ in gains})
+            notes.append(f"{CLS_STAGES[stage]}: validation accuracy over the last "
+                         f"{'/'.join(map(str, spans))} epochs (last epoch minus the epoch "
+                         f"before them): {lo:+.{ACC_DIGITS}f} to {hi:+.{ACC_DIGITS}f} points "
+                         f"over {len(gains)} seed(s)")
+    return notes
 
 
 def is_variant(configs: pd.DataFrame, base: str, key: str) -> pd.Series:
