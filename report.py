@@ -857,8 +857,9 @@ def plot_pretrain_curves(frame: pd.DataFrame) -> Figure:
             for ax, column in zip(pair, ("train_loss", "eval_loss"), strict=True):
                 ax.plot(*step_series(run, column), label=run.exp)
         for ax, name in zip(pair, ("train loss", f"eval loss ({split} images)"), strict=True):
-            ax.set_title(f"MAE pretraining, {target} target: {name}")
+            ax.set_title(f"{target} target: {name}")
             finish_axes(ax, STEPS_LABEL, name)
+    fig.suptitle("MAE pretraining (one row per loss target)")
     return fig
 
 

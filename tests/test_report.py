@@ -485,7 +485,7 @@ def test_loss_targets_never_share_an_axis(tmp_path):
     pretrain(tmp_path, "b")
     fig = report.plot_pretrain_curves(runframe.collect_runs(tmp_path))
     titles = {ax.get_title(): [line.get_label() for line in ax.lines] for ax in fig.axes}
-    assert titles["MAE pretraining, normalised pixels target: train loss"] == ["a"]
-    assert titles["MAE pretraining, pixels target: train loss"] == ["b"]
+    assert titles["normalised pixels target: train loss"] == ["a"]
+    assert titles["pixels target: train loss"] == ["b"]
     assert all(ax.get_xlabel() == "optimizer steps" for ax in fig.axes)
     assert fig.axes[0].lines[0].get_xdata().tolist() == [2, 4, 6]  # (epoch + 1) x 2 steps
