@@ -479,7 +479,9 @@ def compare(name: str, a: pd.Series | None, b: pd.Series | None,
         b = pd.Series(float(b), index=a.index)
     difference = paired(a, b)
     if difference.n == 0:
-        return f"{name}: no pair (no usable runs of both arms on one seed)"
+        seeds = [", ".join(map(str, sorted(x.dropna().index))) or "none" for x in (a, b)]
+        return (f"{name}: no pair (no common seed: seeds {seeds[0]} vs {seeds[1]}; a one-seed "
+                "row is n=1, no interval)")
     return f"{name} {difference_text(difference, digits)}"
 
 
@@ -791,7 +793,8 @@ def render_markdown(command: str, tables: list[dict], images: list[tuple[str, st
          "named in the header (summary.json selection_split; selection never sees the test "
          "split). Seeds of one experiment (`<name>_seed<N>`; the seed is args.json's) are "
          "shown as mean ± sample std (n = finished seeds; 95% t-interval, df = n - 1, where "
-         f"n >= 2); seeds whose settings differ are not averaged. Differences are paired by "
+         "n >= 2 and the std is not 0); seeds whose settings differ are not averaged. "
+         "Differences are paired by "
          f"seed: {RULE}. "
          f"{DASH} (status) marks a run without a result."), "",
     ]

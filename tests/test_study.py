@@ -259,7 +259,8 @@ def test_study_tables_pair_by_hash_and_pair_by_seed(tmp_path):
         "— (trained from another MAE file: pretrained_sha256 differs)")
     assert table.loc["8", fine_tune] == "70.00 (n=1)"
     assert ablation["paper"].loc[8, "paper linear probe (%)"] == 73.5
-    assert ("8 minus 4: probe: no pair (no usable runs of both arms on one seed); fine-tune "
+    assert ("8 minus 4: probe: no pair (no common seed: seeds none vs 1, 2, 3; a one-seed row "
+            "is n=1, no interval); fine-tune "
             "-10.10 points, n=1 pair (seed 1), no interval: inconclusive at n=1") in (
         ablation["finding"])  # depth 8 has no usable probe
     report.write_report(tmp_path, tmp_path / "report")
