@@ -38,7 +38,6 @@ from runframe import (
     PCA_STAGE,
     PER_SEED_ARGS,
     PRETRAIN,
-    PRETRAIN_CONFIG_KEYS,
     SEED_SUFFIX,
     STALE_HOURS,
     collect_runs,
@@ -314,10 +313,10 @@ def main_table(frame: pd.DataFrame, group: str) -> dict:
                      f"or an older version): {', '.join(unsplit)}")
     notes += plateau_notes(own)
     for stage, runs in own.groupby("stage", sort=False):
-        keys = PRETRAIN_CONFIG_KEYS if stage == PRETRAIN else CLS_CONFIG_KEYS
-        diff = differing(runs.loc[runs["args"].map(bool), "args"], keys)
+        diff = settings_differ(runs[runs["args"].map(bool) & runs["duplicate"].isna()])
         if diff:
-            notes.append(f"{stage}: settings differ between seeds: {', '.join(sorted(diff))}")
+            notes.append(f"{stage}: settings differ between seeds (not averaged): "
+                         f"{', '.join(diff)}")
     cells = aggregate_columns(frame, members, cls_columns("/".join(splits) or "selection-split"))
     return table(f"main:{group}", f"Classification: `{group}`", "classifier", cells, notes)
 

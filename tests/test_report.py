@@ -400,6 +400,8 @@ def test_seeds_whose_settings_differ_are_not_averaged(tmp_path, key, values):
     assert text == (f"not averaged: settings differ between seeds ({key}): 90.00 (`arm_seed1`), "
                     "12.50 (`arm_seed2`)")
     assert report.arm(frame, "arm", "scratch-cls") is None  # and no paired finding from them
+    assert f"scratch-cls: settings differ between seeds (not averaged): {key}" in (
+        report.main_table(frame, "arm")["notes"])
 
 
 def test_non_result_flags_may_differ_between_seeds(tmp_path):
