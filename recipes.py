@@ -59,7 +59,8 @@ RECIPES = {
         # AdamW at base lr 0.1 without weight decay on cached features (no augmentation).
         # 0.1 is the validation split's choice among 0.001 / 0.01 / 0.1 / 1.0 (best val acc
         # 60.45 / 69.05 / 72.05 / 71.65%: commands/study.sh PART=search on one Fashion-MNIST
-        # MAE encoder, results/fashion_mnist_study/results.md); the test split played no part.
+        # MAE encoder, results/superseded/fashion_mnist_study_v1/results.md); the test split
+        # played no part.
         "fast": dict(_SEED_FINETUNE, **PROBE_FIXED, base_learning_rate=0.1, weight_decay=0.0),
         "paper": dict(
             _SEED_FINETUNE, **PROBE_FIXED, optimizer="lars", base_learning_rate=0.1,

@@ -10,13 +10,13 @@ matches the MAE's model_sha256. With --ablation_base (commands/study.sh) the stu
 and validation-only search tables are added. Bad input is one `error:` line, exit 2.
 
     python report.py --outputs_root outputs --out outputs/report
-    python report.py --outputs_root results/fashion_mnist_study/runs \
-        --out results/fashion_mnist_study --ablation_base main
+    python report.py --outputs_root results/superseded/fashion_mnist_study_v1/runs \
+        --out results/superseded/fashion_mnist_study_v1 --ablation_base main \
+        --environment results/superseded/fashion_mnist_study_v1/environment
 """
 
 import argparse
 import io
-import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +31,13 @@ from cli import UsageError, positive_float, run_cli
 from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
 from runframe import (
     CLS_STAGES,
+    DEFAULT_EVAL_SPLIT,
     FINISHED,
     KNN,
+    NON_RESULT_ARGS,
+    PCA_STAGE,
+    PER_SEED_ARGS,
     PRETRAIN,
-    PRETRAIN_CONFIG_KEYS,
     SEED_SUFFIX,
     STALE_HOURS,
     collect_runs,
@@ -43,7 +46,7 @@ from runframe import (
     latest_reconstructions,
     pretrain_configs,
 )
-from stats import NOISE_STDS, difference_std, mean_std_n, sample_std
+from stats import difference_text, estimate, interval_text, paired
 
 DASH = "—"
 SEARCH_GROUPS = r"(probe_lr|search_)"  # study.sh's validation-only search experiments
@@ -99,6 +102,10 @@ BASELINE_ROWS = (  # (group, stage, row label); "main" is the --ablation_base gr
     ("main", KNN, "MAE kNN"),
 )
 
+RULE = ("a difference holds when its 95% t-interval excludes 0, else it is inconclusive at "
+        "that n; one pair has no interval")
+PLATEAU_FRACTION = 4  # plateau_notes: the last quarter of a classifier's epochs
+PLATEAU_MIN_EPOCHS = 8  # ... of a run with at least this many epochs
 SECONDS_PER_MINUTE = 60.0
 PERCENT = 100.0
 ACC_DIGITS = 2
@@ -107,8 +114,9 @@ MINUTE_DIGITS = 1
 COMMIT_DIGITS = 7  # an abbreviated git commit
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
+STEPS_LABEL = "optimizer steps"  # x axis of the pretraining figures
 LEGEND_FONT_SIZE = "small"
-CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "text"]
+CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "low", "high", "text"]
 
 
 # ----------------------------------------------------------------------------- cells
@@ -117,6 +125,8 @@ CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "text"]
 def member_why(frame: pd.DataFrame, member) -> str:
     """Why one member run (exp, stage) has no value: its progress, its pretraining's
     progress, another MAE file, 'none by design', 'n/a' (finished without it) or missing."""
+    if isinstance(member.duplicate, str):
+        return member.duplicate
     if member.status == FINISHED:
         return "trained from another MAE file: pretrained_sha256 differs" if member.paired == "no" \
             else "n/a"
@@ -133,10 +143,28 @@ def member_why(frame: pd.DataFrame, member) -> str:
     return "missing"
 
 
+def settings_differ(rows: pd.DataFrame) -> list[str]:
+    """The args.json keys that change the numbers (all but NON_RESULT_ARGS and PER_SEED_ARGS)
+    on which rows' runs disagree: such runs are not seeds of one setting."""
+    args = [a for a in rows["args"] if isinstance(a, dict)]
+    keys = sorted({k for a in args for k in a} - NON_RESULT_ARGS - PER_SEED_ARGS)
+    return differing(pd.Series(args, dtype=object), tuple(keys)) if len(args) > 1 else []
+
+
+def not_averaged(rows: pd.DataFrame, keys: list[str], digits: int) -> dict:
+    """A cell for seeds whose settings differ: each run's value, no mean."""
+    runs = ", ".join(f"{x:.{digits}f} (`{exp}`)" for exp, x in zip(rows["exp"], rows["x"],
+                                                                  strict=True))
+    return {"value": None, "std": None, "n": 0, "low": None, "high": None,
+            "text": f"not averaged: settings differ between seeds ({', '.join(keys)}): {runs}"}
+
+
 def cell(members: pd.DataFrame, frame: pd.DataFrame, digits: int, why: bool) -> dict:
-    """Mean ± std (n) of members' x, then why the members without one have none (if why).
-    n is shown for groups of seeds."""
-    values = members["x"].dropna()
+    """Mean ± std (n; 95% CI where n >= 2) of members' x, then why the members without one
+    have none (if why). n is shown for groups of seeds. Members whose settings differ are not
+    averaged (not_averaged)."""
+    valued = members[members["x"].notna()]
+    values = valued["x"]
     whys = {m.exp: member_why(frame, m) for m in members[members["x"].isna()].itertuples()
             } if why else {}
     if len(values) or len(set(whys.values())) > 1:  # name the members when it matters
@@ -144,14 +172,20 @@ def cell(members: pd.DataFrame, frame: pd.DataFrame, digits: int, why: bool) -> 
     else:
         notes = sorted(set(whys.values()))
     if values.empty:
-        return {"value": None, "std": None, "n": 0,
+        return {"value": None, "std": None, "n": 0, "low": None, "high": None,
                 "text": f"{DASH} ({'; '.join(notes)})" if notes else DASH}
-    mean, std, _ = mean_std_n(values)
-    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    differ = settings_differ(valued)
+    if differ:
+        return not_averaged(valued, differ, digits)
+    e = estimate(values)
+    text = f"{e.mean:.{digits}f}" + (f" ± {e.std:.{digits}f}" if e.n > 1 else "")
     seeded = any(SEED_SUFFIX.search(exp) for exp in members["exp"].dropna())
-    extra = ([f"n={len(values)}"] if seeded else []) + notes
+    extra = ([f"n={e.n}"] if seeded else []) + ([interval_text(e, digits)] if e.std > 0 else [])
+    extra += notes
     text += f" ({'; '.join(extra)})" if extra else ""
-    return {"value": mean, "std": std, "n": len(values), "text": text}
+    return {"value": e.mean, "std": e.std if e.n > 1 else None, "n": e.n,
+            "low": e.low if e.n > 1 else None, "high": e.high if e.n > 1 else None,
+            "text": text}
 
 
 def member_values(frame: pd.DataFrame, members: pd.DataFrame, key: str,
@@ -190,12 +224,24 @@ def cls_columns(split: str) -> list[tuple]:
              1 / SECONDS_PER_MINUTE, MINUTE_DIGITS, False)]
 
 
-PRETRAIN_COLUMNS = [("epochs", "epochs", 1.0, 0, True),
-                    ("final train loss", "final_train_loss", 1.0, LOSS_DIGITS, False),
-                    ("final eval loss", "final_eval_loss", 1.0, LOSS_DIGITS, False),
-                    ("final kNN acc (%)", "knn_acc", PERCENT, ACC_DIGITS, False),
-                    ("wall time (min)", "wall_seconds", 1 / SECONDS_PER_MINUTE, MINUTE_DIGITS,
-                     False)]
+def eval_splits(frame: pd.DataFrame) -> str:
+    """The split(s) the finished pretraining runs measured eval loss and kNN on ('val/test'
+    when they differ; 'test' when none has finished)."""
+    splits = frame.loc[frame["stage"] == PRETRAIN, "eval_split"].dropna().unique()
+    return "/".join(sorted(splits)) or DEFAULT_EVAL_SPLIT
+
+
+def pretrain_columns(frame: pd.DataFrame) -> list[tuple]:
+    """(column, summary key, scale, digits, why) of a pretraining row; the eval loss and kNN
+    columns are labelled by the split they were measured on (summary.json
+    images.eval_split)."""
+    split = eval_splits(frame)
+    return [("epochs", "epochs", 1.0, 0, True),
+            ("optimizer steps", "steps", 1.0, 0, False),
+            ("final train loss", "final_train_loss", 1.0, LOSS_DIGITS, False),
+            (f"final eval loss ({split} images)", "final_eval_loss", 1.0, LOSS_DIGITS, False),
+            (f"final kNN acc on {split} (%)", "knn_acc", PERCENT, ACC_DIGITS, False),
+            ("wall time (min)", "wall_seconds", 1 / SECONDS_PER_MINUTE, MINUTE_DIGITS, False)]
 
 
 def aggregate_columns(frame: pd.DataFrame, members: pd.DataFrame, columns: list[tuple],
@@ -222,21 +268,34 @@ def members_of(groups: dict[str, list[str]], rows: list[tuple]) -> pd.DataFrame:
                         columns=["row", "exp", "stage"])
 
 
+def eval_split_notes(frame: pd.DataFrame) -> list[str]:
+    """Which groups measured eval loss / kNN on which split, when the splits differ."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["eval_split"].notna()]
+    by_split = runs.groupby("eval_split")["group"].unique()
+    if len(by_split) < 2:
+        return []
+    return ["eval loss and kNN measured on: " + "; ".join(
+        f"{split}: {', '.join(f'`{g}`' for g in groups)}" for split, groups in by_split.items())]
+
+
 def pretrain_table(frame: pd.DataFrame) -> dict:
     """One row per experiment group with a pretraining stage."""
     groups = group_experiments(frame)
     with_mae = frame.loc[frame["stage"] == PRETRAIN, "group"].unique()
     members = members_of(groups, [(f"`{g}`", g, PRETRAIN) for g in groups if g in with_mae])
     return table("pretrain", "MAE pretraining", "experiment",
-                 aggregate_columns(frame, members, PRETRAIN_COLUMNS))
+                 aggregate_columns(frame, members, pretrain_columns(frame)),
+                 eval_split_notes(frame))
 
 
 def main_table(frame: pd.DataFrame, group: str) -> dict:
     """Scratch / fine-tuned / linear probes of one experiment group (mean ± std over seeds)."""
     groups = group_experiments(frame)
     own = frame[frame["group"] == group]
-    splits = sorted(own.loc[own["stage"].isin(CLS_STAGES) & (own["status"] == FINISHED),
-                            "selection_split"].astype(str).unique())
+    finished = own[own["stage"].isin(CLS_STAGES) & (own["status"] == FINISHED)]
+    splits = sorted({s for s in finished["selection_split"] if isinstance(s, str)})
+    unsplit = finished.loc[finished["selection_split"].isna(), "exp"] + "/" + finished.loc[
+        finished["selection_split"].isna(), "stage"]
     pretrained = (own["stage"] == PRETRAIN).any()
     # a group with its own pretraining lists every classifier (the missing ones too); a
     # classifier-only group (a long scratch, a long fine-tune) lists the ones it has
@@ -245,17 +304,49 @@ def main_table(frame: pd.DataFrame, group: str) -> dict:
     notes = []
     if pretrained:
         pre = aggregate_columns(frame, members_of(groups, [("", group, PRETRAIN)]),
-                                PRETRAIN_COLUMNS)
+                                pretrain_columns(frame))
         notes.append("MAE pretraining: " + ", ".join(pre["column"] + " " + pre["text"]))
     if len(splits) > 1:
         notes.append(f"runs differ in selection split ({', '.join(splits)}), see summary.json")
+    if len(unsplit):
+        notes.append("finished, but summary.json names no selection split (another project "
+                     f"or an older version): {', '.join(unsplit)}")
+    notes += plateau_notes(own)
     for stage, runs in own.groupby("stage", sort=False):
-        keys = PRETRAIN_CONFIG_KEYS if stage == PRETRAIN else CLS_CONFIG_KEYS
-        diff = differing(runs.loc[runs["args"].map(bool), "args"], keys)
+        diff = settings_differ(runs[runs["args"].map(bool) & runs["duplicate"].isna()])
         if diff:
-            notes.append(f"{stage}: settings differ between seeds: {', '.join(sorted(diff))}")
+            notes.append(f"{stage}: settings differ between seeds (not averaged): "
+                         f"{', '.join(diff)}")
     cells = aggregate_columns(frame, members, cls_columns("/".join(splits) or "selection-split"))
     return table(f"main:{group}", f"Classification: `{group}`", "classifier", cells, notes)
+
+
+def plateau_gain(metrics: pd.DataFrame) -> tuple[int, float] | None:
+    """(epochs in the last quarter, validation accuracy gain in points over it: the last
+    epoch's val_acc minus the val_acc of the epoch before that quarter), or None when there are
+    fewer than PLATEAU_MIN_EPOCHS epochs with a val_acc."""
+    points = metrics.reindex(columns=["epoch", "val_acc"]).dropna()
+    if len(points) < PLATEAU_MIN_EPOCHS:
+        return None
+    last = len(points) // PLATEAU_FRACTION
+    return last, (points["val_acc"].iloc[-1] - points["val_acc"].iloc[-1 - last]) * PERCENT
+
+
+def plateau_notes(own: pd.DataFrame) -> list[str]:
+    """Per classifier stage of a group: how much validation accuracy still rose over the last
+    quarter of the epochs, the range over its usable seeds (is it still rising?)."""
+    notes = []
+    for stage, runs in own[own["stage"].isin(CLS_STAGES) & own["usable"].eq(True)].groupby(
+            "stage", sort=False):
+        gains = [g for g in runs["metrics"].map(plateau_gain) if g is not None]
+        if gains:
+            lo, hi = min(g for _, g in gains), max(g for _, g in gains)
+            spans = sorted({n for n, _ in gains})
+            notes.append(f"{CLS_STAGES[stage]}: validation accuracy over the last "
+                         f"{'/'.join(map(str, spans))} epochs (last epoch minus the epoch "
+                         f"before them): {lo:+.{ACC_DIGITS}f} to {hi:+.{ACC_DIGITS}f} points "
+                         f"over {len(gains)} seed(s)")
+    return notes
 
 
 def is_variant(configs: pd.DataFrame, base: str, key: str) -> pd.Series:
@@ -328,15 +419,14 @@ def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
                         PERCENT) for stage, column in ABLATION_STAGES.items()
               if stage != KNN or (frame["stage"] == KNN).any()]
     accs = member_values(frame, members, "final_test_acc", PERCENT)
-    numbers = {v: tuple(rows.loc[rows["stage"] == s, "x"].dropna()
+    numbers = {v: tuple(by_seed(rows[rows["stage"] == s])
                         for s in ("pretrain-cls", "pretrain-cls-lin"))
                for v, rows in accs.groupby("value", sort=False)}
     base_value = pretrain_configs(frame).loc[base, key]
-    noise = numbers[base_value][1]
     result = table(f"ablation:{key}", f"Ablation: {ABLATION_TITLES[key]}", ABLATION_TITLES[key],
                    pd.concat(parts, ignore_index=True),
-                   ablation_notes(frame, key, base, groups, noise))
-    result["finding"] = ablation_sentence(key, numbers, numbers[base_value])
+                   ablation_notes(frame, key, base, groups))
+    result["finding"] = ablation_sentence(key, numbers, base_value)
     result["paper"] = pd.DataFrame.from_dict(
         {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
          for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
@@ -344,15 +434,14 @@ def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
     return result
 
 
-def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set,
-                   noise: pd.Series) -> list[str]:
-    """The default experiment, variants whose classifier settings differ, the noise floor."""
+def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set) -> list[str]:
+    """The default experiment, how rows are compared, variants whose classifier settings
+    differ."""
     config = pretrain_configs(frame).loc[base]
-    spread = f"{sample_std(noise):.{ACC_DIGITS}f}" if len(noise) > 1 else "n/a"
     notes = [f"default experiment `{base}` ({config['total_epoch']} pretraining epochs on "
              f"{config['dataset']}); each other row changes only {key}",
-             "final-epoch accuracy on the whole test split; a row with n=1 has one seed: compare "
-             f"it with the default's spread (probe std {spread} points) as the noise floor",
+             "final-epoch accuracy on the whole test split; rows are compared with the default "
+             f"row on the same seeds (paired; {RULE})",
              f"paper trend: {PAPER_TRENDS[key]}"]
     first = frame[frame["args"].map(bool)].drop_duplicates(["group", "stage"]).set_index(
         ["group", "stage"])["args"]
@@ -366,45 +455,143 @@ def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set,
     return notes
 
 
-def ablation_sentence(key: str, numbers: dict, noise_runs: tuple) -> str:
-    """'lowest -> highest value: probe +X ± Y points, fine-tune +Z; ...' judged against the
-    default's seed spread of the same metric (noise_runs: its (fine-tune, probe) accuracies):
-    inside the noise when |difference| <= NOISE_STDS std of the difference."""
-    values = [v for v, (ft, lin) in numbers.items() if len(lin.dropna()) and len(ft.dropna())]
+def by_seed(rows: pd.DataFrame) -> pd.Series | None:
+    """One arm's usable values x indexed by seed (args.json's), for pairing; None when its
+    seeds' settings differ (they are not one arm)."""
+    rows = rows[rows["x"].notna() & rows["seed"].notna()]
+    if settings_differ(rows):
+        return None
+    return pd.Series(rows["x"].to_numpy(), index=rows["seed"].astype(int).to_numpy(), dtype=float)
+
+
+def compare(name: str, a: pd.Series | None, b: pd.Series | None,
+            digits: int = ACC_DIGITS) -> str:
+    """'name +X points, 95% CI [...], n=... pairs ...: holds' (stats.difference_text) for the
+    paired difference a - b by seed; says so when an arm mixes settings."""
+    if a is None or b is None:
+        return f"{name}: not compared (settings differ between the seeds of one arm)"
+    if isinstance(a, SeedFree) and isinstance(b, SeedFree):
+        a, b = pd.Series([float(a)]), pd.Series([float(b)])
+    elif isinstance(a, SeedFree):
+        a = pd.Series(float(a), index=b.index)
+    elif isinstance(b, SeedFree):
+        b = pd.Series(float(b), index=a.index)
+    difference = paired(a, b)
+    if difference.n == 0:
+        seeds = [", ".join(map(str, sorted(x.dropna().index))) or "none" for x in (a, b)]
+        return (f"{name}: no pair (no common seed: seeds {seeds[0]} vs {seeds[1]}; a one-seed "
+                "row is n=1, no interval)")
+    return f"{name} {difference_text(difference, digits)}"
+
+
+def ablation_sentence(key: str, numbers: dict, base_value) -> str:
+    """Each row minus the default row (base_value), then the highest minus the lowest value,
+    on probe and fine-tune, each paired by seed (numbers: value -> (fine-tune, probe) seed
+    series), each with its interval and verdict (RULE)."""
+    values = [v for v, (ft, lin) in numbers.items()
+              if ft is None or lin is None or len(lin) or len(ft)]
     if len(values) < 2:
         return f"{ABLATION_TITLES[key]}: fewer than two finished rows; no finding yet."
+
+    def both(a, b):
+        return "; ".join(compare(name, numbers[a][i], numbers[b][i])
+                         for name, i in (("probe", 1), ("fine-tune", 0)))
+
+    rows = [f"{v} minus {base_value}: {both(v, base_value)}" for v in sorted(
+        values, key=value_order) if v != base_value and base_value in numbers]
     lo, hi = min(values, key=value_order), max(values, key=value_order)
-    parts = []
-    for name, index in (("probe", 1), ("fine-tune", 0)):
-        runs = noise_runs[index]
-        noise = sample_std(runs)
-        diff = numbers[hi][index].mean() - numbers[lo][index].mean()
-        spread = difference_std(noise, len(numbers[hi][index]), len(numbers[lo][index]))
-        verdict = "no spread to judge against (one seed)" if math.isnan(spread) else (
-            "inside the noise" if abs(diff) <= NOISE_STDS * spread else
-            ("higher" if diff > 0 else "lower"))
-        parts.append(f"{name} {diff:+.{ACC_DIGITS}f} ± {spread:.{ACC_DIGITS}f} points "
-                     f"({verdict})")
-    return (f"{ABLATION_TITLES[key]} {lo} -> {hi}: " + "; ".join(parts)
-            + f". Paper: {PAPER_TRENDS[key]}.")
+    return (f"{ABLATION_TITLES[key]}, paired by seed. " + ". ".join(rows)
+            + f". Endpoints {lo} -> {hi}: {both(hi, lo)}. Paper: {PAPER_TRENDS[key]}.")
+
+
+def pixel_rows(frame: pd.DataFrame) -> list[tuple]:
+    """(group, stage, label) of the baseline group's PCA pixel stages (baselines.py
+    --pca_dim N: pixels-pca<N>-lin / -knn), by width."""
+    stages = frame.loc[frame["group"] == "baseline", "stage"]
+    found = sorted({s for s in stages if PCA_STAGE.match(s)}, key=lambda s: (
+        int(PCA_STAGE.match(s)[1]), s))
+    return [("baseline", s, f"{'linear probe' if s.endswith('-lin') else 'kNN'} on raw pixels, "
+             f"PCA to {PCA_STAGE.match(s)[1]} dims") for s in found]
+
+
+def baseline_rows(frame: pd.DataFrame, main: str) -> list[tuple]:
+    """BASELINE_ROWS with the PCA pixel rows after the raw-pixel ones, and the tuned MAE probe
+    (baselines.py --features mae: mae-lin) where it was run."""
+    rows = [*BASELINE_ROWS[:2], *pixel_rows(frame), *BASELINE_ROWS[2:]]
+    if ((frame["stage"] == "mae-lin") & (frame["group"] == main)).any():
+        rows.insert(rows.index(BASELINE_ROWS[5]) + 1,
+                    ("main", "mae-lin", "MAE linear probe, tuned (baselines.py)"))
+    return rows
+
+
+def arm(frame: pd.DataFrame, group: str, stage: str) -> pd.Series | None:
+    """Final test accuracy (%) of a group's usable runs of stage, by seed (by_seed). A
+    SEED_FREE stage's one run stands for every seed (SeedFree)."""
+    rows = frame[(frame["group"] == group) & (frame["stage"] == stage)]
+    values = by_seed(rows.assign(x=rows["final_test_acc"].where(rows["usable"].eq(True))
+                                 * PERCENT))
+    return SeedFree(values.iloc[0]) if SEED_FREE.match(stage) and values is not None and len(
+        values) == 1 else values
+
+
+class SeedFree(float):
+    """The one result of a run that no seed changes (kNN on pixels, PCA or not: no random
+    step), paired with every seed of the other arm."""
+
+
+def best_pixels(frame: pd.DataFrame, method: str) -> str | None:
+    """The baseline group's pixel stage of method ('lin' or 'knn') with the highest mean best
+    validation accuracy (the choice never sees test), or None."""
+    runs = frame[(frame["group"] == "baseline") & frame["usable"].eq(True)
+                 & frame["stage"].str.match(rf"^pixels-(pca\d+-)?{method}$")]
+    means = runs.groupby("stage")["best_val_acc"].mean().dropna()
+    return means.idxmax() if len(means) else None
+
+
+def baselines_sentence(frame: pd.DataFrame, main: str) -> str:
+    """The headline differences, each paired by seed with its interval and verdict (RULE):
+    MAE probe(s) and kNN minus the best pixel probe and kNN (chosen on validation), fine-tune
+    minus scratch at both budgets, MAE probe minus a random encoder's."""
+    pairs = []
+    for method, stages in (("lin", ("pretrain-cls-lin", "mae-lin")), ("knn", (KNN,))):
+        pixels = best_pixels(frame, method)
+        pairs += [(f"MAE {stage} minus the best pixel {method} on validation ({pixels})",
+                   (main, stage), ("baseline", pixels)) for stage in stages
+                  if pixels and (frame["stage"] == stage).any()]
+    pairs += [("MAE fine-tune minus scratch, same epochs", (main, "pretrain-cls"),
+               (main, "scratch-cls")),
+              ("MAE fine-tune minus scratch, long budget", ("ft_long", "pretrain-cls"),
+               ("scratch_long", "scratch-cls")),
+              ("MAE probe minus a random encoder's probe", (main, "pretrain-cls-lin"),
+               (main, "scratch-cls-lin"))]
+    parts = [compare(name, arm(frame, *a), arm(frame, *b)) for name, a, b in pairs
+             if ((frame["group"] == a[0]) & (frame["stage"] == a[1])).any()
+             and ((frame["group"] == b[0]) & (frame["stage"] == b[1])).any()]
+    return ("final test accuracy, paired by seed: " + "; ".join(parts) + ".") if parts else \
+        "no pair of baseline rows has finished; no finding yet."
 
 
 def baselines_table(frame: pd.DataFrame, main: str) -> dict:
-    """The study's baselines: every row on the same labelled subset, validation and test split."""
+    """The study's baselines: every row on the same labelled subset, validation and test split;
+    with the headline differences (baselines_sentence)."""
     groups = group_experiments(frame)
     rows = [(label, main if group == "main" else group, stage)
-            for group, stage, label in BASELINE_ROWS]
+            for group, stage, label in baseline_rows(frame, main)]
     members = members_of(groups, rows)
     names = text_column(members, "experiment",
                         {label: f"`{group}` {stage}" for label, group, stage in rows})
-    return table("baselines", "Baselines", "model",
-                 aggregate_columns(frame, members, cls_columns("val"), names),
-                 ["every row uses the same labelled training images, validation split and "
-                  "whole test split"])
+    result = table("baselines", "Baselines", "model",
+                   aggregate_columns(frame, members, cls_columns("val"), names),
+                   ["every row uses the same labelled training images, validation split and "
+                    f"whole test split; differences are paired by seed ({RULE})",
+                    "a kNN on pixels (PCA or not) has no random step: its one run is paired "
+                    "with every seed of the other arm"])
+    result["finding"] = baselines_sentence(frame, main)
+    return result
 
 
 PROBE_STAGES = ("pretrain-cls-lin", "mae-lin")  # linear probes of an MAE encoder
-PIXEL_STAGES = ("pixels-lin", "pixels-knn")
+SEED_FREE = re.compile(r"^pixels-(pca\d+-)?knn$")  # baselines.py stages no seed changes
 
 
 def search_table(frame: pd.DataFrame, main: str) -> dict:
@@ -413,15 +600,15 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
     shown: it plays no part in the choice), with the raw-pixel baselines as reference rows."""
     searched = frame["group"].str.match(SEARCH_GROUPS)
     seeds = frame.loc[searched, "seed"].dropna()
-    reference = f"{main}_seed{int(seeds.iloc[0])}" if len(seeds) else None
+    reference = (frame["group"] == main) & (frame["seed"] == seeds.iloc[0]) if len(seeds) \
+        else pd.Series(False, index=frame.index)
     finished = frame["status"] == FINISHED
-    runs = frame[(searched | (frame["exp"] == reference)) & finished
-                 & frame["stage"].isin((*PROBE_STAGES, KNN))]
-    pixels = frame[frame["stage"].isin(PIXEL_STAGES) & finished]
+    runs = frame[(searched | reference) & finished & frame["stage"].isin((*PROBE_STAGES, KNN))]
+    pixels = frame[frame["stage"].str.startswith("pixels-") & finished]
     runs = pd.concat([runs, pixels]).sort_values("best_val_acc", ascending=False,
                                                  kind="stable") if searched.any() \
         else runs.iloc[:0]
-    is_pixels = runs["stage"].isin(PIXEL_STAGES)
+    is_pixels = runs["stage"].str.startswith("pixels-")
     shown = pd.DataFrame({
         "row": "`" + runs["exp"] + "` " + runs["stage"],
         "pool": runs["pool"].fillna("cls").where(~is_pixels, DASH),
@@ -429,7 +616,7 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
         "probe base lr": runs["base_learning_rate"].where(~runs["stage"].str.endswith("knn"),
                                                           DASH),
         "best val acc (%)": (runs["best_val_acc"] * PERCENT).map(lambda v: f"{v:.{ACC_DIGITS}f}"),
-        "selection split": runs["selection_split"]})
+        "selection split": runs["selection_split"].fillna(DASH)})
     cells = shown.melt("row", var_name="column", value_name="text")
     cells["text"] = cells["text"].astype(str)
     is_acc = cells["column"] == "best val acc (%)"
@@ -439,33 +626,29 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
             "not used to choose; the raw-pixel rows are the baselines to beat")
     result = table("search", "Validation-only search (probe lr, pooling, block, pretraining "
                    "variants)", "run", cells, [note])
-    noise = frame.loc[(frame["group"] == main) & (frame["stage"] == "pretrain-cls-lin")
-                      & finished, "final_test_acc"]
     if len(runs):
-        result["finding"] = search_sentence(runs, noise)
+        result["finding"] = search_sentence(frame, runs)
     return result
 
 
-def search_sentence(runs: pd.DataFrame, noise: pd.Series) -> str:
-    """The MAE probe the validation split picks vs the raw-pixel probe, on the test split,
-    judged against the main arm's probe seed spread (the issue's bar: more than the spread)."""
+def search_sentence(frame: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The MAE probe the validation split picks vs the raw-pixel probe the validation split
+    picks, on the test split: the picked run's experiment group and stage against the pixel
+    stage, paired by seed (RULE), never against another arm's spread."""
     probes = runs[runs["stage"].isin(PROBE_STAGES)]
-    pixels = runs[runs["stage"] == "pixels-lin"]
+    pixels = runs[runs["stage"].str.match(r"^pixels-(pca\d+-)?lin$")]
     if probes.empty or pixels.empty:
         return "no MAE probe or no raw-pixel probe has finished; no finding yet."
     best, pixel = probes.iloc[0], pixels.iloc[0]  # runs are sorted by best_val_acc
-    diff = (best["final_test_acc"] - pixel["final_test_acc"]) * PERCENT
-    spread = difference_std(sample_std(noise) * PERCENT, 1, 1)
-    verdict = "no spread to judge against" if math.isnan(spread) else (
-        "it beats the pixels by more than the spread" if diff > spread else
-        "below the pixels by more than the spread" if diff < -spread else
-        "level with the pixels (inside the spread): the search did not reach the goal")
+    difference = compare("picked MAE probe minus picked pixel probe",
+                         arm(frame, best["group"], best["stage"]),
+                         arm(frame, pixel["group"], pixel["stage"]))
     return (f"the best MAE probe on validation, `{best['exp']}` {best['stage']} "
             f"({best['best_val_acc'] * PERCENT:.{ACC_DIGITS}f}% val), scores "
-            f"{best['final_test_acc'] * PERCENT:.{ACC_DIGITS}f}% final test vs the raw-pixel "
-            f"probe's {pixel['final_test_acc'] * PERCENT:.{ACC_DIGITS}f}%: "
-            f"{diff:+.{ACC_DIGITS}f} ± {spread:.{ACC_DIGITS}f} points (± the std of a one-seed "
-            f"difference, from the main arm's {len(noise)} probe seeds); {verdict}.")
+            f"{best['final_test_acc'] * PERCENT:.{ACC_DIGITS}f}% final test vs the best "
+            f"raw-pixel probe on validation, `{pixel['exp']}` {pixel['stage']}, "
+            f"{pixel['final_test_acc'] * PERCENT:.{ACC_DIGITS}f}%; paired by seed over their "
+            f"experiments: {difference}.")
 
 
 ENV_PART = re.compile(r"^# Environment of one invocation of part `([^`]+)`", re.M)
@@ -607,8 +790,11 @@ def render_markdown(command: str, tables: list[dict], images: list[tuple[str, st
          "from the run files (args.json, metrics.csv, summary.json); do not edit by hand."), "",
         ("Final = last epoch; best = highest accuracy over epochs on the model-selection split "
          "named in the header (summary.json selection_split; selection never sees the test "
-         "split). Seeds of one experiment (`<name>_seed<N>`) are "
-         "shown as mean ± sample std (n = finished seeds). "
+         "split). Seeds of one experiment (`<name>_seed<N>`; the seed is args.json's) are "
+         "shown as mean ± sample std (n = finished seeds; 95% t-interval, df = n - 1, where "
+         "n >= 2 and the std is not 0); seeds whose settings differ are not averaged. "
+         "Differences are paired by "
+         f"seed: {RULE}. "
          f"{DASH} (status) marks a run without a result."), "",
     ]
     body = [markdown(t) for t in tables] + (notes + [""] if notes else [])
@@ -619,19 +805,19 @@ def render_markdown(command: str, tables: list[dict], images: list[tuple[str, st
 # ----------------------------------------------------------------------------- figures
 
 
-def new_figure(ncols: int = 1) -> tuple[Figure, list]:
-    """A headless (Agg) figure with ncols side-by-side axes."""
+def new_figure(ncols: int = 1, nrows: int = 1) -> tuple[Figure, list]:
+    """A headless (Agg) figure with nrows x ncols axes, as one list row by row."""
     width, height = FIG_PANEL_SIZE
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+    return fig, list(fig.subplots(nrows, ncols, squeeze=False).ravel())
 
 
 def finish_axes(ax, xlabel: str, ylabel: str) -> None:
     """Labels, and a legend or a 'no data yet' note."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if xlabel == "epoch":
+    if xlabel in ("epoch", STEPS_LABEL):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.lines or ax.containers:
         ax.legend(fontsize=LEGEND_FONT_SIZE)
@@ -645,28 +831,60 @@ def series(metrics: pd.DataFrame, column: str, scale: float = 1.0) -> tuple[list
     return points["epoch"].tolist(), (points[column] * scale).tolist()
 
 
+def step_series(run, column: str, scale: float = 1.0) -> tuple[list, list]:
+    """(optimizer steps at the end of each epoch, values * scale) of a pretraining metrics
+    column: (epoch + 1) * steps_per_epoch."""
+    epochs, values = series(run.metrics, column, scale)
+    return [(e + 1) * run.steps_per_epoch for e in epochs], values
+
+
+def loss_targets(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Pretraining runs with a known step count, by loss target (never two on one axis):
+    'normalised pixels' (norm_pix_loss) and 'pixels'."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["steps_per_epoch"].notna()]
+    norm = runs["args"].map(lambda a: a.get("norm_pix_loss") is True)
+    return {name: part for name, part in (("pixels", runs[~norm]),
+                                           ("normalised pixels", runs[norm])) if len(part)}
+
+
 def plot_pretrain_curves(frame: pd.DataFrame) -> Figure:
-    """Train and eval reconstruction loss vs epoch, one line per experiment."""
-    fig, axes = new_figure(2)
-    for run in frame[frame["stage"] == PRETRAIN].itertuples():
-        for ax, column in zip(axes, ("train_loss", "eval_loss"), strict=True):
-            ax.plot(*series(run.metrics, column), label=run.exp)
-    for ax, name in zip(axes, ("train loss", "eval loss"), strict=True):
-        ax.set_title(f"MAE pretraining: {name}")
-        finish_axes(ax, "epoch", name)
+    """Train and eval reconstruction loss vs optimizer steps, one line per experiment; one row
+    of panels per loss target (norm_pix_loss or not: different units)."""
+    targets = loss_targets(frame) or {"pixels": frame.iloc[:0]}
+    fig, axes = new_figure(2, len(targets))
+    split = eval_splits(frame)
+    for row, (target, runs) in enumerate(targets.items()):
+        pair = axes[2 * row: 2 * row + 2]
+        for run in runs.itertuples():
+            for ax, column in zip(pair, ("train_loss", "eval_loss"), strict=True):
+                ax.plot(*step_series(run, column), label=run.exp)
+        for ax, name in zip(pair, ("train loss", f"eval loss ({split} images)"), strict=True):
+            ax.set_title(f"{target} target: {name}")
+            finish_axes(ax, STEPS_LABEL, name)
+    fig.suptitle("MAE pretraining (one row per loss target)")
     return fig
 
 
 def plot_knn(frame: pd.DataFrame) -> Figure:
-    """kNN accuracy of the encoder vs epoch for the pretraining runs that logged it."""
+    """kNN accuracy of the encoder vs optimizer steps for the pretraining runs that logged it."""
     fig, (ax,) = new_figure()
-    for run in frame[frame["stage"] == PRETRAIN].itertuples():
-        epochs, acc = series(run.metrics, "knn_acc", PERCENT)
-        if epochs:
-            ax.plot(epochs, acc, marker="o", label=run.exp)
-    ax.set_title("kNN accuracy during pretraining")
-    finish_axes(ax, "epoch", "kNN acc (%)")
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["steps_per_epoch"].notna()]
+    for run in runs.itertuples():
+        steps, acc = step_series(run, "knn_acc", PERCENT)
+        if steps:
+            ax.plot(steps, acc, marker="o", label=run.exp)
+    ax.set_title(f"kNN accuracy on {eval_splits(frame)} during pretraining")
+    finish_axes(ax, STEPS_LABEL, "kNN acc (%)")
     return fig
+
+
+def figure_notes(frame: pd.DataFrame) -> list[str]:
+    """Pretraining runs left out of the step figures: no known image count or batch size."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["steps_per_epoch"].isna()
+                 & frame["metrics"].map(len).gt(0)]
+    return [f"- left out of the figures against optimizer steps (no image count in summary.json "
+            f"or max_train_images / batch_size in args.json): {', '.join(runs['exp'])}"
+            ] if len(runs) else []
 
 
 def plot_classifier_curves(frame: pd.DataFrame, exp: str) -> Figure:
@@ -708,7 +926,8 @@ def build_figures(frame: pd.DataFrame, tables: list[dict]) -> dict[str, Figure]:
     """PNG file name -> figure, for every figure of the report."""
     figures = {"pretrain_loss.png": plot_pretrain_curves(frame)}
     pretrain_runs = frame[frame["stage"] == PRETRAIN].itertuples()
-    if any(series(run.metrics, "knn_acc")[0] for run in pretrain_runs):  # the monitor ran
+    if any(series(run.metrics, "knn_acc")[0] for run in pretrain_runs
+           if pd.notna(run.steps_per_epoch)):  # the monitor ran (and its steps are known)
         figures["knn_acc.png"] = plot_knn(frame)
     for t in tables:
         if t["name"].startswith("main:"):
@@ -774,7 +993,8 @@ def write_report(root, out=None, ablation_base: str | None = None,
         images += copy_reconstructions(frame, out)
         atomic_write_text(out / "results.csv", results_csv(tables))
         atomic_write_text(out / "results.md", render_markdown(command, tables, images,
-                                                              pairing_notes(frame)))
+                                                              pairing_notes(frame)
+                                                              + figure_notes(frame)))
     except OSError as e:
         raise UsageError(f"cannot write the report to {out}: "
                          f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}"

@@ -3,8 +3,10 @@ status, flags, metrics, summary numbers), read only from the files the runs writ
 (<outputs_root>/<exp_name>/<stage>/{args.json, metrics.csv, summary.json}). Imports no torch.
 """
 import csv
+import hashlib
 import io
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -22,10 +24,19 @@ CLS_STAGES = {  # stage folder -> row label in the classification tables
     "scratch-cls-lin": "linear probe (random encoder)",
 }
 KNN = "mae-knn"
-EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn")  # baselines.py
+EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn")  # baselines.py (stage_name)
 STAGES = (PRETRAIN, *CLS_STAGES, *EXTRA_STAGES)
+PCA_STAGE = re.compile(r"^pixels-pca(\d+)-(lin|knn)$")  # baselines.py --pca_dim N
 FINISHED = "finished"
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
+# runfolder.NON_RESULT_ARGS (a copy: runfolder imports torch; a test keeps them equal) and the
+# keys that differ between seeds by design. Every other args.json key changes the numbers, so
+# seeds averaged into one cell must agree on it.
+NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
+                   "output_root", "data_dir", "exp_name", "config", "pretrained_model_path",
+                   "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
+                   "knn_eval_images"}
+PER_SEED_ARGS = {"seed", "pretrained_sha256"}  # a seed's own upstream MAE has its own hash
 # Pretraining settings that define an experiment; seed and exp_name are what seeds may change.
 PRETRAIN_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "mask_ratio",
@@ -35,12 +46,14 @@ PRETRAIN_CONFIG_KEYS = (
 SUMMARY_NUMBERS = ("epochs", "final_train_loss", "final_eval_loss", "knn_acc", "wall_seconds",
                    "feature_seconds", "final_test_acc", "best_val_acc", "test_acc_at_best")
 SUMMARY_TEXTS = ("selection_split", "pretrained_sha256", "model_sha256")
+DEFAULT_EVAL_SPLIT = "test"  # pretraining without --val_split (or before summaries said)
 ARG_COLUMNS = ("pool", "block", "base_learning_rate", "pretrained_model_path")
 LOCK_FN = ".lock"  # runfolder.py's lock file, present while a process writes the run folder
 STALE_HOURS = 2.0  # a locked unfinished run with no file written for this long is "stopped"
 SECONDS_PER_HOUR = 3600.0
 RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "args", "metrics",
-               *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds"]
+               *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds", "eval_split",
+               "steps_per_epoch", "steps", "settings", "files_sha256", "duplicate"]
 
 
 
@@ -111,43 +124,137 @@ def number(value) -> float:
     return float(value) if is_number else float("nan")
 
 
+def seed_of(args: dict) -> int | None:
+    """The run's seed as args.json records it (not the folder name); None when absent."""
+    seed = args.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def settings_of(args: dict) -> str:
+    """The settings that change a run's numbers (args.json without NON_RESULT_ARGS and
+    PER_SEED_ARGS), as one comparable JSON text."""
+    return json.dumps({k: v for k, v in args.items()
+                       if k not in NON_RESULT_ARGS | PER_SEED_ARGS}, sort_keys=True, default=str)
+
+
+def files_sha256(stage_dir: Path) -> str:
+    """sha256 of the run's args.json, metrics.csv and summary.json bytes (a missing file: none),
+    so that a copy of a run folder is recognised as the same run."""
+    digest = hashlib.sha256()
+    for name in ("args.json", "metrics.csv", "summary.json"):
+        try:
+            digest.update((stage_dir / name).read_bytes())
+        except OSError:
+            pass
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def steps_per_epoch(args: dict, summary: dict) -> float:
+    """Optimizer steps per epoch: ceil(training images / batch_size) (floor with drop_last).
+    The images are summary.json's images.pretrain.count, else args.json's max_train_images;
+    nan when neither is known."""
+    images = summary.get("images")
+    count = images.get("pretrain", {}).get("count") if isinstance(images, dict) and isinstance(
+        images.get("pretrain"), dict) else None
+    count = number(count if count is not None else args.get("max_train_images"))
+    batch = number(args.get("batch_size"))
+    if math.isnan(count) or math.isnan(batch) or batch <= 0:
+        return math.nan
+    return float(count // batch if args.get("drop_last") is True else math.ceil(count / batch))
+
+
+def eval_split_of(summary: dict) -> str | None:
+    """The split pretraining's eval loss and kNN monitor were measured on (summary.json
+    images.eval_split; 'test' before summaries recorded it); None for unfinished runs."""
+    if not summary:
+        return None
+    images = summary.get("images")
+    split = images.get("eval_split") if isinstance(images, dict) else None
+    return split if isinstance(split, str) else DEFAULT_EVAL_SPLIT
+
+
+def text_or_none(value) -> str | None:
+    """A summary text field, None when it is missing or not a string (another project's file)."""
+    return value if isinstance(value, str) else None
+
+
 def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
     """One stage folder as a row of the runs frame. Summary fields are filled only when the
     run finished; total_seconds = wall_seconds + feature_seconds (a probe's feature extraction
-    runs before its epochs and is not in wall_seconds)."""
+    runs before its epochs and is not in wall_seconds). The seed is args.json's."""
     exp, stage = stage_dir.parent.name, stage_dir.name
     summary = read_json(stage_dir / "summary.json") or {}
     finished = bool(summary.get("finished"))
     summary = summary if finished else {}
-    args = hashable_args(read_json(stage_dir / "args.json") or {})
+    raw_args = read_json(stage_dir / "args.json") or {}
+    args = hashable_args(raw_args)
     metrics = read_metrics(stage_dir / "metrics.csv")
     status = run_status(stage_dir, finished, stale_hours)
-    seed = SEED_SUFFIX.search(exp)
-    row = {"exp": exp, "group": group_name(exp), "seed": int(seed.group(1)) if seed else None,
+    row = {"exp": exp, "group": group_name(exp), "seed": seed_of(args),
            "stage": stage, "path": stage_dir, "status": status,
            "progress": status if finished else
            f"{status}, epoch {len(metrics)}/{args.get('total_epoch', '?')}",
            "args": args, "metrics": metrics}
     row |= {k: number(summary.get(k)) for k in SUMMARY_NUMBERS}
-    row |= {k: summary.get(k) for k in SUMMARY_TEXTS}
+    row |= {k: text_or_none(summary.get(k)) for k in SUMMARY_TEXTS}
     row |= {k: args.get(k) for k in ARG_COLUMNS}
     row["total_seconds"] = row["wall_seconds"] + np.nan_to_num(row["feature_seconds"])
+    row |= {"eval_split": eval_split_of(summary), "files_sha256": files_sha256(stage_dir),
+            "steps_per_epoch": steps_per_epoch(raw_args, summary),
+            "settings": settings_of(args) if args else None, "duplicate": None}
+    row["steps"] = row["epochs"] * row["steps_per_epoch"]
     return row
 
 
+def is_stage(name: str) -> bool:
+    """A stage folder name the report reads (STAGES, or a baselines.py PCA stage)."""
+    return name in STAGES or PCA_STAGE.match(name) is not None
+
+
+def stage_order(name: str) -> tuple:
+    """Sort key: STAGES in their order, then the PCA stages by width."""
+    match = PCA_STAGE.match(name)
+    return (STAGES.index(name), 0, "") if name in STAGES else (
+        len(STAGES), int(match[1]), match[2])
+
+
 def collect_runs(root, stale_hours: float = STALE_HOURS) -> pd.DataFrame:
-    """The runs frame: one row per stage folder under root, sorted by group, seed and stage;
-    with `paired` (see pairing) and `usable` (finished and not paired with another MAE)."""
+    """The runs frame: one row per stage folder under root (a symlink and its target once),
+    sorted by group, seed and stage; with `paired` (see pairing), `duplicate` (see
+    mark_duplicates) and `usable` (finished, not paired with another MAE, no duplicate)."""
     root = Path(root)
     exp_dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(TEMP_PREFIX)
                 ] if root.is_dir() else []
-    rows = [load_run(exp_dir / stage, stale_hours)
-            for exp_dir in sorted(exp_dirs, key=lambda p: exp_order(p.name))
-            for stage in STAGES if (exp_dir / stage).is_dir()]
-    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    candidates = [exp_dir / stage for exp_dir in sorted(exp_dirs, key=lambda p: exp_order(p.name))
+                  for stage in sorted((p.name for p in exp_dir.iterdir()
+                                       if p.is_dir() and is_stage(p.name)), key=stage_order)]
+    kept = {}  # real path -> the folder that stands for it: a symlinked experiment last
+    for stage_dir in sorted(candidates, key=lambda d: d.parent.is_symlink() or d.is_symlink()):
+        kept.setdefault(stage_dir.resolve(), stage_dir)
+    stage_dirs = [d for d in candidates if kept[d.resolve()] == d]
+    frame = pd.DataFrame([load_run(d, stale_hours) for d in stage_dirs], columns=RUN_COLUMNS)
     frame["paired"] = pairing(frame)
-    frame["usable"] = (frame["status"] == FINISHED) & (frame["paired"] != "no")
+    frame["duplicate"] = mark_duplicates(frame)
+    frame["usable"] = ((frame["status"] == FINISHED) & (frame["paired"] != "no")
+                       & frame["duplicate"].isna())
     return frame
+
+
+def mark_duplicates(frame: pd.DataFrame) -> pd.Series:
+    """Why a run is left out as a second run of one seed in its group and stage (the first in
+    sort order counts): the same files as an earlier one (a copy: counted once), or other
+    results under the same seed (flagged; not averaged as a second seed). None otherwise."""
+    why = pd.Series(None, index=frame.index, dtype=object)
+    seeded = frame[frame["seed"].notna()]
+    for _, runs in seeded.groupby(["group", "stage", "seed"], sort=False):
+        first = runs.iloc[0]
+        for index, run in runs.iloc[1:].iterrows():
+            why[index] = (f"the same run files as `{first['exp']}`: counted once"
+                          if run["files_sha256"] == first["files_sha256"] else
+                          f"seed {int(run['seed'])} again, other results than `{first['exp']}`: "
+                          "left out")
+    return why
 
 
 def pairing(frame: pd.DataFrame) -> pd.Series:
@@ -168,9 +275,9 @@ def group_name(exp: str) -> str:
 
 
 def exp_order(exp: str) -> tuple:
-    """Sort key: group name, then seed number."""
+    """Sort key: group name, then the folder name's seed number, then the name."""
     match = SEED_SUFFIX.search(exp)
-    return group_name(exp), int(match.group(1)) if match else -1
+    return group_name(exp), int(match.group(1)) if match else -1, exp
 
 
 def group_experiments(frame: pd.DataFrame) -> dict[str, list[str]]:

@@ -1,21 +1,112 @@
-"""The statistics of the report: a group's mean ± sample std (n) over its seeds, the spread of
-a difference of seed means, and the bar a difference must clear to leave the noise. Imports
-no torch."""
+"""The statistics of the report, on scipy.stats: a group's mean, sample std and n over its
+seeds with a 95% t-interval (df = n - 1); paired differences by seed with their own
+t-interval; the smallest difference the design can detect; and the one decision rule every
+finding uses. Imports no torch.
+
+Decision rule: a difference *holds* when its 95% interval excludes 0; otherwise it is
+*inconclusive at this n* (printed with its interval). One pair (n = 1) has no interval and is
+inconclusive at n=1.
+"""
+import math
+from dataclasses import dataclass
+
 import pandas as pd
+from scipy import stats
 
-NOISE_STDS = 2.0  # a difference within this many stds of the seed noise is "inside the noise"
-
-
-def mean_std_n(values: pd.Series) -> tuple[float, float | None, int]:
-    """(mean, sample std (ddof 1; None for one value), n) of values, with no missing ones."""
-    return values.mean(), values.std() if len(values) > 1 else None, len(values)
+CONFIDENCE = 0.95  # of every interval the report prints
 
 
-def sample_std(values) -> float:
-    """Sample std (ddof 1) of values as floats; nan for fewer than two."""
-    return pd.Series(values, dtype=float).std() if len(values) > 1 else float("nan")
+@dataclass(frozen=True)
+class Estimate:
+    """mean, sample std (ddof 1), n and the 95% t-interval (low, high) of n values; std,
+    low and high are nan when n < 2."""
+    mean: float
+    std: float
+    n: int
+    low: float
+    high: float
 
 
-def difference_std(noise: float, n_a: int, n_b: int) -> float:
-    """Std of the difference of two means over n_a and n_b seeds, each seed with std noise."""
-    return noise * (1 / n_a + 1 / n_b) ** 0.5
+def t_quantile(n: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided t quantile of a confidence interval of a mean of n values (df = n - 1);
+    nan for n < 2. n=3 at 95%: 4.303."""
+    return float(stats.t.ppf((1 + confidence) / 2, n - 1)) if n > 1 else math.nan
+
+
+def estimate(values) -> Estimate:
+    """Mean, sample std, n and 95% t-interval (scipy.stats.t.interval) of values (nan dropped)."""
+    x = pd.Series(values, dtype=float).dropna()
+    n = len(x)
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0, math.nan, math.nan)
+    if n == 1:
+        return Estimate(float(x.iloc[0]), math.nan, 1, math.nan, math.nan)
+    mean, std = float(x.mean()), float(x.std(ddof=1))
+    if std == 0:  # scipy returns nan for a zero scale; the interval is the point
+        return Estimate(mean, 0.0, n, mean, mean)
+    low, high = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return Estimate(mean, std, n, float(low), float(high))
+
+
+def detectable(std: float, n: int) -> float:
+    """The smallest detectable difference: the half-width of the 95% t-interval of a mean
+    paired difference over n pairs whose differences have sample std `std`,
+    t_quantile(n) * std / sqrt(n). An observed mean difference smaller than this cannot make
+    the interval exclude 0, so it cannot hold at this n and spread. nan for n < 2."""
+    return t_quantile(n) * std / math.sqrt(n) if n > 1 else math.nan
+
+
+@dataclass(frozen=True)
+class Paired:
+    """a - b over the seeds both have: the per-seed differences and their estimate."""
+    differences: pd.Series  # seed -> a - b
+    estimate: Estimate
+
+    @property
+    def n(self) -> int:
+        return self.estimate.n
+
+    @property
+    def holds(self) -> bool:
+        """The decision rule: the 95% interval excludes 0 (never for n < 2)."""
+        e = self.estimate
+        return e.n > 1 and (e.low > 0 or e.high < 0)
+
+    @property
+    def verdict(self) -> str:
+        return "holds" if self.holds else f"inconclusive at n={self.n}"
+
+    @property
+    def detectable(self) -> float:
+        return detectable(self.estimate.std, self.n)
+
+
+def paired(a: pd.Series, b: pd.Series) -> Paired:
+    """Paired differences a - b of two arms indexed by seed, on the seeds both have (values
+    that are nan are dropped first)."""
+    a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
+    seeds = a.index.intersection(b.index).sort_values()
+    differences = a.loc[seeds] - b.loc[seeds]
+    return Paired(differences, estimate(differences))
+
+
+def interval_text(e: Estimate, digits: int) -> str:
+    """'95% CI [low, high]', or '' when there is no interval (n < 2)."""
+    return f"95% CI [{e.low:.{digits}f}, {e.high:.{digits}f}]" if e.n > 1 else ""
+
+
+def difference_text(p: Paired, digits: int, unit: str = " points") -> str:
+    """'+1.23 points, 95% CI [-0.50, 2.96], n=3 pairs (seeds 1, 2, 3), smallest detectable
+    difference 1.73: inconclusive at n=3'; for one pair '..., n=1 pair (seed 1), no
+    interval: inconclusive at n=1'; for none 'no seed in common'."""
+    e = p.estimate
+    if e.n == 0:
+        return "no seed in common"
+    seeds = ", ".join(str(s) for s in p.differences.index)
+    text = f"{e.mean:+.{digits}f}{unit}"
+    if e.n > 1:
+        text += (f", {interval_text(e, digits)}, n={e.n} pairs (seeds {seeds}), smallest "
+                 f"detectable difference {p.detectable:.{digits}f}")
+    else:
+        text += f", n=1 pair (seed {seeds}), no interval"
+    return f"{text}: {p.verdict}"

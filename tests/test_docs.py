@@ -240,6 +240,24 @@ def test_readme_is_short_and_keeps_the_flag_reference_in_help():
     assert "Python >= 3.11" in text and "Jay Chiehen Liao" in text
 
 
+STUDY_SECTION = re.compile(r"^## What the CPU study shows\n(.*?)^## ", re.S | re.M)
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+NOT_QUOTED = re.compile(r"```.*?```|`[^`]*`|\]\([^)]*\)|\bissues? \d+(?: and \d+)?|\bv\d+\b",
+                        re.S)  # code, link targets, issue numbers and study versions
+
+
+def test_readme_study_numbers_come_from_results_md():
+    """Every number the README's study section quotes is in the results.md it links to
+    (report.py writes every difference, interval and plateau statement there)."""
+    section = STUDY_SECTION.search((REPO / "README.md").read_text())[1]
+    (link,) = {m for m in re.findall(r"\]\(([^)]*results\.md)\)", section)}
+    shown = set(NUMBER.findall((REPO / link).read_text()))
+    quoted = NUMBER.findall(NOT_QUOTED.sub(" ", section))
+    assert quoted, "the study section quotes no number"
+    missing = sorted(set(quoted) - shown, key=float)
+    assert not missing, f"README numbers not in {link}: {missing}"
+
+
 def test_driver_header_commands_run(tmp_path):
     sandbox = Sandbox(tmp_path)
     commands = driver_header_commands()

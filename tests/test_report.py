@@ -26,6 +26,7 @@ PRETRAIN_ARGS = {
     "base_learning_rate": 1.5e-4, "mask_ratio": 0.75, "decoder_layer": 4, "decoder_dim": 192,
     "decoder_head": 3, "emb_dim": 192, "encoder_layer": 12, "encoder_head": 3, "patch_size": 2,
     "norm_pix_loss": False, "pos_embed": "sincos", "augment": "flip_crop",
+    "max_train_images": 1024,
 }
 CLS_ARGS = {
     "seed": 0, "dataset": "cifar10", "total_epoch": 2, "warmup_epoch": 1, "batch_size": 128,
@@ -192,14 +193,16 @@ def test_main_table(runs):
     assert rows["scratch"][0] == "75.12"
     assert rows["linear probe (MAE encoder)"][0] == "55.34"
     assert rows["linear probe (random encoder)"][0] == "33.45"
-    assert "final kNN acc (%) 45.00" in table["notes"][0]
+    assert "final kNN acc on test (%) 45.00" in table["notes"][0]
+    assert "optimizer steps 6," in table["notes"][0]  # 3 epochs x ceil(1024 / 512)
 
 
 def test_seed_group_mean_std(runs):
     table = report.main_table(runs, "cpu_study")
     assert "best test acc (%)" in report.wide(table).columns
     rows = cells_by_row(table)
-    assert rows["scratch"][0] == "52.00 ± 2.83 (n=2)"
+    # 95% CI: 52 ± t(0.975, df=1) 12.706 * 2.828 / sqrt(2) = 52 ± 25.41
+    assert rows["scratch"][0] == "52.00 ± 2.83 (n=2; 95% CI [26.59, 77.41])"
     assert rows["fine-tuned (MAE)"][0] == "61.00 (n=1; cpu_study_seed2: running, epoch 1/2)"
     assert rows["fine-tuned (MAE)"][1:] == ["61.78 (n=1)", "60.87 (n=1)", "2 (n=1)", "10.0 (n=1)"]
     assert rows["linear probe (MAE encoder)"] == ["— (missing)", "—", "—", "—", "—"]
@@ -321,3 +324,170 @@ def test_report_imports_no_torch():
     code = ("import sys, report, runframe, stats; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# ----------------------------------------------------------------------------- stats.py
+
+
+def test_t_interval_against_hand_computed_values():
+    import stats
+    assert stats.t_quantile(3) == pytest.approx(4.303, abs=1e-3)  # t(0.975, df=2)
+    assert stats.t_quantile(2) == pytest.approx(12.706, abs=1e-3)
+    e = stats.estimate([60.0, 62.0, 64.0])  # mean 62, std 2, sem 2 / sqrt(3)
+    assert (e.mean, e.std, e.n) == (62.0, 2.0, 3)
+    half = 4.303 * 2 / 3 ** 0.5  # 4.968
+    assert (e.low, e.high) == (pytest.approx(62 - half, abs=1e-3),
+                               pytest.approx(62 + half, abs=1e-3))
+    one = stats.estimate([5.0, float("nan")])
+    assert one.n == 1 and np.isnan(one.std) and np.isnan(one.low)
+
+
+def test_paired_difference_by_seed_and_the_decision_rule():
+    import pandas as pd
+
+    import stats
+    a = pd.Series({1: 70.0, 2: 72.0, 3: 74.0, 4: 99.0})  # seed 4 has no partner
+    b = pd.Series({3: 71.0, 1: 68.0, 2: 69.5})
+    p = stats.paired(a, b)  # differences 2, 2.5, 3: mean 2.5, std 0.5
+    assert p.differences.to_dict() == {1: 2.0, 2: 2.5, 3: 3.0}
+    assert (p.n, p.estimate.mean, p.estimate.std) == (3, 2.5, 0.5)
+    assert p.detectable == pytest.approx(4.303 * 0.5 / 3 ** 0.5, abs=1e-3)  # 1.242
+    assert p.holds and p.verdict == "holds"  # [1.26, 3.74] excludes 0
+    assert stats.difference_text(p, 2) == (
+        "+2.50 points, 95% CI [1.26, 3.74], n=3 pairs (seeds 1, 2, 3), smallest detectable "
+        "difference 1.24: holds")
+    wide = stats.paired(pd.Series({1: 70.0, 2: 60.0}), pd.Series({1: 65.0, 2: 62.0}))
+    assert not wide.holds and wide.verdict == "inconclusive at n=2"  # 1.5 ± 12.7 * 4.95
+    assert "95% CI [-43.0, 46.0]" in stats.difference_text(wide, 1)  # 1.5 ± 44.5
+    one = stats.paired(pd.Series({1: 70.0}), pd.Series({1: 65.0, 2: 62.0}))
+    assert stats.difference_text(one, 2) == (
+        "+5.00 points, n=1 pair (seed 1), no interval: inconclusive at n=1")
+    assert stats.difference_text(stats.paired(pd.Series({1: 1.0}), pd.Series({2: 1.0})), 2) == (
+        "no seed in common")
+
+
+def test_no_hand_rolled_noise_rule_is_left():
+    import stats
+    source = (REPO / "report.py").read_text() + (REPO / "stats.py").read_text()
+    assert "NOISE_STDS" not in source and "difference_std" not in source
+    assert not hasattr(stats, "sample_std")
+
+
+# ----------------------------------------------------------------------------- hostile trees
+
+
+def test_non_result_args_copy_matches_runfolder():
+    import runfolder  # imports torch: the report keeps a torch-free copy
+    assert runframe.NON_RESULT_ARGS == runfolder.NON_RESULT_ARGS
+
+
+def set_args(folder, **changes):
+    path = folder / "args.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("key, values", [("augment", ("flip", "none")),
+                                         ("max_train_images", (5000, 500)),
+                                         ("pool", ("cls", "mean")), ("mixup", (0.0, 0.8)),
+                                         ("image_size", (None, 16))])
+def test_seeds_whose_settings_differ_are_not_averaged(tmp_path, key, values):
+    for seed, (acc, value) in enumerate(zip((0.9, 0.125), values, strict=True), start=1):
+        set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", acc, seed=seed),
+                 **{key: value})
+    frame = runframe.collect_runs(tmp_path)
+    text = cells_by_row(report.main_table(frame, "arm"))["scratch"][0]
+    assert "51.25" not in text and "(n=2" not in text
+    assert text == (f"not averaged: settings differ between seeds ({key}): 90.00 (`arm_seed1`), "
+                    "12.50 (`arm_seed2`)")
+    assert report.arm(frame, "arm", "scratch-cls") is None  # and no paired finding from them
+    assert f"scratch-cls: settings differ between seeds (not averaged): {key}" in (
+        report.main_table(frame, "arm")["notes"])
+
+
+def test_non_result_flags_may_differ_between_seeds(tmp_path):
+    for seed, device in ((1, "cpu"), (2, "cuda")):
+        set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", 0.5, seed=seed),
+                 device=device, pretrained_model_path=f"outputs/m{seed}.pt")
+    text = cells_by_row(report.main_table(runframe.collect_runs(tmp_path), "arm"))["scratch"][0]
+    assert text.startswith("50.00 ± 0.00 (n=2")
+
+
+def test_seed_comes_from_args_json_and_a_copy_counts_once(tmp_path):
+    first = classifier(tmp_path, "main_seed1", "scratch-cls", 0.5, seed=1)
+    copy = tmp_path / "main_seed01" / "scratch-cls"
+    copy.parent.mkdir()
+    import shutil
+    shutil.copytree(first, copy)
+    set_args(classifier(tmp_path, "main_seed2", "scratch-cls", 0.7, seed=1), exp_name="x")
+    classifier(tmp_path, "main_seed3", "scratch-cls", 0.6, seed=3)
+    frame = runframe.collect_runs(tmp_path)
+    assert sorted(frame["seed"]) == [1, 1, 1, 3]  # args.json's seeds, not the folder names
+    dup = frame.set_index("exp")["duplicate"]
+    assert dup["main_seed1"] == "the same run files as `main_seed01`: counted once"
+    assert dup["main_seed2"] == "seed 1 again, other results than `main_seed01`: left out"
+    text = cells_by_row(report.main_table(frame, "main"))["scratch"][0]
+    assert text.startswith("55.00 ± 7.07 (n=2;")  # seeds 1 and 3 only
+    assert "main_seed1: the same run files as `main_seed01`: counted once" in text
+    assert "main_seed2: seed 1 again" in text
+
+
+def test_a_symlink_and_its_target_count_once(tmp_path):
+    classifier(tmp_path, "main_seed1", "scratch-cls", 0.5, seed=1)
+    classifier(tmp_path, "main_seed2", "scratch-cls", 0.6, seed=2)
+    (tmp_path / "a_link_seed1").symlink_to(tmp_path / "main_seed1")  # sorts first
+    (tmp_path / "main_seed9").symlink_to(tmp_path / "main_seed2")
+    frame = runframe.collect_runs(tmp_path)
+    assert sorted(frame["exp"]) == ["main_seed1", "main_seed2"]  # the real folders stand
+    assert cells_by_row(report.main_table(frame, "main"))["scratch"][0].startswith(
+        "55.00 ± 7.07 (n=2;")
+
+
+@pytest.mark.parametrize("summary", [{"finished": True}, {"finished": True,
+                                                           "selection_split": None},
+                                     {"finished": True, "selection_split": 3,
+                                      "final_test_acc": "x"}])
+def test_finished_summary_without_a_selection_split(tmp_path, summary):
+    folder = classifier(tmp_path, "old_seed1", "pixels-lin", 0.5, seed=1)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    classifier(tmp_path, "search_x_seed1", "pretrain-cls-lin", 0.6, seed=1)
+    for exp in ("old_seed1", "main_seed1"):
+        classifier(tmp_path, exp, "scratch-cls", 0.5, seed=1)
+    (folder := tmp_path / "old_seed1" / "scratch-cls" / "summary.json").write_text(
+        json.dumps(summary))
+    text = report.write_report(tmp_path, tmp_path / "out", ablation_base="main").read_text()
+    assert "`old_seed1` pixels-lin" in text
+    table = report.main_table(runframe.collect_runs(tmp_path), "old")
+    assert cells_by_row(table)["scratch"][0].startswith("— (")  # finished, without the number
+    assert "names no selection split" in " ".join(table["notes"])
+
+
+def test_pca_stages_and_the_eval_split_are_reported(tmp_path):
+    for stage, acc in (("pixels-lin", 0.80), ("pixels-pca64-lin", 0.82), ("pixels-knn", 0.81),
+                       ("pixels-pca64-knn", 0.79)):
+        classifier(tmp_path, "baseline_seed1", stage, acc, seed=1)
+    folder = pretrain(tmp_path, "main_seed1", seed=1, knn=0.5)
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "images": {
+        "eval_split": "val", "pretrain": {"source": "train", "count": 3000}}}))
+    classifier(tmp_path, "main_seed1", "pretrain-cls-lin", 0.85, seed=1)
+    frame = runframe.collect_runs(tmp_path)
+    assert run_of(frame, "main_seed1", runframe.PRETRAIN)["steps"] == 3 * 6  # ceil(3000 / 512)
+    tables = {t["name"]: t for t in report.build_tables(frame, ablation_base="main")}
+    rows = cells_by_row(tables["baselines"])
+    assert rows["linear probe on raw pixels, PCA to 64 dims"][1] == "82.00 (n=1)"
+    assert rows["kNN on raw pixels, PCA to 64 dims"][1] == "79.00 (n=1)"
+    assert "final kNN acc on val (%)" in report.wide(tables["pretrain"]).columns
+    finding = tables["baselines"]["finding"]  # the best pixel probe on validation: PCA 64
+    assert ("MAE pretrain-cls-lin minus the best pixel lin on validation (pixels-pca64-lin) "
+            "+3.00 points, n=1 pair (seed 1), no interval: inconclusive at n=1") in finding
+
+
+def test_loss_targets_never_share_an_axis(tmp_path):
+    pretrain(tmp_path, "a", norm_pix_loss=True)
+    pretrain(tmp_path, "b")
+    fig = report.plot_pretrain_curves(runframe.collect_runs(tmp_path))
+    titles = {ax.get_title(): [line.get_label() for line in ax.lines] for ax in fig.axes}
+    assert titles["normalised pixels target: train loss"] == ["a"]
+    assert titles["pixels target: train loss"] == ["b"]
+    assert all(ax.get_xlabel() == "optimizer steps" for ax in fig.axes)
+    assert fig.axes[0].lines[0].get_xdata().tolist() == [2, 4, 6]  # (epoch + 1) x 2 steps

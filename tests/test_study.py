@@ -26,7 +26,7 @@ import report
 import runframe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-COMMITTED = REPO / "results" / "fashion_mnist_study"
+COMMITTED = REPO / "results" / "superseded" / "fashion_mnist_study_v1"  # the v1 study
 
 
 def without_date(text):
@@ -57,25 +57,29 @@ def run_study(tmp_path, part, **settings):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """PART=main with two seeds, PART=baselines without its mask rows, PART=long, then
+    """PART=pixels and PART=abl_mask (its default row and both masks) with two seeds, then
     PART=report."""
     tmp = tmp_path_factory.mktemp("study")
-    run_study(tmp, "main", SEEDS="1 2")
-    run_study(tmp, "baselines", SEEDS="1 2", MASKS="")
-    run_study(tmp, "long", SEEDS="1 2")
-    run_study(tmp, "report", SEEDS="1 2")
+    for part in ("pixels", "abl_mask", "report"):
+        run_study(tmp, part, SEEDS="1 2")
     return tmp / "results"
 
 
-@pytest.mark.parametrize("committed", [False, True])
-def test_results_md_regenerates_from_the_run_files(smoke, tmp_path, committed):
-    results = COMMITTED if committed else smoke
-    if not (results / "results.md").is_file():
-        pytest.skip("no committed study yet")
-    report.write_report(results / "runs", tmp_path, ablation_base="main",
+def regenerates(results, out, ablation_base):
+    """results.md is today's report of the run files under results/runs (date line aside)."""
+    report.write_report(results / "runs", out, ablation_base=ablation_base,
                         environment=results / "environment")
-    assert without_date((tmp_path / "results.md").read_text()) == without_date(
+    assert without_date((out / "results.md").read_text()) == without_date(
         (results / "results.md").read_text())
+
+
+def test_results_md_regenerates_from_the_run_files(smoke, tmp_path):
+    regenerates(smoke, tmp_path, "abl_default")  # study.sh's PART=report
+
+
+def test_committed_v1_study_regenerates(tmp_path):
+    """The superseded v1 study's results.md is today's report of its committed run files."""
+    regenerates(COMMITTED, tmp_path, "main")
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -105,7 +109,7 @@ printf '%s\n' "$*" > "$dir/args.json"
 printf 'epoch\n0\n' > "$dir/metrics.csv"
 echo '{"finished": true, "wall_seconds": 60}' > "$dir/summary.json"
 """
-FAKE_RUNS = 2  # PART=baselines with MASKS="": the pixel probe and the pixel kNN
+FAKE_RUNS = 4  # PART=pixels SEEDS=1: the pixel probe and kNN, full and PCA
 RUN_FILES = {"args.json", "metrics.csv", "summary.json"}
 
 
@@ -119,11 +123,11 @@ def fake_stage(tmp_path):
 
 
 def fake_study(bin_dir, outputs, results, **settings):
-    """A Popen of PART=baselines (MASKS="") with the stand-in stages of bin_dir."""
+    """A Popen of PART=pixels (SEEDS=1) with the stand-in stages of bin_dir."""
     env = {**{k: v for k, v in os.environ.items() if k not in ("DATASET", "DATA_DIR")},
            **THREAD_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "REAL_PYTHON": sys.executable, "SMOKE": "1", "PART": "baselines", "SEEDS": "1",
-           "MASKS": "", "OUTPUT_ROOT": str(outputs), "RESULTS": str(results), **settings}
+           "REAL_PYTHON": sys.executable, "SMOKE": "1", "PART": "pixels", "SEEDS": "1",
+           "OUTPUT_ROOT": str(outputs), "RESULTS": str(results), **settings}
     return subprocess.Popen(["bash", "commands/study.sh"], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -143,11 +147,11 @@ def collected(results):
 def assert_complete(results):
     runs, env = collected(results)
     assert runs == sorted(list(RUN_FILES) * FAKE_RUNS), runs
-    assert len(env) == 1 and env[0].startswith("baselines_") and env[0].endswith(".md"), env
+    assert len(env) == 1 and env[0].startswith("pixels_") and env[0].endswith(".md"), env
     text = (results / "environment" / env[0]).read_text()
-    assert "# Environment of one invocation of part `baselines`" in text
+    assert "# Environment of one invocation of part `pixels`" in text
     assert "(SMOKE=1, SEEDS=1, " in text and "torch" in text
-    assert "training + feature time summed over 2 runs: 2.0 min" in text
+    assert "training + feature time summed over 4 runs: 4.0 min" in text
 
 
 def test_a_rerun_collects_what_a_failed_copy_left_out(fake_stage, tmp_path):
@@ -174,7 +178,7 @@ def test_a_rerun_finishes_an_environment_record_a_kill_left_half_written(fake_st
     assert failed.returncode != 0
     _, env = collected(results)
     assert len(env) == 2 and env[0].startswith(".pending_") and env[1].endswith(".md.tmp"), env
-    stale = results / "environment" / "baselines_20200101T000000Z.md.tmp"
+    stale = results / "environment" / "pixels_20200101T000000Z.md.tmp"
     stale.write_text("left by an older kill")
     rerun = finish(fake_study(fake_stage, tmp_path / "outputs", results))
     assert rerun.returncode == 0, rerun.stderr
@@ -258,7 +262,7 @@ def add_summary(folder, **extra):
     return folder
 
 
-def test_study_tables_pair_by_hash_and_judge_against_the_noise(tmp_path):
+def test_study_tables_pair_by_hash_and_pair_by_seed(tmp_path):
     study_tree(tmp_path)
     frame = runframe.collect_runs(tmp_path)
     assert isinstance(frame, pd.DataFrame)
@@ -268,52 +272,79 @@ def test_study_tables_pair_by_hash_and_judge_against_the_noise(tmp_path):
     ablation = report.ablation_table(frame, "decoder_layer", "main")
     table = report.wide(ablation)
     probe, fine_tune = (report.ABLATION_STAGES[s] for s in ("pretrain-cls-lin", "pretrain-cls"))
-    assert table.loc["4 (default)", probe] == "62.20 ± 2.10 (n=3)"
+    # 62.2 ± t(0.975, 2) 4.303 * 2.1 / sqrt(3) = 62.2 ± 5.22
+    assert table.loc["4 (default)", probe] == "62.20 ± 2.10 (n=3; 95% CI [56.98, 67.42])"
     assert table.loc["8", probe] == (  # stale pairing left out, and said so
         "— (trained from another MAE file: pretrained_sha256 differs)")
     assert table.loc["8", fine_tune] == "70.00 (n=1)"
     assert ablation["paper"].loc[8, "paper linear probe (%)"] == 73.5
-    assert "fewer than two" in ablation["finding"]  # depth 8 has no probe
+    assert ("8 minus 4: probe: no pair (no common seed: seeds none vs 1, 2, 3; a one-seed row "
+            "is n=1, no interval); fine-tune "
+            "-10.10 points, n=1 pair (seed 1), no interval: inconclusive at n=1") in (
+        ablation["finding"])  # depth 8 has no usable probe
     report.write_report(tmp_path, tmp_path / "report")
     assert "left out of the tables: depth_d8_seed1/pretrain-cls-lin" in (
         tmp_path / "report" / "results.md").read_text()
 
 
-def test_ablation_sentence_judges_each_metric_by_its_own_seed_noise():
-    def series(*values):
-        return pd.Series(values, dtype=float)
+def test_ablation_sentence_pairs_rows_with_the_default_by_seed():
+    def series(**by_seed):
+        return pd.Series({int(k[1:]): v for k, v in by_seed.items()}, dtype=float)
 
-    main = (series(80.0, 80.5, 81.0), series(60.0, 62.0, 64.0))  # (fine-tune std 0.5, probe 2)
-    inside = report.ablation_sentence("decoder_layer", {1: (series(80.0), series(61.0)),
-                                                        8: (series(82.0), series(63.0))}, main)
-    assert "probe +2.00 ± 2.83 points (inside the noise)" in inside
-    assert "fine-tune +2.00 ± 0.71 points (higher)" in inside
-    outside = report.ablation_sentence("decoder_layer", {1: (series(80.0), series(50.0)),
-                                                         8: (series(80.0), series(70.0))}, main)
-    assert "probe +20.00" in outside and "(higher)" in outside
-    assert "fine-tune +0.00 ± 0.71 points (inside the noise)" in outside
-    assert "Paper: deeper decoder" in outside
+    main = (series(s1=80.0, s2=80.5, s3=81.0), series(s1=60.0, s2=62.0, s3=64.0))
+    one_seed = report.ablation_sentence("decoder_layer", {
+        1: (series(s1=80.0), series(s1=61.0)), 4: main, 8: (series(s1=82.0), series(s1=63.0))}, 4)
+    # one-seed rows are compared with the same seed's default run, never with its spread
+    assert ("1 minus 4: probe +1.00 points, n=1 pair (seed 1), no interval: inconclusive at "
+            "n=1; fine-tune +0.00 points, n=1 pair (seed 1)") in one_seed
+    assert "Endpoints 1 -> 8: probe +2.00 points, n=1 pair (seed 1)" in one_seed
+    assert "Paper: deeper decoder" in one_seed
+    seeded = report.ablation_sentence("decoder_layer", {
+        4: main, 8: (series(s1=82.0, s2=82.4, s3=83.1), series(s1=70.0, s2=61.0, s3=66.0))}, 4)
+    # fine-tune +2.0, +1.9, +2.1: holds; probe +10, -1, +2: inconclusive
+    # probe: mean 3.67, std 5.69: 3.67 ± 4.303 * 5.69 / sqrt(3) = 3.67 ± 14.13
+    assert ("8 minus 4: probe +3.67 points, 95% CI [-10.46, 17.79], n=3 pairs (seeds 1, 2, 3), "
+            "smallest detectable difference 14.13: inconclusive at n=3; fine-tune +2.00 points, "
+            "95% CI [1.75, 2.25], n=3 pairs (seeds 1, 2, 3), smallest detectable difference "
+            "0.25: holds") in seeded
 
 
-@pytest.mark.parametrize("search_acc, verdict", [
-    (0.70, "+5.00 ± 2.97 points (± the std of a one-seed difference, from the main arm's 3 "
-           "probe seeds); it beats the pixels by more than the spread"),
-    (0.66, "+1.00 ± 2.97 points (± the std of a one-seed difference, from the main arm's 3 "
-           "probe seeds); level with the pixels (inside the spread)")])
+@pytest.mark.parametrize("search_acc, pixel_accs, verdict", [
+    (0.70, (0.65,), "+5.00 points, n=1 pair (seed 1), no interval: inconclusive at n=1"),
+    (0.70, (0.65, 0.60), "+5.00 points, n=1 pair (seed 1), no interval: inconclusive at n=1")])
 def test_search_finding_compares_the_validation_pick_with_the_pixel_probe(
-        tmp_path, search_acc, verdict):
-    study_tree(tmp_path)  # main probes 60.1 / 62.2 / 64.3: std 2.10
-    classifier(tmp_path, "baseline_seed1", "pixels-lin", 0.65, seed=1)
+        tmp_path, search_acc, pixel_accs, verdict):
+    study_tree(tmp_path)  # main probes 60.1 / 62.2 / 64.3
+    for seed, acc in enumerate(pixel_accs, start=1):
+        classifier(tmp_path, f"baseline_seed{seed}", "pixels-lin", acc, seed=seed)
     classifier(tmp_path, "search_more_seed1", "pretrain-cls-lin", search_acc, seed=1)
     tables = report.build_tables(runframe.collect_runs(tmp_path), ablation_base="main")
     (search,) = [t for t in tables if t["name"] == "search"]
     assert f"`search_more_seed1` pretrain-cls-lin ({100 * search_acc + 0.78:.2f}% val)" in (
         search["finding"])
-    assert "vs the raw-pixel probe's 65.00%" in search["finding"] and verdict in search["finding"]
+    assert "`baseline_seed1` pixels-lin, 65.00%" in search["finding"]
+    assert f"picked MAE probe minus picked pixel probe {verdict}" in search["finding"]
     rows = report.wide(search)
     assert rows.loc["`baseline_seed1` pixels-lin", "pool"] == "—"  # the reference row
     # the search's own experiments get no per-experiment classification table
     assert "main:search_more" not in {t["name"] for t in tables}
+
+
+def test_baseline_findings_pair_by_seed(tmp_path):
+    study_tree(tmp_path)  # main fine-tunes 80.1 / 80.2 / 80.3, probes 60.1 / 62.2 / 64.3
+    for seed in (1, 2, 3):
+        add_summary(classifier(tmp_path, f"main_seed{seed}", "scratch-cls", 0.7 + 0.002 * seed,
+                               seed=seed), pretrained_sha256=None)
+    for seed in (1, 2):
+        classifier(tmp_path, f"baseline_seed{seed}", "pixels-lin", 0.6, seed=seed)
+    finding = report.baselines_sentence(runframe.collect_runs(tmp_path), "main")
+    # fine-tune - scratch: 10.1 - 0.2 s = 9.9, 9.8, 9.7
+    assert ("MAE fine-tune minus scratch, same epochs +9.80 points, 95% CI [9.55, 10.05], n=3 "
+            "pairs (seeds 1, 2, 3), smallest detectable difference 0.25: holds") in finding
+    # probe - pixels on the two seeds they share: 0.1, 2.2
+    assert ("MAE pretrain-cls-lin minus the best pixel lin on validation (pixels-lin) +1.15 "
+            "points, 95% CI [-12.19, 14.49], n=2 pairs (seeds 1, 2)") in finding
+    assert "inconclusive at n=2" in finding
 
 
 def test_shared_pretraining_is_not_missing(tmp_path):
