@@ -15,9 +15,10 @@ from conftest import TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts
 
 import engine
 import train_classifier
+from cli import parse_args
 from data import load_dataset
 from model import ClassifierConfig, ViT_Classifier
-from utils import parse_args, seed_everything
+from utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CSV_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
