@@ -2,7 +2,7 @@
 # Study v2 on Fashion-MNIST (issue 22): the headline question (H: is the MAE representation
 # worth having against tuned pixel baselines and a converged scratch model?) and the seed's
 # question (T: the paper's Table 1, decoder depth / width and mask ratio), paired by seed.
-# Parts, each at most about 70 min on 2 CPU cores at JOBS=1 (estimated from the v1 study's
+# Parts, each at most about 70 min on 2 CPU cores (estimated from the v1 study's
 # measured runs: a 15k x 10 pretraining with decoder 2 x 64 took 2.5 min, 8 classifier epochs
 # on 5,000 images 1.6 min; the measured times land in RESULTS/environment/<part>_<time>.md):
 #   PART=pilot      one seed, cheap budget, validation only: base, nonormpix, learnedpos and a
@@ -36,7 +36,7 @@
 # arms two at a time, one thread each (logs: OUTPUT_ROOT/logs/). SMOKE=1: every part in
 # minutes on generated images (tests/test_study_driver.py).
 #   PART=pilot bash commands/study.sh
-#   PART=head SEEDS=2 JOBS=1 bash commands/study.sh
+#   PART=head SEEDS="1 2" bash commands/study.sh
 #   SMOKE=1 OUTPUT_ROOT=/tmp/o RESULTS=/tmp/r PART=head SEEDS=1 bash commands/study.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,8 +72,14 @@ PART=${PART:-all}
 SEEDS=${SEEDS:-"1 2 3"}            # seeds of every 3-seed arm (a part may run one: SEEDS=2)
 PILOT_SEED=${PILOT_SEED:-1}        # the pilot's one seed
 PIXEL_KNN_SEED=${PIXEL_KNN_SEED:-1}  # pixel kNN is deterministic: run with this seed only
-# JOBS default: see BENCHMARKS.md "CPU configuration"
-JOBS=${JOBS:-1}                    # independent arms run at once (> 1: one thread each)
+# The fastest CPU configuration (BENCHMARKS.md "CPU configuration", scripts/cpu_configs.sh,
+# one run on this 2-core machine): the study model's pretraining in two 1-thread processes
+# at once with --amp bf16 gives x1.40 the images/s of one 2-thread fp32 process (two 1-thread
+# fp32 x1.27, --compile x1.09, bf16 alone x1.05). So arms run two at a time, and every stage
+# of every part runs on one thread whatever JOBS is, so a rerun on a fresh machine repeats
+# the same arithmetic (the same sha256) even when a part has a single arm.
+JOBS=${JOBS:-2}                    # independent arms run at once, one thread each
+PRETRAIN_AMP=${PRETRAIN_AMP:-bf16}  # pretraining autocast (classifiers and baselines: fp32)
 
 # --- data: the same labelled split for every classifier and baseline
 LABELLED=${LABELLED:-5000}         # labelled training images (after the validation carve)
@@ -127,8 +133,8 @@ ABL_WIDTHS=${ABL_WIDTHS:-"$((EMB_DIM / 2)) $((EMB_DIM * 4))"}  # 0.5x and 4x the
                                    # (decoder heads max(1, dim // 64) divide both)
 ABL_MASKS=${ABL_MASKS:-"0.5 0.9"}
 # the settings each environment record lists (study_lib.sh: run_part, environment)
-ENV_SETTINGS=(SMOKE SEEDS JOBS MAIN_NORM_PIX MAIN_POS_EMBED MAIN_DECODER_LAYER MAIN_DECODER_DIM
-              MAIN_MASK PRETRAIN_IMAGES PRETRAIN_EPOCHS HEAD_IMAGES HEAD_EPOCHS MAX_EPOCHS
+ENV_SETTINGS=(SMOKE SEEDS JOBS PRETRAIN_AMP MAIN_NORM_PIX MAIN_POS_EMBED MAIN_DECODER_LAYER
+              MAIN_DECODER_DIM MAIN_MASK PRETRAIN_IMAGES PRETRAIN_EPOCHS HEAD_IMAGES HEAD_EPOCHS MAX_EPOCHS
               PATIENCE ABL_CLS_EPOCHS LIN_EPOCHS LABELLED VAL_SPLIT EVAL_IMAGES OMP_NUM_THREADS)
 source commands/study_lib.sh
 
@@ -165,7 +171,8 @@ mae() {
         ${norm_pix[@]+"${norm_pix[@]}"} --val_split "$VAL_SPLIT" \
         --max_eval_images "$EVAL_IMAGES" --knn_train_images "$LABELLED" \
         --knn_eval_images "$VAL_SPLIT" --augment flip --batch_size "$PRETRAIN_BATCH" \
-        --max_device_batch_size "$PRETRAIN_BATCH" --base_learning_rate "$PRETRAIN_LR" "$@"
+        --max_device_batch_size "$PRETRAIN_BATCH" --base_learning_rate "$PRETRAIN_LR" \
+        --amp "$PRETRAIN_AMP" "$@"
 }
 
 # baseline EXP FLAGS...: baselines.py (tuned on validation) on the study's labelled split.
@@ -194,14 +201,14 @@ arm() {
     PART_EXPS+=("$2")
 }
 
-# run_arms: run the queued arms, in order at JOBS=1; else JOBS at a time, each a background
-# shell on one thread with its output in OUTPUT_ROOT/logs/EXP.log. Fails (after the others
+# run_arms: run the queued arms, each on one thread: in order at JOBS=1; else JOBS at a time,
+# each a background shell with its output in OUTPUT_ROOT/logs/EXP.log. Fails (after the others
 # end) when one fails; an interrupt stops every arm (rerun to resume them all).
 run_arms() {
     local spec pid words failed=()
     if (( JOBS == 1 )); then
         for spec in ${ARMS[@]+"${ARMS[@]}"}; do
-            $spec  # words: FUNCTION EXP SEED SETTINGS...
+            OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $spec  # words: FUNCTION EXP SEED SETTINGS...
         done
         ARMS=()
         return

@@ -94,8 +94,9 @@ def record(fake_bin):
             log.unlink(missing_ok=True)
             full_env = {"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
                         "CALLS_LOG": str(log), "OUTPUT_ROOT": OUT,
-                        # study.sh writes its run files and environment there, not into the repo
-                        "RESULTS": str(fake_bin / "results"), **env}
+                        # study.sh writes its run files and environment there, not into the repo;
+                        # its arms one at a time, so that launches are logged whole and in order
+                        "RESULTS": str(fake_bin / "results"), "JOBS": "1", **env}
             proc = subprocess.run(["bash", str(COMMANDS / driver), *args], env=full_env,
                                   capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, f"{driver} failed:\n{proc.stderr}"
