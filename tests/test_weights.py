@@ -167,12 +167,17 @@ def test_foreign_checkpoints_train(runs):
     ("int_cls_token", ["int_cls_token.pth: tensor cls_token is torch.int64", "float32"]),
 ])
 def test_bad_pretrained_files_give_one_error_line(runs, name, words):
-    r = runs["results"][name]
-    assert r.returncode == 2, r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    one_error_line(runs["results"][name], words)
+
+
+def one_error_line(proc, words):
+    """proc exited 2 with one `error:` line holding every word of words -> that line."""
+    assert proc.returncode == 2, proc.stdout[-500:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for w in words:
         assert w in lines[0], lines[0]
+    return lines[0]
 
 
 def test_unreadable_foreign_file_is_one_usage_error(tmp_path):
@@ -264,13 +269,8 @@ def tree_hashes(folder):
                            "export the model file", "mae-pretrain/vit-t-mae.pt instead"]),
 ])
 def test_export_of_a_damaged_file_is_one_error_line_and_writes_nothing(exports, name, words):
-    r = exports["results"][name]
-    assert r.returncode == 2, r.stdout[-500:] + r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    assert "--overwrite" not in lines[0]  # it would delete a finished run
+    line = one_error_line(exports["results"][name], words)
+    assert "--overwrite" not in line  # it would delete a finished run
     assert not (exports["tmp"] / "out" / name).exists()
 
 
@@ -283,12 +283,7 @@ def test_export_of_a_damaged_file_is_one_error_line_and_writes_nothing(exports, 
 def test_export_never_writes_over_the_run_s_own_files(exports, name, words):
     """Issue 25.2, through the CLI: the run folder is left byte for byte as it was (but for
     the re-export of its model, which replaces the earlier export's two files)."""
-    r = exports["results"][name]
-    assert r.returncode == 2, r.stdout[-500:] + r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
+    one_error_line(exports["results"][name], words)
     assert exports["results"]["again"].returncode == 0, exports["results"]["again"].stderr
     after = tree_hashes(exports["own"])
     assert after == exports["before"]  # the re-export wrote the same bytes
