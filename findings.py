@@ -38,7 +38,6 @@ BASELINE_ROWS = (  # (group, stage, row label); "main" is the --ablation_base gr
     ("ft_long", "pretrain-cls", "MAE fine-tune, long budget"),
     ("main", KNN, "MAE kNN"),
 )
-
 PROBE_STAGES = ("pretrain-cls-lin", "mae-lin")  # linear probes of an MAE encoder
 SEED_FREE = re.compile(r"^pixels-(pca\d+-)?knn$")  # baselines.py stages no seed changes
 
