@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_DATA, run_scripts
 
 import baselines
+import probe
 import train_classifier
 from model import MAE_ViT, MAEConfig
 from utils import CHECKPOINT_FORMAT, UsageError, save_checkpoint, seed_everything
@@ -45,14 +46,14 @@ def grid_args(**over):
 def test_probe_grid_records_every_cell_and_chooses_the_validation_argmax():
     feats = split_feats()
     a = grid_args()
-    rows, curves, (w, b) = baselines.probe_grid(
+    rows, curves, (w, b) = probe.probe_grid(
         feats["train"], feats["val"], N_CLASSES, a.probe_lrs, a.probe_weight_decays,
         a.total_epoch, a.warmup_epoch, a.batch_size, a.seed)
     assert [(r["lr"], r["weight_decay"]) for r in rows] == [
         (lr, wd) for lr in a.probe_lrs for wd in a.probe_weight_decays]
     accs = [r["val_acc"] for r in rows]
     assert len(set(accs)) > 1  # the grid matters
-    i = baselines.choose(rows)
+    i = probe.choose(rows)
     assert accs[i] == max(accs) and i == accs.index(max(accs))  # first on a tie
     assert w.shape == (len(rows), DIM, N_CLASSES) and curves["val_acc"].shape == (4, len(rows))
     for r, column in zip(rows, curves["val_acc"].T):  # each cell kept at its best epoch
@@ -63,19 +64,19 @@ def test_probe_grid_records_every_cell_and_chooses_the_validation_argmax():
 def test_test_split_is_evaluated_once_for_the_chosen_cell(monkeypatch):
     feats = split_feats()
     calls = []
-    real = baselines.cell_losses
+    real = probe.cell_losses
 
     def spy(w, b, x, y):
         calls.append((len(w), x.shape[0]))
         return real(w, b, x, y)
 
-    monkeypatch.setattr(baselines, "cell_losses", spy)
-    summary, metrics = baselines.run_linear(grid_args(), feats, N_CLASSES)
+    monkeypatch.setattr(probe, "cell_losses", spy)
+    summary, metrics = probe.run_linear(grid_args(), feats, N_CLASSES)
     n_test = len(feats["test"][1])
     assert calls[-1] == (1, n_test)  # one head, on the test images, after the sweep
     assert all(n != n_test for _, n in calls[:-1])  # train batches (16, 12) and val (30)
     assert len(summary["grid"]) == 6 and all("test" not in k for r in summary["grid"] for k in r)
-    best = summary["grid"][baselines.choose(summary["grid"])]
+    best = summary["grid"][probe.choose(summary["grid"])]
     assert summary["chosen"] == {"lr": best["lr"], "weight_decay": best["weight_decay"],
                                  "epoch": best["best_epoch"]}
     assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
@@ -85,12 +86,12 @@ def test_test_split_is_evaluated_once_for_the_chosen_cell(monkeypatch):
 def test_standardisation_floors_a_nearly_constant_feature():
     train, _ = blobs(60, 0)
     train[::7, -1] += 1e-4  # nearly constant in training: std ~4e-5
-    mean, std = baselines.fit_standardiser(train)
-    assert std.min() >= baselines.STD_FLOOR * train.std(0).mean() * (1 - 1e-6)
+    mean, std = probe.fit_standardiser(train)
+    assert std.min() >= probe.STD_FLOOR * train.std(0).mean() * (1 - 1e-6)
     test = torch.full((1, DIM), 255.0)  # the rare image with ink in a border pixel
     z = (test - mean) / std
     assert torch.isfinite(z).all()
-    bound = (test - mean).abs().max() / (baselines.STD_FLOOR * train.std(0).mean())
+    bound = (test - mean).abs().max() / (probe.STD_FLOOR * train.std(0).mean())
     assert z.abs().max() <= bound * (1 + 1e-6)
     zt = (train - mean) / std
     assert zt[:, -1].abs().max() < 1e-2  # the constant feature is (nearly) 0 in training
@@ -98,7 +99,7 @@ def test_standardisation_floors_a_nearly_constant_feature():
 
 def test_standardisation_of_all_constant_features_is_finite():
     train = torch.ones(10, DIM)
-    mean, std = baselines.fit_standardiser(train)
+    mean, std = probe.fit_standardiser(train)
     assert torch.equal(std, torch.ones(DIM)) and torch.isfinite((train + 1 - mean) / std).all()
 
 
@@ -122,10 +123,10 @@ def test_pca_is_fitted_on_the_training_features_only():
 # ----------------------------------------------------------------------------- kNN
 def test_knn_k_and_temperature_are_chosen_on_validation():
     feats = split_feats()
-    summary, metrics = baselines.run_knn(grid_args(), feats, N_CLASSES)
+    summary, metrics = probe.run_knn(grid_args(), feats, N_CLASSES)
     grid = summary["grid"]
     assert [(r["k"], r["T"]) for r in grid] == [(k, t) for k in (1, 5, 20) for t in (0.05, 1.0)]
-    best = grid[baselines.choose(grid)]
+    best = grid[probe.choose(grid)]
     assert summary["chosen"] == {"k": best["k"], "T": best["T"]}
     assert metrics == [{"epoch": 0, "val_acc": best["val_acc"], "test_acc": summary["test_acc"]}]
 
@@ -138,10 +139,10 @@ def test_knn_grid_follows_the_validation_split():
     memory = torch.nn.functional.normalize(memory, dim=1)
     near = (memory[2:3], torch.tensor([2]))  # exactly the lone class-2 point
     feats = {"train": (memory, labels), "val": near, "test": near}
-    summary, _ = baselines.run_knn(grid_args(knn_ks=[1, 3], knn_ts=[1.0]), feats, 3)
+    summary, _ = probe.run_knn(grid_args(knn_ks=[1, 3], knn_ts=[1.0]), feats, 3)
     assert summary["chosen"]["k"] == 1 and summary["test_acc"] == 1.0
     feats["val"] = (memory[2:3], torch.tensor([1]))  # its neighbours' majority
-    summary, _ = baselines.run_knn(grid_args(knn_ks=[1, 3], knn_ts=[1.0]), feats, 3)
+    summary, _ = probe.run_knn(grid_args(knn_ks=[1, 3], knn_ts=[1.0]), feats, 3)
     assert summary["chosen"]["k"] == 3 and summary["test_acc"] == 0.0
 
 

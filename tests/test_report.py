@@ -1,5 +1,7 @@
-"""report.py on a small fixture outputs tree written in the run-file format (CPU, seconds)."""
+"""report.py and its modules (cells, findings, tables, figures) on a small fixture outputs
+tree written in the run-file format (CPU, seconds)."""
 
+import ast
 import csv
 import json
 import os
@@ -11,9 +13,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import cells
 import cli
+import figures
+import findings
 import report
 import runframe
+import tables
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -155,7 +161,7 @@ def written(tree):
 
 def cells_by_row(table):
     """Row label -> the texts of its cells, as results.md shows them."""
-    return {label: list(cells) for label, cells in report.wide(table).iterrows()}
+    return {label: list(texts) for label, texts in cells.wide(table).iterrows()}
 
 
 def run_of(runs, exp, stage):
@@ -185,8 +191,8 @@ def test_corrupt_metrics_rows_are_skipped(runs):
 
 
 def test_main_table(runs):
-    table = report.main_table(runs, "main_exp_150_50")
-    assert list(report.wide(table).columns[:3]) == [
+    table = tables.main_table(runs, "main_exp_150_50")
+    assert list(cells.wide(table).columns[:3]) == [
         "final test acc (%)", "best val acc (%)", "test acc at best-val epoch (%)"]
     rows = cells_by_row(table)
     assert rows["fine-tuned (MAE)"] == ["91.23", "92.01", "91.10", "2", "10.0"]
@@ -198,8 +204,8 @@ def test_main_table(runs):
 
 
 def test_seed_group_mean_std(runs):
-    table = report.main_table(runs, "cpu_study")
-    assert "best test acc (%)" in report.wide(table).columns
+    table = tables.main_table(runs, "cpu_study")
+    assert "best test acc (%)" in cells.wide(table).columns
     rows = cells_by_row(table)
     # 95% CI: 52 ± t(0.975, df=1) 12.706 * 2.828 / sqrt(2) = 52 ± 25.41
     assert rows["scratch"][0] == "52.00 ± 2.83 (n=2; 95% CI [26.59, 77.41])"
@@ -211,14 +217,14 @@ def test_seed_group_mean_std(runs):
 def test_classifier_only_group_lists_the_classifiers_it_has(tmp_path):
     classifier(tmp_path, "scratch_long_seed1", "scratch-cls", 0.7, seed=1)
     classifier(tmp_path, "scratch_long_seed2", "scratch-cls", seed=2)  # running
-    rows = cells_by_row(report.main_table(runframe.collect_runs(tmp_path), "scratch_long"))
+    rows = cells_by_row(tables.main_table(runframe.collect_runs(tmp_path), "scratch_long"))
     assert list(rows) == ["scratch"]  # no "fine-tuned (MAE): missing" for a scratch-only group
     assert rows["scratch"][0].startswith("70.00 (n=1; scratch_long_seed2: ")
 
 
 def test_depth_ablation(runs):
-    assert report.find_ablation_base(runs) == "main_exp_150_50"
-    rows = cells_by_row(report.ablation_table(runs, "decoder_layer", "main_exp_150_50"))
+    assert tables.find_ablation_base(runs) == "main_exp_150_50"
+    rows = cells_by_row(tables.ablation_table(runs, "decoder_layer", "main_exp_150_50"))
     assert list(rows) == ["1", "2", "4 (default)", "6", "8"]
     assert rows["2"] == ["`ablation_depth_d2`", "87.65", "43.21"]
     assert rows["4 (default)"][1:] == ["91.23", "55.34"]
@@ -228,23 +234,23 @@ def test_depth_ablation(runs):
 
 
 def test_width_and_mask_ablations(runs):
-    width = cells_by_row(report.ablation_table(runs, "decoder_dim", "main_exp_150_50"))
+    width = cells_by_row(tables.ablation_table(runs, "decoder_dim", "main_exp_150_50"))
     assert width["64 (decoder_head=2)"][1:] == ["80.00", "40.00"]
     assert width["192 (default)"][1] == "91.23"
-    mask = cells_by_row(report.ablation_table(runs, "mask_ratio", "main_exp_150_50"))
+    mask = cells_by_row(tables.ablation_table(runs, "mask_ratio", "main_exp_150_50"))
     assert mask["0.9"][1] == "— (stopped, epoch 1/2)"
     assert mask["0.75 (default)"][1] == "91.23"
 
 
 def test_explicit_ablation_base(runs):
-    rows = cells_by_row(report.ablation_table(runs, "decoder_layer", base="cpu_study"))
+    rows = cells_by_row(tables.ablation_table(runs, "decoder_layer", base="cpu_study"))
     assert rows["4 (default)"][:2] == ["`cpu_study`",
                                        "61.00 (n=1; cpu_study_seed2: running, epoch 1/2)"]
     assert rows["2"] == ["—", "— (missing)", "— (missing)"]
 
 
 def test_main_tables_leave_out_ablation_variants(runs):
-    names = [t["name"] for t in report.build_tables(runs) if t["name"].startswith("main:")]
+    names = [t["name"] for t in tables.build_tables(runs) if t["name"].startswith("main:")]
     assert names == ["main:ablation_depth_d2_short", "main:broken_exp", "main:cpu_study",
                      "main:main_exp_150_50"]
 
@@ -267,7 +273,7 @@ def test_results_md_and_csv_hold_the_same_numbers(written):
     with open(written.parent / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     cell = next(r for r in rows if r["table"] == "ablation:decoder_layer" and r["row"] == "2"
-                and r["column"] == report.ABLATION_STAGES["pretrain-cls"])
+                and r["column"] == tables.ABLATION_STAGES["pretrain-cls"])
     assert float(cell["value"]) == pytest.approx(87.65) and cell["text"] == "87.65"
     seeds = next(r for r in rows if r["table"] == "main:cpu_study" and r["row"] == "scratch"
                  and r["column"] == "final test acc (%)")
@@ -319,11 +325,25 @@ def test_notebook_runs_headless_on_fixture(tree, monkeypatch):
     assert "87.65" in json.dumps([c.outputs for c in code])
 
 
+REPORT_LAYERS = ("cli", "fileio", "stats", "runframe", "cells", "findings", "tables", "figures",
+                 "report")  # each module of the report imports only modules before it
+
+
 def test_report_imports_no_torch():
-    """report.py, runframe.py, stats.py and the notebook's imports stay light: no torch."""
-    code = ("import sys, report, runframe, stats; "
+    """The report's modules and the notebook's imports stay light: no torch."""
+    code = (f"import sys, {', '.join(REPORT_LAYERS)}; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_report_modules_import_only_lower_layers():
+    """No cycle and no upward arrow among the report's modules (REPORT_LAYERS)."""
+    for i, name in enumerate(REPORT_LAYERS):
+        tree = ast.parse((REPO / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                     for a in n.names}
+        assert not imported & set(REPORT_LAYERS[i:]), f"{name}.py imports a layer above it"
 
 
 # ----------------------------------------------------------------------------- stats.py
@@ -368,7 +388,7 @@ def test_paired_difference_by_seed_and_the_decision_rule():
 
 def test_no_hand_rolled_noise_rule_is_left():
     import stats
-    source = (REPO / "report.py").read_text() + (REPO / "stats.py").read_text()
+    source = "".join((REPO / f"{name}.py").read_text() for name in REPORT_LAYERS)
     assert "NOISE_STDS" not in source and "difference_std" not in source
     assert not hasattr(stats, "sample_std")
 
@@ -395,20 +415,20 @@ def test_seeds_whose_settings_differ_are_not_averaged(tmp_path, key, values):
         set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", acc, seed=seed),
                  **{key: value})
     frame = runframe.collect_runs(tmp_path)
-    text = cells_by_row(report.main_table(frame, "arm"))["scratch"][0]
+    text = cells_by_row(tables.main_table(frame, "arm"))["scratch"][0]
     assert "51.25" not in text and "(n=2" not in text
     assert text == (f"not averaged: settings differ between seeds ({key}): 90.00 (`arm_seed1`), "
                     "12.50 (`arm_seed2`)")
-    assert report.arm(frame, "arm", "scratch-cls") is None  # and no paired finding from them
+    assert findings.arm(frame, "arm", "scratch-cls") is None  # and no paired finding from them
     assert f"scratch-cls: settings differ between seeds (not averaged): {key}" in (
-        report.main_table(frame, "arm")["notes"])
+        tables.main_table(frame, "arm")["notes"])
 
 
 def test_non_result_flags_may_differ_between_seeds(tmp_path):
     for seed, device in ((1, "cpu"), (2, "cuda")):
         set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", 0.5, seed=seed),
                  device=device, pretrained_model_path=f"outputs/m{seed}.pt")
-    text = cells_by_row(report.main_table(runframe.collect_runs(tmp_path), "arm"))["scratch"][0]
+    text = cells_by_row(tables.main_table(runframe.collect_runs(tmp_path), "arm"))["scratch"][0]
     assert text.startswith("50.00 ± 0.00 (n=2")
 
 
@@ -425,7 +445,7 @@ def test_seed_comes_from_args_json_and_a_copy_counts_once(tmp_path):
     dup = frame.set_index("exp")["duplicate"]
     assert dup["main_seed1"] == "the same run files as `main_seed01`: counted once"
     assert dup["main_seed2"] == "seed 1 again, other results than `main_seed01`: left out"
-    text = cells_by_row(report.main_table(frame, "main"))["scratch"][0]
+    text = cells_by_row(tables.main_table(frame, "main"))["scratch"][0]
     assert text.startswith("55.00 ± 7.07 (n=2;")  # seeds 1 and 3 only
     assert "main_seed1: the same run files as `main_seed01`: counted once" in text
     assert "main_seed2: seed 1 again" in text
@@ -438,7 +458,7 @@ def test_a_symlink_and_its_target_count_once(tmp_path):
     (tmp_path / "main_seed9").symlink_to(tmp_path / "main_seed2")
     frame = runframe.collect_runs(tmp_path)
     assert sorted(frame["exp"]) == ["main_seed1", "main_seed2"]  # the real folders stand
-    assert cells_by_row(report.main_table(frame, "main"))["scratch"][0].startswith(
+    assert cells_by_row(tables.main_table(frame, "main"))["scratch"][0].startswith(
         "55.00 ± 7.07 (n=2;")
 
 
@@ -456,7 +476,7 @@ def test_finished_summary_without_a_selection_split(tmp_path, summary):
         json.dumps(summary))
     text = report.write_report(tmp_path, tmp_path / "out", ablation_base="main").read_text()
     assert "`old_seed1` pixels-lin" in text
-    table = report.main_table(runframe.collect_runs(tmp_path), "old")
+    table = tables.main_table(runframe.collect_runs(tmp_path), "old")
     assert cells_by_row(table)["scratch"][0].startswith("— (")  # finished, without the number
     assert "names no selection split" in " ".join(table["notes"])
 
@@ -472,12 +492,12 @@ def test_pca_stages_and_the_eval_split_are_reported(tmp_path):
     classifier(tmp_path, "main_seed1", "pretrain-cls-lin", 0.85, seed=1)
     frame = runframe.collect_runs(tmp_path)
     assert run_of(frame, "main_seed1", runframe.PRETRAIN)["steps"] == 3 * 6  # ceil(3000 / 512)
-    tables = {t["name"]: t for t in report.build_tables(frame, ablation_base="main")}
-    rows = cells_by_row(tables["baselines"])
+    by_name = {t["name"]: t for t in tables.build_tables(frame, ablation_base="main")}
+    rows = cells_by_row(by_name["baselines"])
     assert rows["linear probe on raw pixels, PCA to 64 dims"][1] == "82.00 (n=1)"
     assert rows["kNN on raw pixels, PCA to 64 dims"][1] == "79.00 (n=1)"
-    assert "final kNN acc on val (%)" in report.wide(tables["pretrain"]).columns
-    finding = tables["baselines"]["finding"]  # the best pixel probe on validation: PCA 64
+    assert "final kNN acc on val (%)" in cells.wide(by_name["pretrain"]).columns
+    finding = by_name["baselines"]["finding"]  # the best pixel probe on validation: PCA 64
     assert ("MAE pretrain-cls-lin minus the best pixel lin on validation (pixels-pca64-lin) "
             "+3.00 points, n=1 pair (seed 1), no interval: inconclusive at n=1") in finding
 
@@ -485,7 +505,7 @@ def test_pca_stages_and_the_eval_split_are_reported(tmp_path):
 def test_loss_targets_never_share_an_axis(tmp_path):
     pretrain(tmp_path, "a", norm_pix_loss=True)
     pretrain(tmp_path, "b")
-    fig = report.plot_pretrain_curves(runframe.collect_runs(tmp_path))
+    fig = figures.plot_pretrain_curves(runframe.collect_runs(tmp_path))
     titles = {ax.get_title(): [line.get_label() for line in ax.lines] for ax in fig.axes}
     assert titles["normalised pixels target: train loss"] == ["a"]
     assert titles["pixels target: train loss"] == ["b"]

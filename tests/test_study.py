@@ -22,8 +22,11 @@ from conftest import (
 )
 from test_report import classifier, pretrain
 
+import cells
+import findings
 import report
 import runframe
+import tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COMMITTED = REPO / "results" / "superseded" / "fashion_mnist_study_v1"  # the v1 study
@@ -269,9 +272,9 @@ def test_study_tables_pair_by_hash_and_pair_by_seed(tmp_path):
     paired = frame.set_index(["exp", "stage"])["paired"]
     assert paired[("main_seed1", "pretrain-cls")] == "yes"
     assert paired[("depth_d8_seed1", "pretrain-cls-lin")] == "no"
-    ablation = report.ablation_table(frame, "decoder_layer", "main")
-    table = report.wide(ablation)
-    probe, fine_tune = (report.ABLATION_STAGES[s] for s in ("pretrain-cls-lin", "pretrain-cls"))
+    ablation = tables.ablation_table(frame, "decoder_layer", "main")
+    table = cells.wide(ablation)
+    probe, fine_tune = (tables.ABLATION_STAGES[s] for s in ("pretrain-cls-lin", "pretrain-cls"))
     # 62.2 ± t(0.975, 2) 4.303 * 2.1 / sqrt(3) = 62.2 ± 5.22
     assert table.loc["4 (default)", probe] == "62.20 ± 2.10 (n=3; 95% CI [56.98, 67.42])"
     assert table.loc["8", probe] == (  # stale pairing left out, and said so
@@ -292,14 +295,14 @@ def test_ablation_sentence_pairs_rows_with_the_default_by_seed():
         return pd.Series({int(k[1:]): v for k, v in by_seed.items()}, dtype=float)
 
     main = (series(s1=80.0, s2=80.5, s3=81.0), series(s1=60.0, s2=62.0, s3=64.0))
-    one_seed = report.ablation_sentence("decoder_layer", {
+    one_seed = findings.ablation_sentence("decoder_layer", {
         1: (series(s1=80.0), series(s1=61.0)), 4: main, 8: (series(s1=82.0), series(s1=63.0))}, 4)
     # one-seed rows are compared with the same seed's default run, never with its spread
     assert ("1 minus 4: probe +1.00 points, n=1 pair (seed 1), no interval: inconclusive at "
             "n=1; fine-tune +0.00 points, n=1 pair (seed 1)") in one_seed
     assert "Endpoints 1 -> 8: probe +2.00 points, n=1 pair (seed 1)" in one_seed
     assert "Paper: deeper decoder" in one_seed
-    seeded = report.ablation_sentence("decoder_layer", {
+    seeded = findings.ablation_sentence("decoder_layer", {
         4: main, 8: (series(s1=82.0, s2=82.4, s3=83.1), series(s1=70.0, s2=61.0, s3=66.0))}, 4)
     # fine-tune +2.0, +1.9, +2.1: holds; probe +10, -1, +2: inconclusive
     # probe: mean 3.67, std 5.69: 3.67 ± 4.303 * 5.69 / sqrt(3) = 3.67 ± 14.13
@@ -318,16 +321,16 @@ def test_search_finding_compares_the_validation_pick_with_the_pixel_probe(
     for seed, acc in enumerate(pixel_accs, start=1):
         classifier(tmp_path, f"baseline_seed{seed}", "pixels-lin", acc, seed=seed)
     classifier(tmp_path, "search_more_seed1", "pretrain-cls-lin", search_acc, seed=1)
-    tables = report.build_tables(runframe.collect_runs(tmp_path), ablation_base="main")
-    (search,) = [t for t in tables if t["name"] == "search"]
+    built = tables.build_tables(runframe.collect_runs(tmp_path), ablation_base="main")
+    (search,) = [t for t in built if t["name"] == "search"]
     assert f"`search_more_seed1` pretrain-cls-lin ({100 * search_acc + 0.78:.2f}% val)" in (
         search["finding"])
     assert "`baseline_seed1` pixels-lin, 65.00%" in search["finding"]
     assert f"picked MAE probe minus picked pixel probe {verdict}" in search["finding"]
-    rows = report.wide(search)
+    rows = cells.wide(search)
     assert rows.loc["`baseline_seed1` pixels-lin", "pool"] == "—"  # the reference row
     # the search's own experiments get no per-experiment classification table
-    assert "main:search_more" not in {t["name"] for t in tables}
+    assert "main:search_more" not in {t["name"] for t in built}
 
 
 def test_baseline_findings_pair_by_seed(tmp_path):
@@ -337,7 +340,7 @@ def test_baseline_findings_pair_by_seed(tmp_path):
                                seed=seed), pretrained_sha256=None)
     for seed in (1, 2):
         classifier(tmp_path, f"baseline_seed{seed}", "pixels-lin", 0.6, seed=seed)
-    finding = report.baselines_sentence(runframe.collect_runs(tmp_path), "main")
+    finding = findings.baselines_sentence(runframe.collect_runs(tmp_path), "main")
     # fine-tune - scratch: 10.1 - 0.2 s = 9.9, 9.8, 9.7
     assert ("MAE fine-tune minus scratch, same epochs +9.80 points, 95% CI [9.55, 10.05], n=3 "
             "pairs (seeds 1, 2, 3), smallest detectable difference 0.25: holds") in finding
@@ -353,7 +356,7 @@ def test_shared_pretraining_is_not_missing(tmp_path):
     args = tmp_path / "fmnist_seed2" / "pretrain-cls" / "args.json"
     args.write_text(json.dumps({**json.loads(args.read_text()), "pretrained_model_path":
                                 "outputs/fmnist_seed1/mae-pretrain/vit-t-mae.pt"}))
-    text = report.markdown(report.pretrain_table(runframe.collect_runs(tmp_path)))
+    text = report.markdown(tables.pretrain_table(runframe.collect_runs(tmp_path)))
     assert "missing" not in text and "none by design: its classifiers use fmnist_seed1" in text
 
 

@@ -1,0 +1,384 @@
+"""The report's tables, each a dict of long-format cells (cells.py): MAE pretraining, one
+classification table per experiment group, the decoder/mask ablations around a base group
+(with the paper's Table 1), and with --ablation_base the study's baselines, validation-only
+search and parts. Findings come from findings.py. Imports no torch.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cells import (
+    ACC_DIGITS,
+    DASH,
+    MINUTE_DIGITS,
+    PERCENT,
+    aggregate,
+    aggregate_columns,
+    cls_columns,
+    member_values,
+    pretrain_columns,
+    settings_differ,
+    table,
+    text_column,
+)
+from findings import (
+    ABLATION_TITLES,
+    PAPER_TRENDS,
+    PROBE_STAGES,
+    RULE,
+    ablation_sentence,
+    baseline_rows,
+    baselines_sentence,
+    by_seed,
+    search_sentence,
+    value_order,
+)
+from runframe import (
+    CLS_STAGES,
+    FINISHED,
+    KNN,
+    PRETRAIN,
+    differing,
+    group_experiments,
+    pretrain_configs,
+)
+
+SEARCH_GROUPS = r"(probe_lr|search_)"  # study.sh's validation-only search experiments
+
+CLS_CONFIG_KEYS = (
+    "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "linear_probe",
+    "recipe", "val_split",
+)
+ABLATION_DEFAULTS = {"decoder_layer": 4, "decoder_dim": 192, "mask_ratio": 0.75}
+ABLATION_VALUES = {  # planned rows around ABLATION_DEFAULTS; values found in the runs are added
+    "decoder_layer": (1, 2, 4, 6, 8),
+    "decoder_dim": (64, 128, 192, 256, 512),
+    "mask_ratio": (0.5, 0.6, 0.75, 0.85, 0.9),
+}
+COUPLED_KEYS = {"decoder_dim": ("decoder_head",)}  # the head count must divide the width
+ABLATION_STAGES = {  # stage -> column of the ablation tables (kNN only where it was run)
+    "pretrain-cls": "fine-tune: final test acc (%)",
+    "pretrain-cls-lin": "linear probe: final test acc (%)",
+    KNN: "kNN: test acc (%)",
+}
+# The paper's Table 1 (ViT-L, ImageNet-1K; fine-tune / linear probe top-1 %), entered from
+# the paper by this project (issue 13 asks for its trend, not its values: findings.PAPER_TRENDS).
+# No copy of the paper's text could be found to check them against here: UNVERIFIED. The mask
+# ratio (Figure 5) is given as its trend only.
+PAPER_TABLE1 = {
+    "decoder_layer": {1: (84.8, 65.5), 2: (84.9, 70.0), 4: (84.9, 71.9), 8: (84.9, 73.5),
+                      12: (84.4, 73.3)},
+    "decoder_dim": {128: (84.9, 69.1), 256: (84.8, 71.3), 512: (84.9, 73.5), 768: (84.4, 73.1),
+                    1024: (84.3, 73.1)},
+}
+PAPER_NOTE = ("paper values entered by hand from the paper's Table 1, not checked against its "
+              "text here (unverified)")
+PLATEAU_FRACTION = 4  # plateau_notes: the last quarter of a classifier's epochs
+PLATEAU_MIN_EPOCHS = 8  # ... of a run with at least this many epochs
+COMMIT_DIGITS = 7  # an abbreviated git commit
+
+
+def members_of(groups: dict[str, list[str]], rows: list[tuple]) -> pd.DataFrame:
+    """(row label, group or None, stage) -> one member (row, exp, stage) per experiment."""
+    return pd.DataFrame([(row, exp, stage) for row, group, stage in rows
+                         for exp in groups.get(group, [None])],
+                        columns=["row", "exp", "stage"])
+
+
+def eval_split_notes(frame: pd.DataFrame) -> list[str]:
+    """Which groups measured eval loss / kNN on which split, when the splits differ."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["eval_split"].notna()]
+    by_split = runs.groupby("eval_split")["group"].unique()
+    if len(by_split) < 2:
+        return []
+    return ["eval loss and kNN measured on: " + "; ".join(
+        f"{split}: {', '.join(f'`{g}`' for g in groups)}" for split, groups in by_split.items())]
+
+
+def pretrain_table(frame: pd.DataFrame) -> dict:
+    """One row per experiment group with a pretraining stage."""
+    groups = group_experiments(frame)
+    with_mae = frame.loc[frame["stage"] == PRETRAIN, "group"].unique()
+    members = members_of(groups, [(f"`{g}`", g, PRETRAIN) for g in groups if g in with_mae])
+    return table("pretrain", "MAE pretraining", "experiment",
+                 aggregate_columns(frame, members, pretrain_columns(frame)),
+                 eval_split_notes(frame))
+
+
+def main_table(frame: pd.DataFrame, group: str) -> dict:
+    """Scratch / fine-tuned / linear probes of one experiment group (mean ± std over seeds)."""
+    groups = group_experiments(frame)
+    own = frame[frame["group"] == group]
+    finished = own[own["stage"].isin(CLS_STAGES) & (own["status"] == FINISHED)]
+    splits = sorted({s for s in finished["selection_split"] if isinstance(s, str)})
+    unsplit = finished.loc[finished["selection_split"].isna(), "exp"] + "/" + finished.loc[
+        finished["selection_split"].isna(), "stage"]
+    pretrained = (own["stage"] == PRETRAIN).any()
+    # a group with its own pretraining lists every classifier (the missing ones too); a
+    # classifier-only group (a long scratch, a long fine-tune) lists the ones it has
+    stages = [s for s in CLS_STAGES if pretrained or (own["stage"] == s).any()]
+    members = members_of(groups, [(CLS_STAGES[s], group, s) for s in stages])
+    notes = []
+    if pretrained:
+        pre = aggregate_columns(frame, members_of(groups, [("", group, PRETRAIN)]),
+                                pretrain_columns(frame))
+        notes.append("MAE pretraining: " + ", ".join(pre["column"] + " " + pre["text"]))
+    if len(splits) > 1:
+        notes.append(f"runs differ in selection split ({', '.join(splits)}), see summary.json")
+    if len(unsplit):
+        notes.append("finished, but summary.json names no selection split (another project "
+                     f"or an older version): {', '.join(unsplit)}")
+    notes += plateau_notes(own)
+    for stage, runs in own.groupby("stage", sort=False):
+        diff = settings_differ(runs[runs["args"].map(bool) & runs["duplicate"].isna()])
+        if diff:
+            notes.append(f"{stage}: settings differ between seeds (not averaged): "
+                         f"{', '.join(diff)}")
+    cells = aggregate_columns(frame, members, cls_columns("/".join(splits) or "selection-split"))
+    return table(f"main:{group}", f"Classification: `{group}`", "classifier", cells, notes)
+
+
+def plateau_gain(metrics: pd.DataFrame) -> tuple[int, float] | None:
+    """(epochs in the last quarter, validation accuracy gain in points over it: the last
+    epoch's val_acc minus the val_acc of the epoch before that quarter), or None when there are
+    fewer than PLATEAU_MIN_EPOCHS epochs with a val_acc."""
+    points = metrics.reindex(columns=["epoch", "val_acc"]).dropna()
+    if len(points) < PLATEAU_MIN_EPOCHS:
+        return None
+    last = len(points) // PLATEAU_FRACTION
+    return last, (points["val_acc"].iloc[-1] - points["val_acc"].iloc[-1 - last]) * PERCENT
+
+
+def plateau_notes(own: pd.DataFrame) -> list[str]:
+    """Per classifier stage of a group: how much validation accuracy still rose over the last
+    quarter of the epochs, the range over its usable seeds (is it still rising?)."""
+    notes = []
+    for stage, runs in own[own["stage"].isin(CLS_STAGES) & own["usable"].eq(True)].groupby(
+            "stage", sort=False):
+        gains = [g for g in runs["metrics"].map(plateau_gain) if g is not None]
+        if gains:
+            lo, hi = min(g for _, g in gains), max(g for _, g in gains)
+            spans = sorted({n for n, _ in gains})
+            notes.append(f"{CLS_STAGES[stage]}: validation accuracy over the last "
+                         f"{'/'.join(map(str, spans))} epochs (last epoch minus the epoch "
+                         f"before them): {lo:+.{ACC_DIGITS}f} to {hi:+.{ACC_DIGITS}f} points "
+                         f"over {len(gains)} seed(s)")
+    return notes
+
+
+def is_variant(configs: pd.DataFrame, base: str, key: str) -> pd.Series:
+    """Groups whose pretraining differs from base's in key (and the keys coupled to it) only."""
+    shown = configs.drop(columns=list(COUPLED_KEYS.get(key, ()))).map(repr)
+    differs = shown.ne(shown.loc[base])
+    return differs[key] & (differs.sum(axis=1) == 1)
+
+
+def find_ablation_base(frame: pd.DataFrame) -> str | None:
+    """Group with the default decoder/mask settings that has the most one-key variants."""
+    configs = pretrain_configs(frame)
+    defaults = pd.Series(ABLATION_DEFAULTS)
+    candidates = sorted(g for g in configs.index
+                        if configs.loc[g, defaults.index].tolist() == defaults.tolist())
+    return max(candidates, default=None,
+               key=lambda g: sum(is_variant(configs, g, k).sum() for k in ABLATION_DEFAULTS))
+
+
+def ablation_groups(configs: pd.DataFrame, key: str, base: str) -> dict:
+    """Value of key -> groups: base plus the groups that differ from it only in key."""
+    by_value = {configs.loc[base, key]: [base]}
+    for group in configs.index[is_variant(configs, base, key)]:
+        by_value.setdefault(configs.loc[group, key], []).append(group)
+    return by_value
+
+
+def ablation_label(value, groups: list[str], base: str, configs: pd.DataFrame, key: str) -> str:
+    """Row label: the value, '(default)' and any coupled setting that differs from the base."""
+    label = f"{value}" + (" (default)" if base in groups else "")
+    for coupled in COUPLED_KEYS.get(key, ()):
+        values = sorted({str(configs.loc[g, coupled]) for g in groups}
+                        - {str(configs.loc[base, coupled])})
+        label += "".join(f" ({coupled}={v})" for v in values)
+    return label
+
+
+def ablation_members(frame: pd.DataFrame, key: str, base: str) -> pd.DataFrame:
+    """(row, value, group, exp, stage) of an ablation: one row per value of key (the planned
+    ones too when base has the default settings), its groups' experiments at each stage."""
+    configs, groups = pretrain_configs(frame), group_experiments(frame)
+    by_value = ablation_groups(configs, key, base)
+    is_default = configs.loc[base, list(ABLATION_DEFAULTS)].tolist() == list(
+        ABLATION_DEFAULTS.values())
+    values = sorted(set(ABLATION_VALUES[key] if is_default else ()) | set(by_value),
+                    key=value_order)
+    return pd.DataFrame([
+        (ablation_label(v, by_value[v], base, configs, key) if v in by_value else f"{v}",
+         v, g, exp, stage)
+        for stage in ABLATION_STAGES for v in values for g in by_value.get(v, [None])
+        for exp in groups.get(g, [None])], columns=["row", "value", "group", "exp", "stage"])
+
+
+def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
+    """MAE Table-1-style ablation of key around the group base: rows = values, columns =
+    fine-tune / probe (/ kNN where it was run) final test accuracy; with the paper's table,
+    notes and a finding judged against the seed noise of the base."""
+    members = ablation_members(frame, key, base)
+    experiments = members.groupby("row", sort=False)["group"].agg(
+        lambda gs: ", ".join(f"`{g}`" for g in dict.fromkeys(gs.dropna())) or DASH)
+    groups, members = set(members["group"].dropna()), members.drop(columns="group")
+    parts = [text_column(members, "experiment", experiments)]
+    parts += [aggregate(frame, members[members["stage"] == stage], column, "final_test_acc",
+                        PERCENT) for stage, column in ABLATION_STAGES.items()
+              if stage != KNN or (frame["stage"] == KNN).any()]
+    accs = member_values(frame, members, "final_test_acc", PERCENT)
+    numbers = {v: tuple(by_seed(rows[rows["stage"] == s])
+                        for s in ("pretrain-cls", "pretrain-cls-lin"))
+               for v, rows in accs.groupby("value", sort=False)}
+    base_value = pretrain_configs(frame).loc[base, key]
+    result = table(f"ablation:{key}", f"Ablation: {ABLATION_TITLES[key]}", ABLATION_TITLES[key],
+                   pd.concat(parts, ignore_index=True),
+                   ablation_notes(frame, key, base, groups))
+    result["finding"] = ablation_sentence(key, numbers, base_value)
+    result["paper"] = pd.DataFrame.from_dict(
+        {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
+         for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
+    result["paper"].index.name = ABLATION_TITLES[key]
+    return result
+
+
+def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set) -> list[str]:
+    """The default experiment, how rows are compared, variants whose classifier settings
+    differ."""
+    config = pretrain_configs(frame).loc[base]
+    notes = [f"default experiment `{base}` ({config['total_epoch']} pretraining epochs on "
+             f"{config['dataset']}); each other row changes only {key}",
+             "final-epoch accuracy on the whole test split; rows are compared with the default "
+             f"row on the same seeds (paired; {RULE})",
+             f"paper trend: {PAPER_TRENDS[key]}"]
+    first = frame[frame["args"].map(bool)].drop_duplicates(["group", "stage"]).set_index(
+        ["group", "stage"])["args"]
+    for stage in ABLATION_STAGES:
+        for group in sorted(groups - {base}):
+            if (base, stage) in first.index and (group, stage) in first.index:
+                diff = differing(first.loc[[(base, stage), (group, stage)]], CLS_CONFIG_KEYS)
+                if diff:
+                    notes.append(f"`{group}` {stage} differs from the default in "
+                                 f"{', '.join(diff)}")
+    return notes
+
+
+def baselines_table(frame: pd.DataFrame, main: str) -> dict:
+    """The study's baselines: every row on the same labelled subset, validation and test split;
+    with the headline differences (baselines_sentence)."""
+    groups = group_experiments(frame)
+    rows = [(label, main if group == "main" else group, stage)
+            for group, stage, label in baseline_rows(frame, main)]
+    members = members_of(groups, rows)
+    names = text_column(members, "experiment",
+                        {label: f"`{group}` {stage}" for label, group, stage in rows})
+    result = table("baselines", "Baselines", "model",
+                   aggregate_columns(frame, members, cls_columns("val"), names),
+                   ["every row uses the same labelled training images, validation split and "
+                    f"whole test split; differences are paired by seed ({RULE})",
+                    "a kNN on pixels (PCA or not) has no random step: its one run is paired "
+                    "with every seed of the other arm"])
+    result["finding"] = baselines_sentence(frame, main)
+    return result
+
+
+def search_table(frame: pd.DataFrame, main: str) -> dict:
+    """The validation-only search: every probe/kNN run of probe_lr* and search_* experiments
+    and of the main arm's seed they vary, by best validation accuracy (test accuracy not
+    shown: it plays no part in the choice), with the raw-pixel baselines as reference rows."""
+    searched = frame["group"].str.match(SEARCH_GROUPS)
+    seeds = frame.loc[searched, "seed"].dropna()
+    reference = (frame["group"] == main) & (frame["seed"] == seeds.iloc[0]) if len(seeds) \
+        else pd.Series(False, index=frame.index)
+    finished = frame["status"] == FINISHED
+    runs = frame[(searched | reference) & finished & frame["stage"].isin((*PROBE_STAGES, KNN))]
+    pixels = frame[frame["stage"].str.startswith("pixels-") & finished]
+    runs = pd.concat([runs, pixels]).sort_values("best_val_acc", ascending=False,
+                                                 kind="stable") if searched.any() \
+        else runs.iloc[:0]
+    is_pixels = runs["stage"].str.startswith("pixels-")
+    shown = pd.DataFrame({
+        "row": "`" + runs["exp"] + "` " + runs["stage"],
+        "pool": runs["pool"].fillna("cls").where(~is_pixels, DASH),
+        "block": runs["block"].fillna(-1).astype(int).astype(str).where(~is_pixels, DASH),
+        "probe base lr": runs["base_learning_rate"].where(~runs["stage"].str.endswith("knn"),
+                                                          DASH),
+        "best val acc (%)": (runs["best_val_acc"] * PERCENT).map(lambda v: f"{v:.{ACC_DIGITS}f}"),
+        "selection split": runs["selection_split"].fillna(DASH)})
+    cells = shown.melt("row", var_name="column", value_name="text")
+    cells["text"] = cells["text"].astype(str)
+    is_acc = cells["column"] == "best val acc (%)"
+    cells["value"] = np.where(is_acc, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
+    cells["n"] = is_acc.astype(int)
+    note = ("sorted by best validation accuracy; test accuracies are in the run files and are "
+            "not used to choose; the raw-pixel rows are the baselines to beat")
+    result = table("search", "Validation-only search (probe lr, pooling, block, pretraining "
+                   "variants)", "run", cells, [note])
+    if len(runs):
+        result["finding"] = search_sentence(frame, runs)
+    return result
+
+
+ENV_PART = re.compile(r"^# Environment of one invocation of part `([^`]+)`", re.M)
+ENV_FINISHED = re.compile(r"^- finished: ([^;]+);.*?: ([0-9.]+) min", re.M)
+ENV_COMMIT = re.compile(r"^- git commit: ([0-9a-f]+)", re.M)
+
+
+def parts_table(env_dir: Path) -> dict:
+    """One row per environment/<part>_<time>.md the study's runs wrote: part, when it
+    finished, its wall time and commit; the total wall time under them."""
+    rows = []
+    paths = Path(env_dir).glob("*.md")  # <part>_<UTC time>.md: in the order they finished
+    for path in sorted(paths, key=lambda p: (p.stem.rpartition("_")[2], p.name)):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        part, finished, commit = (ENV_PART.search(text), ENV_FINISHED.search(text),
+                                  ENV_COMMIT.search(text))
+        rows.append({"row": f"`{path.name}`", "part": part[1] if part else DASH,
+                     "finished": finished[1] if finished else DASH,
+                     "wall time (min)": finished[2] if finished else DASH,
+                     "git commit": commit[1][:COMMIT_DIGITS] if commit else DASH})
+    total = sum(float(r["wall time (min)"]) for r in rows if r["wall time (min)"] != DASH)
+    rows.append({"row": "total", "part": "", "finished": "",
+                 "wall time (min)": f"{total:.{MINUTE_DIGITS}f}", "git commit": ""})
+    cells = pd.DataFrame(rows).melt("row", var_name="column", value_name="text")
+    is_time = cells["column"] == "wall time (min)"
+    cells["value"] = np.where(is_time, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
+    cells["n"] = is_time.astype(int)
+    return table("parts", "Study parts (environment files written by the runs)", "file",
+                 cells, [f"each part's command, machine and versions: {Path(env_dir).name}/"
+                         "<file>"])
+
+
+def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
+    """Groups that get a classification table: those with a pretraining or classifier run,
+    but for the one-key variants of base (the ablation tables show them)."""
+    configs = pretrain_configs(frame)
+    variants = set() if base not in configs.index else {
+        g for key in ABLATION_DEFAULTS for gs in ablation_groups(configs, key, base).values()
+        for g in gs} - {base}
+    trained = set(frame.loc[frame["stage"].isin([PRETRAIN, *CLS_STAGES]), "group"])
+    return [g for g in group_experiments(frame) if g in trained - variants]
+
+
+def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:
+    """Every table of the report, in order. Ablations need a base group with a readable
+    pretraining args.json (given, or the one with the default settings and most variants);
+    the study's baselines and search only come with --ablation_base."""
+    base = ablation_base or find_ablation_base(frame)
+    groups = main_groups(frame, base)
+    if ablation_base:  # the study: its search experiments are in the search table
+        groups = [g for g in groups if not re.match(SEARCH_GROUPS, g)]
+    tables = [pretrain_table(frame), *(main_table(frame, g) for g in groups)]
+    if base in pretrain_configs(frame).index:
+        tables += [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
+    if ablation_base in set(frame["group"]):
+        tables = [baselines_table(frame, ablation_base), *tables]
+        search = search_table(frame, ablation_base)
+        tables += [search] if len(search["cells"]) else []
+    return tables
