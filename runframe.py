@@ -53,7 +53,7 @@ STALE_HOURS = 2.0  # a locked unfinished run with no file written for this long 
 SECONDS_PER_HOUR = 3600.0
 RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "args", "metrics",
                *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds", "eval_split",
-               "steps_per_epoch", "steps", "settings", "files_sha256", "duplicate"]
+               "steps_per_epoch", "steps", "settings", "files_sha256", "duplicate", "chosen"]
 
 
 
@@ -179,6 +179,18 @@ def text_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def chosen_text(chosen, edges) -> str | None:
+    """A baselines.py summary's chosen grid cell ({'lr': 0.1, 'weight_decay': 1e-05,
+    'epoch': 46}) as 'lr 0.1, weight_decay 1e-05' (its best epoch left out), with the flags
+    whose grid it chose an end of (chosen_on_grid_edge) named; None without a cell."""
+    if not isinstance(chosen, dict):
+        return None
+    text = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "epoch")
+    if isinstance(edges, list) and edges:
+        text += f" (at the end of --{', --'.join(map(str, edges))})"
+    return text or None
+
+
 def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
     """One stage folder as a row of the runs frame. Summary fields are filled only when the
     run finished; total_seconds = wall_seconds + feature_seconds (a probe's feature extraction
@@ -202,7 +214,8 @@ def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
     row["total_seconds"] = row["wall_seconds"] + np.nan_to_num(row["feature_seconds"])
     row |= {"eval_split": eval_split_of(summary), "files_sha256": files_sha256(stage_dir),
             "steps_per_epoch": steps_per_epoch(raw_args, summary),
-            "settings": settings_of(args) if args else None, "duplicate": None}
+            "settings": settings_of(args) if args else None, "duplicate": None,
+            "chosen": chosen_text(summary.get("chosen"), summary.get("chosen_on_grid_edge"))}
     row["steps"] = row["epochs"] * row["steps_per_epoch"]
     return row
 

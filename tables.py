@@ -15,6 +15,7 @@ from cells import (
     DASH,
     MINUTE_DIGITS,
     PERCENT,
+    SECONDS_PER_MINUTE,
     aggregate,
     aggregate_columns,
     cls_columns,
@@ -46,7 +47,9 @@ from runframe import (
     pretrain_configs,
 )
 
-SEARCH_GROUPS = r"(probe_lr|search_)"  # study.sh's validation-only search experiments
+SEARCH_GROUPS = r"(probe_lr|search_)"  # the v1 study's validation-only search experiments
+PILOT_GROUPS = r"pilot_"  # the v2 study's pilot (study.sh PART=pilot): validation only
+PILOT_STAGES = {"mae-lin": "tuned probe", KNN: "tuned kNN"}  # baselines.py on each encoder
 
 CLS_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "linear_probe",
@@ -325,6 +328,61 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
     return result
 
 
+def pilot_table(frame: pd.DataFrame) -> dict:
+    """The pilot: one row per variant (one seed each) with its pretraining and the best
+    validation accuracy of its tuned probe and kNN and the grid cell each chose. Test
+    accuracies are in the run files and play no part in the choice, so none is shown."""
+    finished = frame[frame["group"].str.match(PILOT_GROUPS) & (frame["status"] == FINISHED)]
+    rows = []
+    for group, runs in finished.groupby("group", sort=True):
+        by_stage = runs.set_index("stage")
+        row = {"row": f"`{group}`"}
+        if PRETRAIN in by_stage.index:
+            mae = by_stage.loc[PRETRAIN]
+            row |= {"optimizer steps": f"{mae['steps']:.0f}",
+                    "pretraining (min)":
+                        f"{mae['wall_seconds'] / SECONDS_PER_MINUTE:.{MINUTE_DIGITS}f}"}
+        for stage, label in PILOT_STAGES.items():
+            if stage in by_stage.index:
+                run = by_stage.loc[stage]
+                acc = run["best_val_acc"] * PERCENT
+                row[f"{label}: best val acc (%)"] = f"{acc:.{ACC_DIGITS}f}"
+                row[f"{label}: chosen"] = run["chosen"] or DASH
+        rows.append(row)
+    shown = pd.DataFrame(rows)
+    cells = shown.melt("row", var_name="column", value_name="text") if rows else \
+        pd.DataFrame(columns=["row", "column", "text"])
+    cells["text"] = cells["text"].fillna(DASH).astype(str)
+    is_acc = cells["column"].str.endswith("best val acc (%)")
+    cells["value"] = np.where(is_acc, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
+    cells["n"] = is_acc.astype(int)
+    result = table("pilot", "Pilot: the main arm's pretraining, chosen on validation (one seed)",
+                   "variant", cells, ["validation split only; the main arm takes the variant "
+                                      "with the highest tuned-probe validation accuracy "
+                                      "(frozen in study.sh's MAIN_* settings)"])
+    if rows:
+        result["finding"] = pilot_sentence(shown)
+    return result
+
+
+def pilot_sentence(shown: pd.DataFrame) -> str:
+    """Which variant the pilot's rule picks, and how far the others are below it (one seed:
+    no interval)."""
+    column = f"{PILOT_STAGES['mae-lin']}: best val acc (%)"
+    if column not in shown:
+        return "Pilot: no tuned probe has finished yet."
+    accs = pd.to_numeric(shown.set_index("row")[column], errors="coerce").dropna()
+    accs = accs.sort_values(ascending=False, kind="stable")
+    if accs.empty:
+        return "Pilot: no tuned probe has finished yet."
+    best = accs.index[0]
+    others = "; ".join(f"{row} {acc - accs.iloc[0]:+.{ACC_DIGITS}f}" for row, acc in
+                       accs.iloc[1:].items())
+    return (f"Pilot pick (highest tuned-probe validation accuracy): {best}, "
+            f"{accs.iloc[0]:.{ACC_DIGITS}f}%; the others, in points: {others or 'none'} "
+            "(n=1 each: no interval)")
+
+
 ENV_PART = re.compile(r"^# Environment of one invocation of part `([^`]+)`", re.M)
 ENV_FINISHED = re.compile(r"^- finished: ([^;]+);.*?: ([0-9.]+) min", re.M)
 ENV_COMMIT = re.compile(r"^- git commit: ([0-9a-f]+)", re.M)
@@ -372,9 +430,11 @@ def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[
     the study's baselines and search only come with --ablation_base."""
     base = ablation_base or find_ablation_base(frame)
     groups = main_groups(frame, base)
-    if ablation_base:  # the study: its search experiments are in the search table
-        groups = [g for g in groups if not re.match(SEARCH_GROUPS, g)]
+    if ablation_base:  # the study: its search and pilot experiments have their own tables
+        groups = [g for g in groups if not re.match(f"{SEARCH_GROUPS}|{PILOT_GROUPS}", g)]
     tables = [pretrain_table(frame), *(main_table(frame, g) for g in groups)]
+    if ablation_base and frame["group"].str.match(PILOT_GROUPS).any():
+        tables = [pilot_table(frame), *tables]
     if base in pretrain_configs(frame).index:
         tables += [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
     if ablation_base in set(frame["group"]):

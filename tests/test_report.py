@@ -511,3 +511,31 @@ def test_loss_targets_never_share_an_axis(tmp_path):
     assert titles["pixels target: train loss"] == ["b"]
     assert all(ax.get_xlabel() == "optimizer steps" for ax in fig.axes)
     assert fig.axes[0].lines[0].get_xdata().tolist() == [2, 4, 6]  # (epoch + 1) x 2 steps
+
+
+def test_pilot_table_shows_validation_only_and_names_the_rule_s_pick(tmp_path):
+    """study.sh PART=pilot: one row per variant with its tuned probe and kNN on validation,
+    the grid cell each chose (and an end of the grid it hit), no test accuracy, and the pick."""
+    for exp, probe_acc, knn_acc in (("pilot_base_seed1", 0.77, 0.72),
+                                    ("pilot_nonormpix_seed1", 0.80, 0.70)):
+        pretrain(tmp_path, exp, seed=1)
+        for stage, acc, chosen, edges in (("mae-lin", probe_acc, {"lr": 0.1, "epoch": 3},
+                                           ["probe_lrs"]), ("mae-knn", knn_acc, {"k": 10}, [])):
+            folder = classifier(tmp_path, exp, stage, test_acc=0.5, seed=1)
+            summary = json.loads((folder / "summary.json").read_text())
+            summary |= {"best_val_acc": acc, "chosen": chosen, "chosen_on_grid_edge": edges}
+            (folder / "summary.json").write_text(json.dumps(summary))
+    frame = runframe.collect_runs(tmp_path)
+    (pilot,) = [t for t in tables.build_tables(frame, ablation_base="abl_default")
+                if t["name"] == "pilot"]
+    rows = cells.wide(pilot)
+    assert rows.loc["`pilot_nonormpix`", "tuned probe: best val acc (%)"] == "80.00"
+    assert rows.loc["`pilot_base`", "tuned kNN: best val acc (%)"] == "72.00"
+    assert rows.loc["`pilot_base`", "tuned probe: chosen"] == "lr 0.1 (at the end of --probe_lrs)"
+    assert rows.loc["`pilot_base`", "tuned kNN: chosen"] == "k 10"
+    assert not any("test" in column for column in rows.columns)
+    assert ("Pilot pick (highest tuned-probe validation accuracy): `pilot_nonormpix`, 80.00%; "
+            "the others, in points: `pilot_base` -3.00") in pilot["finding"]
+    # pilot variants get no per-experiment classification table of stages they never run
+    assert not [t for t in tables.build_tables(frame, ablation_base="abl_default")
+                if t["name"].startswith("main:pilot")]
