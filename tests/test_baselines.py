@@ -201,7 +201,8 @@ def test_pca_run_records_its_width_and_grid(tmp_path):
               "1e-3", "--total_epoch", "2", "--warmup_epoch", "0"]
     procs = run_scripts([common, [*common, "--method", "knn", "--knn_ks", "1", "5"]])
     assert [p.returncode for p in procs] == [0, 0], [p.stderr[-800:] for p in procs]
-    for stage, cells in (("pixels-pca8-lin", 4), ("pixels-pca8-knn", 16)):
+    knn_cells = 2 * len(probe.KNN_TS)  # --knn_ks 1 5 x the default temperatures
+    for stage, cells in (("pixels-pca8-lin", 4), ("pixels-pca8-knn", knn_cells)):
         summary = json.loads((tmp_path / "main_exp" / stage / "summary.json").read_text())
         assert summary["feature_dim"] == 8 and len(summary["grid"]) == cells
         assert summary["selection_split"] == "val"
