@@ -104,7 +104,8 @@ PILOT_DECODER_LAYER=${PILOT_DECODER_LAYER:-4}  # the pilot's bigger decoder, 4 x
 PILOT_DECODER_DIM=${PILOT_DECODER_DIM:-128}    # 3x the base's pretraining time (v1's depth
 # and width rows: ~8 min at the cheap budget). Chosen, a head seed at HEAD_EPOCHS=26 (the
 # 10x-steps floor) would take ~85 min: its part then splits over sessions (it resumes).
-# chosen by the pilot: see results.md's pilot table
+# chosen by the pilot: see results.md's pilot table. PART=pilot (2026-12-01) picked the
+# base (the highest tuned-probe validation accuracy), so MAIN_* are the BASE_* values.
 MAIN_NORM_PIX=${MAIN_NORM_PIX:-$BASE_NORM_PIX}
 MAIN_POS_EMBED=${MAIN_POS_EMBED:-$BASE_POS_EMBED}
 MAIN_DECODER_LAYER=${MAIN_DECODER_LAYER:-$BASE_DECODER_LAYER}

@@ -30,6 +30,7 @@ import tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COMMITTED = REPO / "results" / "superseded" / "fashion_mnist_study_v1"  # the v1 study
+STUDY_V2 = REPO / "results" / "fashion_mnist_study_v2"  # commands/study.sh's RESULTS
 
 
 def without_date(text):
@@ -78,6 +79,11 @@ def regenerates(results, out, ablation_base):
 
 def test_results_md_regenerates_from_the_run_files(smoke, tmp_path):
     regenerates(smoke, tmp_path, "abl_default")  # study.sh's PART=report
+
+
+def test_committed_v2_study_regenerates(tmp_path):
+    """The v2 study's results.md is what PART=report makes of its committed run files."""
+    regenerates(STUDY_V2, tmp_path, "abl_default")
 
 
 def test_committed_v1_study_regenerates(tmp_path):
