@@ -24,7 +24,8 @@ CLS_STAGES = {  # stage folder -> row label in the classification tables
     "scratch-cls-lin": "linear probe (random encoder)",
 }
 KNN = "mae-knn"
-EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn")  # baselines.py (stage_name)
+EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn", "random-lin",  # baselines.py
+                "random-knn")  # (its stage_name)
 STAGES = (PRETRAIN, *CLS_STAGES, *EXTRA_STAGES)
 PCA_STAGE = re.compile(r"^pixels-pca(\d+)-(lin|knn)$")  # baselines.py --pca_dim N
 FINISHED = "finished"

@@ -39,8 +39,10 @@ from findings import (
 )
 from runframe import (
     CLS_STAGES,
+    EXTRA_STAGES,
     FINISHED,
     KNN,
+    PCA_STAGE,
     PRETRAIN,
     differing,
     group_experiments,
@@ -50,6 +52,8 @@ from runframe import (
 SEARCH_GROUPS = r"(probe_lr|search_)"  # the v1 study's validation-only search experiments
 PILOT_GROUPS = r"pilot_"  # the v2 study's pilot (study.sh PART=pilot): validation only
 PILOT_STAGES = {"mae-lin": "tuned probe", KNN: "tuned kNN"}  # baselines.py on each encoder
+FROZEN_COLUMNS = [("test acc (%)", "final_test_acc", PERCENT, ACC_DIGITS, True),
+                  ("best val acc (%)", "best_val_acc", PERCENT, ACC_DIGITS, False)]
 
 CLS_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "linear_probe",
@@ -328,6 +332,22 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
     return result
 
 
+def frozen_table(frame: pd.DataFrame) -> dict:
+    """The v2 study's tuned probes and kNN on frozen features (baselines.py: pixels, PCA of
+    pixels, MAE and random encoders), outside the pilot: one row per experiment group and
+    stage, mean ± std (n) over seeds with the 95% interval."""
+    frozen = frame["stage"].isin(EXTRA_STAGES) | frame["stage"].str.match(PCA_STAGE.pattern)
+    runs = frame[frozen & ~frame["group"].str.match(PILOT_GROUPS)].sort_values(
+        ["group", "stage", "exp"], kind="stable")
+    # the runs there are (a deterministic pixel kNN runs with one seed by design)
+    members = pd.DataFrame({"row": "`" + runs["group"] + "` " + runs["stage"],
+                            "exp": runs["exp"], "stage": runs["stage"]})
+    return table("frozen", "Tuned probes and kNN on frozen features", "features and method",
+                 aggregate_columns(frame, members, FROZEN_COLUMNS),
+                 ["each run's grid cell is chosen on the validation split (summary.json "
+                  "chosen); test is evaluated once, for that cell"])
+
+
 def pilot_table(frame: pd.DataFrame) -> dict:
     """The pilot: one row per variant (one seed each) with its pretraining and the best
     validation accuracy of its tuned probe and kNN and the grid cell each chose. Test
@@ -433,6 +453,9 @@ def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[
     if ablation_base:  # the study: its search and pilot experiments have their own tables
         groups = [g for g in groups if not re.match(f"{SEARCH_GROUPS}|{PILOT_GROUPS}", g)]
     tables = [pretrain_table(frame), *(main_table(frame, g) for g in groups)]
+    if ablation_base and ablation_base not in set(frame["group"]):  # the v2 study, so far
+        frozen = frozen_table(frame)
+        tables = [frozen, *tables] if len(frozen["cells"]) else tables
     if ablation_base and frame["group"].str.match(PILOT_GROUPS).any():
         tables = [pilot_table(frame), *tables]
     if base in pretrain_configs(frame).index:
