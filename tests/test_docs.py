@@ -133,7 +133,9 @@ class Sandbox:
         full_env.update(THREAD_ENV, PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
                         QUEUE=str(self.queue), REAL_PYTHON=sys.executable,
                         CHECK_REQUIREMENTS=str(self.path / ".check_requirements.py"),
-                        MASTER_ADDR="node1", **env)  # the docs ask users to set it
+                        MASTER_ADDR="node1",  # the docs ask users to set it
+                        JOBS="1",  # study.sh's arms one at a time: launches queue up whole
+                        **env)
         proc = subprocess.run(["bash", "-c", PRELUDE + script], cwd=self.path, env=full_env,
                               capture_output=True, text=True, timeout=300)
         return proc.returncode, proc.stdout + proc.stderr
