@@ -6,6 +6,7 @@ shows them one row per table row. Imports no torch.
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from runframe import (
@@ -157,6 +158,19 @@ def aggregate_columns(frame: pd.DataFrame, members: pd.DataFrame, columns: list[
     parts = [*texts, *(aggregate(frame, members, *spec) for spec in columns)] if len(
         members) else []
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CSV_COLUMNS[1:])
+
+
+def text_cells(shown: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
+    """A table given as text (one row per table row: its "row" label, then one column per
+    table column) in long cells; the numeric columns also get their value, n=1 (one run)."""
+    if shown.empty:
+        return pd.DataFrame(columns=["row", "column", "text", "value", "n"])
+    cells = shown.melt("row", var_name="column", value_name="text")
+    cells["text"] = cells["text"].astype(str)
+    is_number = cells["column"].isin(numeric)
+    cells["value"] = np.where(is_number, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
+    cells["n"] = is_number.astype(int)
+    return cells
 
 
 def table(name: str, title: str, index: str, cells: pd.DataFrame, notes=()) -> dict:

@@ -7,7 +7,6 @@ search and parts. Findings come from findings.py. Imports no torch.
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cells import (
@@ -23,6 +22,7 @@ from cells import (
     pretrain_columns,
     settings_differ,
     table,
+    text_cells,
     text_column,
 )
 from findings import (
@@ -318,11 +318,7 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
                                                           DASH),
         "best val acc (%)": (runs["best_val_acc"] * PERCENT).map(lambda v: f"{v:.{ACC_DIGITS}f}"),
         "selection split": runs["selection_split"].fillna(DASH)})
-    cells = shown.melt("row", var_name="column", value_name="text")
-    cells["text"] = cells["text"].astype(str)
-    is_acc = cells["column"] == "best val acc (%)"
-    cells["value"] = np.where(is_acc, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
-    cells["n"] = is_acc.astype(int)
+    cells = text_cells(shown, ["best val acc (%)"])
     note = ("sorted by best validation accuracy; test accuracies are in the run files and are "
             "not used to choose; the raw-pixel rows are the baselines to beat")
     result = table("search", "Validation-only search (probe lr, pooling, block, pretraining "
@@ -369,13 +365,8 @@ def pilot_table(frame: pd.DataFrame) -> dict:
                 row[f"{label}: best val acc (%)"] = f"{acc:.{ACC_DIGITS}f}"
                 row[f"{label}: chosen"] = run["chosen"] or DASH
         rows.append(row)
-    shown = pd.DataFrame(rows)
-    cells = shown.melt("row", var_name="column", value_name="text") if rows else \
-        pd.DataFrame(columns=["row", "column", "text"])
-    cells["text"] = cells["text"].fillna(DASH).astype(str)
-    is_acc = cells["column"].str.endswith("best val acc (%)")
-    cells["value"] = np.where(is_acc, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
-    cells["n"] = is_acc.astype(int)
+    shown = pd.DataFrame(rows).fillna(DASH)
+    cells = text_cells(shown, [c for c in shown.columns if c.endswith("best val acc (%)")])
     result = table("pilot", "Pilot: the main arm's pretraining, chosen on validation (one seed)",
                    "variant", cells, ["validation split only; the main arm takes the variant "
                                       "with the highest tuned-probe validation accuracy "
@@ -424,10 +415,7 @@ def parts_table(env_dir: Path) -> dict:
     total = sum(float(r["wall time (min)"]) for r in rows if r["wall time (min)"] != DASH)
     rows.append({"row": "total", "part": "", "finished": "",
                  "wall time (min)": f"{total:.{MINUTE_DIGITS}f}", "git commit": ""})
-    cells = pd.DataFrame(rows).melt("row", var_name="column", value_name="text")
-    is_time = cells["column"] == "wall time (min)"
-    cells["value"] = np.where(is_time, pd.to_numeric(cells["text"], errors="coerce"), np.nan)
-    cells["n"] = is_time.astype(int)
+    cells = text_cells(pd.DataFrame(rows), ["wall time (min)"])
     return table("parts", "Study parts (environment files written by the runs)", "file",
                  cells, [f"each part's command, machine and versions: {Path(env_dir).name}/"
                          "<file>"])
