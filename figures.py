@@ -13,13 +13,15 @@ from matplotlib.ticker import MaxNLocator
 
 from cells import PERCENT, eval_splits, wide
 from fileio import atomic_write_bytes
+from headline import HEAD, SCRATCH
 from runframe import CLS_STAGES, PRETRAIN
-from tables import ABLATION_STAGES
+from tables import ABLATION_STAGES, FINE_TUNE, PROBES
 
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
 STEPS_LABEL = "optimizer steps"  # x axis of the pretraining figures
 LEGEND_FONT_SIZE = "small"
+STOPPED_STAGES = ("pretrain-cls", "scratch-cls")  # the headline's early-stopped classifiers
 
 
 def new_figure(ncols: int = 1, nrows: int = 1) -> tuple[Figure, list]:
@@ -121,11 +123,33 @@ def plot_classifier_curves(frame: pd.DataFrame, exp: str) -> Figure:
     return fig
 
 
+def plot_stopping(frame: pd.DataFrame) -> Figure:
+    """Validation accuracy vs optimizer steps of the headline's early-stopped classifiers
+    (scratch and the MAE fine-tune, every seed): each line ends where patience ran out, a
+    star marks the epoch validation chose."""
+    fig, (ax,) = new_figure()
+    runs = frame[frame["group"].isin((HEAD, SCRATCH)) & frame["stage"].isin(STOPPED_STAGES)
+                 & frame["steps_per_epoch"].notna()]
+    for run in runs.itertuples():
+        steps, acc = step_series(run, "val_acc", PERCENT)
+        if steps:
+            line, = ax.plot(steps, acc, label=f"{run.exp} {CLS_STAGES[run.stage]}")
+            if pd.notna(run.best_epoch) and pd.notna(run.best_val_acc):
+                ax.plot((run.best_epoch + 1) * run.steps_per_epoch, run.best_val_acc * PERCENT,
+                        marker="*", markersize=10, color=line.get_color())
+    ax.set_title("early stopping: val accuracy (star = chosen epoch)")
+    finish_axes(ax, STEPS_LABEL, "val acc (%)")
+    return fig
+
+
 def plot_ablation(result: dict) -> Figure:
-    """Fine-tune and linear-probe accuracy vs the ablated value (error bars = std over seeds)."""
+    """Fine-tune and linear-probe accuracy vs the ablated value (error bars = std over seeds;
+    the tuned probe where the ablation ran it)."""
     fig, axes = new_figure(2)
     rows = wide(result).index
-    for ax, stage in zip(axes, ("pretrain-cls", "pretrain-cls-lin"), strict=True):
+    shown = set(result["cells"]["column"])
+    probe = next((s for s in PROBES if ABLATION_STAGES[s] in shown), PROBES[-1])
+    for ax, stage in zip(axes, (FINE_TUNE, probe), strict=True):
         column = ABLATION_STAGES[stage]
         cells = result["cells"][result["cells"]["column"] == column].set_index("row").reindex(rows)
         name = column.split(":")[0]
@@ -146,6 +170,9 @@ def build_figures(frame: pd.DataFrame, tables: list[dict]) -> dict[str, Figure]:
     if any(series(run.metrics, "knn_acc")[0] for run in pretrain_runs
            if pd.notna(run.steps_per_epoch)):  # the monitor ran (and its steps are known)
         figures["knn_acc.png"] = plot_knn(frame)
+    if any(t["name"] == "headline" for t in tables):
+        figures["pretrain_loss_headline.png"] = plot_pretrain_curves(frame[frame["group"] == HEAD])
+        figures["early_stopping.png"] = plot_stopping(frame)
     for t in tables:
         if t["name"].startswith("main:"):
             group = t["name"].removeprefix("main:")

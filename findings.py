@@ -10,7 +10,7 @@ import pandas as pd
 
 from cells import ACC_DIGITS, PERCENT, settings_differ
 from runframe import KNN, PCA_STAGE
-from stats import difference_text, paired
+from stats import Paired, difference_text, paired
 
 RULE = ("a difference holds when its 95% t-interval excludes 0, else it is inconclusive at "
         "that n; one pair has no interval")
@@ -57,19 +57,25 @@ def by_seed(rows: pd.DataFrame) -> pd.Series | None:
     return pd.Series(rows["x"].to_numpy(), index=rows["seed"].astype(int).to_numpy(), dtype=float)
 
 
-def compare(name: str, a: pd.Series | None, b: pd.Series | None,
-            digits: int = ACC_DIGITS) -> str:
-    """'name +X points, 95% CI [...], n=... pairs ...: holds' (stats.difference_text) for the
-    paired difference a - b by seed; says so when an arm mixes settings."""
-    if a is None or b is None:
-        return f"{name}: not compared (settings differ between the seeds of one arm)"
+def pair_arms(a: pd.Series, b: pd.Series) -> Paired:
+    """a - b paired by seed (stats.paired); a SeedFree arm's one value stands for every seed
+    of the other (two SeedFree arms: one pair)."""
     if isinstance(a, SeedFree) and isinstance(b, SeedFree):
         a, b = pd.Series([float(a)]), pd.Series([float(b)])
     elif isinstance(a, SeedFree):
         a = pd.Series(float(a), index=b.index)
     elif isinstance(b, SeedFree):
         b = pd.Series(float(b), index=a.index)
-    difference = paired(a, b)
+    return paired(a, b)
+
+
+def compare(name: str, a: pd.Series | None, b: pd.Series | None,
+            digits: int = ACC_DIGITS) -> str:
+    """'name +X points, 95% CI [...], n=... pairs ...: holds' (stats.difference_text) for the
+    paired difference a - b by seed; says so when an arm mixes settings."""
+    if a is None or b is None:
+        return f"{name}: not compared (settings differ between the seeds of one arm)"
+    difference = pair_arms(a, b)
     if difference.n == 0:
         seeds = [", ".join(map(str, sorted(x.dropna().index))) or "none" for x in (a, b)]
         return (f"{name}: no pair (no common seed: seeds {seeds[0]} vs {seeds[1]}; a one-seed "
@@ -117,12 +123,12 @@ def baseline_rows(frame: pd.DataFrame, main: str) -> list[tuple]:
     return rows
 
 
-def arm(frame: pd.DataFrame, group: str, stage: str) -> pd.Series | None:
-    """Final test accuracy (%) of a group's usable runs of stage, by seed (by_seed). A
-    SEED_FREE stage's one run stands for every seed (SeedFree)."""
+def arm(frame: pd.DataFrame, group: str, stage: str,
+        key: str = "final_test_acc") -> pd.Series | None:
+    """Accuracy key (%; default the final test accuracy) of a group's usable runs of stage, by
+    seed (by_seed). A SEED_FREE stage's one run stands for every seed (SeedFree)."""
     rows = frame[(frame["group"] == group) & (frame["stage"] == stage)]
-    values = by_seed(rows.assign(x=rows["final_test_acc"].where(rows["usable"].eq(True))
-                                 * PERCENT))
+    values = by_seed(rows.assign(x=rows[key].where(rows["usable"].eq(True)) * PERCENT))
     return SeedFree(values.iloc[0]) if SEED_FREE.match(stage) and values is not None and len(
         values) == 1 else values
 
@@ -132,10 +138,10 @@ class SeedFree(float):
     step), paired with every seed of the other arm."""
 
 
-def best_pixels(frame: pd.DataFrame, method: str) -> str | None:
-    """The baseline group's pixel stage of method ('lin' or 'knn') with the highest mean best
-    validation accuracy (the choice never sees test), or None."""
-    runs = frame[(frame["group"] == "baseline") & frame["usable"].eq(True)
+def best_pixels(frame: pd.DataFrame, method: str, group: str = "baseline") -> str | None:
+    """group's pixel stage of method ('lin' or 'knn') with the highest mean best validation
+    accuracy (the choice never sees test), or None."""
+    runs = frame[(frame["group"] == group) & frame["usable"].eq(True)
                  & frame["stage"].str.match(rf"^pixels-(pca\d+-)?{method}$")]
     means = runs.groupby("stage")["best_val_acc"].mean().dropna()
     return means.idxmax() if len(means) else None

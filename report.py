@@ -8,7 +8,8 @@ stats.py). A run without a result shows as "—" with its status; corrupt metric
 skipped. A fine-tune, probe or kNN run counts for its experiment's MAE only when its summary's
 pretrained_sha256 matches the MAE's model_sha256. With --ablation_base (commands/study.sh) the
 study's baselines and validation-only search tables are added (tables.py; their findings:
-findings.py; figures: figures.py). Bad input is one `error:` line, exit 2.
+findings.py; figures: figures.py); for commands/study.sh's v2 study, its pilot, headline
+(headline.py), ablation and endpoint tables instead. Bad input is one `error:` line, exit 2.
 
     python report.py --outputs_root outputs --out outputs/report
     python report.py --outputs_root results/superseded/fashion_mnist_study_v1/runs \

@@ -24,6 +24,7 @@ CLS_STAGES = {  # stage folder -> row label in the classification tables
     "scratch-cls-lin": "linear probe (random encoder)",
 }
 KNN = "mae-knn"
+MAE_FEATURES = (KNN, "mae-lin")  # baselines.py on the experiment's own MAE encoder
 EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn", "random-lin",  # baselines.py
                 "random-knn")  # (its stage_name)
 STAGES = (PRETRAIN, *CLS_STAGES, *EXTRA_STAGES)
@@ -45,7 +46,8 @@ PRETRAIN_CONFIG_KEYS = (
     "patch_size", "norm_pix_loss", "pos_embed", "augment", "max_train_images",
 )
 SUMMARY_NUMBERS = ("epochs", "final_train_loss", "final_eval_loss", "knn_acc", "wall_seconds",
-                   "feature_seconds", "final_test_acc", "best_val_acc", "test_acc_at_best")
+                   "feature_seconds", "final_test_acc", "best_val_acc", "test_acc_at_best",
+                   "best_epoch")
 SUMMARY_TEXTS = ("selection_split", "pretrained_sha256", "model_sha256")
 DEFAULT_EVAL_SPLIT = "test"  # pretraining without --val_split (or before summaries said)
 ARG_COLUMNS = ("pool", "block", "base_learning_rate", "pretrained_model_path")
@@ -277,8 +279,8 @@ def pairing(frame: pd.DataFrame) -> pd.Series:
     hash is missing, 'n/a' for other stages and for experiments without their own MAE."""
     mae = frame[frame["stage"] == PRETRAIN].set_index("exp")["model_sha256"]
     theirs, ours = frame["exp"].map(mae), frame["pretrained_sha256"]
-    applies = (frame["stage"].str.startswith("pretrain-") | (frame["stage"] == KNN)) & frame[
-        "exp"].isin(mae.index)
+    applies = (frame["stage"].str.startswith("pretrain-") | frame["stage"].isin(MAE_FEATURES)
+               ) & frame["exp"].isin(mae.index)
     return pd.Series(np.select([~applies, ours.isna() | theirs.isna(), ours == theirs],
                                ["n/a", "legacy", "yes"], "no"), index=frame.index)
 

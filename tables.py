@@ -1,7 +1,8 @@
 """The report's tables, each a dict of long-format cells (cells.py): MAE pretraining, one
 classification table per experiment group, the decoder/mask ablations around a base group
 (with the paper's Table 1), and with --ablation_base the study's baselines, validation-only
-search and parts. Findings come from findings.py. Imports no torch.
+search and parts; for the v2 study (commands/study.sh) its pilot, headline (headline.py),
+ablations and their endpoints. Findings come from findings.py. Imports no torch.
 """
 
 import re
@@ -37,12 +38,11 @@ from findings import (
     search_sentence,
     value_order,
 )
+from headline import STUDY_GROUPS, differences_table, headline_differences, headline_table
 from runframe import (
     CLS_STAGES,
-    EXTRA_STAGES,
     FINISHED,
     KNN,
-    PCA_STAGE,
     PRETRAIN,
     differing,
     group_experiments,
@@ -52,8 +52,6 @@ from runframe import (
 SEARCH_GROUPS = r"(probe_lr|search_)"  # the v1 study's validation-only search experiments
 PILOT_GROUPS = r"pilot_"  # the v2 study's pilot (study.sh PART=pilot): validation only
 PILOT_STAGES = {"mae-lin": "tuned probe", KNN: "tuned kNN"}  # baselines.py on each encoder
-FROZEN_COLUMNS = [("test acc (%)", "final_test_acc", PERCENT, ACC_DIGITS, True),
-                  ("best val acc (%)", "best_val_acc", PERCENT, ACC_DIGITS, False)]
 
 CLS_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "linear_probe",
@@ -66,11 +64,13 @@ ABLATION_VALUES = {  # planned rows around ABLATION_DEFAULTS; values found in th
     "mask_ratio": (0.5, 0.6, 0.75, 0.85, 0.9),
 }
 COUPLED_KEYS = {"decoder_dim": ("decoder_head",)}  # the head count must divide the width
-ABLATION_STAGES = {  # stage -> column of the ablation tables (kNN only where it was run)
-    "pretrain-cls": "fine-tune: final test acc (%)",
+ABLATION_STAGES = {  # stage -> column of the ablation tables (each but the fine-tune only
+    "pretrain-cls": "fine-tune: final test acc (%)",  # where an ablation's runs have it)
     "pretrain-cls-lin": "linear probe: final test acc (%)",
+    "mae-lin": "tuned linear probe: test acc (%)",  # baselines.py: chosen on validation
     KNN: "kNN: test acc (%)",
 }
+FINE_TUNE, PROBES = "pretrain-cls", ("mae-lin", "pretrain-cls-lin")  # the tuned probe first
 # The paper's Table 1 (ViT-L, ImageNet-1K; fine-tune / linear probe top-1 %), entered from
 # the paper by this project (issue 13 asks for its trend, not its values: findings.PAPER_TRENDS).
 # No copy of the paper's text could be found to check them against here: UNVERIFIED. The mask
@@ -235,24 +235,33 @@ def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
     experiments = members.groupby("row", sort=False)["group"].agg(
         lambda gs: ", ".join(f"`{g}`" for g in dict.fromkeys(gs.dropna())) or DASH)
     groups, members = set(members["group"].dropna()), members.drop(columns="group")
+    stages = ablation_stages(frame, groups)
     parts = [text_column(members, "experiment", experiments)]
-    parts += [aggregate(frame, members[members["stage"] == stage], column, "final_test_acc",
-                        PERCENT) for stage, column in ABLATION_STAGES.items()
-              if stage != KNN or (frame["stage"] == KNN).any()]
+    parts += [aggregate(frame, members[members["stage"] == stage], ABLATION_STAGES[stage],
+                        "final_test_acc", PERCENT) for stage in stages]
     accs = member_values(frame, members, "final_test_acc", PERCENT)
-    numbers = {v: tuple(by_seed(rows[rows["stage"] == s])
-                        for s in ("pretrain-cls", "pretrain-cls-lin"))
+    fine_tune, probe = stages[:2]
+    numbers = {v: tuple(by_seed(rows[rows["stage"] == s]) for s in (fine_tune, probe))
                for v, rows in accs.groupby("value", sort=False)}
     base_value = pretrain_configs(frame).loc[base, key]
     result = table(f"ablation:{key}", f"Ablation: {ABLATION_TITLES[key]}", ABLATION_TITLES[key],
                    pd.concat(parts, ignore_index=True),
                    ablation_notes(frame, key, base, groups))
     result["finding"] = ablation_sentence(key, numbers, base_value)
+    result["numbers"] = numbers  # value -> (fine-tune, probe) by seed: endpoints_table
     result["paper"] = pd.DataFrame.from_dict(
         {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
          for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
     result["paper"].index.name = ABLATION_TITLES[key]
     return result
+
+
+def ablation_stages(frame: pd.DataFrame, groups: set) -> list[str]:
+    """The ablation's columns: the fine-tune, one probe (the tuned one where the ablation's
+    groups ran it, else the classifier's probe, planned or not) and the kNN where it ran."""
+    ran = set(frame.loc[frame["group"].isin(groups), "stage"])
+    probe = next((s for s in PROBES if s in ran), PROBES[-1])
+    return [s for s in ABLATION_STAGES if s in (FINE_TUNE, probe) or (s == KNN and s in ran)]
 
 
 def ablation_notes(frame: pd.DataFrame, key: str, base: str, groups: set) -> list[str]:
@@ -326,22 +335,6 @@ def search_table(frame: pd.DataFrame, main: str) -> dict:
     if len(runs):
         result["finding"] = search_sentence(frame, runs)
     return result
-
-
-def frozen_table(frame: pd.DataFrame) -> dict:
-    """The v2 study's tuned probes and kNN on frozen features (baselines.py: pixels, PCA of
-    pixels, MAE and random encoders), outside the pilot: one row per experiment group and
-    stage, mean ± std (n) over seeds with the 95% interval."""
-    frozen = frame["stage"].isin(EXTRA_STAGES) | frame["stage"].str.match(PCA_STAGE.pattern)
-    runs = frame[frozen & ~frame["group"].str.match(PILOT_GROUPS)].sort_values(
-        ["group", "stage", "exp"], kind="stable")
-    # the runs there are (a deterministic pixel kNN runs with one seed by design)
-    members = pd.DataFrame({"row": "`" + runs["group"] + "` " + runs["stage"],
-                            "exp": runs["exp"], "stage": runs["stage"]})
-    return table("frozen", "Tuned probes and kNN on frozen features", "features and method",
-                 aggregate_columns(frame, members, FROZEN_COLUMNS),
-                 ["each run's grid cell is chosen on the validation split (summary.json "
-                  "chosen); test is evaluated once, for that cell"])
 
 
 def pilot_table(frame: pd.DataFrame) -> dict:
@@ -432,20 +425,57 @@ def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
     return [g for g in group_experiments(frame) if g in trained - variants]
 
 
+def endpoints_table(ablations: list[dict]) -> dict:
+    """Each ablation's endpoints (its lowest and highest value), highest minus lowest on the
+    probe and the fine-tune, paired by seed, with the paper's trend."""
+    rows = []
+    for result in ablations:
+        key = result["name"].removeprefix("ablation:")
+        values = sorted(result["numbers"], key=value_order)
+        if len(values) < 2:
+            continue
+        (lo_ft, lo_lin), (hi_ft, hi_lin) = result["numbers"][values[0]], result["numbers"][
+            values[-1]]
+        trend = [("paper's trend", PAPER_TRENDS[key])]
+        rows += [(f"{ABLATION_TITLES[key]} {values[-1]} minus {values[0]}: probe", hi_lin,
+                  lo_lin, *trend),
+                 (f"{ABLATION_TITLES[key]} {values[-1]} minus {values[0]}: fine-tune", hi_ft,
+                  lo_ft, *trend)]
+    return differences_table("endpoints", "Ablation endpoints (final test acc; the probe: "
+                             "the tuned one where it ran)", rows)
+
+
+def is_study_v2(frame: pd.DataFrame) -> bool:
+    """The runs are commands/study.sh's (its pilot, headline, scratch or pixel groups)."""
+    return bool(frame["group"].str.match(PILOT_GROUPS).any()
+                or frame["group"].isin(STUDY_GROUPS).any())
+
+
+def study_v2_tables(frame: pd.DataFrame, base: str) -> list[dict]:
+    """The v2 study's report: pilot, headline and its differences, pretraining, the
+    ablations around base with their endpoints."""
+    tables = [pilot_table(frame)] if frame["group"].str.match(PILOT_GROUPS).any() else []
+    if frame["group"].isin(STUDY_GROUPS).any():
+        tables += [headline_table(frame), headline_differences(frame)]
+    tables.append(pretrain_table(frame))
+    if base in pretrain_configs(frame).index:
+        ablations = [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
+        tables += [*ablations, endpoints_table(ablations)]
+    return tables
+
+
 def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:
     """Every table of the report, in order. Ablations need a base group with a readable
     pretraining args.json (given, or the one with the default settings and most variants);
-    the study's baselines and search only come with --ablation_base."""
+    the study's baselines and search only come with --ablation_base (the v2 study's tables:
+    study_v2_tables)."""
+    if ablation_base and is_study_v2(frame):
+        return study_v2_tables(frame, ablation_base)
     base = ablation_base or find_ablation_base(frame)
     groups = main_groups(frame, base)
-    if ablation_base:  # the study: its search and pilot experiments have their own tables
-        groups = [g for g in groups if not re.match(f"{SEARCH_GROUPS}|{PILOT_GROUPS}", g)]
+    if ablation_base:  # the study: its search experiments have their own table
+        groups = [g for g in groups if not re.match(SEARCH_GROUPS, g)]
     tables = [pretrain_table(frame), *(main_table(frame, g) for g in groups)]
-    if ablation_base and ablation_base not in set(frame["group"]):  # the v2 study, so far
-        frozen = frozen_table(frame)
-        tables = [frozen, *tables] if len(frozen["cells"]) else tables
-    if ablation_base and frame["group"].str.match(PILOT_GROUPS).any():
-        tables = [pilot_table(frame), *tables]
     if base in pretrain_configs(frame).index:
         tables += [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
     if ablation_base in set(frame["group"]):

@@ -325,8 +325,8 @@ def test_notebook_runs_headless_on_fixture(tree, monkeypatch):
     assert "87.65" in json.dumps([c.outputs for c in code])
 
 
-REPORT_LAYERS = ("cli", "fileio", "stats", "runframe", "cells", "findings", "tables", "figures",
-                 "report")  # each module of the report imports only modules before it
+REPORT_LAYERS = ("cli", "fileio", "stats", "runframe", "cells", "findings", "headline", "tables",
+                 "figures", "report")  # each module of the report imports only modules before it
 
 
 def test_report_imports_no_torch():
@@ -539,21 +539,3 @@ def test_pilot_table_shows_validation_only_and_names_the_rule_s_pick(tmp_path):
     # pilot variants get no per-experiment classification table of stages they never run
     assert not [t for t in tables.build_tables(frame, ablation_base="abl_default")
                 if t["name"].startswith("main:pilot")]
-
-
-def test_frozen_table_lists_the_tuned_baselines_each_with_the_seeds_it_has(tmp_path):
-    """The v2 study's baselines.py runs outside the pilot: probes over seeds (mean, interval),
-    a deterministic kNN with its one seed, not 'missing' for the seeds it never meant to run."""
-    for seed, acc in ((1, 0.80), (2, 0.82), (3, 0.84)):
-        classifier(tmp_path, f"pixels_seed{seed}", "pixels-lin", acc, seed=seed)
-    classifier(tmp_path, "pixels_seed1", "pixels-knn", 0.83, seed=1)
-    classifier(tmp_path, "pilot_base_seed1", "mae-lin", 0.7, seed=1)  # the pilot table's
-    frame = runframe.collect_runs(tmp_path)
-    (frozen,) = [t for t in tables.build_tables(frame, ablation_base="abl_default")
-                 if t["name"] == "frozen"]
-    rows = cells.wide(frozen)
-    # 82.0 ± 4.303 * 2.0 / sqrt(3) = 82.0 ± 4.97
-    assert rows.loc["`pixels` pixels-lin", "test acc (%)"] == (
-        "82.00 ± 2.00 (n=3; 95% CI [77.03, 86.97])")
-    assert rows.loc["`pixels` pixels-knn", "test acc (%)"] == "83.00 (n=1)"
-    assert list(rows.index) == ["`pixels` pixels-knn", "`pixels` pixels-lin"]

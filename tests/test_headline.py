@@ -1,0 +1,122 @@
+"""The v2 study's headline and ablation-endpoint tables (headline.py, tables.study_v2_tables):
+numbers worked by hand from fixture run folders."""
+import json
+
+import pytest
+from test_report import classifier, pretrain, set_args
+
+import cells
+import figures
+import runframe
+import tables
+
+SEEDS = (1, 2, 3)
+
+
+def set_summary(folder, **changes):
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, **changes}))
+
+
+def study(root):
+    """Fixture runs named as commands/study.sh names them. classifier() writes test_acc_at_best
+    = test_acc - 0.0013 for every stage: paired differences of it equal those of test_acc."""
+    for s in SEEDS:
+        pretrain(root, f"head_seed{s}", seed=s)
+        for stage, acc in (("mae-lin", 0.80 + 0.01 * s), ("mae-knn", 0.78),
+                           ("pretrain-cls", 0.88 + 0.01 * s),
+                           ("random-lin", 0.50 + 0.02 * (s == 2)), ("random-knn", 0.40)):
+            classifier(root, f"head_seed{s}", stage, acc, seed=s)
+        classifier(root, f"scratch_seed{s}", "scratch-cls", 0.86 + 0.02 * s, seed=s)
+        classifier(root, f"pixels_seed{s}", "pixels-lin", 0.82 + 0.002 * s, seed=s)
+        pca = classifier(root, f"pixels_seed{s}", "pixels-pca64-lin", 0.90, seed=s)
+        set_summary(pca, best_val_acc=0.1)  # the best pixel probe is chosen on validation
+    classifier(root, "pixels_seed1", "pixels-knn", 0.83, seed=1)  # deterministic: one run
+
+
+def built(root, base="abl_default"):
+    return {t["name"]: t for t in tables.build_tables(runframe.collect_runs(root), base)}
+
+
+def test_headline_rows_are_each_arm_at_its_validation_choice(tmp_path):
+    study(tmp_path)
+    rows = cells.wide(built(tmp_path)["headline"])
+    chosen = "test acc at the validation choice (%)"
+    # mae-lin: 81, 82, 83 minus 0.13 -> 81.87 ± 1.00, 95% CI 81.87 ± 4.303 / sqrt(3)
+    assert rows.loc["MAE encoder: tuned linear probe", chosen] == (
+        "81.87 ± 1.00 (n=3; 95% CI [79.39, 84.35])")
+    assert rows.loc["raw pixels: tuned kNN", chosen] == "82.87 (n=1)"  # not 'missing' x2
+    assert rows.loc["raw pixels: tuned kNN", "epochs trained"] == "—"
+    assert rows.loc["from scratch, early-stopped", "final test acc, last epoch (%)"].startswith(
+        "90.00 ± 2.00 (n=3")
+    assert rows.loc["raw pixels: tuned linear probe", "final test acc, last epoch (%)"] == "—"
+    assert list(rows.index)[-1] == "from scratch, early-stopped"
+
+
+def test_headline_differences_are_paired_by_seed_with_the_verdict(tmp_path):
+    study(tmp_path)
+    rows = cells.wide(built(tmp_path)["headline_differences"])
+    probe = rows.loc["MAE probe minus the best pixel probe (pixels-lin, chosen on validation)"]
+    # seeds: 81 - 82.2, 82 - 82.4, 83 - 82.6 = -1.2, -0.4, +0.4: mean -0.4, std 0.8
+    assert probe["difference (points)"] == "-0.40"
+    assert probe["95% CI (points)"] == "[-2.39, +1.59]"  # 4.303 * 0.8 / sqrt(3) = 1.99
+    assert probe["pairs (seeds)"] == "3 (1, 2, 3)"
+    assert probe["smallest detectable (points)"] == "1.99"
+    assert probe["verdict"] == "inconclusive at n=3"
+    knn = rows.loc["MAE kNN minus the best pixel kNN (pixels-knn, chosen on validation)"]
+    assert (knn["difference (points)"], knn["verdict"]) == ("-5.00", "holds")  # 78 - 83, x3
+    fine_tune = rows.loc["MAE fine-tune minus scratch (both early-stopped)"]
+    assert fine_tune["difference (points)"] == "+0.00"  # +1, 0, -1
+    assert fine_tune["verdict"] == "inconclusive at n=3"
+    random = rows.loc["MAE probe minus a random encoder's probe"]
+    assert random["verdict"] == "holds"
+
+
+def test_a_missing_arm_is_named_not_compared(tmp_path):
+    classifier(tmp_path, "pixels_seed1", "pixels-lin", 0.82, seed=1)
+    rows = cells.wide(built(tmp_path)["headline_differences"])
+    assert rows.loc["MAE fine-tune minus scratch (both early-stopped)",
+                    "difference (points)"] == "— (an arm has no finished run)"
+
+
+@pytest.mark.parametrize("probe_stage", ["mae-lin", "pretrain-cls-lin"])
+def test_endpoints_table_pairs_the_ablation_s_lowest_and_highest_value(tmp_path, probe_stage):
+    """Table 1's endpoints: highest minus lowest value, on the tuned probe where it ran."""
+    study(tmp_path)
+    for s in SEEDS:
+        for exp, depth, ft, lin in (("abl_default", 4, 0.85, 0.70),
+                                    ("abl_depth1", 1, 0.85, 0.60 + 0.01 * s),
+                                    ("abl_depth8", 8, 0.86 + 0.01 * (s == 3), 0.75)):
+            pretrain(tmp_path, f"{exp}_seed{s}", seed=s, decoder_layer=depth)
+            classifier(tmp_path, f"{exp}_seed{s}", "pretrain-cls", ft, seed=s)
+            classifier(tmp_path, f"{exp}_seed{s}", probe_stage, lin, seed=s)
+    by_name = built(tmp_path)
+    depth = cells.wide(by_name["ablation:decoder_layer"])
+    assert tables.ABLATION_STAGES[probe_stage] in depth.columns
+    assert tables.ABLATION_STAGES["pretrain-cls-lin" if probe_stage == "mae-lin"
+                                  else "mae-lin"] not in depth.columns
+    rows = cells.wide(by_name["endpoints"])
+    probe = rows.loc["decoder depth (blocks) 8 minus 1: probe"]
+    # 75 - (61, 62, 63) = 14, 13, 12: mean 13, std 1
+    assert (probe["difference (points)"], probe["verdict"]) == ("+13.00", "holds")
+    assert probe["paper's trend"].startswith("deeper decoder -> better probe")
+    fine_tune = rows.loc["decoder depth (blocks) 8 minus 1: fine-tune"]
+    assert fine_tune["difference (points)"] == "+1.33"  # 1, 1, 2
+    assert not any(name.startswith("main:") for name in by_name)  # the headline holds them
+
+
+def test_early_stopping_figure_marks_the_chosen_epoch(tmp_path):
+    study(tmp_path)
+    for s in SEEDS:  # 5,000 labelled images in batches of 128: 40 optimizer steps an epoch
+        for exp, stage in ((f"scratch_seed{s}", "scratch-cls"), (f"head_seed{s}", "pretrain-cls")):
+            set_args(tmp_path / exp / stage, max_train_images=5000, batch_size=128)
+    frame = runframe.collect_runs(tmp_path)
+    (ax,) = figures.plot_stopping(frame).axes
+    curves = [line for line in ax.lines if line.get_marker() != "*"]
+    stars = [line for line in ax.lines if line.get_marker() == "*"]
+    assert len(curves) == len(stars) == 6  # scratch and fine-tune, three seeds each
+    assert curves[0].get_xdata().tolist() == [40, 80]  # the fixture's two epochs
+    # head_seed1 first: best_epoch 1 (0-based) -> 80 steps; best_val_acc 0.89 + 0.0078
+    assert [(s.get_xdata()[0], round(s.get_ydata()[0], 2)) for s in stars[:1]] == [(80, 89.78)]
+    names = figures.build_figures(frame, tables.build_tables(frame, "abl_default"))
+    assert {"early_stopping.png", "pretrain_loss_headline.png"} <= set(names)
