@@ -87,18 +87,23 @@ def headline_table(frame: pd.DataFrame) -> dict:
                  aggregate_columns(frame, members, HEADLINE_COLUMNS), notes)
 
 
+def no_difference(label: str, why: str) -> list[dict]:
+    """A differences-table row without a difference: why, then a dash in every column."""
+    return [{"row": label, "column": column, "text": why if i == 0 else DASH, "n": 0}
+            for i, column in enumerate(DIFFERENCE_COLUMNS)]
+
+
 def difference_cells(label: str, a, b) -> list[dict]:
     """The long cells of one differences-table row: a - b paired by seed (findings.pair_arms),
     its interval, its pairs, the smallest difference the design detects and the verdict."""
     if a is None or b is None:
-        why = "not compared: settings differ between the seeds of one arm"
-        return [{"row": label, "column": DIFFERENCE_COLUMNS[0], "text": why, "n": 0}]
+        return no_difference(label, "not compared: settings differ between the seeds of one arm")
     p = pair_arms(a, b)
     e = p.estimate
     if e.n == 0:
         finished = all(isinstance(x, SeedFree) or len(x.dropna()) for x in (a, b))
-        why = "no seed in common" if finished else f"{DASH} (an arm has no finished run)"
-        return [{"row": label, "column": DIFFERENCE_COLUMNS[0], "text": why, "n": 0}]
+        return no_difference(label, "no seed in common" if finished else
+                             f"{DASH} (an arm has no finished run)")
     seeds = ", ".join(map(str, p.differences.index)) if not isinstance(a, SeedFree) or \
         not isinstance(b, SeedFree) else "one run each"
     has_interval = e.n > 1
