@@ -8,12 +8,12 @@
 #   PART=pilot      one seed, cheap budget, validation only: base, nonormpix, learnedpos and a
 #                   bigger decoder; each with the tuned probe and kNN (~22 min). Its choice is
 #                   then frozen in MAIN_* below by hand (results.md's pilot table)
-#   PART=head       per seed (run PART=head SEEDS=1, then 2, 3): pretraining on all 58,000
-#                   non-validation images for HEAD_EPOCHS, then the tuned probe, tuned kNN, a
-#                   fine-tune with scratch's budget and stopping rule, and a random encoder's
-#                   tuned probe and kNN (~40 min per seed)
+#   PART=head       per seed (run PART=head SEEDS="1 2", then SEEDS=3): pretraining on all
+#                   58,000 non-validation images for HEAD_EPOCHS, then the tuned probe, tuned
+#                   kNN, a fine-tune with scratch's budget and stopping rule, and a random
+#                   encoder's tuned probe and kNN (measured: 56.8 min for two seeds at JOBS=2)
 #   PART=scratch    from scratch until validation accuracy stops improving, 3 seeds
-#                   (~15 min per seed; at most ~27 when it never stops: then run per seed)
+#                   (measured: 20-30 min per seed, stopping after 55-67 epochs)
 #   PART=pixels     tuned pixel probes (full and PCA to the encoder's width) per seed; pixel
 #                   kNN and PCA kNN (deterministic) for seed 1 only (~3 min)
 #   PART=abl_depth  decoder depth 1 vs 8 (~50 min with the default row)
