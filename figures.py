@@ -13,15 +13,14 @@ from matplotlib.ticker import MaxNLocator
 
 from cells import PERCENT, eval_splits, wide
 from fileio import atomic_write_bytes
-from headline import HEAD, SCRATCH
+from headline import FINE_TUNE_ARM, HEAD, SCRATCH_ARM
 from runframe import CLS_STAGES, PRETRAIN
-from tables import ABLATION_STAGES, FINE_TUNE, PROBES
+from tables import ABLATION_STAGES
 
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120
 STEPS_LABEL = "optimizer steps"  # x axis of the pretraining figures
 LEGEND_FONT_SIZE = "small"
-STOPPED_STAGES = ("pretrain-cls", "scratch-cls")  # the headline's early-stopped classifiers
 
 
 def new_figure(ncols: int = 1, nrows: int = 1) -> tuple[Figure, list]:
@@ -128,8 +127,8 @@ def plot_stopping(frame: pd.DataFrame) -> Figure:
     (scratch and the MAE fine-tune, every seed): each line ends where patience ran out, a
     star marks the epoch validation chose."""
     fig, (ax,) = new_figure()
-    runs = frame[frame["group"].isin((HEAD, SCRATCH)) & frame["stage"].isin(STOPPED_STAGES)
-                 & frame["steps_per_epoch"].notna()]
+    arm = pd.MultiIndex.from_frame(frame[["group", "stage"]])
+    runs = frame[arm.isin([FINE_TUNE_ARM, SCRATCH_ARM]) & frame["steps_per_epoch"].notna()]
     for run in runs.itertuples():
         steps, acc = step_series(run, "val_acc", PERCENT)
         if steps:
@@ -147,9 +146,7 @@ def plot_ablation(result: dict) -> Figure:
     the tuned probe where the ablation ran it)."""
     fig, axes = new_figure(2)
     rows = wide(result).index
-    shown = set(result["cells"]["column"])
-    probe = next((s for s in PROBES if ABLATION_STAGES[s] in shown), PROBES[-1])
-    for ax, stage in zip(axes, (FINE_TUNE, probe), strict=True):
+    for ax, stage in zip(axes, result["compared"], strict=True):
         column = ABLATION_STAGES[stage]
         cells = result["cells"][result["cells"]["column"] == column].set_index("row").reindex(rows)
         name = column.split(":")[0]

@@ -103,14 +103,17 @@ def ablation_sentence(key: str, numbers: dict, base_value) -> str:
             + f". Endpoints {lo} -> {hi}: {both(hi, lo)}. Paper: {PAPER_TRENDS[key]}.")
 
 
+def pca_stages(frame: pd.DataFrame, group: str) -> list[tuple[int, str, str]]:
+    """(width, method, stage) of group's PCA pixel stages (baselines.py --pca_dim N:
+    pixels-pca<N>-lin / -knn), by width, then stage name."""
+    stages = set(frame.loc[frame["group"] == group, "stage"])
+    return sorted((int(m[1]), m[2], s) for s in stages if (m := PCA_STAGE.match(s)))
+
+
 def pixel_rows(frame: pd.DataFrame) -> list[tuple]:
-    """(group, stage, label) of the baseline group's PCA pixel stages (baselines.py
-    --pca_dim N: pixels-pca<N>-lin / -knn), by width."""
-    stages = frame.loc[frame["group"] == "baseline", "stage"]
-    found = sorted({s for s in stages if PCA_STAGE.match(s)}, key=lambda s: (
-        int(PCA_STAGE.match(s)[1]), s))
-    return [("baseline", s, f"{'linear probe' if s.endswith('-lin') else 'kNN'} on raw pixels, "
-             f"PCA to {PCA_STAGE.match(s)[1]} dims") for s in found]
+    """(group, stage, label) of the baseline group's PCA pixel stages, by width."""
+    return [("baseline", s, f"{'linear probe' if method == 'lin' else 'kNN'} on raw pixels, "
+             f"PCA to {width} dims") for width, method, s in pca_stages(frame, "baseline")]
 
 
 def baseline_rows(frame: pd.DataFrame, main: str) -> list[tuple]:

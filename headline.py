@@ -7,8 +7,8 @@ table the ablation endpoints use. Imports no torch.
 import pandas as pd
 
 from cells import ACC_DIGITS, DASH, PERCENT, SECONDS_PER_MINUTE, aggregate_columns, table
-from findings import RULE, SeedFree, arm, best_pixels, pair_arms
-from runframe import CLS_STAGES, KNN, PCA_STAGE, group_experiments
+from findings import RULE, SeedFree, arm, best_pixels, pair_arms, pca_stages
+from runframe import CLS_STAGES, KNN, group_experiments
 
 HEAD, SCRATCH, PIXELS = "head", "scratch", "pixels"  # study.sh's experiment groups
 STUDY_GROUPS = (HEAD, SCRATCH, PIXELS)
@@ -21,6 +21,7 @@ MAE_ROWS = (
     (HEAD, "random-knn", "random encoder: tuned kNN"),
 )
 SCRATCH_ROW = (SCRATCH, "scratch-cls", "from scratch, early-stopped")
+FINE_TUNE_ARM, SCRATCH_ARM = MAE_ROWS[2][:2], SCRATCH_ROW[:2]  # the early-stopped classifiers
 HEADLINE_COLUMNS = [
     ("test acc at the validation choice (%)", CHOSEN, PERCENT, ACC_DIGITS, True),
     ("best val acc (%)", "best_val_acc", PERCENT, ACC_DIGITS, False),
@@ -59,13 +60,12 @@ def headline_members(frame: pd.DataFrame, rows: list[tuple]) -> pd.DataFrame:
 
 def pixel_rows(frame: pd.DataFrame) -> list[tuple]:
     """(group, stage, label) of the pixel baselines: full, then PCA by width; probes first."""
-    stages = set(frame.loc[frame["group"] == PIXELS, "stage"])
+    pca = pca_stages(frame, PIXELS)
     rows = []
     for method, name in (("lin", "tuned linear probe"), ("knn", "tuned kNN")):
         rows += [(PIXELS, f"pixels-{method}", f"raw pixels: {name}")]
-        widths = sorted(int(m[1]) for s in stages if (m := PCA_STAGE.match(s)) and m[2] == method)
-        rows += [(PIXELS, f"pixels-pca{w}-{method}", f"raw pixels, PCA to {w} dims: {name}")
-                 for w in widths]
+        rows += [(PIXELS, s, f"raw pixels, PCA to {w} dims: {name}")
+                 for w, m, s in pca if m == method]
     return rows
 
 
@@ -104,8 +104,8 @@ def difference_cells(label: str, a, b) -> list[dict]:
         finished = all(isinstance(x, SeedFree) or len(x.dropna()) for x in (a, b))
         return no_difference(label, "no seed in common" if finished else
                              f"{DASH} (an arm has no finished run)")
-    seeds = ", ".join(map(str, p.differences.index)) if not isinstance(a, SeedFree) or \
-        not isinstance(b, SeedFree) else "one run each"
+    one_run_each = isinstance(a, SeedFree) and isinstance(b, SeedFree)
+    seeds = "one run each" if one_run_each else ", ".join(map(str, p.differences.index))
     has_interval = e.n > 1
     texts = (f"{e.mean:+.{ACC_DIGITS}f}",
              f"[{e.low:+.{ACC_DIGITS}f}, {e.high:+.{ACC_DIGITS}f}]" if has_interval else
@@ -144,7 +144,7 @@ def headline_differences(frame: pd.DataFrame) -> dict:
                          "validation)", arm(frame, HEAD, stage, CHOSEN),
                          arm(frame, PIXELS, pixels, CHOSEN)))
     rows += [("MAE fine-tune minus scratch (both early-stopped)",
-              arm(frame, HEAD, "pretrain-cls", CHOSEN), arm(frame, *SCRATCH_ROW[:2], CHOSEN)),
+              arm(frame, *FINE_TUNE_ARM, CHOSEN), arm(frame, *SCRATCH_ARM, CHOSEN)),
              ("MAE probe minus a random encoder's probe", arm(frame, HEAD, "mae-lin", CHOSEN),
               arm(frame, HEAD, "random-lin", CHOSEN))]
     return differences_table(

@@ -249,6 +249,7 @@ def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
                    ablation_notes(frame, key, base, groups))
     result["finding"] = ablation_sentence(key, numbers, base_value)
     result["numbers"] = numbers  # value -> (fine-tune, probe) by seed: endpoints_table
+    result["compared"] = (fine_tune, probe)  # their stages: figures.plot_ablation
     result["paper"] = pd.DataFrame.from_dict(
         {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
          for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
