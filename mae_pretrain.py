@@ -22,7 +22,7 @@ recipe and saves it in args.json; flags given explicitly override (see docs/reci
 """
 import argparse
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import torch
 from torchvision.utils import make_grid, save_image
@@ -218,8 +218,7 @@ def main(args):
     run.open(fresh=status == "new")
 
     def stage():
-        # pretraining has always trained with AdamW, whatever --optimizer says
-        recipe = replace(recipes.optimization(args), optimizer="adamw")
+        recipe = recipes.optimization(args)  # AdamW: resolve() refuses --optimizer lars
         trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae",
                                  asdict(cfg), recipe)
         train(args, dist, model, data, trainer, run)

@@ -182,6 +182,9 @@ def resolve(args, stage):
         if not given:
             setattr(args, k, list(v) if isinstance(v, tuple) else v)
         rows.append((k, getattr(args, k), "flag" if given else "recipe"))
+    if stage == "pretrain" and args.optimizer != "adamw":
+        raise UsageError(f"--optimizer {args.optimizer}: MAE pretraining trains with AdamW "
+                         "(as the official code does); LARS is the linear probe's")
     _validate(args)
     return rows
 

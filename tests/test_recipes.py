@@ -130,6 +130,8 @@ def test_explicit_flags_override_the_recipe_and_defaults_are_documented():
         resolved("finetune", "--crop_scale", "0.5", "0.1")
     with pytest.raises(UsageError, match="--rand_augment"):
         resolved("finetune", "--rand_augment", "rand-m9")
+    with pytest.raises(UsageError, match="--optimizer lars: MAE pretraining trains with AdamW"):
+        resolved("pretrain", "--optimizer", "lars")  # not trained with AdamW in silence
 
 
 # --------------------------------------------------------------------------- augmentations
