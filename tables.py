@@ -81,6 +81,7 @@ PAPER_TABLE1 = {
     "decoder_dim": {128: (84.9, 69.1), 256: (84.8, 71.3), 512: (84.9, 73.5), 768: (84.4, 73.1),
                     1024: (84.3, 73.1)},
 }
+PAPER_ENCODER_WIDTH = 1024  # Table 1's encoder (ViT-L): its decoder widths are absolute
 PAPER_NOTE = ("paper values entered by hand from the paper's Table 1, not checked against its "
               "text here (unverified)")
 PLATEAU_FRACTION = 4  # plateau_notes: the last quarter of a classifier's epochs
@@ -250,6 +251,8 @@ def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
     result["finding"] = ablation_sentence(key, numbers, base_value)
     result["numbers"] = numbers  # value -> (fine-tune, probe) by seed: endpoints_table
     result["compared"] = (fine_tune, probe)  # their stages: figures.plot_ablation
+    emb_dim = pretrain_configs(frame).loc[base, "emb_dim"]
+    result["paper_at"] = {v: paper_row(key, v, emb_dim) for v in numbers}  # endpoints_table
     result["paper"] = pd.DataFrame.from_dict(
         {v: {"paper fine-tune (%)": ft, "paper linear probe (%)": lin}
          for v, (ft, lin) in PAPER_TABLE1.get(key, {}).items()}, orient="index")
@@ -426,24 +429,42 @@ def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
     return [g for g in group_experiments(frame) if g in trained - variants]
 
 
+def paper_row(key: str, value, emb_dim: int) -> tuple | None:
+    """Table 1's (fine-tune, probe) for our value of key: the decoder depth as it is, the
+    decoder width at the same ratio to the encoder's width; None where Table 1 has no row."""
+    if key == "decoder_dim":
+        value = value * PAPER_ENCODER_WIDTH / emb_dim
+    return PAPER_TABLE1.get(key, {}).get(value)
+
+
+def paper_difference(lo: tuple | None, hi: tuple | None, metric: int) -> str:
+    """Table 1's hi minus lo on metric (0 fine-tune, 1 probe), with both values."""
+    if lo is None or hi is None:
+        return "not in Table 1"
+    return f"{hi[metric] - lo[metric]:+.1f} ({lo[metric]:.1f} -> {hi[metric]:.1f})"
+
+
 def endpoints_table(ablations: list[dict]) -> dict:
     """Each ablation's endpoints (its lowest and highest value), highest minus lowest on the
-    probe and the fine-tune, paired by seed, with the paper's trend."""
+    probe and the fine-tune, paired by seed, beside the paper's difference and trend."""
     rows = []
     for result in ablations:
         key = result["name"].removeprefix("ablation:")
         values = sorted(result["numbers"], key=value_order)
         if len(values) < 2:
             continue
-        (lo_ft, lo_lin), (hi_ft, hi_lin) = result["numbers"][values[0]], result["numbers"][
-            values[-1]]
-        trend = [("paper's trend", PAPER_TRENDS[key])]
-        rows += [(f"{ABLATION_TITLES[key]} {values[-1]} minus {values[0]}: probe", hi_lin,
-                  lo_lin, *trend),
-                 (f"{ABLATION_TITLES[key]} {values[-1]} minus {values[0]}: fine-tune", hi_ft,
-                  lo_ft, *trend)]
-    return differences_table("endpoints", "Ablation endpoints (final test acc; the probe: "
-                             "the tuned one where it ran)", rows)
+        lo, hi = values[0], values[-1]
+        label = f"{ABLATION_TITLES[key]} {hi} minus {lo}"
+        for metric, name in ((1, "probe"), (0, "fine-tune")):
+            paper = paper_difference(result["paper_at"][lo], result["paper_at"][hi], metric)
+            rows.append((f"{label}: {name}", result["numbers"][hi][metric],
+                         result["numbers"][lo][metric], ("paper's difference", paper),
+                         ("paper's trend", PAPER_TRENDS[key])))
+    return differences_table(
+        "endpoints", "Ablation endpoints (final test acc; the probe: the tuned one where it ran)",
+        rows, ["paper's difference: Table 1 (ViT-L, ImageNet-1K) at the same decoder depth, or "
+               f"at the same decoder width relative to the encoder's ({PAPER_ENCODER_WIDTH} "
+               f"wide there); {PAPER_NOTE}"])
 
 
 def is_study_v2(frame: pd.DataFrame) -> bool:

@@ -100,8 +100,10 @@ def test_endpoints_table_pairs_the_ablation_s_lowest_and_highest_value(tmp_path,
     # 75 - (61, 62, 63) = 14, 13, 12: mean 13, std 1
     assert (probe["difference (points)"], probe["verdict"]) == ("+13.00", "holds")
     assert probe["paper's trend"].startswith("deeper decoder -> better probe")
+    assert probe["paper's difference"] == "+8.0 (65.5 -> 73.5)"  # Table 1, 1 -> 8 blocks
     fine_tune = rows.loc["decoder depth (blocks) 8 minus 1: fine-tune"]
     assert fine_tune["difference (points)"] == "+1.33"  # 1, 1, 2
+    assert fine_tune["paper's difference"] == "+0.1 (84.8 -> 84.9)"
     assert not any(name.startswith("main:") for name in by_name)  # the headline holds them
 
 
@@ -120,3 +122,12 @@ def test_early_stopping_figure_marks_the_chosen_epoch(tmp_path):
     assert [(s.get_xdata()[0], round(s.get_ydata()[0], 2)) for s in stars[:1]] == [(80, 89.78)]
     names = figures.build_figures(frame, tables.build_tables(frame, "abl_default"))
     assert {"early_stopping.png", "pretrain_loss_headline.png"} <= set(names)
+
+
+def test_paper_row_maps_decoder_width_by_its_ratio_to_the_encoder_width():
+    """Table 1's widths are ViT-L's (1024 wide): ViT-T's 96 (0.5x) is the paper's 512."""
+    assert tables.paper_row("decoder_dim", 96, 192) == tables.PAPER_TABLE1["decoder_dim"][512]
+    assert tables.paper_row("decoder_dim", 768, 192) is None  # 4x: wider than Table 1 goes
+    assert tables.paper_row("decoder_layer", 8, 192) == tables.PAPER_TABLE1["decoder_layer"][8]
+    assert tables.paper_row("mask_ratio", 0.9, 192) is None  # Figure 5, not Table 1
+    assert tables.paper_difference(None, (84.9, 73.5), 1) == "not in Table 1"
