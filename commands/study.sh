@@ -16,16 +16,17 @@
 #                   (measured: 20-30 min per seed, stopping after 55-67 epochs)
 #   PART=pixels     tuned pixel probes (full and PCA to the encoder's width) per seed; pixel
 #                   kNN and PCA kNN (deterministic) for seed 1 only (~3 min)
-#   PART=abl_depth  decoder depth 1 vs 8 (~50 min with the default row)
-#   PART=abl_width  decoder width 0.5x vs 4x the encoder's (~50 min)
-#   PART=abl_mask   mask ratio 0.5 vs 0.9 (~30 min)
+#   PART=abl_depth  decoder depth 1 vs 8 (measured: 35.9 min at JOBS=2, the default row done)
+#   PART=abl_width  decoder width 0.5x vs 4x the encoder's (measured: 45.2 min at JOBS=2)
+#   PART=abl_mask   mask ratio 0.5 vs 0.9 (measured: 38.8 min with the default row)
 #                   Each ablation row: cheap-budget pretraining with the main arm's settings
 #                   but one, a short fine-tune and the tuned probe, 3 seeds, paired by seed
 #                   with the default row abl_default_seed<s>, which the first ablation part
 #                   trains and later ones skip once its runs are in RESULTS/runs/
 #   PART=report     results.md and figures from the committed run files (report.py)
 #   no PART         every part in that order (freeze the pilot's choice first)
-# About 5 CPU-hours in all (4-6). Every classifier and baseline uses the same labelled split
+# Measured: 5.6 hours in all, summed over the parts' invocations (results.md's parts table;
+# some overlapped). Every classifier and baseline uses the same labelled split
 # (LABELLED training images after VAL_SPLIT are held out for every choice) and the whole test
 # split; every pretraining draws from the training split minus those VAL_SPLIT images. Each
 # part copies its runs' args.json, metrics.csv and summary.json to RESULTS/runs/ and writes
