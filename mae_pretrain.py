@@ -218,7 +218,7 @@ def main(args):
     run.open(fresh=status == "new")
 
     def stage():
-        recipe = recipes.optimization(args)  # AdamW: resolve() refuses --optimizer lars
+        recipe = recipes.optimization(args)  # AdamW: the only --optimizer pretraining offers
         trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae",
                                  asdict(cfg), recipe)
         train(args, dist, model, data, trainer, run)

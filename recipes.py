@@ -68,6 +68,7 @@ RECIPES = {
             augment="rrc_flip", crop_scale=(0.08, 1.0), drop_last=True, head_init_std=0.01),
     },
 }
+OPTIMIZER_HELP = {"adamw": "AdamW", "lars": "LARS (timm's, set as the official MAE probe's)"}
 DEFAULT_RECIPE = {"pretrain": "seed", "finetune": "seed", "linprobe": "fast"}
 # The batch the paper's LARS probe sets its lr for: the linear scaling rule shrinks the lr of
 # smaller batches, and LARS's trust ratio (1e-3) leaves a small batch's probe near chance.
@@ -139,9 +140,10 @@ def add_recipe_args(parser, stages):
                    help="the cosine schedule ends at this lr (absolute, not scaled)")
     g.add_argument("--crop_scale", type=finite_float, nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="area range of --augment rrc_flip's random resized crops")
-    flags = {
-        "optimizer": dict(choices=("adamw", "lars"), help="AdamW, or LARS (timm's, set as the "
-                                                          "official MAE probe's)"),
+    optimizers = sorted({r["optimizer"] for s in stages for r in RECIPES[s].values()})
+    flags = {  # --optimizer offers what the stages' recipes use: pretraining AdamW only
+        "optimizer": dict(choices=optimizers,
+                          help=", or ".join(OPTIMIZER_HELP[o] for o in optimizers)),
         "betas": dict(type=finite_float, nargs=2, metavar=("B1", "B2"), help="AdamW betas"),
         "momentum": dict(type=finite_float, help="LARS momentum"),
         "drop_last": dict(action=argparse.BooleanOptionalAction,
@@ -182,9 +184,6 @@ def resolve(args, stage):
         if not given:
             setattr(args, k, list(v) if isinstance(v, tuple) else v)
         rows.append((k, getattr(args, k), "flag" if given else "recipe"))
-    if stage == "pretrain" and args.optimizer != "adamw":
-        raise UsageError(f"--optimizer {args.optimizer}: MAE pretraining trains with AdamW "
-                         "(as the official code does); LARS is the linear probe's")
     _validate(args)
     return rows
 

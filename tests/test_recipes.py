@@ -130,8 +130,20 @@ def test_explicit_flags_override_the_recipe_and_defaults_are_documented():
         resolved("finetune", "--crop_scale", "0.5", "0.1")
     with pytest.raises(UsageError, match="--rand_augment"):
         resolved("finetune", "--rand_augment", "rand-m9")
-    with pytest.raises(UsageError, match="--optimizer lars: MAE pretraining trains with AdamW"):
-        resolved("pretrain", "--optimizer", "lars")  # not trained with AdamW in silence
+
+
+def test_pretraining_offers_only_the_optimizer_its_recipes_use(tmp_path, capsys):
+    """--optimizer lars is refused by pretraining (exit 2), on the command line and in a
+    replayed args.json, instead of training AdamW in silence; the classifier keeps LARS."""
+    with pytest.raises(SystemExit) as exit_info:
+        resolved("pretrain", "--optimizer", "lars")
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'lars' (choose from 'adamw')" in capsys.readouterr().err
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"optimizer": "lars"}))
+    with pytest.raises(UsageError, match='optimizer "lars" is not a valid --optimizer'):
+        parse_args(mae_pretrain.get_args_parser(), ["--config", str(config)])
+    assert resolved("linprobe", "--optimizer", "lars")["optimizer"] == "lars"
 
 
 # --------------------------------------------------------------------------- augmentations
