@@ -12,6 +12,7 @@ DEVICE=${DEVICE:-auto}            # auto | cpu | cuda | cuda:N
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs}
 
 # --- launcher: plain python, or torchrun with NPROC processes per node on NNODES nodes
+PYTHON=${PYTHON:-python}          # the interpreter of every stage (a venv's or conda's python)
 NPROC=${NPROC:-}                  # empty: one process without torchrun
 NNODES=${NNODES:-1}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}  # rendezvous host when NNODES > 1
@@ -72,7 +73,7 @@ launch() {
     local script=$1
     shift
     if [[ -z "$NPROC" ]]; then
-        python "$script" "$@"
+        "$PYTHON" "$script" "$@"
     elif ((NNODES > 1)); then
         torchrun --nproc_per_node="$NPROC" --nnodes="$NNODES" --rdzv_backend=c10d \
             --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT" "$script" "$@"
@@ -150,7 +151,7 @@ pretrain_ablation() {
 # its MAE's reconstructions, into OUTPUT_ROOT/EXP/visualize/.
 visualize() {
     local dir=$OUTPUT_ROOT/$1
-    python visualize_pred.py "${DATA[@]}" --device "$DEVICE" \
+    "$PYTHON" visualize_pred.py "${DATA[@]}" --device "$DEVICE" \
         --pretrained_ckpt "$dir/pretrain-cls/vit-t-clf-from_pretrained.pt" \
         --scratch_ckpt "$dir/scratch-cls/vit-t-clf-from_scratch.pt" \
         --mae_ckpt "$(mae_model "$1")" --save_dir "$dir/visualize" "${@:2}"
@@ -158,5 +159,5 @@ visualize() {
 
 # report DIR: results.md, results.csv and figures of every run under OUTPUT_ROOT, into DIR.
 report() {
-    python report.py --outputs_root "$OUTPUT_ROOT" --out "$1"
+    "$PYTHON" report.py --outputs_root "$OUTPUT_ROOT" --out "$1"
 }

@@ -394,7 +394,7 @@ part_abl_mask() {
 }
 
 part_report() {
-    python report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" \
+    "$PYTHON" report.py --outputs_root "$RESULTS/runs" --out "$RESULTS" \
         --ablation_base abl_default --environment "$RESULTS/environment"
 }
 

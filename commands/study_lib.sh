@@ -18,7 +18,7 @@
 results_lock() {
     mkdir -p "$RESULTS"
     exec 9<"$RESULTS"
-    python -c 'import fcntl, sys
+    "$PYTHON" -c 'import fcntl, sys
 try:
     fcntl.flock(9, fcntl.LOCK_EX | fcntl.LOCK_NB)
 except BlockingIOError:
@@ -90,7 +90,7 @@ environment() {
         echo
         echo "- command: \`PART=$part bash commands/study.sh\` (${settings%, })"
         echo "- finished: $finished; wall time of the invocation that finished it: $minutes min"
-        python -c 'import glob, json, sys
+        "$PYTHON" -c 'import glob, json, sys
 paths = [p for exp in sys.argv[2:] for p in glob.glob(f"{sys.argv[1]}/{exp}/*/summary.json")]
 total = sum(json.load(open(p)).get("wall_seconds", 0) + json.load(open(p)).get(
     "feature_seconds", 0) for p in paths)
@@ -101,7 +101,7 @@ print(f"- training + feature time summed over {len(paths)} runs: {total / 60:.1f
              "$(cut -d' ' -f1-3 /proc/loadavg)"
         echo "- git commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)" \
              "$(git diff --quiet HEAD 2>/dev/null || echo '(with uncommitted changes)')"
-        python -c 'import platform, torch, torchvision, timm, numpy, pandas
+        "$PYTHON" -c 'import platform, torch, torchvision, timm, numpy, pandas
 print(f"- python {platform.python_version()}, torch {torch.__version__}, torchvision "
       f"{torchvision.__version__}, timm {timm.__version__}, numpy {numpy.__version__}, "
       f"pandas {pandas.__version__}")'

@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-outputs/cpu_configs}
+PYTHON=${PYTHON:-python}  # the interpreter that runs every stage
 DATASET=${DATASET:-fashion_mnist}
 DATA_DIR=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 ROUNDS=${ROUNDS:-2}
@@ -35,7 +36,7 @@ RUN=(--dataset "$DATASET" --data_dir "$DATA_DIR" --device cpu --max_train_images
 pretrain() {
     local name=$1 threads=$2
     shift 2
-    OMP_NUM_THREADS=$threads python mae_pretrain.py "${MODEL[@]}" "${RUN[@]}" \
+    OMP_NUM_THREADS=$threads "$PYTHON" mae_pretrain.py "${MODEL[@]}" "${RUN[@]}" \
         --output_root "$OUT/runs" --exp_name "$name" "$@" > "$OUT/runs/$name.log" 2>&1
 }
 
@@ -65,7 +66,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python - "$OUT" "$CONFIGS" <<'EOF' | tee "$OUT/table.md"
+"$PYTHON" - "$OUT" "$CONFIGS" <<'EOF' | tee "$OUT/table.md"
 import glob, statistics, sys
 import pandas as pd
 out, configs = sys.argv[1], sys.argv[2].split()

@@ -31,6 +31,7 @@ RUNS=${RUNS:-outputs/gpu_check_runs}
 DATA_DIR=${DATA_DIR:-data/fashion-mnist}
 SYSTEM_DATA=/usr/share/datasets/fashion-mnist
 DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python}  # the interpreter that runs every stage
 STAGES=${STAGES:-"a b c"}
 TINY=${GPU_CHECK_TINY:-0}
 PRETRAIN_SECONDS=${PRETRAIN_SECONDS:-150}  # training time of c's pretraining (its epochs)
@@ -89,7 +90,7 @@ fi
     date -u
     git rev-parse --short HEAD 2>/dev/null || true
     nvidia-smi 2>/dev/null || echo "no nvidia-smi"
-    python -c "import sys, torch, timm; print('python', sys.version.split()[0], '| torch', \
+    "$PYTHON" -c "import sys, torch, timm; print('python', sys.version.split()[0], '| torch', \
 torch.__version__, 'cuda', torch.version.cuda, '| timm', timm.__version__, '| gpu', \
 torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 } > "$OUT_DIR/env.txt" 2>&1
@@ -97,13 +98,13 @@ cat "$OUT_DIR/env.txt"
 
 # --- a. the CUDA tests
 if wants a; then
-    stage cuda_tests "$LIMIT_TESTS" python -m pytest -q -m cuda -p no:cacheprovider \
+    stage cuda_tests "$LIMIT_TESTS" "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider \
         --junitxml "$OUT_DIR/cuda_tests.xml" tests/test_cuda.py
 fi
 
 # --- b. throughput at the seed's configuration
 if wants b; then
-    stage bench "$LIMIT_BENCH" python bench.py "${BENCH[@]}" --device "$DEVICE" --compile \
+    stage bench "$LIMIT_BENCH" "$PYTHON" bench.py "${BENCH[@]}" --device "$DEVICE" --compile \
         --with_eager --phases data pretrain --out "$OUT_DIR/bench.json"
 fi
 
@@ -114,7 +115,7 @@ if wants c; then
     fi
     # epochs = PRETRAIN_SECONDS at the eager pretraining speed b measured (the same model; one
     # channel instead of three), less a fifth for evaluation, kNN and the last partial batch
-    read -r EPOCHS WARMUP < <(python - "$OUT_DIR/bench.json" "$PRETRAIN_SECONDS" \
+    read -r EPOCHS WARMUP < <("$PYTHON" - "$OUT_DIR/bench.json" "$PRETRAIN_SECONDS" \
         "$TRAIN_IMAGES" "$MAX_EPOCHS" <<'EOF'
 import json, sys
 path, seconds, images, most = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -134,13 +135,13 @@ EOF
     COMMON=(--dataset fashion_mnist --data_dir "$DATA_DIR" --device "$DEVICE"
             --output_root "$RUNS" --exp_name "$EXP" --overwrite "${SIZES[@]}")
     mae="$RUNS/$EXP/mae-pretrain/vit-t-mae.pt"
-    if stage pretrain "$LIMIT_PRETRAIN" python mae_pretrain.py "${COMMON[@]}" "${MODEL[@]}" \
+    if stage pretrain "$LIMIT_PRETRAIN" "$PYTHON" mae_pretrain.py "${COMMON[@]}" "${MODEL[@]}" \
         "${PRETRAIN[@]}" --total_epoch "$EPOCHS" --warmup_epoch "$WARMUP" --knn_freq 5 \
         --visualize_freq "$EPOCHS"; then
-        stage probe "$LIMIT_PROBE" python train_classifier.py "${COMMON[@]}" \
+        stage probe "$LIMIT_PROBE" "$PYTHON" train_classifier.py "${COMMON[@]}" \
             --pretrained_model_path "$mae" --linear_probe --recipe paper --batch_size 256 \
             --total_epoch "$LIN_EPOCHS" --warmup_epoch 1
-        stage finetune "$LIMIT_FINETUNE" python train_classifier.py "${COMMON[@]}" \
+        stage finetune "$LIMIT_FINETUNE" "$PYTHON" train_classifier.py "${COMMON[@]}" \
             --pretrained_model_path "$mae" --batch_size 512 --max_device_batch_size 512 \
             --augment flip --total_epoch "$CLS_EPOCHS" --warmup_epoch 1
     fi
