@@ -17,13 +17,14 @@ of --pretrained_model_path, or with --features random a ViT of the architecture 
 initialised exactly as train_classifier.py initialises a scratch classifier seeded by
 --seed (the random-encoder baseline, tuned by the same grids as the MAE's features).
 --pca_dim projects them on their first principal components, fitted on the training part
-only. Pixels and encoder features then take the same code path (probe.py), so each side is
-tuned as hard as the other:
+only. Pixels and encoder features then take the same code path (mae_cifar/evaluation/probe.py),
+so each side is tuned as hard as the other:
 - linear probe: multinomial logistic regression on features standardised with the training
   part's mean and std (std floored, see STD_FLOOR); one head per cell of the --probe_lrs x
   --probe_weight_decays grid, all trained at once on the same mini-batches with Adam
   (L2 weight decay, warmup + cosine), each kept at its best validation epoch;
-- kNN: knn.py's weighted vote on L2-normalised features, the training part as memory, for
+- kNN: mae_cifar/evaluation/knn.py's weighted vote on L2-normalised features, the training part
+  as memory, for
   every --knn_ks x --knn_ts cell.
 The cell with the highest validation accuracy (the first in grid order on a tie) is chosen;
 the test split is evaluated once, for that cell only, with the head trained on the training
@@ -38,16 +39,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-import cli
-import common_args
-import engine
-import fileio
-import probe
-import runfolder
-import train_classifier
-import weights
-from cli import HelpFormatter, UsageError, add_config_arg, run_cli
-from data import SPLIT_SEED, image_record, image_shape
+from mae_cifar import cli, fileio, weights
+from mae_cifar.cli import HelpFormatter, UsageError, add_config_arg, run_cli
+from mae_cifar.data.datasets import SPLIT_SEED, image_record, image_shape
+from mae_cifar.evaluation import features, probe
+from mae_cifar.training import classifier, engine, flags, run_folder
 from model import ENCODER_FIELDS, POOLS, ClassifierConfig, ViT_Classifier
 from utils import seed_everything
 
@@ -61,7 +57,7 @@ LAST_BLOCK = -1
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_arg(p)
-    g = common_args.add_dataset_args(p)
+    g = flags.add_dataset_args(p)
     g.add_argument("--max_train_images", type=cli.positive_int, default=None,
                    help="use only the first N training images (after the validation carve)")
     g.add_argument("--val_split", type=cli.non_negative_int, default=0,
@@ -87,7 +83,7 @@ def get_args_parser():
                         "fitted on the training part (e.g. the encoder's width for pixels); "
                         "0 = no projection")
 
-    train_classifier.add_architecture_args(
+    flags.add_architecture_args(
         p, "random encoder (--features random; train_classifier.py's scratch flags and "
            "defaults)")
 
@@ -143,7 +139,7 @@ def validate(args):
         raise UsageError("--block applies to encoder features (--features encoder or random)")
     if args.features != "random":  # an MAE's architecture comes from its file
         allowed = ("encoder_head",) if args.features == "encoder" else ()  # a timm file's
-        given = [k for k in train_classifier.VIT_TINY
+        given = [k for k in classifier.VIT_TINY
                  if getattr(args, k) is not None and k not in allowed]
         if given:
             raise UsageError(f"{', '.join('--' + k for k in given)}: the architecture of "
@@ -165,7 +161,7 @@ def validate(args):
         check_pca_dim(args.pca_dim, in_chans * size * size)
     if not args.exp_name or os.sep in args.exp_name or args.exp_name in (".", ".."):
         raise UsageError(f"--exp_name must be a plain folder name, got {args.exp_name!r}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if cli.launch_world_size() > 1:
         raise UsageError("baselines.py runs in one process (its sweep takes seconds); launch "
                          "it with python, not torchrun")
 
@@ -235,7 +231,7 @@ def build_encoder(args, num_classes):
         cfg = ClassifierConfig(**{k: getattr(mae_cfg, k) for k in ENCODER_FIELDS},
                                num_classes=num_classes, pool=args.pool)
     except ValueError as e:
-        raise common_args.model_error(e) from None
+        raise flags.model_error(e) from None
     model = ViT_Classifier(cfg)
     weights.check_tensors(model.encoder_state_dict(), model.from_encoder(state), path)
     model.load_encoder(state)
@@ -250,10 +246,10 @@ def random_encoder(args, num_classes):
     in_chans, size = image_shape(args.dataset, args.image_size)
     try:
         cfg = ClassifierConfig(image_size=size, in_chans=in_chans,
-                               **train_classifier.architecture(args), num_classes=num_classes,
+                               **classifier.architecture(args), num_classes=num_classes,
                                pool=args.pool)
     except ValueError as e:
-        raise common_args.model_error(e) from None
+        raise flags.model_error(e) from None
     return frozen_trunk(args, ViT_Classifier(cfg))
 
 
@@ -288,7 +284,7 @@ def extract(args, model, data, device):
     bs, norm = 2 * args.max_device_batch_size, (data.mean, data.std)
     out = {}
     for name in ("train", "val", "test"):
-        f = train_classifier.extract_features(model, getattr(data, name), bs, norm, autocast)
+        f = features.extract_features(model, getattr(data, name), bs, norm, autocast)
         what = args.pretrained_model_path or "the pixels"
         check_finite({f"the {name} features": f.images}, what)
         out[name] = (f.images.float(), f.labels)
@@ -355,9 +351,9 @@ def sweep(args, model, data, run, device):
         "chosen_on_grid_edge": edges, "feature_dim": feats["train"][0].shape[1],
         "architecture": architecture(model),
         "train_images": len(data.train), "val_images": len(data.val),
-        "images": images_used(args, data), runfolder.UPSTREAM_KEY: args.pretrained_sha256,
+        "images": images_used(args, data), run_folder.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
-    fileio.write_json(run.file(runfolder.SUMMARY_FN), summary)
+    fileio.write_json(run.file(run_folder.SUMMARY_FN), summary)
     print(pd.DataFrame(summary["grid"]).to_string(index=False))
     print(f"{stage_name(args)}: chosen on validation {summary['chosen']} "
           f"(val accuracy {summary['best_val_acc']:.4f}); test accuracy {test_acc:.4f}")
@@ -383,7 +379,7 @@ def images_used(args, data):
 def main(args):
     validate(args)
     # the encoder's identity is its content, as for train_classifier.py's runs
-    args.pretrained_sha256 = runfolder.upstream_hash(args.pretrained_model_path)
+    args.pretrained_sha256 = run_folder.upstream_hash(args.pretrained_model_path)
     dist, run, status = engine.start_stage(args, stage_name(args), get_args_parser())
     if status == "finished":
         return

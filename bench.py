@@ -16,7 +16,7 @@ every figure is the median of the timed steps after warm-up, and each speed-up i
             masks from per-sample numpy permutations, loss.item() after every micro-batch.
   finetune  the same for a ViT classifier trained end to end (no augmentation).
   probe     a linear probe of a frozen encoder for --probe_epochs epochs of --epoch_images
-            images: features cached once (train_classifier.extract_features) + head-only
+            images: features cached once (features.extract_features) + head-only
             epochs, vs re-running the frozen encoder on every image of every epoch. Both are
             extrapolated from per-step medians (one epoch = epoch_images / images per second).
 
@@ -44,17 +44,12 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
-import cli
-import common_args
-import distributed
-import engine
-import fileio
-import mae_pretrain
-import recipes
-import runfolder
-import train_classifier
-from cli import HelpFormatter, UsageError, run_cli
-from data import DeviceLoader, image_shape, load_dataset
+from mae_cifar import cli, distributed, fileio
+from mae_cifar.cli import HelpFormatter, UsageError, run_cli
+from mae_cifar.data.datasets import image_shape, load_dataset
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.evaluation.features import extract_features
+from mae_cifar.training import classifier, engine, flags, objectives, recipes
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
 from utils import seed_everything
 
@@ -293,7 +288,7 @@ class Bench:
                                      args.encoder_layer, args.encoder_head, args.decoder_dim,
                                      args.decoder_layer, mask_ratio=args.mask_ratio)
         except ValueError as e:
-            raise common_args.model_error(e) from None
+            raise flags.model_error(e) from None
         self.micro_batches = args.batch_size // args.max_device_batch_size
         self.seed_micro_batches = args.batch_size // args.seed_max_device_batch_size
         self.peak = peak_tflops(self.device)
@@ -345,11 +340,12 @@ class Bench:
             out["eager"] = self.trainer(eager, module, split, step_fn, **kwargs)
         return out
 
-    def trainer(self, ns, module, split, step_fn, **kwargs):
+    def trainer(self, ns, module, split, step_fn, state_module=None):
         """engine.Trainer, the stages' training step, over the split's DeviceLoader."""
         loader = DeviceLoader(split, ns.batch_size, self.data.mean, self.data.std, ns.augment)
-        return engine.Trainer(ns, self.dist, module, loader, step_fn, run=None, kind="bench",
-                              config={}, recipe=recipes.optimization(ns), **kwargs)
+        saved = engine.Checkpointed("bench", {}, state_module)
+        return engine.Trainer(ns, self.dist, module, loader, step_fn, None, saved,
+                              recipes.optimization(ns))
 
     def fast_step(self, trainer, batches):
         """One call = one optimizer step of engine.Trainer on the next batch."""
@@ -454,11 +450,11 @@ def train_phase(b, ns, trainers, reference, seed_loss, flops, **adamw):
 
 
 def bench_pretrain(b):
-    ns = b.stage_args(mae_pretrain.get_args_parser())
+    ns = b.stage_args(flags.stage_parser(flags.add_pretrain_args))
     recipes.resolve(ns, "pretrain")
     betas = recipes.ADAMW_BETAS_PRETRAIN  # the seed-style reference loop's
     trainers = b.trainers(ns, lambda: MAE_ViT.from_config(b.mae_cfg).to(b.device),
-                          b.data.train, mae_pretrain.pretrain_step)
+                          b.data.train, objectives.pretrain_step)
     reference = SeedStyleMAE.from_config(b.mae_cfg).to(b.device)
     reference.load_state_dict(trainers["fast"].module.state_dict())
     return train_phase(b, ns, trainers, reference, mae_loss, mae_train_flops(b.mae_cfg),
@@ -467,9 +463,9 @@ def bench_pretrain(b):
 
 def classifier_setup(b, linear_probe):
     """The classifier stage's arguments (recipe resolved) and a config of the MAE trunk."""
-    ns = b.stage_args(train_classifier.get_args_parser(), linear_probe=linear_probe)
-    train_classifier.resolve_recipe(ns)
-    cfg = train_classifier.classifier_config(ns, b.mae_cfg, b.data.num_classes)
+    ns = b.stage_args(flags.stage_parser(flags.add_classifier_args), linear_probe=linear_probe)
+    classifier.resolve_recipe(ns)
+    cfg = classifier.classifier_config(ns, b.mae_cfg, b.data.num_classes)
     return ns, cfg
 
 
@@ -486,7 +482,7 @@ def classifier_pair(cfg, device, linear_probe):
 
 def bench_finetune(b):
     ns, cfg = classifier_setup(b, linear_probe=False)
-    objective = train_classifier.Objective(ns, b.data.num_classes)
+    objective = objectives.Objective(ns, b.data.num_classes)
     trainers = b.trainers(ns, lambda: ViT_Classifier(cfg).to(b.device), b.data.train,
                           objective)
     reference = ViT_Classifier(cfg).to(b.device)
@@ -506,11 +502,11 @@ def bench_probe(b):
     features = {}
 
     def extract():
-        features["split"] = train_classifier.extract_features(model, images, n, norm, autocast)
+        features["split"] = extract_features(model, images, n, norm, autocast)
     times = b.measure({
         "extract": extract,
         "seed": b.seed_step(reference, b.seed_batches(flip=False), ce_loss, ns)})
-    objective = train_classifier.Objective(ns, b.data.num_classes)
+    objective = objectives.Objective(ns, b.data.num_classes)
     trainer = b.trainer(ns, model.head, features["split"], objective, state_module=model)
     times.update(b.measure({"head": b.fast_step(trainer, b.fast_batches(features["split"],
                                                                          ns.augment))}))
@@ -551,7 +547,7 @@ def cpu_model():
 
 def environment(device):
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "git_commit": runfolder.git_commit(), "python": platform.python_version(),
+           "git_commit": engine.git_commit(), "python": platform.python_version(),
            "torch": torch.__version__, "timm": timm.__version__,
            "torchvision": torchvision.__version__, "cpu": cpu_model(),
            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

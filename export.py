@@ -28,14 +28,12 @@ from dataclasses import asdict
 
 import torch
 
-import fileio
-import runfolder
-import train_classifier
-import weights
-from cli import HelpFormatter, UsageError, run_cli
-from fileio import atomic_write_bytes
+from mae_cifar import fileio, weights
+from mae_cifar.checkpoint import load_checkpoint
+from mae_cifar.cli import HelpFormatter, UsageError, run_cli
+from mae_cifar.fileio import atomic_write_bytes
+from mae_cifar.training import classifier, run_folder
 from model import ClassifierConfig, MAEConfig, config_from_dict
-from utils import load_checkpoint
 
 NORM_KEYS = ("norm_mean", "norm_std")
 RESUME_KEY = "optimizer"  # only a resume checkpoint (checkpoint.pt) holds the training state
@@ -92,7 +90,7 @@ def final_model_file(ckpt, path):
     try:
         if ckpt["kind"] == "mae":
             return os.path.join(folder, args["model_fn"])
-        return train_classifier.model_file(args, folder)
+        return classifier.model_file(args, folder)
     except (KeyError, TypeError):
         return None
 
@@ -165,7 +163,7 @@ def check_outputs(paths, model_path):
         if os.path.exists(out) and os.path.samefile(out, model_path):
             raise UsageError(f"{out} is the model file itself; pass --out_dir to export "
                              "elsewhere")
-        if name in runfolder.RESERVED_NAMES:
+        if name in run_folder.RESERVED_NAMES:
             raise UsageError(f"{out} would overwrite the run's own {name} (its name is "
                              "taken in any folder); copy the model file under another name "
                              "and export the copy")

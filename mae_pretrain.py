@@ -20,25 +20,22 @@ sin-cos position embeddings (not trained), as the official code. Both: AdamW (0.
 base lr 1.5e-4, weight decay 0.05, batch 4096, 40 warmup epochs. The run prints the resolved
 recipe and saves it in args.json; flags given explicitly override (see docs/recipes.md).
 """
-import argparse
 import os
 from dataclasses import asdict
 
 import torch
-from torchvision.utils import make_grid, save_image
 
-import cli
-import common_args
-import engine
-import fileio
-import knn
-import recipes
-import runfolder
-from cli import HelpFormatter, UsageError, run_cli
-from data import SPLIT_SEED, DeviceLoader, image_record, image_shape
-from fileio import atomic_write
-from model import POS_EMBEDS, MAE_ViT, MAEConfig
-from utils import CHECKPOINT_FORMAT, save_checkpoint, seed_everything
+from mae_cifar import fileio
+from mae_cifar.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from mae_cifar.cli import UsageError, run_cli
+from mae_cifar.data.datasets import SPLIT_SEED, image_record, image_shape
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.evaluation import knn
+from mae_cifar.evaluation.reconstruction import reconstruction_grid, save_grid
+from mae_cifar.training import engine, flags, recipes, run_folder
+from mae_cifar.training.objectives import pretrain_step
+from model import MAE_ViT, MAEConfig
+from utils import seed_everything
 
 STAGE = "mae-pretrain"
 CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
@@ -46,59 +43,7 @@ CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_second
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=HelpFormatter)
-    common_args.add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
-                           total_epoch=600, warmup_epoch=40, augment="flip")
-    g = p.add_argument_group("model")
-    g.add_argument("--patch_size", type=cli.positive_int, default=2, help="patch side")
-    g.add_argument("--emb_dim", type=cli.positive_int, default=192, help="encoder width")
-    g.add_argument("--encoder_layer", type=cli.positive_int, default=12,
-                   help="encoder blocks")
-    g.add_argument("--encoder_head", type=cli.positive_int, default=3,
-                   help="encoder attention heads")
-    g.add_argument("--decoder_layer", type=cli.positive_int, default=4,
-                   help="decoder blocks (Table 1a of the paper)")
-    g.add_argument("--decoder_dim", type=cli.positive_int, default=192,
-                   help="decoder width (Table 1b of the paper)")
-    g.add_argument("--decoder_head", type=cli.positive_int, default=None,
-                   help="decoder heads (default: max(1, decoder_dim // 64))")
-    g.add_argument("--mask_ratio", type=cli.finite_float, default=0.75,
-                   help="fraction of patches masked, in [0, 1)")
-    g.add_argument("--norm_pix_loss", action="store_true",
-                   help="reconstruct per-patch normalised pixels (the paper's better target)")
-    g.add_argument("--pos_embed", default=None, choices=POS_EMBEDS,
-                   help="position embeddings of the encoder and decoder: learned, or the "
-                        "official MAE's fixed 2-D sin-cos (never trained); --recipe paper "
-                        "selects sincos")
-
-    g = p.add_argument_group("held-out images")
-    g.add_argument("--val_split", type=cli.non_negative_int, default=0,
-                   help="hold out the N training images train_classifier.py --val_split N "
-                        "holds out (the same SPLIT_SEED draw): pretraining never sees them and "
-                        "evaluates on them (eval_loss, grids, kNN queries) instead of on the "
-                        "test split; 0: pretrain on every training image, evaluate on test")
-    g.add_argument("--eval_images", type=cli.positive_int, default=1024,
-                   help="held-out images (with one fixed mask) for eval_loss each epoch")
-
-    g = p.add_argument_group("outputs")
-    g.add_argument("--model_fn", "--output_model_path", dest="model_fn", default="vit-t-mae.pt",
-                   help="file name of the final model, in the run folder")
-    g.add_argument("--csv_fn", "--csv_log", dest="csv_fn", default="metrics.csv",
-                   help="file name of the per-epoch CSV, in the run folder")
-    g.add_argument("--save_images_dir", default="images",
-                   help="folder (in the run folder) of reconstruction grids")
-    g.add_argument("--save_images_n", type=cli.positive_int, default=16,
-                   help="held-out images shown in each reconstruction grid")
-    g.add_argument("--visualize_freq", type=cli.non_negative_int, default=10,
-                   help="write a reconstruction grid every N epochs (and the last); 0 = off")
-    g.add_argument("--pad", type=cli.non_negative_int, default=2,
-                   help="pixels between images in the grids")
-    g.add_argument("--pad_value", type=cli.finite_float, default=1.0,
-                   help="grey level of the grid padding, 0 (black) to 1 (white)")
-    knn.add_knn_args(p)
-    recipes.add_recipe_args(p, ("pretrain",))
-    return p
+    return flags.stage_parser(flags.add_pretrain_args, __doc__)
 
 
 def model_config(args):
@@ -112,7 +57,7 @@ def model_config(args):
                          mask_ratio=args.mask_ratio, norm_pix_loss=args.norm_pix_loss,
                          pos_embed=args.pos_embed)
     except ValueError as e:
-        raise common_args.model_error(e) from None
+        raise flags.model_error(e) from None
 
 
 def eval_split(data):
@@ -161,40 +106,13 @@ class Evaluator:
                                    self.std, self.args.pad, self.args.pad_value)
 
 
-@torch.inference_mode()
-def reconstruction_grid(m, x, noise, mean, std, pad, pad_value):
-    """(C, H', W') image in [0, 1]: triplets of masked input | reconstruction | original.
-
-    x (n, C, H, W) normalised; noise (n, L) fixes the mask; mean, std (1, C, 1, 1).
-    """
-    m.eval()
-    n = x.shape[0]
-    _, pred, mask = m(x, noise=noise)
-    pred = pred.float()
-    if m.config.norm_pix_loss:  # undo the per-patch normalisation of the target
-        target = m.patchify(x)
-        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, True)
-    mask_px = m.unpatchify(mask[:, :, None].expand(-1, -1, pred.shape[-1]))  # 1 = masked
-    recon = m.unpatchify(pred) * mask_px + x * (1 - mask_px)
-    masked = x * (1 - mask_px)
-    rows = torch.stack([masked, recon, x], dim=1).flatten(0, 1)  # (3n, C, H, W)
-    rows = (rows * std + mean).clamp(0, 1)
-    return make_grid(rows, nrow=3 * max(1, int(n ** 0.5)) if n > 3 else 3,
-                     padding=pad, pad_value=pad_value)
-
-
-def save_grid(grid, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, lambda f: save_image(grid, f, format="png"))
-
-
 def validate(args):
     """Resolve the recipe, then check this stage's flags (no disk) -> the recipe's rows."""
     recipe = recipes.resolve(args, "pretrain")
-    common_args.validate_common(args)
+    flags.validate_common(args)
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
-    runfolder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
+    run_folder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
                                 "--save_images_dir": args.save_images_dir},
                                models=("--model_fn",))
     return recipe
@@ -219,16 +137,11 @@ def main(args):
 
     def stage():
         recipe = recipes.optimization(args)  # AdamW: the only --optimizer pretraining offers
-        trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run, "mae",
-                                 asdict(cfg), recipe)
+        trainer = engine.Trainer(args, dist, model, loader, pretrain_step, run,
+                                 engine.Checkpointed("mae", asdict(cfg)), recipe)
         train(args, dist, model, data, trainer, run)
 
     engine.run_stage(stage, run)
-
-
-def pretrain_step(model, x, y):
-    loss, _, _ = model(x)
-    return loss, {}
 
 
 def train(args, dist, model, data, trainer, run):
@@ -297,7 +210,7 @@ def finish(args, model, trainer, run, rows, data, images):
                               "epoch": args.total_epoch, "norm_mean": data.mean.cpu(),
                               "norm_std": data.std.cpu(), "args": vars(args)}, path)
     wall = sum(float(r["epoch_seconds"]) for r in rows)
-    fileio.write_json(run.file(runfolder.SUMMARY_FN), {
+    fileio.write_json(run.file(run_folder.SUMMARY_FN), {
         "finished": True, "epochs": args.total_epoch,
         "final_train_loss": float(rows[-1]["train_loss"]),
         "final_eval_loss": float(rows[-1]["eval_loss"]),

@@ -1,15 +1,16 @@
 """Tables and figures for the MAE runs, built only from the files the runs write.
 
 Reads <outputs_root>/<exp_name>/<stage>/{args.json, metrics.csv, summary.json} into one pandas
-DataFrame (one row per run folder; runframe.py) and writes results.md, results.csv (long
+DataFrame (one row per run folder; reporting/run_table.py) and writes results.md, results.csv (long
 format: one row per table cell) and PNG figures. Experiments named <name>_seed<N> form a
-group, reported as mean ± sample std (n) over its finished seeds (groupby; cells.py on
-stats.py). A run without a result shows as "—" with its status; corrupt metrics rows are
+group, reported as mean ± sample std (n) over its finished seeds (groupby; reporting/cells.py on
+reporting/stats.py). A run without a result shows as "—" with its status; corrupt metrics rows are
 skipped. A fine-tune, probe or kNN run counts for its experiment's MAE only when its summary's
 pretrained_sha256 matches the MAE's model_sha256. With --ablation_base (commands/study.sh) the
-study's baselines and validation-only search tables are added (tables.py; their findings:
-findings.py; figures: figures.py); for commands/study.sh's v2 study, its pilot, headline
-(headline.py), ablation and endpoint tables instead. Bad input is one `error:` line, exit 2.
+study's baselines and validation-only search tables are added (reporting/tables.py; their
+findings: reporting/findings.py; figures: reporting/figures.py); for commands/study.sh's v2
+study, its pilot, headline (reporting/headline.py), ablation and endpoint tables instead. Bad
+input is one `error:` line, exit 2.
 
     python report.py --outputs_root outputs --out outputs/report
     python report.py --outputs_root results/superseded/fashion_mnist_study_v1/runs \
@@ -23,13 +24,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cells import CSV_COLUMNS, DASH, wide
-from cli import UsageError, positive_float, run_cli
-from figures import build_figures, figure_notes, save_figure
-from fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
-from findings import RULE
-from runframe import STALE_HOURS, collect_runs, latest_reconstructions
-from tables import PAPER_NOTE, build_tables, parts_table
+from mae_cifar.cli import UsageError, positive_float, run_cli
+from mae_cifar.fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
+from mae_cifar.reporting.cells import CSV_COLUMNS, DASH, wide
+from mae_cifar.reporting.figures import build_figures, figure_notes, save_figure
+from mae_cifar.reporting.findings import RULE
+from mae_cifar.reporting.run_table import STALE_HOURS, collect_runs, latest_reconstructions
+from mae_cifar.reporting.tables import PAPER_NOTE, build_tables, parts_table
 
 # ----------------------------------------------------------------------------- Markdown & CSV
 

@@ -20,16 +20,17 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-import cli
-import common_args
-from cli import HelpFormatter, UsageError, run_cli
-from data import DeviceLoader, load_dataset
-from distributed import resolve_device
-from fileio import atomic_write
-from mae_pretrain import reconstruction_grid
+from mae_cifar import cli
+from mae_cifar.checkpoint import load_checkpoint
+from mae_cifar.cli import HelpFormatter, UsageError, run_cli
+from mae_cifar.data.datasets import load_dataset
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.distributed import resolve_device
+from mae_cifar.evaluation.reconstruction import reconstruction_grid
+from mae_cifar.fileio import atomic_write
+from mae_cifar.training import flags
+from mae_cifar.training.classifier import MODES
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
-from train_classifier import MODES
-from utils import load_checkpoint
 
 DEFAULT_RUNS = os.path.join("outputs", "main_exp")  # the stages' default output_root/exp_name
 MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # label -> what it usually is,
@@ -69,7 +70,7 @@ def get_args_parser():
                    help="show the first N test images instead of N random ones")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the random choice of images and of the MAE masks")
-    common_args.add_dataset_args(p)
+    flags.add_dataset_args(p)
 
     g = p.add_argument_group("runtime and output")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")

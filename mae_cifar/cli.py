@@ -73,7 +73,7 @@ def read_config(parser, path):
     if unknown:
         raise UsageError(f"{CONFIG_FLAG} {path}: unknown keys {', '.join(unknown)} (is it "
                          f"an args.json of {parser.prog}?)")
-    if values.get("overwrite") and int(os.environ.get("RANK", "0")) == 0:
+    if values.get("overwrite") and launch_rank() == 0:
         print(f"note: --config {path} says overwrite; it is not replayed (give "
               "--overwrite on the command line to train again)")
     return {k: _config_value(actions[k], v, path) for k, v in values.items()
@@ -149,6 +149,18 @@ def _expected(action):
     return f"a list of {count} values, each {one}"
 
 
+def launch_rank():
+    """This process's rank as torchrun sets it (0 without torchrun). The launcher's RANK and
+    WORLD_SIZE are read here and nowhere else (distributed.setup too), before any process
+    group exists: messages printed before it print once."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launch_world_size():
+    """The number of processes torchrun launched (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_cli(main, parser):
     """Parse arguments and run main(args); UsageError -> one line on stderr, exit 2."""
     try:
@@ -185,7 +197,6 @@ def os_error_hint(e, otherwise):
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return "free some space, then run the same command to resume"
     return "choose a writable folder" if e.errno in (errno.EROFS, errno.EACCES) else otherwise
-
 
 
 # --------------------------------------------------------------------------- flag types

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cli import UsageError
+from mae_cifar import cli
+from mae_cifar.cli import UsageError
 
 
 @dataclass
@@ -35,7 +36,7 @@ def resolve_device(name):
 def setup(device_name):
     """Join the torchrun process group if launched by torchrun (nccl on CUDA, gloo on CPU)."""
     device = resolve_device(device_name)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = cli.launch_world_size()
     if world == 1:
         return DistInfo(0, 1, 0, torch.device(device))
     local_rank = int(os.environ["LOCAL_RANK"])

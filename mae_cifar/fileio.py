@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 
-from cli import UsageError
+from mae_cifar.cli import UsageError
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files; a writer killed mid-write leaves one
@@ -94,20 +94,27 @@ class CSVLogger:
         atomic_write_text(self.path, buf.getvalue())
 
 
-def read_metrics(path):
-    """The rows of a metrics CSV (a UTF-8 BOM, as Excel writes, is fine); UsageError naming
-    the first damaged line."""
+def read_metrics(path, skip_damaged=False):
+    """The rows of a metrics CSV (a UTF-8 BOM, as Excel writes, is fine).
+
+    Training resumes on them: a damaged line is a UsageError naming it. The report shows what
+    it can (skip_damaged): damaged rows are dropped, an unreadable file has no rows, and a
+    file that stops parsing keeps the rows before the damage."""
+    rows = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            text = f.read()
+        for row in csv.DictReader(io.StringIO(text)):
+            rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"cannot read {path}: {e}; restore it, or start again with "
-                         "--overwrite") from None
+        if not skip_damaged:
+            raise UsageError(f"cannot read {path}: {e}; restore it, or start again with "
+                             "--overwrite") from None
     for line, row in enumerate(rows, start=2):
-        if not numeric_row(row):
+        if not numeric_row(row) and not skip_damaged:
             raise UsageError(f"{path} line {line} is damaged; repair or delete that line, or "
                              "start again with --overwrite")
-    return rows
+    return [row for row in rows if numeric_row(row)]
 
 
 def numeric_row(row):

@@ -18,9 +18,9 @@ import re
 
 import torch
 
-from cli import UsageError
+from mae_cifar.checkpoint import check_model_file, load_checkpoint, read_torch_file
+from mae_cifar.cli import UsageError
 from model import MAEConfig, config_from_dict, vit_kwargs
-from utils import check_model_file, load_checkpoint, read_torch_file
 
 TIMM_ARCH = "vit_tiny_patch16_224"  # a registered timm name; model_args override every size
 PROJECT_PREFIX = "encoder."  # this project's MAE file: encoder keys under this prefix

@@ -29,8 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the CPUs are shared
-COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "outputs", "data",
-                                     "out", "results", "*.pt", "*.png")
+SKIP_ANYWHERE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", ".venv", "*.pt",
+                                       "*.png")
+SKIP_AT_ROOT = {"outputs", "data", "out", "results"}  # run outputs; mae_cifar/data/ is code
 TIMEOUT_FACTOR = 5  # a mutant may run this many times the unmutated tests' time (the
 MIN_TIMEOUT_S = 60  # cores are shared: a tighter bound turns slow runs into false kills)
 POLL_S = 0.05
@@ -43,14 +44,15 @@ CAMPAIGN = [
                   "MAE_ViT.num_kept", "MAE_ViT.random_masking", "MAE_ViT.forward_encoder",
                   "MAE_ViT.forward_decoder", "MAE_ViT.forward_loss", "MAE_ViT.forward"],
      ["tests/test_model.py"]),
-    ("data.py", ["augment_batch", "random_flip", "random_crop", "rrc_boxes",
-                 "random_resized_crop", "load_dataset"],
+    ("mae_cifar/data/augment.py", ["augment_batch", "random_flip", "random_crop", "rrc_boxes",
+                                   "random_resized_crop"],
      ["tests/test_utils_data.py", "tests/test_recipes.py::test_crop_scales_cover_their_range"]),
-    ("augment.py", ["rand_augment", "parse_rand_augment"],
+    ("mae_cifar/data/datasets.py", ["load_dataset"], ["tests/test_utils_data.py"]),
+    ("mae_cifar/data/augment.py", ["rand_augment", "parse_rand_augment"],
      ["tests/test_recipes.py", "-k", "rand_augment or pixel_ops or paper_loader"]),
-    ("utils.py", ["cosine_lr"], ["tests/test_utils_data.py", "-k", "lr"]),
-    ("train_classifier.py", ["Stage.on_epoch_end", "Objective.__call__"],
-     ["tests/test_classifier.py"]),
+    ("mae_cifar/training/optim.py", ["cosine_lr"], ["tests/test_utils_data.py", "-k", "lr"]),
+    ("train_classifier.py", ["Stage.on_epoch_end"], ["tests/test_classifier.py"]),
+    ("mae_cifar/training/objectives.py", ["Objective.__call__"], ["tests/test_classifier.py"]),
 ]
 SWAPS = {  # operator -> its mutant
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -69,6 +71,15 @@ class Mutant:
     col: int  # the mutated node's column: tells apart mutants of one kind on one line
     what: str
     source: str  # the whole mutated module
+
+
+def skip_outputs(root, folder, names):
+    """copytree's ignore for a copy of `root`: caches and weights anywhere, run outputs at
+    the root only."""
+    skipped = SKIP_ANYWHERE(folder, names)
+    if Path(folder).resolve() == Path(root).resolve():
+        skipped |= SKIP_AT_ROOT & set(names)
+    return skipped
 
 
 def get_args_parser():
@@ -363,7 +374,8 @@ def main(args):
     results = []
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
         work = Path(tmp) / "repo"
-        shutil.copytree(args.repo, work, ignore=COPY_IGNORE)
+        shutil.copytree(args.repo, work,
+                        ignore=lambda folder, names: skip_outputs(args.repo, folder, names))
         for file, mutants, tests in planned:
             if mutants:
                 results += run_job(work, file, mutants, tests, args.out)

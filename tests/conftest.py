@@ -58,7 +58,8 @@ def run_script(script, *args):
 # ENOSPC, as on a full disk; "writes" counts the command's atomic writes.
 _DRIVER = r"""
 import contextlib, errno, io, json, os, runpy, signal, sys, time, traceback, types
-import engine, fileio
+from mae_cifar.training import engine
+from mae_cifar import fileio
 commands = json.loads(sys.argv[1])
 class FullDisk(types.ModuleType):  # fileio's view of os: every atomic write ends in fsync
     def __getattr__(self, name):

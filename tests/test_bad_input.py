@@ -19,10 +19,10 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_MAE, run_scripts
 
-import data
-from cli import UsageError
+from mae_cifar.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from mae_cifar.cli import UsageError
+from mae_cifar.data import datasets
 from model import MAE_ViT, MAEConfig, ViT_Classifier
-from utils import CHECKPOINT_FORMAT, save_checkpoint
 
 MAE, CLF, VIS = "mae_pretrain.py", "train_classifier.py", "visualize_pred.py"
 ENCODER = dict(image_size=16, patch_size=4, emb_dim=32, encoder_layer=2, encoder_head=2)
@@ -98,7 +98,7 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
     "visualize_mae_not_classifier": (VIS, ["--pretrained_ckpt", "{ckpt}/mae.pt",
                                            "--scratch_ckpt", "{ckpt}/classifier.pt"],
                                      ["mae.pt is a mae checkpoint", "expected a classifier"]),
-    # issue 17: hostile but realistic input
+    # hostile but realistic input
     "ckpt_os_system_pickle": (CLF, ["--pretrained_model_path", "{ckpt}/system.pt"],
                               ["refusing", "system.pt", "it needs arbitrary unpickling"]),
     "sincos_width_not_divisible_by_4": (MAE, ["--pos_embed", "sincos", "--emb_dim", "30"],
@@ -124,7 +124,7 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                             ["both name vit-t-clf-from_scratch.pt"]),
     "csv_fn_equals_model_fn": (MAE, ["--csv_fn", "m.pt", "--model_fn", "m.pt"],
                                ["both name m.pt"]),
-    # issue 25.3: export.py would derive args.json from the model file's name
+    # export.py would derive args.json from the model file's name
     "model_fn_exports_over_args_json": (MAE, ["--model_fn", "args.pt"],
                                         ["--model_fn args.pt: export.py would write its "
                                          "args.json over the run's own args.json"]),
@@ -165,7 +165,7 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                                        ["holds a run with other flags", "--seed: 7 (saved)"]),
     "args_json_gone_summary_left": (MAE, ["--exp_name", "summary_only"],
                                     ["holds files of an unknown run", "--overwrite"]),
-    # issue 25.19: what the model file is, not "not found" (and a FIFO is never opened)
+    # what the model file is, not "not found" (and a FIFO is never opened)
     "ckpt_is_a_directory": (CLF, ["--pretrained_model_path", "{ckpt}/folder.pt"],
                             ["{ckpt}/folder.pt is a directory, not a checkpoint file"]),
     "ckpt_is_a_fifo": (CLF, ["--pretrained_model_path", "{ckpt}/fifo.pt"],
@@ -212,7 +212,7 @@ def make_checkpoints(folder):
            "model": MAE_ViT.from_config(cfg).state_dict()}
     save_checkpoint(mae, os.path.join(folder, "mae.pt"))
     clf = ViT_Classifier.from_mae(cfg, MAE_ViT.from_config(cfg).encoder.state_dict())
-    fake = data.load_dataset("fake", image_size=ENCODER["image_size"], max_train=1, max_eval=1)
+    fake = datasets.load_dataset("fake", image_size=ENCODER["image_size"], max_train=1, max_eval=1)
     save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "classifier",
                      "config": asdict(clf.config), "model": clf.state_dict(),
                      "classes": fake.classes, "norm_mean": fake.mean, "norm_std": fake.std},
@@ -420,17 +420,17 @@ def test_os_system_pickle_is_refused_unrun(results, inputs):
 def test_download_from_a_silent_server_times_out(tmp_path, monkeypatch):
     """A server that accepts the connection and never answers (a blocked network) must not
     hang the run: the download times out and the error names the missing files."""
-    from torchvision import datasets
+    from torchvision import datasets as tv_datasets
 
     server = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody replies
-    monkeypatch.setattr(datasets.CIFAR10, "url",
+    monkeypatch.setattr(tv_datasets.CIFAR10, "url",
                         f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-python.tar.gz")
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 1)
+    monkeypatch.setattr(datasets, "DOWNLOAD_TIMEOUT_S", 1)
     errors = []
 
     def load():
         try:
-            data.load_dataset("cifar10", str(tmp_path))
+            datasets.load_dataset("cifar10", str(tmp_path))
         except UsageError as e:
             errors.append(str(e))
 

@@ -10,10 +10,12 @@ import torch
 from conftest import TINY_DATA, run_scripts
 
 import baselines
-import probe
 import train_classifier
+from mae_cifar.checkpoint import CHECKPOINT_FORMAT, UsageError, save_checkpoint
+from mae_cifar.evaluation import probe
+from mae_cifar.training import classifier
 from model import MAE_ViT, MAEConfig
-from utils import CHECKPOINT_FORMAT, UsageError, save_checkpoint, seed_everything
+from utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = MAEConfig(image_size=16, emb_dim=32, encoder_layer=2, encoder_head=2, decoder_dim=32,
@@ -247,9 +249,9 @@ def test_random_encoder_is_the_scratch_classifiers_initial_encoder():
     encoder, _ = random_features(7, torch.zeros(1, 3, 16, 16))
     args = train_classifier.get_args_parser().parse_args(
         [*TINY_DATA, *RANDOM_ARCH, "--seed", "7"])
-    train_classifier.resolve_recipe(args)
+    classifier.resolve_recipe(args)
     seed_everything(args.seed)  # as train_classifier.main() does before build_model
-    scratch = train_classifier.build_model(args, num_classes=10, device="cpu")
+    scratch = classifier.build_model(args, num_classes=10, device="cpu")
     want = scratch.encoder_state_dict()
     got = encoder.state_dict()
     assert set(got) == set(want)

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts
 
-import engine
 import train_classifier
-from cli import parse_args
-from data import load_dataset
+from mae_cifar.cli import parse_args
+from mae_cifar.data.datasets import load_dataset
+from mae_cifar.evaluation import features
+from mae_cifar.training import classifier, engine, objectives
 from model import ClassifierConfig, ViT_Classifier
 from utils import seed_everything
 
@@ -83,7 +84,7 @@ def mae_encoder(runs):
 def parse(runs, *extra):
     args = train_classifier.get_args_parser().parse_args(
         classifier_flags(runs["mae_path"], extra) + ["--output_root", str(runs["tmp"] / "x")])
-    train_classifier.resolve_recipe(args)
+    classifier.resolve_recipe(args)
     return args
 
 
@@ -91,7 +92,7 @@ def initial_model(runs, *extra):
     """The model main() builds before training (it seeds with --seed first)."""
     args = parse(runs, *extra)
     seed_everything(args.seed)
-    return train_classifier.build_model(args, num_classes=10, device="cpu")
+    return classifier.build_model(args, num_classes=10, device="cpu")
 
 
 # --------------------------------------------------------------------------- selection
@@ -112,7 +113,7 @@ def selection(tmp_path_factory):
             str(SELECT_BASE_LR), "--layer_decay", str(SELECT_LAYER_DECAY), "--output_root",
             str(tmp), "--exp_name", "e"]
     lrs, evaluated, scripted = [], [], iter(SCRIPTED_VAL_ACC)
-    real_evaluate, real_step = train_classifier.evaluate, engine.Trainer._optimizer_step
+    real_evaluate, real_step = features.evaluate, engine.Trainer._optimizer_step
 
     def evaluate(model, split, *args):
         loss, acc = real_evaluate(model, split, *args)
@@ -207,7 +208,7 @@ def test_objective_is_the_smoothed_cross_entropy_and_counts_correct_labels():
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(6, NUM_CLASSES, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])
     args = Namespace(mixup=0.0, cutmix=0.0, smoothing=SMOOTHING)
-    loss, sums = train_classifier.Objective(args, NUM_CLASSES)(
+    loss, sums = objectives.Objective(args, NUM_CLASSES)(
         recording_model(logits)[0], torch.randn(6, 3, 4, 4), y)
     expected = -(smoothed(y) * F.log_softmax(logits, -1)).sum(-1).mean()
     torch.testing.assert_close(loss, expected)
@@ -222,7 +223,7 @@ def test_objective_with_mixup_trains_on_mixed_images_against_mixed_targets():
     x = torch.randn(6, 3, 4, 4, generator=g)
     model, seen = recording_model(logits)
     args = Namespace(mixup=0.8, cutmix=0.0, smoothing=SMOOTHING)
-    objective = train_classifier.Objective(args, NUM_CLASSES)
+    objective = objectives.Objective(args, NUM_CLASSES)
     np.random.seed(0)  # timm draws lam with numpy
     loss, _ = objective(model, x.clone(), y)
     mixed, other = seen[0], x.flip(0)

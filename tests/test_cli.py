@@ -10,10 +10,10 @@ from conftest import TINY_DATA, TINY_MAE, run_scripts
 import bench
 import export
 import mae_pretrain
-import recipes
 import train_classifier
 import visualize_pred
-from cli import HelpFormatter, UsageError, parse_args, run_cli
+from mae_cifar.cli import HelpFormatter, UsageError, parse_args, run_cli
+from mae_cifar.training import classifier, recipes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PARSERS = {"mae_pretrain": mae_pretrain, "train_classifier": train_classifier,
@@ -149,7 +149,7 @@ def test_seed_flags_and_values_parse(name):
             ("vit-t-mae.pt", "metrics.csv", "images")
 
 
-# --------------------------------------------------------------------------- issue 25
+# --------------------------------------------------------------------------- config replay
 def test_replayed_config_never_overwrites(tmp_path):
     """25.1: X's args.json says overwrite; replayed into Y it leaves Y's run (seed 7) alone,
     and replayed as is it finds X finished."""
@@ -220,14 +220,14 @@ def test_config_with_recipe_re_resolves_the_recipe(tmp_path):
     a = tmp_path / "args.json"
     parser = train_classifier.get_args_parser()
     ran = parse_args(parser, ["--emb_dim", "48", "--seed", "3", "--total_epoch", "7"])
-    train_classifier.resolve_recipe(ran)
+    classifier.resolve_recipe(ran)
     a.write_text(json.dumps(vars(ran)))
     replay = parse_args(train_classifier.get_args_parser(), ["--config", str(a)])
-    train_classifier.resolve_recipe(replay)
+    classifier.resolve_recipe(replay)
     assert vars(replay) == {**vars(ran), "config": str(a)}  # without --recipe: exactly A
     args = parse_args(train_classifier.get_args_parser(),
                       ["--config", str(a), "--recipe", "paper", "--mixup", "0.5"])
-    train_classifier.resolve_recipe(args)
+    classifier.resolve_recipe(args)
     paper = recipes.RECIPES["finetune"]["paper"]
     assert (args.recipe, args.emb_dim, args.seed) == ("paper", 48, 3)
     assert args.mixup == 0.5  # given with it

@@ -116,7 +116,7 @@ def outputs(call):
     """The model file a training call writes."""
     if call.script == "mae_pretrain.py":
         return f"{call.ns.output_root}/{call.ns.exp_name}/mae-pretrain/{call.ns.model_fn}"
-    from train_classifier import MODES
+    from mae_cifar.training.classifier import MODES
     folder, model_fn, _ = MODES[(call.ns.pretrained_model_path is not None,
                                  call.ns.linear_probe)]
     return f"{call.ns.output_root}/{call.ns.exp_name}/{folder}/{model_fn}"

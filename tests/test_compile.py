@@ -21,13 +21,14 @@ import torch
 from torch._dynamo.utils import counters
 
 import bench
-import mae_pretrain
-from cli import UsageError
-from data import DeviceLoader, Split
-from distributed import DistInfo
-from engine import Trainer
+from mae_cifar.cli import UsageError
+from mae_cifar.data.datasets import Split
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.distributed import DistInfo
+from mae_cifar.training import objectives
+from mae_cifar.training.engine import Checkpointed, Trainer
+from mae_cifar.training.objectives import Objective
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier
-from train_classifier import Objective
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +60,7 @@ def trainer(module, step_fn, device, compile):
                      max_device_batch_size=MICRO, weight_decay=0.05, total_epoch=EPOCHS,
                      warmup_epoch=1)
     return Trainer(args, DistInfo(0, 1, 0, torch.device(device)), module.to(device), loader,
-                   step_fn, run=None, kind="test", config={})
+                   step_fn, None, Checkpointed("test", {}))
 
 
 def step_grads(t, x, y):
@@ -139,7 +140,7 @@ def check_backend(device):
 
 def test_inductor_mae_step_matches_eager_and_compiles_once():
     check_backend("cpu")
-    assert compiled_matches_eager(mae(), mae_pretrain.pretrain_step) == 1
+    assert compiled_matches_eager(mae(), objectives.pretrain_step) == 1
 
 
 def test_inductor_classifier_step_matches_eager_and_compiles_once():

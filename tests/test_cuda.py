@@ -30,11 +30,9 @@ from test_compile import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-import engine
-import mae_pretrain
-import recipes
-from data import DeviceLoader
-from utils import param_groups
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.training import engine, objectives, recipes
+from mae_cifar.training.optim import param_groups
 
 CUDA = "cuda"
 pytestmark = [
@@ -107,7 +105,7 @@ def test_fused_adamw_steps_match_unfused():
 
 
 @pytest.mark.usefixtures("no_tf32")
-@pytest.mark.parametrize("make,step_fn", [(mae, mae_pretrain.pretrain_step),
+@pytest.mark.parametrize("make,step_fn", [(mae, objectives.pretrain_step),
                                           (classifier, objective())])
 def test_inductor_step_matches_eager_on_cuda(make, step_fn):
     """Triton kernels reduce in other orders than the CPU's C++: looser loss tolerance."""
@@ -157,8 +155,8 @@ def test_nccl_process_group_of_one_runs_a_ddp_step():
                             world_size=1, device_id=torch.device(CUDA, 0))
     try:
         model = mae()
-        plain = trainer(model, mae_pretrain.pretrain_step, CUDA, compile=False)
-        ddp = trainer(copy.deepcopy(model), mae_pretrain.pretrain_step, CUDA, compile=False)
+        plain = trainer(model, objectives.pretrain_step, CUDA, compile=False)
+        ddp = trainer(copy.deepcopy(model), objectives.pretrain_step, CUDA, compile=False)
         ddp.model = DistributedDataParallel(ddp.model, device_ids=[0])
         assert ddp.micro_batches > 1 and N_IMAGES % BATCH and BATCH % MICRO
         losses = []

@@ -1,7 +1,7 @@
 """A full disk loses nothing: every atomic write of a short pretraining and of a short
 fine-tuning run fails in turn with ENOSPC. Each failure is one `error:` line with exit code 2,
 and running the same command again ends with the weights and metrics.csv of a run that never
-failed (issue 17, item 5)."""
+failed."""
 import csv
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_MAE, run_scripts
 
-from utils import load_checkpoint
+from mae_cifar.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCHS = {"mae": ["--total_epoch", "2", "--warmup_epoch", "0"],  # resumes mid-run, too

@@ -22,16 +22,17 @@ import torch.multiprocessing as mp
 from conftest import REPO, SCRIPT_TIMEOUT_S, TINY_DATA, TINY_MAE, script_env
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-import engine
-import mae_pretrain
-from data import DeviceLoader, Split, load_dataset
-from distributed import DistInfo
-from engine import Interrupted, Trainer, autocast_context
+from mae_cifar.checkpoint import load_checkpoint
+from mae_cifar.data.datasets import Split, load_dataset
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.distributed import DistInfo
+from mae_cifar.evaluation.features import evaluate
+from mae_cifar.training import engine, objectives
+from mae_cifar.training.engine import Checkpointed, Interrupted, Trainer, autocast_context
+from mae_cifar.training.recipes import ADAMW_BETAS_PRETRAIN, Optimization
+from mae_cifar.training.run_folder import CHECKPOINT_FN, RunFolder
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
-from recipes import ADAMW_BETAS_PRETRAIN, Optimization
-from runfolder import CHECKPOINT_FN, RunFolder
-from train_classifier import evaluate
-from utils import load_checkpoint, seed_everything
+from utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORLD = 2
@@ -88,8 +89,8 @@ def make_trainer(rank, step_fn, run=None, augment="flip"):
     args = Namespace(compile=False, amp="off", base_learning_rate=1e-3, batch_size=BATCH,
                      max_device_batch_size=MICRO, weight_decay=0.05, total_epoch=EPOCHS,
                      warmup_epoch=1, save_freq=1)
-    return Trainer(args, DistInfo(rank, WORLD, 0, CPU), model, loader, step_fn, run, "mae",
-                   asdict(TINY), Optimization(betas=ADAMW_BETAS_PRETRAIN))
+    return Trainer(args, DistInfo(rank, WORLD, 0, CPU), model, loader, step_fn, run,
+                   Checkpointed("mae", asdict(TINY)), Optimization(betas=ADAMW_BETAS_PRETRAIN))
 
 
 def gradient_step(rank):
@@ -125,7 +126,7 @@ class Recorder:
         self.calls += 1
         if self.calls == self.sigterm_call:
             os.kill(os.getpid(), signal.SIGTERM)
-        loss, sums = mae_pretrain.pretrain_step(model, x, y)
+        loss, sums = objectives.pretrain_step(model, x, y)
         self.local[-1][0] += loss.item() * x.shape[0]
         self.local[-1][1] += x.shape[0]
         return loss, sums

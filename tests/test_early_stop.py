@@ -2,7 +2,7 @@
 after N epochs without a val_acc improvement, says why in summary.json, resumes to the same
 result, counts as finished; the constant schedule holds the peak lr after warmup.
 
-The validation accuracy is scripted (SCRIPTED_EVAL replaces train_classifier.evaluate), so
+The validation accuracy is scripted (SCRIPTED_EVAL replaces features.evaluate), so
 where the run must stop is known in advance; the training itself is real.
 """
 import csv
@@ -13,11 +13,10 @@ import pytest
 import torch
 from conftest import TINY_DATA, TINY_ENCODER, run_scripts
 
-import engine
-import runfolder
 import train_classifier
-from cli import run_cli
-from utils import constant_lr, cosine_lr
+from mae_cifar.cli import run_cli
+from mae_cifar.training import classifier, engine, run_folder
+from mae_cifar.training.optim import constant_lr, cosine_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VAL_IMAGES = 16
@@ -40,7 +39,7 @@ STAGE = "scratch-cls"
 SCRIPTED_EVAL = f"""
 import json, sys
 import train_classifier as tc
-from cli import run_cli
+from mae_cifar.cli import run_cli
 if not hasattr(tc.Stage, "unscripted_epoch_end"):
     tc.Stage.unscripted_epoch_end = tc.Stage.on_epoch_end
     def on_epoch_end(self, epoch, stats):
@@ -73,7 +72,7 @@ def read_rows(path):
 
 
 def summary(path):
-    return json.loads((path / runfolder.SUMMARY_FN).read_text())
+    return json.loads((path / run_folder.SUMMARY_FN).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +91,8 @@ def runs(tmp_path_factory):
     results = run_scripts([cmd("A"), {"argv": cmd("B"), "sigterm_after": 2 * STEPS_PER_EPOCH + 1},
                            cmd("B"), cmd("A"), cmd("C")])
     c = folder(tmp, "C")
-    (c / runfolder.SUMMARY_FN).unlink()
-    (c / train_classifier.MODES[(False, False)][1]).unlink()
+    (c / run_folder.SUMMARY_FN).unlink()
+    (c / classifier.MODES[(False, False)][1]).unlink()
     results += run_scripts([cmd("C")])
     return dict(tmp=tmp, results=dict(zip(names + ["C"], results)))
 
@@ -148,7 +147,7 @@ def test_resume_across_the_stop_gives_the_uninterrupted_run(runs):
     assert without_wall_clock(read_rows(b)) == without_wall_clock(read_rows(a))
     for key in ("stopped_epoch", "stop_reason", "best_epoch", "test_acc_at_best", "epochs"):
         assert summary(b)[key] == summary(a)[key], key
-    model_fn = train_classifier.MODES[(False, False)][1]
+    model_fn = classifier.MODES[(False, False)][1]
     got = torch.load(b / model_fn, weights_only=True)["model"]
     want = torch.load(a / model_fn, weights_only=True)["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -159,9 +158,9 @@ def test_a_stopped_run_is_finished(runs):
     assert rerun.returncode == 0, rerun.stderr
     assert "is finished; nothing to do" in rerun.stdout and "epoch 1/" not in rerun.stdout
     args = train_classifier.get_args_parser().parse_args(flags(runs["tmp"] / "A"))
-    train_classifier.resolve_recipe(args)
+    classifier.resolve_recipe(args)
     args.pretrained_sha256 = None
-    assert runfolder.RunFolder(str(folder(runs["tmp"], "A")), args).status() == "finished"
+    assert run_folder.RunFolder(str(folder(runs["tmp"], "A")), args).status() == "finished"
 
 
 def test_a_run_killed_after_its_stop_finishes_without_training_on(runs):

@@ -17,10 +17,10 @@ import torch
 from conftest import REPO, TINY_MAE, run_scripts, script_env
 
 import mae_pretrain
-import runfolder
-from cli import UsageError
-from fileio import TEMP_PREFIX
-from utils import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from mae_cifar.cli import UsageError
+from mae_cifar.fileio import TEMP_PREFIX
+from mae_cifar.training import run_folder
 
 BATCH, TRAIN_IMAGES = 16, 1024
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH  # 64: a signal after the first checkpoint lands mid-epoch
@@ -53,8 +53,8 @@ def stage(root, exp):
 # NaN from then on.
 FAULT_WRAPPER = """
 import os, runpy, shutil, signal, sys
-import engine
-import runfolder
+from mae_cifar.training import engine
+from mae_cifar.training import run_folder
 at, action = int(sys.argv[1]), sys.argv[2]
 step = engine.Trainer._optimizer_step
 def faulty_step(self, *a):
@@ -113,7 +113,7 @@ def kill_mid_epoch(root, wrapper):
     run. Leaves a temporary file like the one a kill during a save leaves. -> facts for the
     tests."""
     args = tiny_args(root, "kill")
-    ckpt = os.path.join(stage(root, "kill"), runfolder.CHECKPOINT_FN)
+    ckpt = os.path.join(stage(root, "kill"), run_folder.CHECKPOINT_FN)
     proc = start([wrapper, STOP_AT, "stop", "mae_pretrain.py", *args], root)
     try:
         wait_until_stopped(proc, f"step {STOP_AT}")
@@ -125,7 +125,7 @@ def kill_mid_epoch(root, wrapper):
     finally:
         proc.kill()
         proc.wait()
-    with open(os.path.join(stage(root, "kill"), runfolder.LOCK_FN)) as f:
+    with open(os.path.join(stage(root, "kill"), run_folder.LOCK_FN)) as f:
         lock_pid = int(f.read())
     with open(os.path.join(stage(root, "kill"), ".tmp-killed-checkpoint.pt"), "wb") as f:
         f.write(b"half a checkpoint")
@@ -161,7 +161,7 @@ def runs(tmp_path_factory):
 def final_state(folder):
     """(model weights, optimizer state, CSV rows without wall-clock columns) of a run."""
     model = torch.load(os.path.join(folder, "vit-t-mae.pt"), weights_only=True)["model"]
-    optim = torch.load(os.path.join(folder, runfolder.CHECKPOINT_FN),
+    optim = torch.load(os.path.join(folder, run_folder.CHECKPOINT_FN),
                        weights_only=True)["optimizer"]
     with open(os.path.join(folder, "metrics.csv"), newline="") as f:
         rows = [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in csv.DictReader(f)]
@@ -188,7 +188,7 @@ def no_temp_files(folder):
 
 
 def stop_line(root, exp, signame):
-    path = os.path.join(stage(root, exp), runfolder.CHECKPOINT_FN)
+    path = os.path.join(stage(root, exp), run_folder.CHECKPOINT_FN)
     return f"stopped by {signame}: checkpoint saved to {path}; run the same command to resume"
 
 
@@ -208,7 +208,7 @@ def test_resume_after_sigterm_mid_epoch_is_identical(runs):
     # the signal arrived during step SIGTERM_AFTER; that step finished, then the checkpoint
     assert f"epoch 1, step {SIGTERM_AFTER - STEPS_PER_EPOCH}" in proc.stdout
     assert_same_run(stage(root, "term"), stage(root, "ref"))
-    assert not os.path.exists(os.path.join(stage(root, "term"), runfolder.LOCK_FN))
+    assert not os.path.exists(os.path.join(stage(root, "term"), run_folder.LOCK_FN))
 
 
 def test_sigint_checkpoints_mid_epoch(runs):
@@ -216,7 +216,7 @@ def test_sigint_checkpoints_mid_epoch(runs):
     proc = procs["sigint"]
     assert proc.returncode == 128 + signal.SIGINT, proc.stderr
     assert proc.stderr.strip().splitlines() == [stop_line(root, "int", "SIGINT")]
-    saved = load_checkpoint(os.path.join(stage(root, "int"), runfolder.CHECKPOINT_FN))
+    saved = load_checkpoint(os.path.join(stage(root, "int"), run_folder.CHECKPOINT_FN))
     assert (saved["epoch"], saved["step"]) == (1, SIGINT_AFTER - STEPS_PER_EPOCH)
 
 
@@ -237,7 +237,7 @@ def test_kill9_mid_epoch_then_resume_is_identical(runs):
     assert "epoch 1, step 0" in proc.stdout
     assert_same_run(stage(root, "kill"), stage(root, "ref"))  # each epoch once in the CSV
     assert no_temp_files(stage(root, "kill"))
-    assert not os.path.exists(os.path.join(stage(root, "kill"), runfolder.LOCK_FN))
+    assert not os.path.exists(os.path.join(stage(root, "kill"), run_folder.LOCK_FN))
 
 
 # --------------------------------------------------------------------------- non-finite loss
@@ -250,11 +250,11 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(runs, case):
     line = proc.stderr.strip().splitlines()[-1]
     assert f"loss is not finite at epoch 1, step {NAN_FROM - STEPS_PER_EPOCH - 1}" in line
     assert "last good checkpoint is kept" in line and "--base_learning_rate" in line
-    with open(os.path.join(folder, runfolder.CHECKPOINT_FN), "rb") as now, \
+    with open(os.path.join(folder, run_folder.CHECKPOINT_FN), "rb") as now, \
             open(folder + BEFORE_NAN, "rb") as before:
         assert now.read() == before.read()
-    assert load_checkpoint(os.path.join(folder, runfolder.CHECKPOINT_FN))["epoch"] == 1
-    assert not os.path.exists(os.path.join(folder, runfolder.SUMMARY_FN))
+    assert load_checkpoint(os.path.join(folder, run_folder.CHECKPOINT_FN))["epoch"] == 1
+    assert not os.path.exists(os.path.join(folder, run_folder.SUMMARY_FN))
 
 
 def test_huge_learning_rate_stops_with_a_hint(runs):
@@ -264,7 +264,7 @@ def test_huge_learning_rate_stops_with_a_hint(runs):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: loss is not finite at epoch 0, step ")
     assert "no checkpoint had been written" in line and "--base_learning_rate" in line
-    assert not os.path.exists(os.path.join(stage(root, "lr"), runfolder.CHECKPOINT_FN))
+    assert not os.path.exists(os.path.join(stage(root, "lr"), run_folder.CHECKPOINT_FN))
 
 
 # --------------------------------------------------------------------------- killed writes
@@ -285,7 +285,7 @@ def test_checkpoint_survives_kill_during_a_save(tmp_path):
     """SIGKILL a process that saves checkpoints in a loop, each time while a save is under
     way (its temporary file exists): the file always loads whole, and the temporary files the
     killed saves leave are removed when the run folder is opened."""
-    path = str(tmp_path / runfolder.CHECKPOINT_FN)
+    path = str(tmp_path / run_folder.CHECKPOINT_FN)
     state = {"format": CHECKPOINT_FORMAT, "kind": "mae", "weights": torch.randn(2 ** 21)}
     save_checkpoint(state, path)
     left = set()
@@ -304,7 +304,7 @@ def test_checkpoint_survives_kill_during_a_save(tmp_path):
     assert left  # the kills did land in the middle of saves
     with open(tmp_path / ".tmp-stale-metrics.csv", "w") as f:
         f.write("epoch,loss\n0,")
-    run = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))
+    run = run_folder.RunFolder(str(tmp_path), Namespace(overwrite=False))
     run.open(fresh=False)
     run.release()
     assert no_temp_files(str(tmp_path))

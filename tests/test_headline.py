@@ -1,14 +1,11 @@
-"""The v2 study's headline and ablation-endpoint tables (headline.py, tables.study_v2_tables):
-numbers worked by hand from fixture run folders."""
+"""The v2 study's headline and ablation-endpoint tables (reporting/headline.py,
+tables.study_v2_tables): numbers worked by hand from fixture run folders."""
 import json
 
 import pytest
 from test_report import classifier, pretrain, set_args
 
-import cells
-import figures
-import runframe
-import tables
+from mae_cifar.reporting import cells, figures, run_table, tables
 
 SEEDS = (1, 2, 3)
 
@@ -35,7 +32,7 @@ def study(root):
 
 
 def built(root, base="abl_default"):
-    return {t["name"]: t for t in tables.build_tables(runframe.collect_runs(root), base)}
+    return {t["name"]: t for t in tables.build_tables(run_table.collect_runs(root), base)}
 
 
 def test_headline_rows_are_each_arm_at_its_validation_choice(tmp_path):
@@ -112,7 +109,7 @@ def test_early_stopping_figure_marks_the_chosen_epoch(tmp_path):
     for s in SEEDS:  # 5,000 labelled images in batches of 128: 40 optimizer steps an epoch
         for exp, stage in ((f"scratch_seed{s}", "scratch-cls"), (f"head_seed{s}", "pretrain-cls")):
             set_args(tmp_path / exp / stage, max_train_images=5000, batch_size=128)
-    frame = runframe.collect_runs(tmp_path)
+    frame = run_table.collect_runs(tmp_path)
     (ax,) = figures.plot_stopping(frame).axes
     curves = [line for line in ax.lines if line.get_marker() != "*"]
     stars = [line for line in ax.lines if line.get_marker() == "*"]

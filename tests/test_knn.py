@@ -13,13 +13,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TINY_DATA, TINY_MAE, run_script
 
-import knn
 import mae_pretrain
-from data import load_dataset
-from engine import autocast_context
-from fileio import write_json
+from mae_cifar.data.datasets import load_dataset
+from mae_cifar.evaluation import knn
+from mae_cifar.fileio import write_json
+from mae_cifar.training.engine import autocast_context
+from mae_cifar.training.run_folder import ARGS_FN, RunFolder
 from model import MAE_ViT, MAEConfig
-from runfolder import ARGS_FN, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,12 +8,11 @@ import torch
 from conftest import TINY_DATA, TINY_MAE, run_scripts
 from PIL import Image
 
-import engine
 import mae_pretrain
-import recipes
-import runfolder
 import train_classifier
-from data import FAKE_SIZES, SPLIT_SEED, DeviceLoader, Split, carve, image_record, load_dataset
+from mae_cifar.data.datasets import FAKE_SIZES, SPLIT_SEED, Split, carve, image_record, load_dataset
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.training import engine, recipes, run_folder
 from model import MAE_ViT, MAEConfig, sincos_pos_embed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,7 +131,7 @@ def test_a_flag_that_does_not_change_results_may_differ_on_rerun(runs):
     cmd = pretrain_cmd(str(folder.parents[1]))[1:] + ["--save_freq", "2"]
     args = mae_pretrain.get_args_parser().parse_args(cmd)
     recipes.resolve(args, "pretrain")  # as main() does before the run folder reads args.json
-    assert runfolder.RunFolder(str(folder), args).status() == "finished"
+    assert run_folder.RunFolder(str(folder), args).status() == "finished"
 
 
 def test_mae_loss_falls_on_the_fake_data():

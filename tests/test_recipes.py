@@ -12,15 +12,16 @@ from PIL import Image
 from timm.data import auto_augment as timm_aa
 from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
 
-import augment
-import engine
 import mae_pretrain
-import recipes
 import train_classifier
-from cli import UsageError, parse_args
-from data import DeviceLoader, Split, rrc_boxes
+from mae_cifar.cli import UsageError, parse_args
+from mae_cifar.data import augment
+from mae_cifar.data.augment import rrc_boxes
+from mae_cifar.data.datasets import Split
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.training import classifier, engine, objectives, recipes
+from mae_cifar.training.optim import cosine_lr, param_groups
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier, sincos_pos_embed
-from utils import cosine_lr, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +92,7 @@ def resolved(stage, *flags):
     else:
         probe = ["--linear_probe"] if stage == "linprobe" else []
         args = train_classifier.get_args_parser().parse_args(probe + list(flags))
-        train_classifier.resolve_recipe(args)
+        classifier.resolve_recipe(args)
     return vars(args)
 
 
@@ -337,7 +338,7 @@ def test_drop_last_drops_the_partial_batch():
 # --------------------------------------------------------------------------- mixup
 @pytest.mark.parametrize("b", [1, 5, 171])
 def test_mixup_mixes_odd_batches(b):
-    mix = train_classifier.any_size_mixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0,
+    mix = objectives.any_size_mixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0,
                                           num_classes=b)
     np.random.seed(0)
     x = torch.randn(b, 3, 4, 4)
@@ -437,7 +438,7 @@ def test_lars_below_its_batch_warns_up_front(capsys):
     (`fast`), it does not."""
     def warnings(*argv):
         args = train_classifier.get_args_parser().parse_args(["--linear_probe", *argv])
-        train_classifier.resolve_recipe(args)
+        classifier.resolve_recipe(args)
         return [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
 
     for batch in ("64", "256"):
@@ -509,8 +510,8 @@ def test_paper_mae_position_embeddings_reach_classifiers_exactly_and_probes_keep
     assert torch.equal(pos[0], sincos_pos_embed(pos.shape[-1], 8))  # 16 px / patch 2
     args = train_classifier.get_args_parser().parse_args(
         [str(a) for a in paper_runs["probe"][1:]])
-    train_classifier.resolve_recipe(args)
-    start = train_classifier.build_model(args, num_classes=10, device="cpu")
+    classifier.resolve_recipe(args)
+    start = classifier.build_model(args, num_classes=10, device="cpu")
     assert start.config.pos_embed == "sincos" and torch.equal(start.pos_embed, pos)
     for exp, stage in (("lars", "pretrain-cls-lin"), ("minlr", "pretrain-cls-lin"),
                        ("main_exp", "pretrain-cls")):

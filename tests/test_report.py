@@ -13,13 +13,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-import cells
-import cli
-import figures
-import findings
 import report
-import runframe
-import tables
+from mae_cifar import cli
+from mae_cifar.reporting import cells, figures, findings, run_table, tables
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -50,7 +46,7 @@ def write_stage(root, exp, stage, args, rows, summary=None, locked=False, extra_
     folder = root / exp / stage
     folder.mkdir(parents=True)
     (folder / "args.json").write_text(json.dumps({**args, "exp_name": exp}))
-    columns = PRETRAIN_COLUMNS if stage == runframe.PRETRAIN else CLS_COLUMNS
+    columns = PRETRAIN_COLUMNS if stage == run_table.PRETRAIN else CLS_COLUMNS
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, columns, lineterminator="\n")
         writer.writeheader()
@@ -59,7 +55,7 @@ def write_stage(root, exp, stage, args, rows, summary=None, locked=False, extra_
     if summary is not None:
         (folder / "summary.json").write_text(json.dumps({"finished": True, **summary}))
     if locked:
-        (folder / runframe.LOCK_FN).write_text("12345\n")
+        (folder / run_table.LOCK_FN).write_text("12345\n")
     return folder
 
 
@@ -74,7 +70,7 @@ def pretrain(root, exp, done=None, knn=None, seed=0, **overrides):
     summary = None if done < total else {
         "epochs": total, "final_train_loss": rows[-1]["train_loss"],
         "final_eval_loss": rows[-1]["eval_loss"], "wall_seconds": 60.0 * total, "knn_acc": knn}
-    return write_stage(root, exp, runframe.PRETRAIN, args, rows, summary, locked=done < total)
+    return write_stage(root, exp, run_table.PRETRAIN, args, rows, summary, locked=done < total)
 
 
 def classifier(root, exp, stage, test_acc=None, done=None, split="val", locked=True, seed=0,
@@ -133,7 +129,7 @@ def build_outputs(root):
     classifier(root, "cpu_study_seed1", "pretrain-cls", 0.61, split="test", seed=1)
     classifier(root, "cpu_study_seed2", "pretrain-cls", done=1, seed=2)
     # unreadable files
-    broken = root / "broken_exp" / runframe.PRETRAIN
+    broken = root / "broken_exp" / run_table.PRETRAIN
     broken.mkdir(parents=True)
     (broken / "args.json").write_text("{not json")
     (broken / "metrics.csv").write_bytes(b"\xff\xfe\x00garbage")
@@ -150,7 +146,7 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(tree):
-    return runframe.collect_runs(tree[0])
+    return run_table.collect_runs(tree[0])
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +172,7 @@ def test_metrics_with_a_bom_read_as_training_reads_them(tmp_path):
     report must not drop every row of such a file."""
     path = tmp_path / "metrics.csv"
     path.write_text("\ufeffepoch,train_loss\n0,0.5\n1,0.25\n", encoding="utf-8")
-    frame = runframe.read_metrics(path)
+    frame = run_table.metrics_frame(path)
     assert frame["epoch"].tolist() == [0, 1] and frame["train_loss"].tolist() == [0.5, 0.25]
 
 
@@ -185,9 +181,9 @@ def test_corrupt_metrics_rows_are_skipped(runs):
     assert run["metrics"]["epoch"].tolist() == [0, 1]
     zero_filled = run_of(runs, "main_exp_150_50", "scratch-cls-lin")
     assert zero_filled["metrics"]["epoch"].tolist() == [0, 1]
-    broken = run_of(runs, "broken_exp", runframe.PRETRAIN)
+    broken = run_of(runs, "broken_exp", run_table.PRETRAIN)
     assert (broken["args"], len(broken["metrics"]), broken["status"]) == ({}, 0, "stopped")
-    assert broken[list(runframe.SUMMARY_NUMBERS)].isna().all()  # summary.json is not an object
+    assert broken[list(run_table.SUMMARY_NUMBERS)].isna().all()  # summary.json is not an object
 
 
 def test_main_table(runs):
@@ -217,7 +213,7 @@ def test_seed_group_mean_std(runs):
 def test_classifier_only_group_lists_the_classifiers_it_has(tmp_path):
     classifier(tmp_path, "scratch_long_seed1", "scratch-cls", 0.7, seed=1)
     classifier(tmp_path, "scratch_long_seed2", "scratch-cls", seed=2)  # running
-    rows = cells_by_row(tables.main_table(runframe.collect_runs(tmp_path), "scratch_long"))
+    rows = cells_by_row(tables.main_table(run_table.collect_runs(tmp_path), "scratch_long"))
     assert list(rows) == ["scratch"]  # no "fine-tuned (MAE): missing" for a scratch-only group
     assert rows["scratch"][0].startswith("70.00 (n=1; scratch_long_seed2: ")
 
@@ -257,10 +253,10 @@ def test_main_tables_leave_out_ablation_variants(runs):
 
 def test_stale_locked_run_is_stopped(tmp_path):
     folder = classifier(tmp_path, "exp", "scratch-cls", done=1)
-    assert runframe.load_run(folder)["progress"] == "running, epoch 1/2"
+    assert run_table.load_run(folder)["progress"] == "running, epoch 1/2"
     for path in folder.iterdir():
         os.utime(path, (path.stat().st_atime, path.stat().st_mtime - OLD))
-    assert runframe.load_run(folder)["progress"] == "stopped, epoch 1/2"
+    assert run_table.load_run(folder)["progress"] == "stopped, epoch 1/2"
 
 
 # ----------------------------------------------------------------------------- files
@@ -325,8 +321,9 @@ def test_notebook_runs_headless_on_fixture(tree, monkeypatch):
     assert "87.65" in json.dumps([c.outputs for c in code])
 
 
-REPORT_LAYERS = ("cli", "fileio", "stats", "runframe", "cells", "findings", "headline", "tables",
-                 "figures", "report")  # each module of the report imports only modules before it
+REPORT_LAYERS = ("mae_cifar.cli", "mae_cifar.fileio", *(f"mae_cifar.reporting.{m}" for m in (
+    "stats", "run_table", "cells", "findings", "headline", "tables", "figures")),
+    "report")  # each module of the report imports only modules before it
 
 
 def test_report_imports_no_torch():
@@ -339,18 +336,20 @@ def test_report_imports_no_torch():
 def test_report_modules_import_only_lower_layers():
     """No cycle and no upward arrow among the report's modules (REPORT_LAYERS)."""
     for i, name in enumerate(REPORT_LAYERS):
-        tree = ast.parse((REPO / f"{name}.py").read_text())
-        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        tree = ast.parse((REPO / f"{name.replace('.', '/')}.py").read_text())
+        imported = {f"{n.module}.{a.name}" for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
                      for a in n.names}
         assert not imported & set(REPORT_LAYERS[i:]), f"{name}.py imports a layer above it"
 
 
-# ----------------------------------------------------------------------------- stats.py
+# ----------------------------------------------------------------------------- stats
 
 
 def test_t_interval_against_hand_computed_values():
-    import stats
+    from mae_cifar.reporting import stats
     assert stats.t_quantile(3) == pytest.approx(4.303, abs=1e-3)  # t(0.975, df=2)
     assert stats.t_quantile(2) == pytest.approx(12.706, abs=1e-3)
     e = stats.estimate([60.0, 62.0, 64.0])  # mean 62, std 2, sem 2 / sqrt(3)
@@ -365,7 +364,7 @@ def test_t_interval_against_hand_computed_values():
 def test_paired_difference_by_seed_and_the_decision_rule():
     import pandas as pd
 
-    import stats
+    from mae_cifar.reporting import stats
     a = pd.Series({1: 70.0, 2: 72.0, 3: 74.0, 4: 99.0})  # seed 4 has no partner
     b = pd.Series({3: 71.0, 1: 68.0, 2: 69.5})
     p = stats.paired(a, b)  # differences 2, 2.5, 3: mean 2.5, std 0.5
@@ -387,8 +386,8 @@ def test_paired_difference_by_seed_and_the_decision_rule():
 
 
 def test_no_hand_rolled_noise_rule_is_left():
-    import stats
-    source = "".join((REPO / f"{name}.py").read_text() for name in REPORT_LAYERS)
+    from mae_cifar.reporting import stats
+    source = "".join((REPO / f"{name.replace('.', '/')}.py").read_text() for name in REPORT_LAYERS)
     assert "NOISE_STDS" not in source and "difference_std" not in source
     assert not hasattr(stats, "sample_std")
 
@@ -397,8 +396,8 @@ def test_no_hand_rolled_noise_rule_is_left():
 
 
 def test_non_result_args_copy_matches_runfolder():
-    import runfolder  # imports torch: the report keeps a torch-free copy
-    assert runframe.NON_RESULT_ARGS == runfolder.NON_RESULT_ARGS
+    from mae_cifar.training import run_folder  # imports torch: the report keeps a torch-free copy
+    assert run_table.NON_RESULT_ARGS == run_folder.NON_RESULT_ARGS
 
 
 def set_args(folder, **changes):
@@ -414,7 +413,7 @@ def test_seeds_whose_settings_differ_are_not_averaged(tmp_path, key, values):
     for seed, (acc, value) in enumerate(zip((0.9, 0.125), values, strict=True), start=1):
         set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", acc, seed=seed),
                  **{key: value})
-    frame = runframe.collect_runs(tmp_path)
+    frame = run_table.collect_runs(tmp_path)
     text = cells_by_row(tables.main_table(frame, "arm"))["scratch"][0]
     assert "51.25" not in text and "(n=2" not in text
     assert text == (f"not averaged: settings differ between seeds ({key}): 90.00 (`arm_seed1`), "
@@ -428,7 +427,7 @@ def test_non_result_flags_may_differ_between_seeds(tmp_path):
     for seed, device in ((1, "cpu"), (2, "cuda")):
         set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", 0.5, seed=seed),
                  device=device, pretrained_model_path=f"outputs/m{seed}.pt")
-    text = cells_by_row(tables.main_table(runframe.collect_runs(tmp_path), "arm"))["scratch"][0]
+    text = cells_by_row(tables.main_table(run_table.collect_runs(tmp_path), "arm"))["scratch"][0]
     assert text.startswith("50.00 ± 0.00 (n=2")
 
 
@@ -440,7 +439,7 @@ def test_seed_comes_from_args_json_and_a_copy_counts_once(tmp_path):
     shutil.copytree(first, copy)
     set_args(classifier(tmp_path, "main_seed2", "scratch-cls", 0.7, seed=1), exp_name="x")
     classifier(tmp_path, "main_seed3", "scratch-cls", 0.6, seed=3)
-    frame = runframe.collect_runs(tmp_path)
+    frame = run_table.collect_runs(tmp_path)
     assert sorted(frame["seed"]) == [1, 1, 1, 3]  # args.json's seeds, not the folder names
     dup = frame.set_index("exp")["duplicate"]
     assert dup["main_seed1"] == "the same run files as `main_seed01`: counted once"
@@ -456,7 +455,7 @@ def test_a_symlink_and_its_target_count_once(tmp_path):
     classifier(tmp_path, "main_seed2", "scratch-cls", 0.6, seed=2)
     (tmp_path / "a_link_seed1").symlink_to(tmp_path / "main_seed1")  # sorts first
     (tmp_path / "main_seed9").symlink_to(tmp_path / "main_seed2")
-    frame = runframe.collect_runs(tmp_path)
+    frame = run_table.collect_runs(tmp_path)
     assert sorted(frame["exp"]) == ["main_seed1", "main_seed2"]  # the real folders stand
     assert cells_by_row(tables.main_table(frame, "main"))["scratch"][0].startswith(
         "55.00 ± 7.07 (n=2;")
@@ -476,7 +475,7 @@ def test_finished_summary_without_a_selection_split(tmp_path, summary):
         json.dumps(summary))
     text = report.write_report(tmp_path, tmp_path / "out", ablation_base="main").read_text()
     assert "`old_seed1` pixels-lin" in text
-    table = tables.main_table(runframe.collect_runs(tmp_path), "old")
+    table = tables.main_table(run_table.collect_runs(tmp_path), "old")
     assert cells_by_row(table)["scratch"][0].startswith("— (")  # finished, without the number
     assert "names no selection split" in " ".join(table["notes"])
 
@@ -490,8 +489,8 @@ def test_pca_stages_and_the_eval_split_are_reported(tmp_path):
     (folder / "summary.json").write_text(json.dumps({**summary, "images": {
         "eval_split": "val", "pretrain": {"source": "train", "count": 3000}}}))
     classifier(tmp_path, "main_seed1", "pretrain-cls-lin", 0.85, seed=1)
-    frame = runframe.collect_runs(tmp_path)
-    assert run_of(frame, "main_seed1", runframe.PRETRAIN)["steps"] == 3 * 6  # ceil(3000 / 512)
+    frame = run_table.collect_runs(tmp_path)
+    assert run_of(frame, "main_seed1", run_table.PRETRAIN)["steps"] == 3 * 6  # ceil(3000 / 512)
     by_name = {t["name"]: t for t in tables.build_tables(frame, ablation_base="main")}
     rows = cells_by_row(by_name["baselines"])
     assert rows["linear probe on raw pixels, PCA to 64 dims"][1] == "82.00 (n=1)"
@@ -505,7 +504,7 @@ def test_pca_stages_and_the_eval_split_are_reported(tmp_path):
 def test_loss_targets_never_share_an_axis(tmp_path):
     pretrain(tmp_path, "a", norm_pix_loss=True)
     pretrain(tmp_path, "b")
-    fig = figures.plot_pretrain_curves(runframe.collect_runs(tmp_path))
+    fig = figures.plot_pretrain_curves(run_table.collect_runs(tmp_path))
     titles = {ax.get_title(): [line.get_label() for line in ax.lines] for ax in fig.axes}
     assert titles["normalised pixels target: train loss"] == ["a"]
     assert titles["pixels target: train loss"] == ["b"]
@@ -525,7 +524,7 @@ def test_pilot_table_shows_validation_only_and_names_the_rule_s_pick(tmp_path):
             summary = json.loads((folder / "summary.json").read_text())
             summary |= {"best_val_acc": acc, "chosen": chosen, "chosen_on_grid_edge": edges}
             (folder / "summary.json").write_text(json.dumps(summary))
-    frame = runframe.collect_runs(tmp_path)
+    frame = run_table.collect_runs(tmp_path)
     (pilot,) = [t for t in tables.build_tables(frame, ablation_base="abl_default")
                 if t["name"] == "pilot"]
     rows = cells.wide(pilot)

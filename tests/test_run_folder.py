@@ -1,6 +1,6 @@
 """The run folder keeps results apart: its state comes from every file in it, one run at a
 time holds it, a classifier knows the exact MAE file it started from, and files a user edited
-by hand give one line instead of a traceback (issue 17)."""
+by hand give one line instead of a traceback."""
 import json
 import os
 import shutil
@@ -11,9 +11,9 @@ from argparse import Namespace
 import pytest
 from conftest import REPO, TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts, script_env
 
-import cli
-import runfolder
-from fileio import file_sha256
+from mae_cifar import cli
+from mae_cifar.fileio import file_sha256
+from mae_cifar.training import run_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RACE_ROUNDS = 320  # tries, each two processes starting the same run at the same instant
@@ -31,10 +31,10 @@ STEPS_PER_EPOCH = 2  # TINY_DATA: 64 images, batch 32
 _RACE = r"""
 import json, multiprocessing as mp, os, sys, time
 from argparse import Namespace
-import fileio
-import runfolder
-import cli
-from cli import UsageError
+from mae_cifar import fileio
+from mae_cifar.training import run_folder
+from mae_cifar import cli
+from mae_cifar.cli import UsageError
 root, rounds = sys.argv[1], int(sys.argv[2])
 KINDS = ("new", "stale_lock", "garbage_lock", "unfinished")
 args = Namespace(overwrite=False, seed=1)
@@ -45,18 +45,18 @@ def prepare(i):
     if kind != "new":
         os.makedirs(path)
     if kind == "stale_lock":
-        open(os.path.join(path, runfolder.LOCK_FN), "w").write("1\n")
+        open(os.path.join(path, run_folder.LOCK_FN), "w").write("1\n")
     if kind == "garbage_lock":
-        open(os.path.join(path, runfolder.LOCK_FN), "w").write("\x00garbage 99999999999999999999")
+        open(os.path.join(path, run_folder.LOCK_FN), "w").write("\x00garbage 99999999999999999999")
     if kind == "unfinished":
-        fileio.write_json(os.path.join(path, runfolder.ARGS_FN), vars(args))
+        fileio.write_json(os.path.join(path, run_folder.ARGS_FN), vars(args))
     return path
 
 def worker(barrier, out):
     held = refused = double = 0
     for i in range(rounds):
         barrier.wait()
-        run = runfolder.RunFolder(os.path.join(root, f"r{i}"), args)
+        run = run_folder.RunFolder(os.path.join(root, f"r{i}"), args)
         try:
             run.open(fresh=run.status() == "new")
         except UsageError:
@@ -104,15 +104,15 @@ def test_two_processes_never_both_hold_the_lock(tmp_path):
 
 
 def test_only_the_owner_releases_the_lock(tmp_path):
-    owner = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))
+    owner = run_folder.RunFolder(str(tmp_path), Namespace(overwrite=False))
     owner.open(fresh=True)
-    other = runfolder.RunFolder(str(tmp_path), Namespace(overwrite=False))
+    other = run_folder.RunFolder(str(tmp_path), Namespace(overwrite=False))
     with pytest.raises(cli.UsageError, match=f"another run \\(pid {os.getpid()}\\)"):
         other.open(fresh=False)
     other.release()  # it never held the lock: a no-op
-    assert os.path.exists(tmp_path / runfolder.LOCK_FN)
+    assert os.path.exists(tmp_path / run_folder.LOCK_FN)
     owner.release()
-    assert not os.path.exists(tmp_path / runfolder.LOCK_FN)
+    assert not os.path.exists(tmp_path / run_folder.LOCK_FN)
 
 
 # --------------------------------------------------------------------------- Ctrl-C, sizes
@@ -217,7 +217,8 @@ def runs(tmp_path_factory):
         "moved": upstream_flags(root, moved),
         "repretrain": mae_flags(root, "m", "--overwrite", "--mask_ratio", "0.5"),
         "stale": upstream_flags(root, mae),
-        "ctrl_c_load": [wrapper, "engine", "-", "load_dataset", *mae_flags(root, "load")],
+        "ctrl_c_load": [wrapper, "mae_cifar.training.engine", "-", "load_dataset",
+                        *mae_flags(root, "load")],
         "ctrl_c_cache": [wrapper, "model", "ViT_Classifier", "features", *probe],
         "huge_batch": [*mae_flags(root, "big"), "--batch_size", "100000000", "--total_epoch",
                        "1"],
@@ -277,7 +278,7 @@ def test_ctrl_c_before_training_and_absurd_sizes(runs):
         assert proc.stderr.strip().splitlines() == [
             "stopped by SIGINT before training started; nothing to resume yet: run the same "
             "command again"]
-    assert not os.path.exists(os.path.join(root, "cache", "scratch-cls-lin", runfolder.LOCK_FN))
+    assert not os.path.exists(os.path.join(root, "cache", "scratch-cls-lin", run_folder.LOCK_FN))
     proc = procs["huge_batch"]
     assert proc.returncode == 0, proc.stderr
     assert "warning: --batch_size 100000000 exceeds the 64 training images" in proc.stdout

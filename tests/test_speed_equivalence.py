@@ -13,8 +13,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
-import engine
-from data import DeviceLoader, Split, load_dataset
+from mae_cifar.data.datasets import Split, load_dataset
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.training import engine
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")

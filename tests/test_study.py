@@ -22,11 +22,8 @@ from conftest import (
 )
 from test_report import classifier, pretrain
 
-import cells
-import findings
 import report
-import runframe
-import tables
+from mae_cifar.reporting import cells, findings, run_table, tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COMMITTED = REPO / "results" / "superseded" / "fashion_mnist_study_v1"  # the v1 study
@@ -38,20 +35,10 @@ def without_date(text):
 
 
 # ----------------------------------------------------------------------------- end to end
-def this_python_first(tmp_path):
-    """PATH with a folder first whose `python` is this interpreter (the driver calls
-    `python`; the one on PATH may be another, without the packages)."""
-    bin_dir = tmp_path / "this-python"
-    bin_dir.mkdir(exist_ok=True)
-    if not (bin_dir / "python").exists():
-        (bin_dir / "python").symlink_to(sys.executable)
-    return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
 def run_study(tmp_path, part, **settings):
     env = {**{k: v for k, v in os.environ.items() if k not in ("DATASET", "DATA_DIR")},
            **THREAD_ENV, "SMOKE": "1", "PART": part, "OUTPUT_ROOT": str(tmp_path / "outputs"),
-           "RESULTS": str(tmp_path / "results"), "PATH": this_python_first(tmp_path),
+           "RESULTS": str(tmp_path / "results"), "PYTHON": sys.executable,
            **settings}
     proc = subprocess.run(["bash", "commands/study.sh"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=SCRIPT_TIMEOUT_S)
@@ -243,7 +230,7 @@ def test_cached_probe_records_feature_seconds(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "e" / "scratch-cls-lin" / "summary.json").read_text())
     assert summary["feature_seconds"] > 0
-    run = runframe.load_run(tmp_path / "e" / "scratch-cls-lin")
+    run = run_table.load_run(tmp_path / "e" / "scratch-cls-lin")
     assert run["total_seconds"] == pytest.approx(
         summary["wall_seconds"] + summary["feature_seconds"])
 
@@ -273,7 +260,7 @@ def add_summary(folder, **extra):
 
 def test_study_tables_pair_by_hash_and_pair_by_seed(tmp_path):
     study_tree(tmp_path)
-    frame = runframe.collect_runs(tmp_path)
+    frame = run_table.collect_runs(tmp_path)
     assert isinstance(frame, pd.DataFrame)
     paired = frame.set_index(["exp", "stage"])["paired"]
     assert paired[("main_seed1", "pretrain-cls")] == "yes"
@@ -327,7 +314,7 @@ def test_search_finding_compares_the_validation_pick_with_the_pixel_probe(
     for seed, acc in enumerate(pixel_accs, start=1):
         classifier(tmp_path, f"baseline_seed{seed}", "pixels-lin", acc, seed=seed)
     classifier(tmp_path, "search_more_seed1", "pretrain-cls-lin", search_acc, seed=1)
-    built = tables.build_tables(runframe.collect_runs(tmp_path), ablation_base="main")
+    built = tables.build_tables(run_table.collect_runs(tmp_path), ablation_base="main")
     (search,) = [t for t in built if t["name"] == "search"]
     assert f"`search_more_seed1` pretrain-cls-lin ({100 * search_acc + 0.78:.2f}% val)" in (
         search["finding"])
@@ -346,7 +333,7 @@ def test_baseline_findings_pair_by_seed(tmp_path):
                                seed=seed), pretrained_sha256=None)
     for seed in (1, 2):
         classifier(tmp_path, f"baseline_seed{seed}", "pixels-lin", 0.6, seed=seed)
-    finding = findings.baselines_sentence(runframe.collect_runs(tmp_path), "main")
+    finding = findings.baselines_sentence(run_table.collect_runs(tmp_path), "main")
     # fine-tune - scratch: 10.1 - 0.2 s = 9.9, 9.8, 9.7
     assert ("MAE fine-tune minus scratch, same epochs +9.80 points, 95% CI [9.55, 10.05], n=3 "
             "pairs (seeds 1, 2, 3), smallest detectable difference 0.25: holds") in finding
@@ -362,7 +349,7 @@ def test_shared_pretraining_is_not_missing(tmp_path):
     args = tmp_path / "fmnist_seed2" / "pretrain-cls" / "args.json"
     args.write_text(json.dumps({**json.loads(args.read_text()), "pretrained_model_path":
                                 "outputs/fmnist_seed1/mae-pretrain/vit-t-mae.pt"}))
-    text = report.markdown(tables.pretrain_table(runframe.collect_runs(tmp_path)))
+    text = report.markdown(tables.pretrain_table(run_table.collect_runs(tmp_path)))
     assert "missing" not in text and "none by design: its classifiers use fmnist_seed1" in text
 
 
@@ -399,4 +386,4 @@ def test_report_survives_hostile_run_files(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| `a")]
     assert rows and all(row.startswith("| `a\\|b` |") for row in rows)
     assert not list(out.glob(".tmp-*"))
-    assert runframe.load_run(folder)["args"]["augment"] == '["flip"]'
+    assert run_table.load_run(folder)["args"]["augment"] == '["flip"]'

@@ -1,4 +1,4 @@
-"""commands/study.sh, the v2 study of issue 22: its experiments and every stage's flags.
+"""commands/study.sh, the v2 study: its experiments and every stage's flags.
 
 Every part is dry-run with stand-ins for `python` on PATH that record their arguments (one
 file per call, so that arms running at once under JOBS=2 cannot interleave); the recorded

@@ -23,7 +23,7 @@ def quoted_messages():
 def literal_texts():
     """Each run of adjacent string literals in the scripts, joined, f-string fields -> \\0."""
     texts = []
-    for path in REPO.glob("*.py"):
+    for path in [*REPO.glob("*.py"), *REPO.glob("mae_cifar/**/*.py")]:
         tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
         run = []
         for tok in tokens:

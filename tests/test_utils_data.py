@@ -1,4 +1,5 @@
-"""utils.py and data.py: checkpoints, schedule, optimizer groups, CSV resume, loader, datasets."""
+"""utils.py and mae_cifar (checkpoints, schedule, optimizer groups, CSV resume, loader,
+datasets)."""
 import argparse
 import csv
 import gzip
@@ -13,30 +14,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cli import UsageError
-from data import (
+from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from mae_cifar.cli import UsageError
+from mae_cifar.data.augment import (
     AUGMENTS,
     CROP_PAD,
     RRC_RATIO,
     RRC_SCALE,
-    DeviceLoader,
-    Split,
     augment_batch,
-    carve,
-    image_record,
-    load_dataset,
     random_resized_crop,
 )
-from fileio import CSVLogger
+from mae_cifar.data.datasets import Split, carve, image_record, load_dataset
+from mae_cifar.data.loader import DeviceLoader
+from mae_cifar.fileio import CSVLogger
+from mae_cifar.training.optim import cosine_lr, param_groups, set_lr
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
-from utils import (
-    CHECKPOINT_FORMAT,
-    cosine_lr,
-    load_checkpoint,
-    param_groups,
-    save_checkpoint,
-    set_lr,
-)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_VIT = dict(emb_dim=32, encoder_layer=2, encoder_head=2)

@@ -7,10 +7,10 @@ import torch
 from conftest import TINY_ENCODER, TINY_MAE, run_scripts
 
 import visualize_pred
-from cli import UsageError
-from data import load_dataset
+from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from mae_cifar.cli import UsageError
+from mae_cifar.data.datasets import load_dataset
 from model import ClassifierConfig, ViT_Classifier
-from utils import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_TEST = 64

@@ -10,9 +10,11 @@ from conftest import TINY_DATA, TINY_MAE, run_scripts
 from safetensors.torch import save_file
 
 import train_classifier
-from cli import UsageError
-from model import MAE_ViT, MAEConfig
-from utils import load_checkpoint, seed_everything
+from mae_cifar.checkpoint import load_checkpoint
+from mae_cifar.cli import UsageError
+from mae_cifar.training import classifier
+from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier
+from utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCH = ["--total_epoch", "1", "--warmup_epoch", "0"]
@@ -118,12 +120,11 @@ def test_mae_export_loads_strictly_into_timm_with_identical_features(runs):
 
 def test_classifier_exports_with_timm_head_keys(runs):
     folder = runs["mae_path"].parents[1]
-    clf = train_classifier.ViT_Classifier
     for path, out, name in ((folder / FT, folder / "pretrain-cls", "vit-t-clf-from_pretrained"),
                             (folder / LIN, runs["tmp"] / "lin_export",
                              "vit-t-clf-lin-from_pretrained")):
         ckpt = load_checkpoint(path, kind="classifier")
-        ours = clf(train_classifier.ClassifierConfig(**ckpt["config"]))
+        ours = ViT_Classifier(ClassifierConfig(**ckpt["config"]))
         ours.load_state_dict(ckpt["model"])
         ours.eval()
         model, meta = timm_from_export(out, name)
@@ -142,9 +143,9 @@ def test_foreign_encoders_load_exactly(runs, name):
     """build_model maps the keys and copies every encoder tensor bit for bit."""
     args = train_classifier.get_args_parser().parse_args(
         [*TINY_DATA, "--pretrained_model_path", str(runs["files"][name]), "--encoder_head", "2"])
-    train_classifier.resolve_recipe(args)
+    classifier.resolve_recipe(args)
     seed_everything(0)
-    model = train_classifier.build_model(args, 10, torch.device("cpu"))
+    model = classifier.build_model(args, 10, torch.device("cpu"))
     got = model.encoder_state_dict()
     assert set(got) == set(runs["encoder"])
     assert all(torch.equal(got[k], v) for k, v in runs["encoder"].items())
@@ -183,7 +184,7 @@ def one_error_line(proc, words):
 def test_unreadable_foreign_file_is_one_usage_error(tmp_path):
     path = tmp_path / "x.safetensors"
     path.write_bytes(b"not safetensors")
-    from weights import load_pretrained
+    from mae_cifar.weights import load_pretrained
     with pytest.raises(UsageError, match="not a readable safetensors"):
         load_pretrained(str(path))
     torch.save({"a": 1}, tmp_path / "y.pth")

@@ -1,4 +1,5 @@
-"""Batched, on-device RandAugment and random erasing (the MAE fine-tuning augmentations).
+"""Batched, on-device augmentation: flips and crops (every stage), and RandAugment and random
+erasing (the MAE fine-tuning augmentations).
 
 timm's `rand_augment_transform` works on one PIL image at a time and its `RandomErasing` loops
 over the images of a batch in Python; these versions draw every random choice as a tensor and
@@ -17,6 +18,7 @@ the top-left corner); empty areas are filled with the dataset mean, as timm does
 import math
 import re
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -255,3 +257,64 @@ def random_erasing(x, prob):
     in_cols = (cols >= left[:, None]) & (cols < (left + bw)[:, None])  # (B, W)
     box = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]
     return torch.where(box, torch.randn_like(x), x)
+
+
+# --------------------------------------------------------------------------- flips and crops
+AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")
+UINT8_AUGMENTS = ("flip", "crop_flip")  # run on the uint8 batch, before normalisation
+CROP_PAD = 4  # pixels of zero padding for crop_flip (the classic CIFAR recipe)
+RRC_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pretraining (fine-tuning: 0.08)
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
+def augment_batch(x, augment, crop_scale=RRC_SCALE):
+    """Batched augmentation: (B, C, H, W) -> same shape and range (flips and crops also on
+    uint8; rrc_flip needs floats). crop_scale: rrc_flip's range of crop areas."""
+    if augment == "crop_flip":
+        x = random_crop(x, CROP_PAD)
+    elif augment == "rrc_flip":
+        x = random_resized_crop(x, crop_scale)
+    if augment != "none":
+        x = random_flip(x)
+    return x
+
+
+def random_flip(x):
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_crop(x, pad):
+    """Zero-pad by `pad` and crop back to (H, W) at a random offset per image."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
+    xp = xp.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))  # (B, C, H, W+2p)
+    return xp.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def rrc_boxes(b, scale, ratio, device):
+    """(w, h, cx, cy) of b crops: sides as fractions of the image, centres in [-1, 1].
+
+    The area w * h lies in `scale`: a side clamped to the whole image only happens for areas
+    above ratio[0] (>= 0.75), and the other side then keeps the area >= 0.75."""
+    area = torch.empty(b, device=device).uniform_(*scale)
+    log_r = torch.empty(b, device=device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, device=device) * 2 - 1) * (1 - w)
+    cy = (torch.rand(b, device=device) * 2 - 1) * (1 - h)
+    return w, h, cx, cy
+
+
+def random_resized_crop(x, scale=RRC_SCALE, ratio=RRC_RATIO):
+    """RandomResizedCrop per image via one affine grid_sample over the batch."""
+    w, h, cx, cy = rrc_boxes(x.shape[0], scale, ratio, x.device)
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

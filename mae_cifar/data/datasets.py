@@ -1,8 +1,6 @@
-"""Datasets as uint8 tensors on the training device, and a batched on-device loader.
-
-Every split is loaded once into a (N, C, H, W) uint8 tensor; an epoch is a random permutation
-sliced into batches; flips, crops and normalisation run batched on the device. Grey datasets
-(Fashion-MNIST, grey folders) keep one channel, so the model's in_chans follows the data.
+"""Datasets as (N, C, H, W) uint8 tensors on the training device: CIFAR-10/100, Fashion-MNIST,
+an image folder and generated images; held-out validation carving and image records. Grey
+datasets (Fashion-MNIST, grey folders) keep one channel, so the model's in_chans follows the data.
 """
 import gzip
 import hashlib
@@ -18,15 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from augment import rand_augment, random_erasing
-from cli import UsageError
+from mae_cifar.cli import UsageError
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder", "fake")
-AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")
-UINT8_AUGMENTS = ("flip", "crop_flip")  # run on the uint8 batch, before normalisation
-CROP_PAD = 4  # pixels of zero padding for crop_flip (the classic CIFAR recipe)
-RRC_SCALE = (0.2, 1.0)  # RandomResizedCrop area range of MAE pretraining (fine-tuning: 0.08)
-RRC_RATIO = (3 / 4, 4 / 3)
 SPLIT_SEED = 0  # fixes the held-out validation images and the fake dataset, whatever --seed
 FOLDER_DEFAULT_SIZE = 32  # side of folder and fake images unless --image_size says otherwise
 NATIVE = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion_mnist": (1, 28),
@@ -346,134 +338,3 @@ def _fake(name, data_dir, image_size):
         splits.append(Split(images, labels))
     classes = [f"class_{c}" for c in range(FAKE_CLASSES)]
     return splits[0], splits[1], classes, "generated images (--dataset fake)"
-
-
-# --------------------------------------------------------------------------- augmentation
-def augment_batch(x, augment, crop_scale=RRC_SCALE):
-    """Batched augmentation: (B, C, H, W) -> same shape and range (flips and crops also on
-    uint8; rrc_flip needs floats). crop_scale: rrc_flip's range of crop areas."""
-    if augment == "crop_flip":
-        x = random_crop(x, CROP_PAD)
-    elif augment == "rrc_flip":
-        x = random_resized_crop(x, crop_scale)
-    if augment != "none":
-        x = random_flip(x)
-    return x
-
-
-def random_flip(x):
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
-
-
-def random_crop(x, pad):
-    """Zero-pad by `pad` and crop back to (H, W) at a random offset per image."""
-    b, c, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
-    cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
-    xp = xp.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))  # (B, C, H, W+2p)
-    return xp.gather(3, cols[:, None, None, :].expand(b, c, h, w))
-
-
-def rrc_boxes(b, scale, ratio, device):
-    """(w, h, cx, cy) of b crops: sides as fractions of the image, centres in [-1, 1].
-
-    The area w * h lies in `scale`: a side clamped to the whole image only happens for areas
-    above ratio[0] (>= 0.75), and the other side then keeps the area >= 0.75."""
-    area = torch.empty(b, device=device).uniform_(*scale)
-    log_r = torch.empty(b, device=device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
-    aspect = torch.exp(log_r)
-    w = torch.sqrt(area * aspect).clamp(max=1.0)
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (torch.rand(b, device=device) * 2 - 1) * (1 - w)
-    cy = (torch.rand(b, device=device) * 2 - 1) * (1 - h)
-    return w, h, cx, cy
-
-
-def random_resized_crop(x, scale=RRC_SCALE, ratio=RRC_RATIO):
-    """RandomResizedCrop per image via one affine grid_sample over the batch."""
-    w, h, cx, cy = rrc_boxes(x.shape[0], scale, ratio, x.device)
-    zero = torch.zeros_like(w)
-    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-# --------------------------------------------------------------------------- loader
-class DeviceLoader:
-    """Batches of a device-resident split: a seeded permutation per epoch, sliced in order.
-
-    The permutation depends on (seed, epoch) only, so every rank draws the same one and a
-    resumed run sees the same order. With world > 1 each global batch is split into equal,
-    disjoint per-rank shards; the last partial batch is rounded down to a multiple of world.
-    """
-
-    def __init__(self, split, batch_size, mean=None, std=None, augment="none", shuffle=True,
-                 seed=0, rank=0, world=1, crop_scale=RRC_SCALE, rand_augment=None, reprob=0.0,
-                 drop_last=False):
-        """rand_augment: None or (n, magnitude, mstd) of augment.rand_augment; reprob: the
-        probability of random erasing; drop_last: skip the last partial batch (MAE
-        pretraining does), else it is kept and rounded down to a multiple of world."""
-        if augment not in AUGMENTS:
-            raise UsageError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
-        self.split, self.batch_size, self.augment = split, batch_size, augment
-        self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
-        self.crop_scale, self.rand_augment, self.reprob = crop_scale, rand_augment, reprob
-        if mean is not None:
-            self.mean = mean.to(split.images.device)[None, :, None, None]  # (1, C, 1, 1)
-            self.std = std.to(split.images.device)[None, :, None, None]
-            self.scale = 1.0 / (255 * self.std)  # uint8 -> normalised in one multiply-add
-            self.shift = self.mean / self.std
-        keep = len(split) % batch_size if drop_last else (len(split) % batch_size) % world
-        self.num_images = len(split) - keep
-        if drop_last and self.num_images == 0:
-            raise UsageError(f"{len(split)} images make no full batch of {batch_size}; "
-                             "lower --batch_size or use more images")
-
-    def __len__(self):
-        return -(-self.num_images // self.batch_size)
-
-    def order(self, epoch):
-        if not self.shuffle:
-            return torch.arange(len(self.split))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.split), generator=g)
-
-    def indices(self, epoch, step, order=None):
-        """This rank's indices of global batch `step` of `epoch`."""
-        order = self.order(epoch) if order is None else order
-        batch = order[step * self.batch_size:min((step + 1) * self.batch_size, self.num_images)]
-        return batch.tensor_split(self.world)[self.rank]
-
-    def epoch(self, epoch, start_step=0):
-        """Yield (images (b, C, H, W) normalised float, labels (b,)) from start_step on."""
-        order = self.order(epoch).to(self.split.images.device)
-        for step in range(start_step, len(self)):
-            idx = self.indices(epoch, step, order)
-            yield self.batch(idx)
-
-    def batch(self, idx):
-        """uint8 images -> augmented, normalised floats; float splits (cached features) pass
-        through unchanged."""
-        labels = self.split.labels.index_select(0, idx)
-        x = self.split.images.index_select(0, idx)
-        if x.is_floating_point():
-            return x, labels
-        if self.augment in UINT8_AUGMENTS:  # exact on integers, and a quarter of the bytes
-            x = augment_batch(x, self.augment)
-        if self.rand_augment is not None:  # its pixel ops work on [0, 1] values
-            x = x.float().div_(255)
-            if self.augment not in UINT8_AUGMENTS:
-                x = augment_batch(x, self.augment, self.crop_scale)
-            x = rand_augment(x, *self.rand_augment, fill=self.mean)
-            x = x.sub_(self.mean).div_(self.std)
-        else:
-            x = x.float().mul_(self.scale).sub_(self.shift)
-            if self.augment not in UINT8_AUGMENTS:  # interpolation commutes with normalising
-                x = augment_batch(x, self.augment, self.crop_scale)
-        if self.reprob > 0:  # on normalised pixels, as timm's RandomErasing
-            x = random_erasing(x, self.reprob)
-        return x, labels

@@ -9,9 +9,8 @@ gathered, and every rank gets the same accuracy.
 import torch
 import torch.nn.functional as F
 
-import cli
-import distributed
-from data import DeviceLoader
+from mae_cifar import cli, distributed
+from mae_cifar.data.loader import DeviceLoader
 from model import POOLS
 
 TIMM_POOL = {"cls": "token", "mean": "avg"}  # --knn_feature -> timm VisionTransformer.pool type

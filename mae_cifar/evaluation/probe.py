@@ -13,8 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-import knn
-from utils import cosine_lr
+from mae_cifar.evaluation import knn
+from mae_cifar.training.optim import cosine_lr
 
 # Log grids wide enough that the choice lands inside them on pixels and on MAE features alike
 # Adam peak lr (not scaled by batch size); up to 1.0 since MAE features chose 0.1, then the

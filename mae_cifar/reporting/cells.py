@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runframe import (
+from mae_cifar.reporting.run_table import (
     DEFAULT_EVAL_SPLIT,
     FINISHED,
     NON_RESULT_ARGS,
@@ -18,7 +18,7 @@ from runframe import (
     SEED_SUFFIX,
     differing,
 )
-from stats import estimate, interval_text
+from mae_cifar.reporting.stats import estimate, interval_text
 
 DASH = "—"
 SECONDS_PER_MINUTE = 60.0

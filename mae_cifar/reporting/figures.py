@@ -11,11 +11,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cells import PERCENT, eval_splits, wide
-from fileio import atomic_write_bytes
-from headline import FINE_TUNE_ARM, HEAD, SCRATCH_ARM
-from runframe import CLS_STAGES, PRETRAIN
-from tables import ABLATION_STAGES
+from mae_cifar.fileio import atomic_write_bytes
+from mae_cifar.reporting.cells import PERCENT, eval_splits, wide
+from mae_cifar.reporting.headline import FINE_TUNE_ARM, HEAD, SCRATCH_ARM
+from mae_cifar.reporting.run_table import CLS_STAGES, PRETRAIN
+from mae_cifar.reporting.tables import ABLATION_STAGES
 
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
 FIG_DPI = 120

@@ -8,9 +8,9 @@ import re
 
 import pandas as pd
 
-from cells import ACC_DIGITS, PERCENT, settings_differ
-from runframe import KNN, PCA_STAGE
-from stats import Paired, difference_text, paired
+from mae_cifar.reporting.cells import ACC_DIGITS, PERCENT, settings_differ
+from mae_cifar.reporting.run_table import KNN, PCA_STAGE
+from mae_cifar.reporting.stats import Paired, difference_text, paired
 
 RULE = ("a difference holds when its 95% t-interval excludes 0, else it is inconclusive at "
         "that n; one pair has no interval")
@@ -19,8 +19,8 @@ ABLATION_TITLES = {
     "decoder_dim": "decoder width (dim)",
     "mask_ratio": "mask ratio",
 }
-# The paper's trends (ViT-L, ImageNet-1K: Table 1; the mask ratio from Figure 5, trend only),
-# which issue 13 asks each ablation finding to be set against (tables.PAPER_TABLE1: values).
+# The paper's trends (ViT-L, ImageNet-1K: Table 1; the mask ratio from Figure 5, trend only):
+# each ablation finding is set against its trend, not its values (tables.PAPER_TABLE1: values).
 PAPER_TRENDS = {
     "decoder_layer": "deeper decoder -> better probe, fine-tune flat",
     "decoder_dim": "wider decoder -> better probe up to 0.5x-1x the encoder width, fine-tune flat",

@@ -1,4 +1,4 @@
-"""The v2 study's headline (commands/study.sh parts head, scratch and pixels; issue 22 H): one
+"""The v2 study's headline (commands/study.sh parts head, scratch and pixels): one
 table of every arm at the point its validation split chose, and the paired differences the
 study asks about, each with its 95% interval and verdict (stats.py). Also the differences
 table the ablation endpoints use. Imports no torch.
@@ -6,9 +6,16 @@ table the ablation endpoints use. Imports no torch.
 
 import pandas as pd
 
-from cells import ACC_DIGITS, DASH, PERCENT, SECONDS_PER_MINUTE, aggregate_columns, table
-from findings import RULE, SeedFree, arm, best_pixels, pair_arms, pca_stages
-from runframe import CLS_STAGES, KNN, group_experiments
+from mae_cifar.reporting.cells import (
+    ACC_DIGITS,
+    DASH,
+    PERCENT,
+    SECONDS_PER_MINUTE,
+    aggregate_columns,
+    table,
+)
+from mae_cifar.reporting.findings import RULE, SeedFree, arm, best_pixels, pair_arms, pca_stages
+from mae_cifar.reporting.run_table import CLS_STAGES, KNN, group_experiments
 
 HEAD, SCRATCH, PIXELS = "head", "scratch", "pixels"  # study.sh's experiment groups
 STUDY_GROUPS = (HEAD, SCRATCH, PIXELS)

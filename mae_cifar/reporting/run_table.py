@@ -2,9 +2,7 @@
 status, flags, metrics, summary numbers), read only from the files the runs write
 (<outputs_root>/<exp_name>/<stage>/{args.json, metrics.csv, summary.json}). Imports no torch.
 """
-import csv
 import hashlib
-import io
 import json
 import math
 import re
@@ -14,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fileio import TEMP_PREFIX, numeric_row
+from mae_cifar.fileio import TEMP_PREFIX, read_metrics
 
 PRETRAIN = "mae-pretrain"
 CLS_STAGES = {  # stage folder -> row label in the classification tables
@@ -51,14 +49,12 @@ SUMMARY_NUMBERS = ("epochs", "final_train_loss", "final_eval_loss", "knn_acc", "
 SUMMARY_TEXTS = ("selection_split", "pretrained_sha256", "model_sha256")
 DEFAULT_EVAL_SPLIT = "test"  # pretraining without --val_split (or before summaries said)
 ARG_COLUMNS = ("pool", "block", "base_learning_rate", "pretrained_model_path")
-LOCK_FN = ".lock"  # runfolder.py's lock file, present while a process writes the run folder
+LOCK_FN = ".lock"  # training/run_folder.py's lock file, there while a process writes the run
 STALE_HOURS = 2.0  # a locked unfinished run with no file written for this long is "stopped"
 SECONDS_PER_HOUR = 3600.0
 RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "args", "metrics",
                *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds", "eval_split",
                "steps_per_epoch", "steps", "settings", "files_sha256", "duplicate", "chosen"]
-
-
 
 
 def read_json(path: Path) -> dict | None:
@@ -71,27 +67,12 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def parse_row(raw: dict) -> dict | None:
-    """Numeric metrics row (blank cells nan), or None for a row that training's resume would
-    call damaged (fileio.numeric_row): truncated, overlong or non-numeric."""
-    if not numeric_row(raw):
-        return None
-    return {k: float(v) if v.strip() else float("nan") for k, v in raw.items()}
-
-
-def read_metrics(path: Path) -> pd.DataFrame:
-    """Valid rows of metrics.csv sorted by epoch; a repeated epoch (resume) keeps its last row.
-    A UTF-8 BOM (as Excel writes) is read as training reads it (fileio.read_metrics)."""
-    rows = []
-    try:
-        for raw in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))):
-            row = parse_row(raw)
-            if row is not None:
-                rows.append(row)
-    except (OSError, UnicodeDecodeError):
-        pass
-    except csv.Error:  # e.g. a damaged field over the csv size limit: keep the rows before it
-        pass
+def metrics_frame(path: Path) -> pd.DataFrame:
+    """The rows of metrics.csv that training would resume on (fileio.read_metrics; damaged
+    rows dropped), as numbers (blank cells nan), sorted by epoch; a repeated epoch (resume)
+    keeps its last row."""
+    rows = [{k: float(v) if v.strip() else float("nan") for k, v in raw.items()}
+            for raw in read_metrics(path, skip_damaged=True)]
     frame = pd.DataFrame(rows, columns=None if rows else ["epoch"])
     return frame.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
 
@@ -204,7 +185,7 @@ def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
     summary = summary if finished else {}
     raw_args = read_json(stage_dir / "args.json") or {}
     args = hashable_args(raw_args)
-    metrics = read_metrics(stage_dir / "metrics.csv")
+    metrics = metrics_frame(stage_dir / "metrics.csv")
     status = run_status(stage_dir, finished, stale_hours)
     row = {"exp": exp, "group": group_name(exp), "seed": seed_of(args),
            "stage": stage, "path": stage_dir, "status": status,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cells import (
+from mae_cifar.reporting.cells import (
     ACC_DIGITS,
     DASH,
     MINUTE_DIGITS,
@@ -26,7 +26,7 @@ from cells import (
     text_cells,
     text_column,
 )
-from findings import (
+from mae_cifar.reporting.findings import (
     ABLATION_TITLES,
     PAPER_TRENDS,
     PROBE_STAGES,
@@ -38,8 +38,13 @@ from findings import (
     search_sentence,
     value_order,
 )
-from headline import STUDY_GROUPS, differences_table, headline_differences, headline_table
-from runframe import (
+from mae_cifar.reporting.headline import (
+    STUDY_GROUPS,
+    differences_table,
+    headline_differences,
+    headline_table,
+)
+from mae_cifar.reporting.run_table import (
     CLS_STAGES,
     FINISHED,
     KNN,
@@ -72,7 +77,8 @@ ABLATION_STAGES = {  # stage -> column of the ablation tables (each but the fine
 }
 FINE_TUNE, PROBES = "pretrain-cls", ("mae-lin", "pretrain-cls-lin")  # the tuned probe first
 # The paper's Table 1 (ViT-L, ImageNet-1K; fine-tune / linear probe top-1 %), entered from
-# the paper by this project (issue 13 asks for its trend, not its values: findings.PAPER_TRENDS).
+# the paper by this project (findings are set against its trend, not its values:
+# findings.PAPER_TRENDS).
 # No copy of the paper's text could be found to check them against here: UNVERIFIED. The mask
 # ratio (Figure 5) is given as its trend only.
 PAPER_TABLE1 = {

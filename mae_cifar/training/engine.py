@@ -7,32 +7,25 @@ everything a resume needs (model, optimizer, scaler, RNG states, position in the
 """
 import os
 import signal
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import distributed
-from cli import UsageError
-from data import load_dataset
-from fileio import CSVLogger
-from recipes import LARS_MOMENTUM, Optimization
-from runfolder import TENSORBOARD_DIR, RunFolder, print_args
-from utils import (
-    CHECKPOINT_FORMAT,
-    NO_DECAY_NAMES,
-    constant_lr,
-    cosine_lr,
-    get_rng_state,
-    load_checkpoint,
-    param_groups,
-    save_checkpoint,
-    set_lr,
-    set_rng_state,
-)
+from mae_cifar import distributed
+from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from mae_cifar.cli import UsageError
+from mae_cifar.data.datasets import load_dataset
+from mae_cifar.fileio import CSVLogger
+from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
+from mae_cifar.training.recipes import LARS_MOMENTUM, Optimization
+from mae_cifar.training.run_folder import TENSORBOARD_DIR, RunFolder
+from utils import get_rng_state, set_rng_state
 
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
 LR_SCHEDULES = ("cosine", "constant")  # after the linear warmup: cosine to min_lr, or the peak
@@ -52,6 +45,20 @@ def start_stage(args, stage, parser=None):
     if status == "finished" and dist.is_main:
         print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
     return dist, run, status
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def print_args(args):
+    print(f"git commit: {git_commit() or 'unknown'}")
+    for k, v in sorted(vars(args).items()):
+        print(f"  {k}: {v}")
 
 
 def load_stage_data(args, dist, val_split=0):
@@ -103,23 +110,34 @@ class Interrupted(Exception):
 
 
 # --------------------------------------------------------------------------- trainer
+@dataclass
+class Checkpointed:
+    """What a run's checkpoints hold besides the optimizer: the file's kind ('mae',
+    'classifier'), the model config (a dict, compared on resume), the module whose state is
+    saved (None: the trained module; a probe trains the head and saves the classifier), and
+    extra entries {key: fn() -> value} (the classifier's best epoch, say)."""
+    kind: str
+    config: dict
+    module: torch.nn.Module | None = None
+    extra: dict = field(default_factory=dict)
+
+
 class Trainer:
     """Optimises `module` on batches of `loader` with `step_fn(model, x, y) -> (loss, sums)`.
 
     sums is a dict of per-batch device tensors (e.g. correct predictions) that are summed
-    over the epoch; the loss is averaged per image. `state_module` is what checkpoints hold
-    (the whole classifier, say, while only its head trains). `recipe` is the resolved recipe's
-    recipes.Optimization (recipes.optimization(args)): optimizer, betas or momentum, layer
-    decay, min_lr, token decay (None: Optimization()'s defaults). `lr_schedule`: one of
-    LR_SCHEDULES.
+    over the epoch; the loss is averaged per image. `saved` (Checkpointed) says what
+    checkpoints hold. `recipe` is the resolved recipe's recipes.Optimization
+    (recipes.optimization(args)): optimizer, betas or momentum, layer decay, min_lr, token
+    decay (None: Optimization()'s defaults). `lr_schedule`: one of LR_SCHEDULES.
     """
 
-    def __init__(self, args, dist, module, loader, step_fn, run, kind, config,
-                 recipe=None, state_module=None, extra_state=None, lr_schedule="cosine"):
+    def __init__(self, args, dist, module, loader, step_fn, run, saved, recipe=None,
+                 lr_schedule="cosine"):
         self.args, self.dist, self.loader, self.step_fn, self.run = args, dist, loader, step_fn, run
-        self.kind, self.config, self.extra_state = kind, config, extra_state or {}
+        self.kind, self.config, self.extra_state = saved.kind, saved.config, saved.extra
+        self.state_module = saved.module or module
         self.module = module
-        self.state_module = state_module or module
         self.dtype = amp_dtype(args.amp, dist.device)
         self.autocast = autocast_context(self.dtype, dist.device)
         self.compiled = args.compile

@@ -1,7 +1,10 @@
 """The flag groups the stages share (data, optimisation, runtime, output) and their checks."""
+import argparse
 import os
 
-from cli import (
+from mae_cifar import cli
+from mae_cifar.cli import (
+    HelpFormatter,
     UsageError,
     add_config_arg,
     finite_float,
@@ -10,7 +13,11 @@ from cli import (
     positive_int,
     seed_int,
 )
-from data import AUGMENTS, DATASETS
+from mae_cifar.data.augment import AUGMENTS
+from mae_cifar.data.datasets import DATASETS
+from mae_cifar.evaluation import knn
+from mae_cifar.training import engine, recipes
+from model import POS_EMBEDS
 
 
 def add_dataset_args(parser):
@@ -79,13 +86,13 @@ def validate_common(args):
     run (a default warmup on a short run) is cut to half the run, with one printed line."""
     if args.warmup_epoch > args.total_epoch:
         clamped = args.total_epoch // 2
-        if int(os.environ.get("RANK", "0")) == 0:
+        if cli.launch_rank() == 0:
             print(f"note: --warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
                   f"{args.total_epoch}; warming up for {clamped} epoch(s), half the run")
         args.warmup_epoch = clamped
     if args.weight_decay < 0:
         raise UsageError(f"--weight_decay must be >= 0, got {args.weight_decay}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = cli.launch_world_size()
     if args.batch_size % world:
         raise UsageError(f"--batch_size {args.batch_size} must be divisible by the number of "
                          f"processes ({world})")
@@ -98,3 +105,127 @@ def validate_common(args):
 def model_error(e):
     """A ValueError from a model config, as a UsageError naming the flag."""
     return UsageError(f"invalid model configuration: {e}")
+
+
+def add_architecture_args(parser, title):
+    """The ViT flags of a model from scratch (baselines.py's random encoder shares them);
+    None: VIT_TINY's value (architecture())."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--patch_size", type=cli.positive_int, default=None, help="patch side")
+    g.add_argument("--emb_dim", type=cli.positive_int, default=None, help="width")
+    g.add_argument("--encoder_layer", type=cli.positive_int, default=None, help="blocks")
+    g.add_argument("--encoder_head", type=cli.positive_int, default=None,
+                   help="heads (also: the heads of a timm file, which does not record them)")
+    g.add_argument("--pos_embed", default=None, choices=("learned", "sincos"),
+                   help="position embedding initialisation")
+
+
+def add_pretrain_args(p):
+    """Every flag of mae_pretrain.py."""
+    add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
+                           total_epoch=600, warmup_epoch=40, augment="flip")
+    g = p.add_argument_group("model")
+    g.add_argument("--patch_size", type=cli.positive_int, default=2, help="patch side")
+    g.add_argument("--emb_dim", type=cli.positive_int, default=192, help="encoder width")
+    g.add_argument("--encoder_layer", type=cli.positive_int, default=12,
+                   help="encoder blocks")
+    g.add_argument("--encoder_head", type=cli.positive_int, default=3,
+                   help="encoder attention heads")
+    g.add_argument("--decoder_layer", type=cli.positive_int, default=4,
+                   help="decoder blocks (Table 1a of the paper)")
+    g.add_argument("--decoder_dim", type=cli.positive_int, default=192,
+                   help="decoder width (Table 1b of the paper)")
+    g.add_argument("--decoder_head", type=cli.positive_int, default=None,
+                   help="decoder heads (default: max(1, decoder_dim // 64))")
+    g.add_argument("--mask_ratio", type=cli.finite_float, default=0.75,
+                   help="fraction of patches masked, in [0, 1)")
+    g.add_argument("--norm_pix_loss", action="store_true",
+                   help="reconstruct per-patch normalised pixels (the paper's better target)")
+    g.add_argument("--pos_embed", default=None, choices=POS_EMBEDS,
+                   help="position embeddings of the encoder and decoder: learned, or the "
+                        "official MAE's fixed 2-D sin-cos (never trained); --recipe paper "
+                        "selects sincos")
+
+    g = p.add_argument_group("held-out images")
+    g.add_argument("--val_split", type=cli.non_negative_int, default=0,
+                   help="hold out the N training images train_classifier.py --val_split N "
+                        "holds out (the same SPLIT_SEED draw): pretraining never sees them and "
+                        "evaluates on them (eval_loss, grids, kNN queries) instead of on the "
+                        "test split; 0: pretrain on every training image, evaluate on test")
+    g.add_argument("--eval_images", type=cli.positive_int, default=1024,
+                   help="held-out images (with one fixed mask) for eval_loss each epoch")
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--model_fn", "--output_model_path", dest="model_fn", default="vit-t-mae.pt",
+                   help="file name of the final model, in the run folder")
+    g.add_argument("--csv_fn", "--csv_log", dest="csv_fn", default="metrics.csv",
+                   help="file name of the per-epoch CSV, in the run folder")
+    g.add_argument("--save_images_dir", default="images",
+                   help="folder (in the run folder) of reconstruction grids")
+    g.add_argument("--save_images_n", type=cli.positive_int, default=16,
+                   help="held-out images shown in each reconstruction grid")
+    g.add_argument("--visualize_freq", type=cli.non_negative_int, default=10,
+                   help="write a reconstruction grid every N epochs (and the last); 0 = off")
+    g.add_argument("--pad", type=cli.non_negative_int, default=2,
+                   help="pixels between images in the grids")
+    g.add_argument("--pad_value", type=cli.finite_float, default=1.0,
+                   help="grey level of the grid padding, 0 (black) to 1 (white)")
+    knn.add_knn_args(p)
+    recipes.add_recipe_args(p, ("pretrain",))
+
+
+def add_classifier_args(p):
+    """Every flag of train_classifier.py (scratch, fine-tune, linear probe)."""
+    add_common_args(p, batch_size=128, max_device_batch_size=256, base_lr=None,
+                           total_epoch=100, warmup_epoch=5, augment=None)
+    g = p.add_argument_group("classifier")
+    g.add_argument("--pretrained_model_path", "--mae_ckpt", "--pretrained_ckpt",
+                   dest="pretrained_model_path", default=None,
+                   help="MAE checkpoint to start from (mae_pretrain.py's model file; or a timm "
+                        "ViT state dict .pth/.safetensors, or an official MAE checkpoint); the "
+                        "encoder configuration comes from it")
+    g.add_argument("--linear_probe", action="store_true",
+                   help="freeze the encoder (eval mode) and train BatchNorm + linear on its "
+                        "features; without augmentation the features are computed once")
+    g.add_argument("--no_feature_cache", action="store_true",
+                   help="linear probe: re-run the frozen encoder every step even without "
+                        "augmentation (slow; for checking the cache)")
+    g.add_argument("--layer_decay", type=cli.finite_float, default=None,
+                   help="layer-wise lr decay (1 = off; the paper fine-tunes with 0.75)")
+    g.add_argument("--drop_path", type=cli.finite_float, default=None,
+                   help="stochastic depth rate")
+    g.add_argument("--smoothing", type=cli.finite_float, default=None, help="label smoothing")
+    g.add_argument("--mixup", type=cli.finite_float, default=None,
+                   help="mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=cli.finite_float, default=None,
+                   help="cutmix alpha (0 = off)")
+    g.add_argument("--pool", default=None, choices=("cls", "mean"),
+                   help="features: the cls token after the final norm, or the official MAE "
+                        "global pool (mean of the patch tokens before the final norm, then "
+                        "a new LayerNorm fc_norm)")
+    g.add_argument("--val_split", type=cli.non_negative_int, default=0,
+                   help="hold out N training images for choosing the best epoch; 0: the "
+                        "best epoch is chosen on the test set (and labelled so)")
+    g.add_argument("--lr_schedule", default="cosine", choices=engine.LR_SCHEDULES,
+                   help="after the linear warmup: cosine decay to the recipe's min lr at "
+                        "--total_epoch, or constant at the peak lr (no decay, so the lr "
+                        "falling to 0 forces no plateau; for --early_stop_patience)")
+    g.add_argument("--early_stop_patience", type=cli.non_negative_int, default=0,
+                   help="stop once the validation accuracy has not improved for N "
+                        "consecutive epochs (needs --val_split; --total_epoch is then the "
+                        "maximum); 0: off")
+    g.add_argument("--model_fn", "--output_model_path", dest="output_model_path",
+                   default="auto",
+                   help="where to write the final classifier (auto: in the stage folder)")
+    g.add_argument("--csv_fn", "--csv_log", dest="csv_log", default="auto",
+                   help="per-epoch CSV file name in the stage folder (auto: metrics.csv)")
+
+    add_architecture_args(p, "model from scratch (default: taken from the MAE checkpoint)")
+    recipes.add_recipe_args(p, ("finetune", "linprobe"))
+
+
+def stage_parser(add_args, description=None):
+    """A stage's parser: its flags (add_args), help with defaults shown."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_args(parser)
+    return parser

@@ -13,8 +13,8 @@ value; explicit flags win. The resolved values are printed and saved in args.jso
 import argparse
 from dataclasses import dataclass, fields
 
-from augment import parse_rand_augment
-from cli import UsageError, finite_float, follows
+from mae_cifar.cli import UsageError, finite_float, follows
+from mae_cifar.data.augment import parse_rand_augment
 
 STAGES = ("pretrain", "finetune", "linprobe")
 ADAMW_BETAS = (0.9, 0.999)

@@ -5,12 +5,11 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 
-import distributed
-from cli import UPSTREAM_KEY, UsageError, os_error_hint
-from fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
-from utils import check_model_file, load_checkpoint
+from mae_cifar import distributed
+from mae_cifar.checkpoint import check_model_file, load_checkpoint
+from mae_cifar.cli import UPSTREAM_KEY, UsageError, os_error_hint
+from mae_cifar.fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
 
 CHECKPOINT_FN = "checkpoint.pt"
 ARGS_FN = "args.json"
@@ -28,7 +27,7 @@ NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "s
                    "output_root", "data_dir", "exp_name", "config",
                    # compared by content: UPSTREAM_KEY
                    "pretrained_model_path",
-                   # the kNN monitor (knn.py) only observes the encoder; training is unchanged
+                   # the kNN monitor (evaluation/knn.py) only observes: training is unchanged
                    "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
                    "knn_eval_images"}
 
@@ -234,22 +233,6 @@ def _read_pid(fd):
     """The pid a lock file names, or None when it holds something else."""
     text = os.pread(fd, PID_MAX_CHARS, 0).decode("ascii", "replace").strip()
     return int(text) if text.isdigit() and len(text) < PID_MAX_CHARS else None
-
-
-
-def git_commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=5, cwd=os.path.dirname(__file__)).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def print_args(args):
-    print(f"git commit: {git_commit() or 'unknown'}")
-    for k, v in sorted(vars(args).items()):
-        print(f"  {k}: {v}")
-
 
 
 def check_file_names(names, models=()):

@@ -1,0 +1,1 @@
+"""kNN, tuned probes, features and reconstruction grids of a trained model."""

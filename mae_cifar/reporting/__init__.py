@@ -1,0 +1,1 @@
+"""Run files -> one DataFrame -> statistics -> tables and figures; imports no torch."""
