@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Study v2 on Fashion-MNIST (issue 22): the headline question (H: is the MAE representation
+# Study v2 on Fashion-MNIST: the headline question (H: is the MAE representation
 # worth having against tuned pixel baselines and a converged scratch model?) and the seed's
 # question (T: the paper's Table 1, decoder depth / width and mask ratio), paired by seed.
 # Parts, each at most about 70 min on 2 CPU cores (estimated from the v1 study's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Which CPU configuration trains the study's model fastest (issue 21, item 8)? Each
+# Which CPU configuration trains the study's model fastest? Each
 # configuration runs real MAE pretraining (mae_pretrain.py: patch 4, width 64, 6 blocks,
 # decoder 2 x 64, batch 256, Fashion-MNIST 28 x 28) for EPOCHS short epochs; its speed is the
 # median images/s of the epochs after the first (the first holds compilation and warm-up),

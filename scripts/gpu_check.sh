@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 16), one command of about 7 minutes on one H100/H200 that installs
+# The GPU check, one command of about 7 minutes on one H100/H200 that installs
 # nothing (Python 3.12, torch >= 2.11, timm, tqdm, tensorboard, matplotlib, einops, pandas).
 # Stages, each under its own timeout so that one hang cannot eat the budget:
 #   a. the CUDA tests (tests/test_cuda.py: bf16 autocast, fused AdamW, inductor vs eager,
