@@ -139,7 +139,7 @@ def validate(args):
         raise UsageError("--block applies to encoder features (--features encoder or random)")
     if args.features != "random":  # an MAE's architecture comes from its file
         allowed = ("encoder_head",) if args.features == "encoder" else ()  # a timm file's
-        given = [k for k in classifier.VIT_TINY
+        given = [k for k in ("model", *classifier.ARCH_KEYS)
                  if getattr(args, k) is not None and k not in allowed]
         if given:
             raise UsageError(f"{', '.join('--' + k for k in given)}: the architecture of "

@@ -32,7 +32,7 @@ from mae_cifar.data.datasets import SPLIT_SEED, image_record, image_shape
 from mae_cifar.data.loader import DeviceLoader
 from mae_cifar.evaluation import knn
 from mae_cifar.evaluation.reconstruction import reconstruction_grid, save_grid
-from mae_cifar.training import engine, flags, recipes, run_folder
+from mae_cifar.training import engine, flags, presets, recipes, run_folder
 from mae_cifar.training.objectives import pretrain_step
 from model import MAE_ViT, MAEConfig
 from utils import seed_everything
@@ -107,25 +107,28 @@ class Evaluator:
 
 
 def validate(args):
-    """Resolve the recipe, then check this stage's flags (no disk) -> the recipe's rows."""
+    """Resolve the recipe and the architecture preset, then check this stage's flags (no
+    disk) -> the rows of the recipe and of the architecture."""
     recipe = recipes.resolve(args, "pretrain")
+    arch = presets.resolve(args, (*presets.ENCODER_KEYS, *presets.DECODER_KEYS))
     flags.validate_common(args)
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
     run_folder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
                                 "--save_images_dir": args.save_images_dir},
                                models=("--model_fn",))
-    return recipe
+    return recipe, arch
 
 
 def main(args):
-    recipe = validate(args)
+    recipe, arch = validate(args)
     cfg = model_config(args)
     dist, run, status = engine.start_stage(args, STAGE, get_args_parser())
     if status == "finished":
         return
     if dist.is_main:
         print(recipes.describe("pretrain", args.recipe, recipe))
+        print(presets.describe(args.model, arch))
     data = engine.load_stage_data(args, dist, args.val_split)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks
     engine.configure_backends(dist.device)

@@ -29,7 +29,7 @@ from mae_cifar.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from mae_cifar.cli import UsageError, run_cli
 from mae_cifar.data.loader import DeviceLoader
 from mae_cifar.evaluation.features import evaluate, extract_features
-from mae_cifar.training import engine, flags, recipes, run_folder
+from mae_cifar.training import engine, flags, presets, recipes, run_folder
 from mae_cifar.training.classifier import (
     MODES,
     build_model,
@@ -81,6 +81,8 @@ def main(args):
     if dist.is_main:
         print(recipes.describe("linprobe" if args.linear_probe else "finetune", args.recipe,
                                recipe))
+        if args.pretrained_model_path is None:  # a model from scratch: the preset's
+            print(presets.describe(*presets.choose(args, presets.ENCODER_KEYS)))
     data = engine.load_stage_data(args, dist, args.val_split)
     seed_everything(args.seed)  # same random encoder on every rank and in every run
     model = build_model(args, data.num_classes, dist.device)

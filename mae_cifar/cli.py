@@ -230,6 +230,16 @@ def positive_float(s):
 positive_float.__name__ = "positive number"
 
 
+def non_negative_float(s):
+    v = float(s)
+    if not v >= 0 or not math.isfinite(v):
+        raise ValueError
+    return v
+
+
+non_negative_float.__name__ = "non-negative number"
+
+
 def finite_float(s):
     v = float(s)
     if not math.isfinite(v):

@@ -58,7 +58,7 @@ def trainer(module, step_fn, device, compile):
     loader = DeviceLoader(images(device), BATCH, MEAN, STD, "flip", seed=SEED)
     args = Namespace(compile=compile, amp="off", base_learning_rate=1e-3, batch_size=BATCH,
                      max_device_batch_size=MICRO, weight_decay=0.05, total_epoch=EPOCHS,
-                     warmup_epoch=1)
+                     warmup_epoch=1, progress_seconds=0)
     return Trainer(args, DistInfo(0, 1, 0, torch.device(device)), module.to(device), loader,
                    step_fn, None, Checkpointed("test", {}))
 

@@ -88,7 +88,7 @@ def make_trainer(rank, step_fn, run=None, augment="flip"):
                           world=WORLD)
     args = Namespace(compile=False, amp="off", base_learning_rate=1e-3, batch_size=BATCH,
                      max_device_batch_size=MICRO, weight_decay=0.05, total_epoch=EPOCHS,
-                     warmup_epoch=1, save_freq=1)
+                     warmup_epoch=1, save_freq=1, progress_seconds=0)
     return Trainer(args, DistInfo(rank, WORLD, 0, CPU), model, loader, step_fn, run,
                    Checkpointed("mae", asdict(TINY)), Optimization(betas=ADAMW_BETAS_PRETRAIN))
 

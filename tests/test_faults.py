@@ -199,6 +199,8 @@ def test_sigterm_checkpoints_and_says_how_to_resume(runs):
     assert procs["reference"].returncode == 0, procs["reference"].stderr
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     assert proc.stderr.strip().splitlines() == [stop_line(root, "term", "SIGTERM")]
+    # acknowledged on stdout when it arrived, before the step ended and the checkpoint
+    assert "received SIGTERM: stopping after this step; a checkpoint follows" in proc.stdout
 
 
 def test_resume_after_sigterm_mid_epoch_is_identical(runs):

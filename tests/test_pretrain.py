@@ -12,7 +12,7 @@ import mae_pretrain
 import train_classifier
 from mae_cifar.data.datasets import FAKE_SIZES, SPLIT_SEED, Split, carve, image_record, load_dataset
 from mae_cifar.data.loader import DeviceLoader
-from mae_cifar.training import engine, recipes, run_folder
+from mae_cifar.training import engine, run_folder
 from model import MAE_ViT, MAEConfig, sincos_pos_embed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,7 +130,7 @@ def test_a_flag_that_does_not_change_results_may_differ_on_rerun(runs):
     folder = runs["folders"]["A"]
     cmd = pretrain_cmd(str(folder.parents[1]))[1:] + ["--save_freq", "2"]
     args = mae_pretrain.get_args_parser().parse_args(cmd)
-    recipes.resolve(args, "pretrain")  # as main() does before the run folder reads args.json
+    mae_pretrain.validate(args)  # as main() does before the run folder reads args.json
     assert run_folder.RunFolder(str(folder), args).status() == "finished"
 
 

@@ -5,10 +5,11 @@ import os
 from mae_cifar import cli, weights
 from mae_cifar.cli import UsageError
 from mae_cifar.data.datasets import image_shape
-from mae_cifar.training import flags, recipes
+from mae_cifar.training import flags, presets, recipes
 from model import ClassifierConfig, ViT_Classifier
 
-VIT_TINY = dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, pos_embed="learned")
+ARCH_KEYS = (*presets.ENCODER_KEYS, "pos_embed")  # a classifier's architecture flags
+DEFAULT_POS_EMBED = "learned"
 
 
 MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mode)
@@ -20,8 +21,10 @@ MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mo
 
 
 def architecture(args):
-    """{flag: value} of the architecture flags, VIT_TINY's value where one was not given."""
-    return {k: VIT_TINY[k] if getattr(args, k) is None else getattr(args, k) for k in VIT_TINY}
+    """{flag: value} of a model from scratch: the flags given, the preset's (--model) for the
+    others, learned position embeddings unless said otherwise."""
+    _, rows = presets.choose(args, presets.ENCODER_KEYS)
+    return {**{k: v for k, v, _ in rows}, "pos_embed": args.pos_embed or DEFAULT_POS_EMBED}
 
 
 def resolve_recipe(args):
@@ -56,7 +59,9 @@ def classifier_config(args, mae_cfg, num_classes):
     """The classifier config; from the MAE checkpoint when there is one."""
     in_chans, image_size = image_shape(args.dataset, args.image_size)
     if mae_cfg is not None:
-        arch = {k: getattr(args, k) for k in VIT_TINY}
+        arch = {k: getattr(args, k) for k in ARCH_KEYS}
+        if args.model:  # a preset is a set of flags given
+            arch.update({k: v for k, v, _ in presets.choose(args, presets.ENCODER_KEYS)[1]})
         clash = [f"--{k} {v} (the checkpoint has {getattr(mae_cfg, k)})"
                  for k, v in arch.items() if v is not None and v != getattr(mae_cfg, k)]
         for k, v in (("in_chans", in_chans), ("image_size", image_size)):
@@ -65,7 +70,7 @@ def classifier_config(args, mae_cfg, num_classes):
                              f"{getattr(mae_cfg, k)})")
         if clash:
             raise UsageError("the pretrained encoder does not match: " + "; ".join(clash))
-        arch = {k: getattr(mae_cfg, k) for k in VIT_TINY}
+        arch = {k: getattr(mae_cfg, k) for k in ARCH_KEYS}
     else:
         arch = architecture(args)
     try:

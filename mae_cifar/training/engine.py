@@ -23,6 +23,7 @@ from mae_cifar.cli import UsageError
 from mae_cifar.data.datasets import load_dataset
 from mae_cifar.fileio import CSVLogger
 from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
+from mae_cifar.training.progress import Progress, duration, watch_signals
 from mae_cifar.training.recipes import LARS_MOMENTUM, Optimization
 from mae_cifar.training.run_folder import TENSORBOARD_DIR, RunFolder
 from utils import get_rng_state, set_rng_state
@@ -161,6 +162,8 @@ class Trainer:
         self.micro_batches = -(-self.local_batch // args.max_device_batch_size)
         self.start_epoch, self.start_step, self.sums = 0, 0, None
         self.stop_signal = None
+        self.progress = Progress(args.total_epoch, self.steps_per_epoch, args.batch_size,
+                                 dist.is_main, args.progress_seconds)
 
     def describe(self):
         return (f"lr = {self.args.base_learning_rate:g} x {self.args.batch_size} / "
@@ -243,12 +246,8 @@ class Trainer:
                   f"this run has {self.dist.world}; random draws start from fresh seeds")
 
     # ---- signals
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum):
         self.stop_signal = signum
-
-    def install_signal_handlers(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._on_signal)
 
     def _stop_requested(self, at_interval):
         """The signal any rank received, or 0. Under DDP ranks agree at log intervals and
@@ -273,7 +272,7 @@ class Trainer:
         """
         if self.start_epoch > 0 and done_after(self.start_epoch - 1):
             return  # stopped early, then interrupted before its final files were written
-        self.install_signal_handlers()
+        watch_signals(self._on_signal, announce=self.dist.is_main)
         for epoch in range(self.start_epoch, self.args.total_epoch):
             stats = self.train_epoch(epoch)
             on_epoch_end(epoch, stats)
@@ -305,18 +304,21 @@ class Trainer:
         step_losses = torch.zeros(n, device=self.dist.device)
         checked = start
         t0 = time.perf_counter()
-        bar = tqdm(total=n, initial=start, desc=f"epoch {epoch}", leave=False,
-                   disable=not (self.dist.is_main and sys.stderr.isatty()))
+        bar = tqdm(total=n, initial=start, desc=f"epoch {epoch + 1}/{self.args.total_epoch}",
+                   leave=False, disable=not (self.dist.is_main and sys.stderr.isatty()))
         for step, (x, y) in enumerate(self.loader.epoch(epoch, start), start=start):
-            set_lr(self.optimizer, self.lr_at(epoch * n + step))
+            lr = self.lr_at(epoch * n + step)
+            set_lr(self.optimizer, lr)
             step_losses[step] = self._optimizer_step(x, y, sums)
             bar.update(1)
             last = step == n - 1
             if (step + 1 - start) % LOG_INTERVAL == 0 or last:
                 self._check_finite(step_losses, checked, step + 1, epoch)
-                seen = (step + 1 - start) * self.loader.batch_size
-                bar.set_postfix(loss=f"{step_losses[step].item():.4f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                seconds, loss = time.perf_counter() - t0, step_losses[step].item()
+                done = step + 1 - start  # steps trained in this epoch by this process
+                bar.set_postfix(loss=f"{loss:.4f}",
+                                img_s=f"{done * self.loader.batch_size / seconds:.0f}")
+                self.progress.offer(epoch, step + 1, loss, lr, seconds, done)
                 checked = step + 1
             # after the last step fit() asks, once the epoch is evaluated
             signum = 0 if last else self._stop_requested((step + 1 - start) % LOG_INTERVAL == 0)
@@ -329,6 +331,7 @@ class Trainer:
         count = totals.pop("n").item()
         out = {k: (v.item() / count) for k, v in totals.items()}
         out["seconds"] = time.perf_counter() - t0
+        self.progress.steps_trained(n - start, out["seconds"])
         out["images_per_s"] = (count - _count_before(start, n, self.loader)) / out["seconds"]
         self.sums = None
         return out
@@ -392,7 +395,9 @@ def _count_before(start, n, loader):
 
 
 def run_stage(main_fn, run):
-    """Run a stage; turn interrupts and non-finite losses into one line and an exit code."""
+    """Run a stage; turn interrupts and non-finite losses into one line and an exit code.
+    Rank 0 ends with the stage's total wall time, whatever the outcome."""
+    started = time.perf_counter()
     try:
         main_fn()
     except Interrupted as e:
@@ -409,6 +414,8 @@ def run_stage(main_fn, run):
     finally:
         run.release()
         distributed.cleanup()
+        if run.is_main:
+            print(f"total wall time: {duration(time.perf_counter() - started)}", flush=True)
 
 
 # --------------------------------------------------------------------------- logging

@@ -8,6 +8,7 @@ from mae_cifar.cli import (
     UsageError,
     add_config_arg,
     finite_float,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -16,7 +17,8 @@ from mae_cifar.cli import (
 from mae_cifar.data.augment import AUGMENTS
 from mae_cifar.data.datasets import DATASETS
 from mae_cifar.evaluation import knn
-from mae_cifar.training import engine, recipes
+from mae_cifar.training import engine, presets, recipes
+from mae_cifar.training.progress import PROGRESS_SECONDS
 from model import POS_EMBEDS
 
 
@@ -70,6 +72,10 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
                    help="autocast: auto = bf16 on a CUDA card that has it, off on CPU; "
                         "fp16 uses a GradScaler")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--progress_seconds", type=non_negative_float, default=PROGRESS_SECONDS,
+                   help="print a progress line (step, images/s, loss, lr, ETA) at most every N "
+                        "seconds, on stdout so that it reaches log files; 0: at every log "
+                        "interval")
 
     g = parser.add_argument_group("output")
     g.add_argument("--output_root", default="outputs", help="root of all experiment folders")
@@ -107,17 +113,24 @@ def model_error(e):
     return UsageError(f"invalid model configuration: {e}")
 
 
+def add_encoder_args(group):
+    """--model and the encoder's flags; None: the preset's value (presets.resolve)."""
+    presets.add_model_arg(group)
+    group.add_argument("--patch_size", type=cli.positive_int, default=None, help="patch side")
+    group.add_argument("--emb_dim", type=cli.positive_int, default=None, help="encoder width")
+    group.add_argument("--encoder_layer", type=cli.positive_int, default=None,
+                       help="encoder blocks")
+    group.add_argument("--encoder_head", type=cli.positive_int, default=None,
+                       help="encoder attention heads (also: the heads of a timm file, which "
+                            "does not record them)")
+
+
 def add_architecture_args(parser, title):
-    """The ViT flags of a model from scratch (baselines.py's random encoder shares them);
-    None: VIT_TINY's value (architecture())."""
+    """The ViT flags of a model from scratch (baselines.py's random encoder shares them)."""
     g = parser.add_argument_group(title)
-    g.add_argument("--patch_size", type=cli.positive_int, default=None, help="patch side")
-    g.add_argument("--emb_dim", type=cli.positive_int, default=None, help="width")
-    g.add_argument("--encoder_layer", type=cli.positive_int, default=None, help="blocks")
-    g.add_argument("--encoder_head", type=cli.positive_int, default=None,
-                   help="heads (also: the heads of a timm file, which does not record them)")
+    add_encoder_args(g)
     g.add_argument("--pos_embed", default=None, choices=("learned", "sincos"),
-                   help="position embedding initialisation")
+                   help="position embedding initialisation (default: learned)")
 
 
 def add_pretrain_args(p):
@@ -125,15 +138,10 @@ def add_pretrain_args(p):
     add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
                            total_epoch=600, warmup_epoch=40, augment="flip")
     g = p.add_argument_group("model")
-    g.add_argument("--patch_size", type=cli.positive_int, default=2, help="patch side")
-    g.add_argument("--emb_dim", type=cli.positive_int, default=192, help="encoder width")
-    g.add_argument("--encoder_layer", type=cli.positive_int, default=12,
-                   help="encoder blocks")
-    g.add_argument("--encoder_head", type=cli.positive_int, default=3,
-                   help="encoder attention heads")
-    g.add_argument("--decoder_layer", type=cli.positive_int, default=4,
+    add_encoder_args(g)
+    g.add_argument("--decoder_layer", type=cli.positive_int, default=None,
                    help="decoder blocks (Table 1a of the paper)")
-    g.add_argument("--decoder_dim", type=cli.positive_int, default=192,
+    g.add_argument("--decoder_dim", type=cli.positive_int, default=None,
                    help="decoder width (Table 1b of the paper)")
     g.add_argument("--decoder_head", type=cli.positive_int, default=None,
                    help="decoder heads (default: max(1, decoder_dim // 64))")

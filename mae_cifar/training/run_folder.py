@@ -24,7 +24,7 @@ HASH_SHOWN = 12  # hex digits of a hash shown in messages
 # Flags that do not change the numbers a run produces; they may differ on resume (a run
 # folder may also be moved or renamed).
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
-                   "output_root", "data_dir", "exp_name", "config",
+                   "progress_seconds", "model", "output_root", "data_dir", "exp_name", "config",
                    # compared by content: UPSTREAM_KEY
                    "pretrained_model_path",
                    # the kNN monitor (evaluation/knn.py) only observes: training is unchanged

@@ -1,0 +1,41 @@
+"""What a run says while it runs: progress lines that reach a log file, and the total wall
+time at the end (mae_cifar/training/progress.py)."""
+import re
+
+import pytest
+from conftest import TINY_DATA, TINY_MAE, run_script
+
+from mae_cifar.training.progress import Progress, duration
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROGRESS_LINE = re.compile(r"^epoch (\d+)/2 step (\d+)/(\d+): \d+ img/s, loss \d+\.\d{4}, "
+                           r"lr \S+, elapsed \S+, ETA epoch \S+, run \S+ \(training only\)$")
+
+
+def test_progress_lines_reach_a_log_file_and_the_run_ends_with_its_wall_time(tmp_path):
+    """stdout is a file here (no terminal, so no tqdm bar): the progress lines are there."""
+    proc = run_script("mae_pretrain.py", *TINY_DATA, *TINY_MAE, "--max_train_images", "256",
+                      "--total_epoch", "2", "--progress_seconds", "0", "--output_root",
+                      tmp_path, "--exp_name", "p")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    progress = [m.groups() for m in map(PROGRESS_LINE.match, lines) if m]
+    # 8 steps of 32 images per epoch, one line at the end of each epoch's log interval
+    assert progress == [("1", "8", "8"), ("2", "8", "8")]
+    assert re.fullmatch(r"total wall time: \d+s", lines[-1])
+
+
+def test_progress_line_estimates_from_the_steps_trained():
+    p = Progress(total_epochs=3, steps_per_epoch=10, batch_size=64, enabled=False)
+    p.steps_trained(10, 20.0)  # epoch 0: 2 s a step
+    line = p.line(epoch=1, step=5, loss=0.5, lr=1e-3, epoch_seconds=5.0, epoch_steps=5)
+    # this epoch: 1 s a step, 5 left; the run: 25 s over 15 steps, 15 steps left
+    assert line.startswith("epoch 2/3 step 5/10: 64 img/s, loss 0.5000, lr 0.001, elapsed ")
+    assert line.endswith("ETA epoch 5s, run 25s (training only)")
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (42, "42s"), (185, "3m05s"),
+                                           (7620, "2h07m")])
+def test_duration(seconds, text):
+    assert duration(seconds) == text
