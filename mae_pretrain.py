@@ -40,6 +40,7 @@ from utils import seed_everything
 STAGE = "mae-pretrain"
 CSV_FIELDS = ["epoch", "train_loss", "lr", "eval_loss", "knn_acc", "epoch_seconds",
               "images_per_s"]
+DIVERGED_FACTOR = 5  # an eval loss this many times its best so far is reported
 
 
 def get_args_parser():
@@ -173,8 +174,11 @@ def train(args, dist, model, data, trainer, run):
                "images_per_s": stats["images_per_s"]}
         if not dist.is_main:
             return
+        warning = divergence_warning(epoch, eval_loss, log.csv.rows)
         log.log(row)
         print(engine.epoch_line(epoch, args.total_epoch, row))
+        if warning:
+            print(warning)
         if args.visualize_freq and ((epoch + 1) % args.visualize_freq == 0
                                     or epoch + 1 == args.total_epoch):
             grid = evaluator.grid()
@@ -186,6 +190,20 @@ def train(args, dist, model, data, trainer, run):
     if dist.is_main:
         log.close()
         finish(args, model, trainer, run, log.csv.rows, data, images)
+
+
+def divergence_warning(epoch, eval_loss, rows):
+    """One line when eval_loss is DIVERGED_FACTOR times the best of the earlier epochs' rows
+    (metrics.csv's, resumed ones included), else None."""
+    earlier = [(float(r["eval_loss"]), int(r["epoch"])) for r in rows if r["eval_loss"]]
+    if not earlier:
+        return None
+    best, at = min(earlier)
+    if not eval_loss > DIVERGED_FACTOR * best:
+        return None
+    return (f"warning: eval_loss {eval_loss:.4g} at epoch {epoch + 1} is {eval_loss / best:.1f}x "
+            f"its best ({best:.4g} at epoch {at + 1}): the run may be diverging; a lower "
+            "--base_learning_rate or a longer warmup may help")
 
 
 def images_used(args, data, evaluator, monitor):

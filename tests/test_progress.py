@@ -5,6 +5,7 @@ import re
 import pytest
 from conftest import TINY_DATA, TINY_MAE, run_script
 
+import mae_pretrain
 from mae_cifar.training.progress import Progress, duration
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,3 +40,30 @@ def test_progress_line_estimates_from_the_steps_trained():
                                            (7620, "2h07m")])
 def test_duration(seconds, text):
     assert duration(seconds) == text
+
+
+def test_a_schedule_that_cannot_behave_is_warned_before_the_run(tmp_path):
+    """64 images in one batch: one optimizer step per epoch, so a one-epoch warmup is one
+    step at lr 0, then the peak (the first-hour failure: eval loss 3.6 -> 34.6)."""
+    proc = run_script("mae_pretrain.py", *TINY_DATA, *TINY_MAE, "--batch_size", "64",
+                      "--total_epoch", "2", "--warmup_epoch", "1", "--output_root", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: 1 optimizer step(s) per epoch (64 images, --batch_size 64)" in proc.stdout
+    assert "warning: the warmup is 1 optimizer step(s)" in proc.stdout
+
+
+def test_a_long_run_on_the_cpu_is_told_how_to_shrink():
+    p = Progress(total_epochs=100, steps_per_epoch=10, batch_size=64, enabled=False,
+                 slow_after_s=3600)
+    # 999 steps of 10 s left
+    assert "about 2h46m more; --model vit_micro_patch4" in p.slow_warning(0, 1, 10.0, 1)
+    assert p.slow_warning(0, 1, 0.1, 1) is None  # 999 steps of 0.1 s left
+
+
+def test_an_exploding_eval_loss_is_reported():
+    rows = [{"epoch": "0", "eval_loss": "3.6"}, {"epoch": "1", "eval_loss": "0.9"}]
+    line = mae_pretrain.divergence_warning(2, 34.6, rows)
+    assert line.startswith("warning: eval_loss 34.6 at epoch 3 is 38.4x its best (0.9 at "
+                           "epoch 2)")
+    assert mae_pretrain.divergence_warning(2, 4.0, rows) is None  # 4.4x: noise, not divergence
+    assert mae_pretrain.divergence_warning(0, 34.6, []) is None

@@ -23,13 +23,15 @@ from mae_cifar.cli import UsageError
 from mae_cifar.data.datasets import load_dataset
 from mae_cifar.fileio import CSVLogger
 from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
-from mae_cifar.training.progress import Progress, duration, watch_signals
+from mae_cifar.training.progress import SLOW_RUN_SECONDS, Progress, duration, watch_signals
 from mae_cifar.training.recipes import LARS_MOMENTUM, Optimization
 from mae_cifar.training.run_folder import TENSORBOARD_DIR, RunFolder
 from utils import get_rng_state, set_rng_state
 
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
 LR_SCHEDULES = ("cosine", "constant")  # after the linear warmup: cosine to min_lr, or the peak
+MIN_STEPS_PER_EPOCH = 5  # fewer: the schedule moves in whole-epoch jumps (warned)
+MIN_WARMUP_STEPS = 5  # a shorter warmup jumps from lr 0 to the peak (warned)
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
 RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
@@ -163,7 +165,8 @@ class Trainer:
         self.start_epoch, self.start_step, self.sums = 0, 0, None
         self.stop_signal = None
         self.progress = Progress(args.total_epoch, self.steps_per_epoch, args.batch_size,
-                                 dist.is_main, args.progress_seconds)
+                                 dist.is_main, args.progress_seconds,
+                                 SLOW_RUN_SECONDS if dist.device.type == "cpu" else None)
 
     def describe(self):
         return (f"lr = {self.args.base_learning_rate:g} x {self.args.batch_size} / "
@@ -171,7 +174,21 @@ class Trainer:
                 f"{self.steps_per_epoch} steps/epoch; "
                 f"{self.dist.world} process(es) x {self.micro_batches} micro-batch(es) of "
                 f"<= {-(-self.local_batch // self.micro_batches)} images; "
-                f"amp {self.dtype or 'off'}")
+                f"amp {self.dtype or 'off'}" + "".join("\n" + w for w in self.warnings()))
+
+    def warnings(self):
+        """Lines on a schedule that cannot behave as the recipe means it to."""
+        out = []
+        if self.steps_per_epoch < MIN_STEPS_PER_EPOCH:
+            out.append(f"warning: {self.steps_per_epoch} optimizer step(s) per epoch "
+                       f"({self.loader.num_images} images, --batch_size "
+                       f"{self.args.batch_size}): the schedule moves in jumps of a whole "
+                       "epoch; lower --batch_size or use more images")
+        if 0 < self.warmup_steps < MIN_WARMUP_STEPS:
+            out.append(f"warning: the warmup is {self.warmup_steps} optimizer step(s): the "
+                       f"first trains at lr 0 and the next near the peak {self.lr:.3g}; give "
+                       "a smaller --batch_size or more --warmup_epoch")
+        return out
 
     # ---- checkpoints
     def state(self, epoch, step, sums, rng):

@@ -12,6 +12,8 @@ PROGRESS_SECONDS = 30.0  # at most one progress line per this many seconds (offi
 SECONDS_PER_MINUTE = 60
 SECONDS_PER_HOUR = 3600
 ACKNOWLEDGED = (signal.SIGINT, signal.SIGTERM)
+SLOW_RUN_SECONDS = 3600  # on a CPU, a run with more left than this is told how to shrink
+SMALL_PRESET = "vit_micro_patch4"  # presets.py: the preset a CPU run is pointed to
 
 
 def duration(seconds):
@@ -34,38 +36,62 @@ class Progress:
     """
 
     def __init__(self, total_epochs, steps_per_epoch, batch_size, enabled,
-                 interval_s=PROGRESS_SECONDS):
+                 interval_s=PROGRESS_SECONDS, slow_after_s=None):
+        """slow_after_s: warn once, at the first line offered, when the run's estimated time
+        left exceeds this (None: never; the CPU's default, SLOW_RUN_SECONDS)."""
         self.total_epochs, self.steps_per_epoch = total_epochs, steps_per_epoch
         self.batch_size, self.enabled, self.interval_s = batch_size, enabled, interval_s
+        self.slow_after_s = slow_after_s
         self.started = time.perf_counter()
         self.last_line = self.started
         self.steps_done = 0  # optimizer steps trained by this process (for the rates)
         self.train_seconds = 0.0
+        self.offered = False
 
     def steps_trained(self, steps, seconds):
         """Account for `steps` optimizer steps that took `seconds` of training."""
         self.steps_done += steps
         self.train_seconds += seconds
 
-    def line(self, epoch, step, loss, lr, epoch_seconds, epoch_steps):
-        """The progress line after `step` (1-based within the epoch) of `epoch` (0-based).
-        epoch_seconds / epoch_steps: this epoch's training time and steps so far."""
+    def estimate(self, epoch, step, epoch_seconds, epoch_steps):
+        """(seconds per step now, seconds left in the epoch, seconds left in the run) after
+        `step` (1-based) of `epoch` (0-based); epoch_seconds / epoch_steps: this epoch's
+        training time and steps so far."""
         per_step = epoch_seconds / max(1, epoch_steps)
-        left_epoch = (self.steps_per_epoch - step) * per_step
         run_per_step = (self.train_seconds + epoch_seconds) / max(1, self.steps_done + epoch_steps)
-        left_steps = (self.total_epochs - epoch - 1) * self.steps_per_epoch + \
-            self.steps_per_epoch - step
+        left_steps = (self.total_epochs - epoch) * self.steps_per_epoch - step
+        return per_step, (self.steps_per_epoch - step) * per_step, left_steps * run_per_step
+
+    def line(self, epoch, step, loss, lr, epoch_seconds, epoch_steps):
+        """The progress line after `step` of `epoch` (see estimate)."""
+        per_step, left_epoch, left_run = self.estimate(epoch, step, epoch_seconds, epoch_steps)
         return (f"epoch {epoch + 1}/{self.total_epochs} step {step}/{self.steps_per_epoch}: "
                 f"{self.batch_size / per_step:.0f} img/s, loss {loss:.4f}, lr {lr:.3g}, "
                 f"elapsed {duration(time.perf_counter() - self.started)}, ETA epoch "
-                f"{duration(left_epoch)}, run {duration(left_steps * run_per_step)} "
-                "(training only)")
+                f"{duration(left_epoch)}, run {duration(left_run)} (training only)")
 
-    def offer(self, *line_args):
-        """Print the line if it is due (rank 0, PROGRESS_SECONDS since the last)."""
+    def slow_warning(self, epoch, step, epoch_seconds, epoch_steps):
+        """One line when the run's time left exceeds slow_after_s, else None."""
+        left = self.estimate(epoch, step, epoch_seconds, epoch_steps)[2]
+        if self.slow_after_s is None or left <= self.slow_after_s:
+            return None
+        return (f"warning: at this speed the run needs about {duration(left)} more; "
+                f"--model {SMALL_PRESET}, fewer --total_epoch or --max_train_images make it "
+                "minutes on a CPU")
+
+    def offer(self, epoch, step, loss, lr, epoch_seconds, epoch_steps):
+        """Print the line if it is due (rank 0, interval_s since the last); the first offer
+        also says when the run will take long."""
+        if not self.enabled:
+            return
+        if not self.offered:
+            self.offered = True
+            warning = self.slow_warning(epoch, step, epoch_seconds, epoch_steps)
+            if warning:
+                print(warning, flush=True)
         now = time.perf_counter()
-        if self.enabled and now - self.last_line >= self.interval_s:
-            print(self.line(*line_args), flush=True)
+        if now - self.last_line >= self.interval_s:
+            print(self.line(epoch, step, loss, lr, epoch_seconds, epoch_steps), flush=True)
             self.last_line = now
 
 
