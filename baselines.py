@@ -377,6 +377,8 @@ def images_used(args, data):
 
 
 def main(args):
+    flags.resolve_data(args, weights.recorded_args(args.pretrained_model_path)
+                       if args.pretrained_model_path else None)
     validate(args)
     # the encoder's identity is its content, as for train_classifier.py's runs
     args.pretrained_sha256 = run_folder.upstream_hash(args.pretrained_model_path)

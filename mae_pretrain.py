@@ -110,6 +110,7 @@ class Evaluator:
 def validate(args):
     """Resolve the recipe and the architecture preset, then check this stage's flags (no
     disk) -> the rows of the recipe and of the architecture."""
+    flags.resolve_data(args)
     recipe = recipes.resolve(args, "pretrain")
     arch = presets.resolve(args, (*presets.ENCODER_KEYS, *presets.DECODER_KEYS))
     flags.validate_common(args)

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import asdict
 
-from mae_cifar import fileio
+from mae_cifar import cli, fileio, weights
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from mae_cifar.cli import UsageError, run_cli
 from mae_cifar.data.loader import DeviceLoader
@@ -68,6 +68,12 @@ def csv_name(args):
 
 
 def main(args):
+    recorded = weights.recorded_args(args.pretrained_model_path) \
+        if args.pretrained_model_path else None
+    taken = flags.resolve_data(args, recorded)
+    if taken and cli.launch_rank() == 0:
+        print("from the pretrained model: " + ", ".join(f"--{k} {getattr(args, k)}"
+                                                        for k in taken))
     recipe = resolve_recipe(args)
     flags.validate_common(args)
     check_early_stop(args)

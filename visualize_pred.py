@@ -32,7 +32,7 @@ from mae_cifar.training import flags
 from mae_cifar.training.classifier import MODES
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_from_dict
 
-DEFAULT_RUNS = os.path.join("outputs", "main_exp")  # the stages' default output_root/exp_name
+MAE_FOLDER, MAE_FILE = "mae-pretrain", "vit-t-mae.pt"  # mae_pretrain.py's folder and model file
 MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # label -> what it usually is,
           "scratch": "trained from scratch"}                 # in figure order
 # label -> (flag, old name kept as an alias); the parsed value is args.<label>_ckpt
@@ -51,14 +51,18 @@ def get_args_parser():
     g = p.add_argument_group("models")
     for name, what in MODELS.items():
         folder, model_fn, _ = MODES[(name == "pretrained", False)]
-        g.add_argument(*MODEL_FLAGS[name], dest=f"{name}_ckpt", metavar="PATH",
-                       default=os.path.join(DEFAULT_RUNS, folder, model_fn),
+        g.add_argument(*MODEL_FLAGS[name], dest=f"{name}_ckpt", metavar="PATH", default=None,
                        help=f"classifier labelled '{name}' in the figures, usually {what} "
-                            "(train_classifier.py's model file)")
+                            "(train_classifier.py's model file; default: the experiment's "
+                            f"{folder}/{model_fn})")
     g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="mae_ckpt", metavar="PATH",
                    default=None,
                    help="MAE checkpoint (mae_pretrain.py's model file): also draw its "
-                        "reconstructions of the shown images")
+                        "reconstructions of the shown images (default: the experiment's "
+                        f"{MAE_FOLDER}/{MAE_FILE}, when it is there)")
+    g.add_argument("--output_root", default="outputs", help="root of the experiment folders")
+    g.add_argument("--exp_name", default="main_exp",
+                   help="the experiment whose runs are drawn: OUTPUT_ROOT/EXP_NAME/<stage>/")
 
     g = p.add_argument_group("images")
     g.add_argument("--n", type=cli.positive_int, default=12,
@@ -76,8 +80,9 @@ def get_args_parser():
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     g.add_argument("--batch_size", type=cli.positive_int, default=512,
                    help="test images per forward pass when classifying the whole test split")
-    g.add_argument("--save_dir", default=os.path.join(DEFAULT_RUNS, "visualize"),
-                   help="folder of the figures (created)")
+    g.add_argument("--save_dir", default=None,
+                   help="folder of the figures (created; default: OUTPUT_ROOT/EXP_NAME/"
+                        "visualize)")
     return p
 
 
@@ -267,7 +272,24 @@ def save_figure(fig, path):
 
 
 # --------------------------------------------------------------------------- main
+def locate_runs(args):
+    """Fill the model and output paths not given from --output_root / --exp_name, then the
+    dataset flags not given from the fine-tuned classifier's run."""
+    exp = os.path.join(args.output_root, args.exp_name)
+    for name in MODELS:
+        folder, model_fn, _ = MODES[(name == "pretrained", False)]
+        if getattr(args, f"{name}_ckpt") is None:
+            setattr(args, f"{name}_ckpt", os.path.join(exp, folder, model_fn))
+    mae = os.path.join(exp, MAE_FOLDER, MAE_FILE)
+    if args.mae_ckpt is None and os.path.isfile(mae):
+        args.mae_ckpt = mae
+    args.save_dir = args.save_dir or os.path.join(exp, "visualize")
+    recorded = load_checkpoint(args.pretrained_ckpt, kind="classifier").get("args")
+    flags.resolve_data(args, recorded if isinstance(recorded, dict) else None)
+
+
 def main(args):
+    locate_runs(args)
     device = torch.device(resolve_device(args.device))
     clfs, mae, data = load_inputs(args, device)
     shown = select_indices(args, len(data.test))

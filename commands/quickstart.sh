@@ -5,7 +5,7 @@
 # fine-tuning), prediction figures and the report.
 #   -> outputs/quickstart/quickstart/<stage>/, outputs/quickstart/quickstart/visualize/,
 #      outputs/quickstart/report/results.md
-# DATASET defaults to fake (generated images) so it runs offline on a fresh machine;
+# DATASET defaults to shapes (generated shapes an MAE can learn to fill in) so it runs offline;
 # DATASET=cifar10 bash commands/quickstart.sh uses real data (downloaded to DATA_DIR once).
 # The report reads only OUTPUT_ROOT (outputs/quickstart), so the study's report stays clean.
 # Settings: the variables below and those of commands/common.sh. Extra arguments go to every
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # quickstart defaults of common.sh settings (set before it fills in the rest)
-DATASET=${DATASET:-fake}
+DATASET=${DATASET:-shapes}
 OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/quickstart}
 CLS_WARMUP=${CLS_WARMUP:-1}
 LIN_EPOCHS=${LIN_EPOCHS:-20}        # cheap: the frozen features are computed once
@@ -23,7 +23,7 @@ LIN_WARMUP=${LIN_WARMUP:-2}
 source commands/common.sh
 
 EXP=${EXP:-quickstart}
-PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-6}
+PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-12}
 PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-1}
 PRETRAIN_LR=${PRETRAIN_LR:-1e-3}     # base lr; the tiny model learns little at ViT-T's 1.5e-4
 CLS_EPOCHS=${CLS_EPOCHS:-4}          # fine-tuning and scratch alike

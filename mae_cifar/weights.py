@@ -161,3 +161,15 @@ def check_tensors(expected, given, path, model="the encoder"):
     for k in expected:
         if k not in given:
             raise UsageError(f"{path}: tensor {k} is missing")
+
+
+def recorded_args(path):
+    """The flags this project's MAE file was trained with ({} for timm and official MAE files,
+    and for a file that cannot be read: loading it says why, once)."""
+    try:
+        obj = _read(path)
+    except UsageError:
+        return {}
+    if isinstance(obj, dict) and "format" in obj and isinstance(obj.get("args"), dict):
+        return obj["args"]
+    return {}

@@ -274,16 +274,16 @@ def test_quickstart_end_to_end(tmp_path):
                             ("scratch-cls", "vit-t-clf-from_scratch.pt")):
         for name in (model_fn, "metrics.csv", "summary.json"):
             assert (exp / stage / name).is_file(), f"no {stage}/{name}"
-        assert json.loads((exp / stage / "args.json").read_text())["dataset"] == "fake"
+        assert json.loads((exp / stage / "args.json").read_text())["dataset"] == "shapes"
     assert (exp / "visualize" / "predictions.png").is_file()
     results = (tmp_path / "report" / "results.md").read_text()
     assert "`quickstart`" in results
 
 
-def test_quickstart_defaults_to_generated_images(record):
+def test_quickstart_defaults_to_generated_shapes(record):
     """On a fresh machine it runs offline; DATASET=cifar10 switches to real data."""
     calls = record("quickstart.sh")
-    assert {c.ns.dataset for c in calls if c.script != "report.py"} == {"fake"}
+    assert {c.ns.dataset for c in calls if c.script != "report.py"} == {"shapes"}
     assert calls[0].ns.exp_name == "quickstart"
     calls = record("quickstart.sh", DATASET="cifar10")
     assert {c.ns.dataset for c in calls if c.script != "report.py"} == {"cifar10"}

@@ -23,6 +23,10 @@ def runs(tmp_path_factory):
         ["train_classifier.py", *common, "--exp_name", "s", "--model", "vit_micro_patch4"],
         ["train_classifier.py", *common, "--exp_name", "f", "--pretrained_model_path", mae,
          "--model", "vit_tiny_patch2_32"],
+        # no dataset flags: the MAE's (generated 16 x 16 images) are taken
+        ["train_classifier.py", "--device", "cpu", "--batch_size", "32", "--max_train_images",
+         "64", "--max_eval_images", "32", "--total_epoch", "1", "--output_root", str(root),
+         "--exp_name", "r", "--pretrained_model_path", mae],
     ])
     return root, procs
 
@@ -51,3 +55,12 @@ def test_a_preset_that_contradicts_the_checkpoint_is_refused(runs):
     line, = proc.stderr.strip().splitlines()
     assert line.startswith("error: the pretrained encoder does not match: --patch_size 2 "
                            "(the checkpoint has 4)")
+
+
+def test_a_stage_takes_its_data_from_the_pretrained_model(runs):
+    root, procs = runs
+    assert procs[3].returncode == 0, procs[3].stderr
+    assert "from the pretrained model: --dataset fake, --data_dir ./data, --image_size 16" \
+        in procs[3].stdout
+    saved = json.loads((root / "r" / "pretrain-cls" / "args.json").read_text())
+    assert (saved["dataset"], saved["image_size"]) == ("fake", 16)

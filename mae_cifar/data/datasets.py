@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from mae_cifar.cli import UsageError
+from mae_cifar.data import generated
 
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder", "fake")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "folder", "fake", "shapes")
 SPLIT_SEED = 0  # fixes the held-out validation images and the fake dataset, whatever --seed
 FOLDER_DEFAULT_SIZE = 32  # side of folder and fake images unless --image_size says otherwise
 NATIVE = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion_mnist": (1, 28),
-          "folder": (3, FOLDER_DEFAULT_SIZE), "fake": (3, FOLDER_DEFAULT_SIZE)}  # (chans, side)
+          "folder": (3, FOLDER_DEFAULT_SIZE), "fake": (3, FOLDER_DEFAULT_SIZE),
+          "shapes": (3, FOLDER_DEFAULT_SIZE)}  # (chans, side)
 FAKE_SIZES = {"train": 4096, "test": 1024}
 FAKE_CLASSES = 10
 FAKE_NOISE = 0.1  # std of pixel noise in fake images, relative to the [0, 1] range
@@ -95,7 +97,7 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     loader = {"cifar10": _cifar, "cifar100": _cifar, "fashion_mnist": _fashion_mnist,
-              "folder": _folder, "fake": _fake}[name]
+              "folder": _folder, "fake": _fake, "shapes": _shapes}[name]
     train, test, classes, source = loader(name, data_dir, image_size)
     for split, what in ((train, "training"), (test, "test")):
         check_split(split, len(classes), f"{what} split of {source}")
@@ -338,3 +340,12 @@ def _fake(name, data_dir, image_size):
         splits.append(Split(images, labels))
     classes = [f"class_{c}" for c in range(FAKE_CLASSES)]
     return splits[0], splits[1], classes, "generated images (--dataset fake)"
+
+
+def _shapes(name, data_dir, image_size):
+    """Generated shapes (generated.py): structure a masked autoencoder can learn to fill in.
+    The same images every time, as many as the fake set's."""
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    size = image_size or FOLDER_DEFAULT_SIZE
+    train, test = (Split(*generated.shapes(FAKE_SIZES[s], size, g)) for s in ("train", "test"))
+    return train, test, list(generated.SHAPES), "generated shapes (--dataset shapes)"

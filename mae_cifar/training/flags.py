@@ -21,17 +21,41 @@ from mae_cifar.training import engine, presets, recipes
 from mae_cifar.training.progress import PROGRESS_SECONDS
 from model import POS_EMBEDS
 
+DATA_DEFAULTS = {"dataset": "cifar10", "data_dir": "./data", "image_size": None}
+
+
+def resolve_data(args, recorded=None):
+    """Fill the dataset flags not given: from `recorded` (the flags of the pretrained model a
+    stage starts from, so that it need not be told its data again), else DATA_DEFAULTS.
+    -> the names taken from `recorded`. A flag given stays, and a clash is the stage's to
+    refuse (the encoder's input size, say)."""
+    taken = []
+    for k, default in DATA_DEFAULTS.items():
+        if getattr(args, k) is not None:
+            continue
+        if recorded and recorded.get(k) is not None:
+            setattr(args, k, recorded[k])
+            taken.append(k)
+        else:
+            setattr(args, k, default)
+    return taken
+
 
 def add_dataset_args(parser):
     """The 'data' group with the flags every script that reads a dataset shares; returns it."""
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", choices=DATASETS,
+    g.add_argument("--dataset", default=None, choices=DATASETS,
                    help="cifar10/cifar100/fashion_mnist download when missing; folder reads "
-                        "DATA_DIR/train and DATA_DIR/test (or val); fake is generated offline")
-    g.add_argument("--data_dir", default="./data", help="where the dataset lives")
+                        "DATA_DIR/train and DATA_DIR/test (or val); fake and shapes are "
+                        f"generated offline (default: the pretrained model's, else "
+                        f"{DATA_DEFAULTS['dataset']})")
+    g.add_argument("--data_dir", default=None,
+                   help="where the dataset lives (default: the pretrained model's, else "
+                        f"{DATA_DEFAULTS['data_dir']})")
     g.add_argument("--image_size", type=positive_int, default=None,
-                   help="resize images to this side once at load (default: the dataset's own, "
-                        "32 for folder and fake); grey datasets keep 1 channel")
+                   help="resize images to this side once at load (default: the pretrained "
+                        "model's, else the dataset's own, 32 for folder, fake and shapes); "
+                        "grey datasets keep 1 channel")
     g.add_argument("--max_eval_images", type=positive_int, default=None,
                    help="use only the first N test (and validation) images")
     return g
