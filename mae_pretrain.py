@@ -113,8 +113,7 @@ def validate(args):
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
     run_folder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
-                                "--save_images_dir": args.save_images_dir},
-                               models=("--model_fn",))
+                                "--save_images_dir": args.save_images_dir})
     return recipe
 
 

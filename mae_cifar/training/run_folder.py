@@ -10,6 +10,7 @@ from mae_cifar import distributed
 from mae_cifar.checkpoint import check_model_file, load_checkpoint
 from mae_cifar.cli import UPSTREAM_KEY, UsageError, os_error_hint
 from mae_cifar.fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
+from mae_cifar.weights import weights_file
 
 CHECKPOINT_FN = "checkpoint.pt"
 ARGS_FN = "args.json"
@@ -36,7 +37,6 @@ RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
 # The files that make a folder a run folder (no other run's output goes there; a lock file
 # alone does not: other tools take locks of that name).
 RUN_FILES = (ARGS_FN, SUMMARY_FN, CHECKPOINT_FN)
-EXPORT_EXTS = (".safetensors", ".json")  # export.py writes a model file's weights and JSON
 
 
 class RunFolder:
@@ -235,10 +235,9 @@ def _read_pid(fd):
     return int(text) if text.isdigit() and len(text) < PID_MAX_CHARS else None
 
 
-def check_file_names(names, models=()):
+def check_file_names(names):
     """names {flag: file name in the stage folder}: each a plain name, distinct, and not one
-    of the run folder's own files; the model files among them (flags `models`) also not
-    named so that export.py's files of them would be; UsageError naming the flag otherwise."""
+    of the run folder's own files; UsageError naming the flag otherwise."""
     seen = {}
     for flag, name in names.items():
         if not name or os.sep in name or name in (".", "..") or name.startswith(TEMP_PREFIX):
@@ -246,11 +245,6 @@ def check_file_names(names, models=()):
         if name in RESERVED_NAMES:
             raise UsageError(f"{flag} {name} would overwrite the run's own {name}; choose "
                              "another name")
-        exported = [os.path.splitext(name)[0] + ext for ext in EXPORT_EXTS]
-        clash = next((n for n in exported if n in RESERVED_NAMES), None)
-        if flag in models and clash:
-            raise UsageError(f"{flag} {name}: export.py would write its {clash} over the "
-                             f"run's own {clash}; choose another name")
         if name in seen:
             raise UsageError(f"{flag} and {seen[name]} both name {name}; choose different "
                              "names")
@@ -266,7 +260,7 @@ def check_output_path(run, flag, key, names):
     full = os.path.abspath(path)
     folder = os.path.dirname(full)
     if folder == os.path.abspath(run.path):
-        check_file_names({**names, flag: os.path.basename(full)}, models=(flag,))
+        check_file_names({**names, flag: os.path.basename(full)})
     if os.path.isdir(full):
         raise UsageError(f"{flag} {path} is a folder; give a file path")
     owner = run_folder_of(folder, run.path)
@@ -301,9 +295,11 @@ def run_folder_of(folder, own):
 
 
 def upstream_hash(path):
-    """The sha256 of a pretrained model file (None without one), or UsageError."""
+    """The sha256 of a pretrained model file, or of a timm folder's weights (None without
+    one), or UsageError."""
     if path is None:
         return None
+    path = weights_file(path)
     check_model_file(path)
     try:
         return file_sha256(path)
