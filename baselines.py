@@ -71,8 +71,9 @@ def get_args_parser():
                         "encoder when --pretrained_model_path is given, else pixels)")
     g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="pretrained_model_path",
                    default=None,
-                   help="MAE model file (mae_pretrain.py's, a timm ViT state dict or an "
-                        "official MAE checkpoint) whose frozen encoder gives the features")
+                   help="MAE model file (mae_pretrain.py's, export.py's timm folder, a timm ViT "
+                        "state dict or an official MAE checkpoint) whose frozen encoder gives "
+                        "the features")
     g.add_argument("--pool", default="cls", choices=POOLS,
                    help="encoder feature: the cls token, or the mean of the patch tokens")
     g.add_argument("--block", type=int, default=LAST_BLOCK,

@@ -130,7 +130,7 @@ def selection(tmp_path_factory):
         mp.setattr(engine.Trainer, "_optimizer_step", optimizer_step)
         train_classifier.main(parse_args(train_classifier.get_args_parser(), argv))
     out = tmp / "e" / MODES["scratch"][0]
-    return dict(rows=read_rows(out / "metrics.csv"), lrs=lrs, evaluated=evaluated,
+    return dict(out=out, rows=read_rows(out / "metrics.csv"), lrs=lrs, evaluated=evaluated,
                 summary=json.loads((out / "summary.json").read_text()),
                 stdout=printed.getvalue())
 
@@ -145,6 +145,27 @@ def test_selection_picks_the_epoch_of_the_best_validation_accuracy(selection):
     assert summary["best_val_acc"] == pytest.approx(val_acc[best])
     assert summary["test_acc_at_best"] == pytest.approx(float(rows[best]["test_acc"]))
     assert summary["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+
+
+def test_the_best_model_file_reproduces_the_test_accuracy_at_the_chosen_epoch(selection):
+    """--val_split keeps the validation-chosen epoch's weights beside the last epoch's;
+    summary.json names both, and export.py takes the best one like any model file."""
+    summary = selection["summary"]
+    assert summary["best_epoch"] == 1 and summary["epochs"] == SELECT_EPOCHS  # not the last
+    best_path = selection["out"] / "vit-t-clf-from_scratch-best.pt"
+    assert summary["best_model_file"] == str(best_path)
+    assert summary["model_file"] == str(selection["out"] / MODES["scratch"][1])
+    best = torch.load(best_path, weights_only=True)
+    assert best["epoch"] == summary["best_epoch"] + 1
+    model = ViT_Classifier(ClassifierConfig(**best["config"]))
+    model.load_state_dict(best["model"])
+    data = load_dataset("fake", image_size=16, max_train=64, max_eval=32, val_split=SELECT_VAL)
+    one_process = Namespace(world=1, rank=0, device=torch.device("cpu"))
+    _, test_acc = features.evaluate(model, data.test, 64, (data.mean, data.std),
+                                    contextlib.nullcontext, one_process)
+    assert test_acc == summary["test_acc_at_best"] != summary["final_test_acc"]
+    last = torch.load(summary["model_file"], weights_only=True)["model"]
+    assert not all(torch.equal(v, last[k]) for k, v in best["model"].items())
 
 
 def test_the_validation_images_are_held_out_of_train_and_are_not_the_test_images(selection):

@@ -8,6 +8,7 @@ from mae_cifar.data.datasets import image_shape
 from mae_cifar.training import flags, recipes
 from model import ClassifierConfig, ViT_Classifier
 
+BEST_SUFFIX = "-best"  # the best epoch's model file: the last one's name with this before .pt
 VIT_TINY = dict(patch_size=2, emb_dim=192, encoder_layer=12, encoder_head=3, pos_embed="learned")
 
 
@@ -100,3 +101,9 @@ def model_file(args, folder):
         return args["output_model_path"]
     mode = (args["pretrained_model_path"] is not None, args["linear_probe"])
     return os.path.join(folder, MODES[mode][1])
+
+
+def best_model_file(path):
+    """The best epoch's model file beside the final model file `path`."""
+    root, ext = os.path.splitext(path)
+    return root + BEST_SUFFIX + ext

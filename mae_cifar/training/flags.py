@@ -182,6 +182,7 @@ def add_classifier_args(p):
     g.add_argument("--pretrained_model_path", "--mae_ckpt", "--pretrained_ckpt",
                    dest="pretrained_model_path", default=None,
                    help="MAE checkpoint to start from (mae_pretrain.py's model file; or a timm "
+                        "folder config.json + model.safetensors as export.py writes, a timm "
                         "ViT state dict .pth/.safetensors, or an official MAE checkpoint); the "
                         "encoder configuration comes from it")
     g.add_argument("--linear_probe", action="store_true",
