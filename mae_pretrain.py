@@ -214,7 +214,7 @@ def finish(args, model, trainer, run, rows, data, images):
         "final_train_loss": float(rows[-1]["train_loss"]),
         "final_eval_loss": float(rows[-1]["eval_loss"]),
         "knn_acc": knn.last_value(rows, "knn_acc"), "wall_seconds": wall,
-        "model_sha256": sha256, "images": images})
+        "model_sha256": sha256, "images": images, **run.summary_record()})
     print(f"finished: final train loss {rows[-1]['train_loss']}, eval loss "
           f"{rows[-1]['eval_loss']} (fixed {images['eval_split']} images and mask); model "
           f"saved to {path}")

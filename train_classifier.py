@@ -202,12 +202,13 @@ class Stage:
             "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
             "test_acc_at_best": self.best["test_acc"],
             "selection_split": "val" if self.args.val_split else "test",
-            "model_file": self.model_path(),
-            "best_model_file": best_model_file(self.model_path())
-            if self.args.val_split else None,
+            # relative to the run folder, which may be moved
+            "model_file": os.path.relpath(self.model_path(), self.run.path),
+            "best_model_file": os.path.relpath(best_model_file(self.model_path()),
+                                               self.run.path) if self.args.val_split else None,
             run_folder.UPSTREAM_KEY: self.args.pretrained_sha256,
             "wall_seconds": sum(float(r["epoch_seconds"]) for r in rows),
-            "feature_seconds": self.feature_seconds}
+            "feature_seconds": self.feature_seconds, **self.run.summary_record()}
         fileio.write_json(self.run.file(run_folder.SUMMARY_FN), self.summary)
 
     def report(self):

@@ -153,8 +153,8 @@ def test_the_best_model_file_reproduces_the_test_accuracy_at_the_chosen_epoch(se
     summary = selection["summary"]
     assert summary["best_epoch"] == 1 and summary["epochs"] == SELECT_EPOCHS  # not the last
     best_path = selection["out"] / "vit-t-clf-from_scratch-best.pt"
-    assert summary["best_model_file"] == str(best_path)
-    assert summary["model_file"] == str(selection["out"] / MODES["scratch"][1])
+    assert summary["best_model_file"] == best_path.name  # in the run folder
+    assert summary["model_file"] == MODES["scratch"][1]
     best = torch.load(best_path, weights_only=True)
     assert best["epoch"] == summary["best_epoch"] + 1
     model = ViT_Classifier(ClassifierConfig(**best["config"]))
@@ -164,7 +164,7 @@ def test_the_best_model_file_reproduces_the_test_accuracy_at_the_chosen_epoch(se
     _, test_acc = features.evaluate(model, data.test, 64, (data.mean, data.std),
                                     contextlib.nullcontext, one_process)
     assert test_acc == summary["test_acc_at_best"] != summary["final_test_acc"]
-    last = torch.load(summary["model_file"], weights_only=True)["model"]
+    last = torch.load(selection["out"] / summary["model_file"], weights_only=True)["model"]
     assert not all(torch.equal(v, last[k]) for k, v in best["model"].items())
 
 

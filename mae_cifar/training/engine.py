@@ -44,6 +44,12 @@ def start_stage(args, stage, parser=None):
     status = run.status()
     if status == "finished" and dist.is_main:
         print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
+    extend_to = vars(args).get("extend_to")  # baselines.py has no --extend_to
+    if extend_to is not None:  # args.json keeps --total_epoch; training goes on to N
+        args.total_epoch = extend_to
+        if status != "finished" and dist.is_main:
+            print(f"extending {run.path} to {extend_to} epochs: the lr follows the warmup + "
+                  f"cosine of a {extend_to}-epoch run from the current step")
     return dist, run, status
 
 

@@ -79,6 +79,10 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
                    help="write the resumable checkpoint every N epochs (and at the end)")
     g.add_argument("--overwrite", action="store_true",
                    help="delete a finished or unfinished run of this stage and train again")
+    g.add_argument("--extend_to", type=positive_int, default=None, metavar="N",
+                   help="continue this finished run (the same flags) from its last checkpoint "
+                        "to N epochs in all: the lr follows the warmup + cosine of an N-epoch "
+                        "run from the current step on (docs/outputs.md)")
 
 
 def validate_common(args):
@@ -90,6 +94,9 @@ def validate_common(args):
             print(f"note: --warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
                   f"{args.total_epoch}; warming up for {clamped} epoch(s), half the run")
         args.warmup_epoch = clamped
+    if args.extend_to is not None and args.extend_to <= args.total_epoch:
+        raise UsageError(f"--extend_to {args.extend_to} must exceed --total_epoch "
+                         f"{args.total_epoch} (the run's epochs in all, not epochs to add)")
     if args.weight_decay < 0:
         raise UsageError(f"--weight_decay must be >= 0, got {args.weight_decay}")
     world = cli.launch_world_size()

@@ -22,6 +22,8 @@ PID_MAX_CHARS = 16  # a lock file holding more is not a pid
 # UPSTREAM_KEY (cli.py): args.json's sha256 of --pretrained_model_path's bytes; the path's
 # spelling does not matter, its content does.
 HASH_SHOWN = 12  # hex digits of a hash shown in messages
+EXTEND_KEY = "extend_to"  # --extend_to N: a finished run continued to N epochs (not compared)
+EXTENSIONS_KEY = "extensions"  # summary.json's list of {from_epochs, to_epochs}
 # Flags that do not change the numbers a run produces; they may differ on resume (a run
 # folder may also be moved or renamed).
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
@@ -59,6 +61,7 @@ class RunFolder:
         self.lock_fd = None
         self.folders = []  # outside folders output files go to (check_output_path)
         self.decided = None  # the status() this process acts on, re-checked under the lock
+        self.extensions = []  # summary.json's EXTENSIONS_KEY once --extend_to finishes
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -72,6 +75,10 @@ class RunFolder:
         return self.decided
 
     def _status(self):
+        status = self._flags_status()
+        return status if self.args.get(EXTEND_KEY) is None else self._extension_status(status)
+
+    def _flags_status(self):
         if self.args.get("overwrite") or not self._has_run_files():
             return "new"
         saved = self._saved_args()  # a damaged args.json is refused, even alone
@@ -80,7 +87,7 @@ class RunFolder:
         missing = object()
         diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
                 for k in sorted(set(saved) | set(self.args))
-                if k not in NON_RESULT_ARGS and k != UPSTREAM_KEY
+                if k not in NON_RESULT_ARGS and k not in (UPSTREAM_KEY, EXTEND_KEY)
                 and saved.get(k, self.defaults.get(k, missing)) != self.args.get(k)]
         if diff:
             raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
@@ -90,6 +97,38 @@ class RunFolder:
         if os.path.exists(self.file(SUMMARY_FN)):
             return "finished"
         return "unfinished" if os.path.exists(self.ckpt_path) else "new"
+
+    def _extension_status(self, status):
+        """--extend_to N: 'finished' once the run was extended to N, else 'unfinished' (its
+        checkpoint continues); refuses a run that never finished, or that has trained N
+        epochs or more. Sets self.extensions, the list summary.json will hold."""
+        n = self.args[EXTEND_KEY]
+        if status != "finished":
+            what = "no run" if status == "new" else "an unfinished run: finish it first " \
+                "(the same command without --extend_to)"
+            raise UsageError(f"--extend_to continues a finished run; {self.path} holds {what}")
+        try:
+            with open(self.file(SUMMARY_FN), encoding="utf-8") as f:
+                summary = json.load(f)
+            done, extensions = int(summary["epochs"]), list(summary.get(EXTENSIONS_KEY, []))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{self.file(SUMMARY_FN)} is damaged ({e}); it cannot say how "
+                             "far the run went") from None
+        if extensions and extensions[-1].get("to_epochs") == n:
+            self.extensions = extensions
+            return "finished"
+        if n <= done:
+            raise UsageError(f"--extend_to {n}: {self.path} has trained {done} epochs "
+                             "already; give more")
+        if not os.path.exists(self.ckpt_path):
+            raise UsageError(f"--extend_to needs {self.ckpt_path}, the run's last checkpoint; "
+                             "it is gone, so the run cannot continue")
+        self.extensions = extensions + [{"from_epochs": done, "to_epochs": n}]
+        return "unfinished"
+
+    def summary_record(self):
+        """summary.json's entries of the run folder: the extensions, if any."""
+        return {EXTENSIONS_KEY: self.extensions} if self.extensions else {}
 
     def _has_run_files(self):
         """Anything besides the lock and killed writers' temporary files."""
