@@ -157,8 +157,7 @@ def train(args, dist, model, data, trainer, run):
     if dist.is_main:
         print(f"images: pretraining on {images['pretrain']['count']} training images; "
               f"evaluating on {images['eval']['count']} {evaluator.split_name} images")
-    log = engine.MetricsLog(run, args.csv_fn, CSV_FIELDS, trainer.start_epoch) \
-        if dist.is_main else None
+    log = trainer.metrics_log(args.csv_fn, CSV_FIELDS, f"{args.exp_name}/{STAGE}")
 
     def on_epoch_end(epoch, stats):
         eval_loss = evaluator.loss()
@@ -176,7 +175,7 @@ def train(args, dist, model, data, trainer, run):
             grid = evaluator.grid()
             save_grid(grid, run.file(os.path.join(args.save_images_dir, f"epoch_{epoch:04d}",
                                                   "reconstruction.png")))
-            log.tb.add_image("reconstruction", grid, epoch)
+            log.image("reconstruction", grid, epoch)
 
     trainer.fit(on_epoch_end)
     if dist.is_main:

@@ -140,8 +140,8 @@ class Stage:
             print(f"mode {self.mode}; {'cached features' if self.cache else 'images'}; "
                   f"{sum(p.numel() for p in self.trainer.module.parameters() if p.requires_grad):,}"
                   " trainable parameters")
-        log = engine.MetricsLog(self.run, csv_name(self.args), CSV_FIELDS,
-                                self.trainer.start_epoch) if self.dist.is_main else None
+        log = self.trainer.metrics_log(csv_name(self.args), CSV_FIELDS,
+                                       f"{self.args.exp_name}/{self.mode}")
         self.log = log
         self.trainer.fit(self.on_epoch_end, self.patience_ran_out)
         if self.dist.is_main:

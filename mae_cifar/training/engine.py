@@ -21,10 +21,10 @@ from mae_cifar import distributed
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from mae_cifar.cli import UsageError
 from mae_cifar.data.datasets import load_dataset
-from mae_cifar.fileio import CSVLogger
+from mae_cifar.training.logs import MetricsLog
 from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
 from mae_cifar.training.recipes import LARS_MOMENTUM, Optimization
-from mae_cifar.training.run_folder import TENSORBOARD_DIR, RunFolder
+from mae_cifar.training.run_folder import RunFolder
 from utils import get_rng_state, set_rng_state
 
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
@@ -167,6 +167,17 @@ class Trainer:
         self.micro_batches = -(-self.local_batch // args.max_device_batch_size)
         self.start_epoch, self.start_step, self.sums = 0, 0, None
         self.stop_signal = None
+        self.step_log = None  # fn(global step, loss, lr) at each log interval (rank 0 sets it)
+
+    def metrics_log(self, csv_fn, fieldnames, name):
+        """Rank 0's logs of this run (logs.MetricsLog on the optimizer-step axis, the flags
+        as hyper-parameters), receiving the per-step scalars; None on other ranks."""
+        if not self.dist.is_main:
+            return None
+        log = MetricsLog(self.run, csv_fn, fieldnames, self.start_epoch, self.steps_per_epoch,
+                         self.start_step, vars(self.args), name)
+        self.step_log = log.log_step
+        return log
 
     def describe(self):
         return (f"lr = {self.args.base_learning_rate:g} x {self.args.batch_size} / "
@@ -321,8 +332,11 @@ class Trainer:
             if (step + 1 - start) % LOG_INTERVAL == 0 or last:
                 self._check_finite(step_losses, checked, step + 1, epoch)
                 seen = (step + 1 - start) * self.loader.batch_size
-                bar.set_postfix(loss=f"{step_losses[step].item():.4f}",
+                loss = step_losses[step].item()
+                bar.set_postfix(loss=f"{loss:.4f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                if self.step_log is not None:
+                    self.step_log(epoch * n + step, loss, self.lr_at(epoch * n + step))
                 checked = step + 1
             # after the last step fit() asks, once the epoch is evaluated
             signum = 0 if last else self._stop_requested((step + 1 - start) % LOG_INTERVAL == 0)
@@ -418,26 +432,6 @@ def run_stage(main_fn, run):
 
 
 # --------------------------------------------------------------------------- logging
-class MetricsLog:
-    """metrics.csv (one row per epoch, rewritten atomically) plus TensorBoard scalars."""
-
-    def __init__(self, run, csv_fn, fieldnames, start_epoch):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.csv = CSVLogger(run.file(csv_fn), fieldnames, start_epoch)
-        self.tb = SummaryWriter(run.file(TENSORBOARD_DIR), purge_step=start_epoch or None)
-
-    def log(self, row):
-        self.csv.log(row)
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)) and v is not None:
-                self.tb.add_scalar(k, v, row["epoch"])
-        self.tb.flush()
-
-    def close(self):
-        self.tb.close()
-
-
 def epoch_line(epoch, total, row):
     parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
              for k, v in row.items() if k != "epoch" and v is not None]

@@ -37,9 +37,10 @@ def add_dataset_args(parser):
 
 def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_epoch,
                     warmup_epoch, augment):
-    """Flags of both stages: --config, data, optimisation, runtime and output."""
+    """Flags of both stages: --config, data, optimisation, runtime and output; returns the
+    data group."""
     add_config_arg(parser)
-    g = add_dataset_args(parser)
+    data = g = add_dataset_args(parser)
     g.add_argument("--max_train_images", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
     g.add_argument("--augment", default=augment, choices=AUGMENTS,
@@ -79,10 +80,14 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
                    help="write the resumable checkpoint every N epochs (and at the end)")
     g.add_argument("--overwrite", action="store_true",
                    help="delete a finished or unfinished run of this stage and train again")
+    g.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases (project mae-cifar, or WANDB_PROJECT; "
+                        "WANDB_MODE=offline keeps the run in the run folder's wandb/)")
     g.add_argument("--extend_to", type=positive_int, default=None, metavar="N",
                    help="continue this finished run (the same flags) from its last checkpoint "
                         "to N epochs in all: the lr follows the warmup + cosine of an N-epoch "
                         "run from the current step on (docs/outputs.md)")
+    return data
 
 
 def validate_common(args):

@@ -27,6 +27,7 @@ EXTENSIONS_KEY = "extensions"  # summary.json's list of {from_epochs, to_epochs}
 # Flags that do not change the numbers a run produces; they may differ on resume (a run
 # folder may also be moved or renamed).
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
+                   "wandb",
                    "output_root", "data_dir", "exp_name", "config",
                    # compared by content: UPSTREAM_KEY
                    "pretrained_model_path",
