@@ -110,6 +110,9 @@ def validate(args):
     """Resolve the recipe, then check this stage's flags (no disk) -> the recipe's rows."""
     recipe = recipes.resolve(args, "pretrain")
     flags.validate_common(args)
+    if args.unlabelled and args.dataset != "folder":
+        raise UsageError(f"--unlabelled reads the images of --dataset folder; {args.dataset} "
+                         "is read with its labels (pretraining does not use them)")
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
     run_folder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
@@ -125,7 +128,9 @@ def main(args):
         return
     if dist.is_main:
         print(recipes.describe("pretrain", args.recipe, recipe))
-    data = engine.load_stage_data(args, dist, args.val_split)
+    data = engine.load_stage_data(args, dist, args.val_split,
+                                  "ignored" if args.unlabelled else "optional")
+    check_unlabelled(args, data)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks
     engine.configure_backends(dist.device)
     model = MAE_ViT.from_config(cfg).to(dist.device)
@@ -141,6 +146,20 @@ def main(args):
         train(args, dist, model, data, trainer, run)
 
     engine.run_stage(stage, run)
+
+
+def check_unlabelled(args, data):
+    """Unlabelled images (data.classes empty) pretrain without the kNN monitor, evaluating on
+    held-out images: UsageError naming every flag they need, before the run folder is
+    written."""
+    if data.classes:
+        return
+    needed = ["--knn_freq 0 (the kNN monitor needs labels)"] if args.knn_freq else []
+    if data.val is None and not len(data.test):
+        needed.append("--val_split N (held-out images for eval_loss and the grids: there "
+                      "are no test images)")
+    if needed:
+        raise UsageError(f"{data.source} holds unlabelled images; pass " + " and ".join(needed))
 
 
 def train(args, dist, model, data, trainer, run):

@@ -163,7 +163,8 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                                     ["holds files of an unknown run", "--overwrite"]),
     # what the model file is, not "not found" (and a FIFO is never opened)
     "ckpt_is_a_directory": (CLF, ["--pretrained_model_path", "{ckpt}/folder.pt"],
-                            ["{ckpt}/folder.pt is a directory, not a checkpoint file"]),
+                            ["{ckpt}/folder.pt is a folder without config.json; pass a "
+                             "model file or a timm folder"]),
     "ckpt_is_a_fifo": (CLF, ["--pretrained_model_path", "{ckpt}/fifo.pt"],
                        ["{ckpt}/fifo.pt is not a regular file"]),
     "visualize_png_is_a_folder": (VIS, ["--pretrained_ckpt", "{ckpt}/classifier.pt",

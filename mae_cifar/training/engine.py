@@ -67,10 +67,11 @@ def print_args(args):
         print(f"  {k}: {v}")
 
 
-def load_stage_data(args, dist, val_split=0):
-    """The stage's dataset on its device; rank 0 prints the arguments and what was loaded."""
+def load_stage_data(args, dist, val_split=0, labels="required"):
+    """The stage's dataset on its device; rank 0 prints the arguments and what was loaded.
+    labels: datasets.load_dataset's (a classifier stage requires them)."""
     data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
-                        args.max_eval_images, val_split, device=dist.device)
+                        args.max_eval_images, val_split, device=dist.device, labels=labels)
     if dist.is_main:
         print_args(args)
         print(f"loaded {data.describe()}")

@@ -134,8 +134,13 @@ def add_architecture_args(parser, title):
 
 def add_pretrain_args(p):
     """Every flag of mae_pretrain.py."""
-    add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
+    data = add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
                            total_epoch=600, warmup_epoch=40, augment="flip")
+    data.add_argument(
+        "--unlabelled", action="store_true",
+        help="with --dataset folder: pretrain on every image under DATA_DIR/train/ (and "
+             "test/ or val/) ignoring class folders; a flat folder of images is read so "
+             "without it. Needs --knn_freq 0, and --val_split N without test images")
     g = p.add_argument_group("model")
     g.add_argument("--patch_size", type=cli.positive_int, default=2, help="patch side")
     g.add_argument("--emb_dim", type=cli.positive_int, default=192, help="encoder width")
