@@ -114,17 +114,16 @@ def final_model_file(ckpt, path):
 
 def exported(ckpt, path):
     """(timm state dict, timm model_args, data config, project entry) of a checkpoint."""
+    note = {}
     try:
         if ckpt["kind"] == "mae":
             cfg = config_from_dict(MAEConfig, ckpt["config"])
             state = {k[len(weights.PROJECT_PREFIX):]: v for k, v in ckpt["model"].items()
                      if k.startswith(weights.PROJECT_PREFIX)}
             args = weights.timm_model_args(cfg)
-            note = {}
         else:
             cfg = config_from_dict(ClassifierConfig, ckpt["config"])
             state = dict(ckpt["model"])
-            note = {}
             if cfg.head == "bn_linear":
                 head = {k[len("head."):]: state.pop(k) for k in list(state)
                         if k.startswith("head.")}
