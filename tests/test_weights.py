@@ -154,6 +154,9 @@ def test_classifier_exports_load_into_timm_with_identical_logits(runs):
         assert_true_input_config(model, ckpt)
         assert model.pretrained_cfg["label_names"] == ckpt["classes"]
         assert meta["pretrained_cfg"]["num_classes"] == len(ckpt["classes"])
+        assert meta["pretrained_cfg"]["label_names"] == ckpt["classes"]
+        assert (meta["pretrained_cfg"]["interpolation"], meta["pretrained_cfg"]["crop_pct"]) \
+            == ("bilinear", 1.0)
 
 
 def test_push_to_hub_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
