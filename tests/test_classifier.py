@@ -9,10 +9,12 @@ from argparse import Namespace
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from conftest import TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts
 
+import export
 import train_classifier
 from mae_cifar.cli import parse_args
 from mae_cifar.data.datasets import load_dataset
@@ -147,7 +149,8 @@ def test_selection_picks_the_epoch_of_the_best_validation_accuracy(selection):
     assert summary["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
 
 
-def test_the_best_model_file_reproduces_the_test_accuracy_at_the_chosen_epoch(selection):
+def test_the_best_model_file_reproduces_the_test_accuracy_at_the_chosen_epoch(selection,
+                                                                              tmp_path):
     """--val_split keeps the validation-chosen epoch's weights beside the last epoch's;
     summary.json names both, and export.py takes the best one like any model file."""
     summary = selection["summary"]
@@ -166,6 +169,12 @@ def test_the_best_model_file_reproduces_the_test_accuracy_at_the_chosen_epoch(se
     assert test_acc == summary["test_acc_at_best"] != summary["final_test_acc"]
     last = torch.load(selection["out"] / summary["model_file"], weights_only=True)["model"]
     assert not all(torch.equal(v, last[k]) for k, v in best["model"].items())
+    out = tmp_path / "best-timm"
+    export.main(export.get_args_parser().parse_args([str(best_path), "--out_dir", str(out)]))
+    exported = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(exported(x), model.eval()(x))
 
 
 def test_the_validation_images_are_held_out_of_train_and_are_not_the_test_images(selection):
