@@ -5,12 +5,15 @@ bit. Without the flag, a finished run with another --total_epoch is still refuse
 import csv
 import json
 import shutil
+from argparse import Namespace
 
 import pytest
 import torch
 from conftest import TINY_DATA, TINY_ENCODER, run_scripts
 
-from mae_cifar.training import engine
+from mae_cifar import fileio
+from mae_cifar.cli import UsageError
+from mae_cifar.training import engine, run_folder
 from mae_cifar.training.optim import cosine_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,3 +112,14 @@ def test_extension_refusals_are_one_error_line(runs, name, words):
     assert len(line.splitlines()) == 1 and line.startswith("error: "), line
     assert all(w in line for w in words), line
     assert not (runs["root"] / "new").exists()
+
+
+def test_a_run_that_stopped_early_is_not_extended(tmp_path):
+    """Its patience would stop the extension at once: one clear line instead."""
+    flags = {"total_epoch": 8, "overwrite": False, "extend_to": 12}
+    fileio.write_json(tmp_path / run_folder.ARGS_FN, {**flags, "extend_to": None})
+    fileio.write_json(tmp_path / run_folder.SUMMARY_FN,
+                      {"epochs": 5, "stop_reason": "patience: no val_acc improvement"})
+    (tmp_path / run_folder.CHECKPOINT_FN).write_bytes(b"")
+    with pytest.raises(UsageError, match="stopped early after 5 of 8 epochs .patience"):
+        run_folder.RunFolder(str(tmp_path), Namespace(**flags)).status()

@@ -101,8 +101,9 @@ class RunFolder:
 
     def _extension_status(self, status):
         """--extend_to N: 'finished' once the run was extended to N, else 'unfinished' (its
-        checkpoint continues); refuses a run that never finished, or that has trained N
-        epochs or more. Sets self.extensions, the list summary.json will hold."""
+        checkpoint continues); refuses a run that never finished, that stopped early (it
+        would stop again at once), or that has trained N epochs or more. Sets
+        self.extensions, the list summary.json will hold."""
         n = self.args[EXTEND_KEY]
         if status != "finished":
             what = "no run" if status == "new" else "an unfinished run: finish it first " \
@@ -118,6 +119,11 @@ class RunFolder:
         if extensions and extensions[-1].get("to_epochs") == n:
             self.extensions = extensions
             return "finished"
+        planned = extensions[-1]["to_epochs"] if extensions else self.args["total_epoch"]
+        if done < planned:
+            raise UsageError(f"--extend_to: {self.path} stopped early after {done} of "
+                             f"{planned} epochs ({summary.get('stop_reason', 'early')}); it "
+                             "would stop again at once")
         if n <= done:
             raise UsageError(f"--extend_to {n}: {self.path} has trained {done} epochs "
                              "already; give more")
