@@ -43,7 +43,7 @@ from mae_cifar import cli, fileio, weights
 from mae_cifar.cli import HelpFormatter, UsageError, add_config_arg, run_cli
 from mae_cifar.data.datasets import SPLIT_SEED, image_record, image_shape
 from mae_cifar.evaluation import features, probe
-from mae_cifar.training import classifier, engine, flags, run_folder
+from mae_cifar.training import classifier, engine, flags, logs, run_folder
 from model import ENCODER_FIELDS, POOLS, ClassifierConfig, ViT_Classifier
 from utils import seed_everything
 
@@ -71,8 +71,9 @@ def get_args_parser():
                         "encoder when --pretrained_model_path is given, else pixels)")
     g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="pretrained_model_path",
                    default=None,
-                   help="MAE model file (mae_pretrain.py's, a timm ViT state dict or an "
-                        "official MAE checkpoint) whose frozen encoder gives the features")
+                   help="MAE model file (mae_pretrain.py's, export.py's timm folder, a timm ViT "
+                        "state dict or an official MAE checkpoint) whose frozen encoder gives "
+                        "the features")
     g.add_argument("--pool", default="cls", choices=POOLS,
                    help="encoder feature: the cls token, or the mean of the patch tokens")
     g.add_argument("--block", type=int, default=LAST_BLOCK,
@@ -333,7 +334,7 @@ def sweep(args, model, data, run, device):
     method = probe.run_linear if args.method == "linear" else probe.run_knn
     summary, metrics = method(args, feats, data.num_classes)
     wall = time.perf_counter() - started - feature_seconds
-    log = engine.MetricsLog(run, "metrics.csv",
+    log = logs.MetricsLog(run, "metrics.csv",
                             probe.LIN_FIELDS if args.method == "linear" else probe.KNN_FIELDS, 0)
     for row in metrics:
         log.log(row)

@@ -114,11 +114,13 @@ def validate(args):
     recipe = recipes.resolve(args, "pretrain")
     arch = presets.resolve(args, (*presets.ENCODER_KEYS, *presets.DECODER_KEYS))
     flags.validate_common(args)
+    if args.unlabelled and args.dataset != "folder":
+        raise UsageError(f"--unlabelled reads the images of --dataset folder; {args.dataset} "
+                         "is read with its labels (pretraining does not use them)")
     if not 0 <= args.pad_value <= 1:
         raise UsageError(f"--pad_value must be in [0, 1], got {args.pad_value}")
     run_folder.check_file_names({"--model_fn": args.model_fn, "--csv_fn": args.csv_fn,
-                                "--save_images_dir": args.save_images_dir},
-                               models=("--model_fn",))
+                                "--save_images_dir": args.save_images_dir})
     return recipe, arch
 
 
@@ -131,7 +133,9 @@ def main(args):
     if dist.is_main:
         print(recipes.describe("pretrain", args.recipe, recipe))
         print(presets.describe(args.model, arch))
-    data = engine.load_stage_data(args, dist, args.val_split)
+    data = engine.load_stage_data(args, dist, args.val_split,
+                                  "ignored" if args.unlabelled else "optional")
+    check_unlabelled(args, data)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks
     engine.configure_backends(dist.device)
     model = MAE_ViT.from_config(cfg).to(dist.device)
@@ -149,6 +153,20 @@ def main(args):
     engine.run_stage(stage, run)
 
 
+def check_unlabelled(args, data):
+    """Unlabelled images (data.classes empty) pretrain without the kNN monitor, evaluating on
+    held-out images: UsageError naming every flag they need, before the run folder is
+    written."""
+    if data.classes:
+        return
+    needed = ["--knn_freq 0 (the kNN monitor needs labels)"] if args.knn_freq else []
+    if data.val is None and not len(data.test):
+        needed.append("--val_split N (held-out images for eval_loss and the grids: there "
+                      "are no test images)")
+    if needed:
+        raise UsageError(f"{data.source} holds unlabelled images; pass " + " and ".join(needed))
+
+
 def train(args, dist, model, data, trainer, run):
     trainer.resume()
     if dist.is_main:
@@ -163,8 +181,7 @@ def train(args, dist, model, data, trainer, run):
     if dist.is_main:
         print(f"images: pretraining on {images['pretrain']['count']} training images; "
               f"evaluating on {images['eval']['count']} {evaluator.split_name} images")
-    log = engine.MetricsLog(run, args.csv_fn, CSV_FIELDS, trainer.start_epoch) \
-        if dist.is_main else None
+    log = trainer.metrics_log(args.csv_fn, CSV_FIELDS, f"{args.exp_name}/{STAGE}")
 
     def on_epoch_end(epoch, stats):
         eval_loss = evaluator.loss()
@@ -185,7 +202,7 @@ def train(args, dist, model, data, trainer, run):
             grid = evaluator.grid()
             save_grid(grid, run.file(os.path.join(args.save_images_dir, f"epoch_{epoch:04d}",
                                                   "reconstruction.png")))
-            log.tb.add_image("reconstruction", grid, epoch)
+            log.image("reconstruction", grid, epoch)
 
     trainer.fit(on_epoch_end)
     if dist.is_main:
@@ -237,7 +254,7 @@ def finish(args, model, trainer, run, rows, data, images):
         "final_train_loss": float(rows[-1]["train_loss"]),
         "final_eval_loss": float(rows[-1]["eval_loss"]),
         "knn_acc": knn.last_value(rows, "knn_acc"), "wall_seconds": wall,
-        "model_sha256": sha256, "images": images})
+        "model_sha256": sha256, "images": images, **run.summary_record()})
     print(f"finished: final train loss {rows[-1]['train_loss']}, eval loss "
           f"{rows[-1]['eval_loss']} (fixed {images['eval_split']} images and mask); model "
           f"saved to {path}")

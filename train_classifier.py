@@ -6,9 +6,11 @@
         --linear_probe                                          # -> pretrain-cls-lin/
     python train_classifier.py --linear_probe      # random frozen encoder -> scratch-cls-lin/
 
-The second line fine-tunes (-> pretrain-cls/). --pretrained_model_path also takes a timm ViT
-state dict (.pth or .safetensors, e.g. export.py's) or an official MAE pretraining checkpoint
-({'model': ...}); their encoder keys are mapped explicitly and the decoder is ignored.
+The second line fine-tunes (-> pretrain-cls/). --pretrained_model_path also takes timm's
+Hugging Face folder (export.py's), a timm ViT state dict (.pth or .safetensors) or an official
+MAE pretraining checkpoint ({'model': ...}); their encoder keys are mapped explicitly and the
+decoder is ignored. With --val_split the run also keeps its best epoch's model (<model>-best.pt
+beside the last; summary.json names both).
 
 Recipes (mae_cifar/training/recipes.py; docs/recipes.md lists how each differs from the paper).
 Fine-tuning and training from scratch default to --recipe seed: the seed's AdamW, lr = base lr
@@ -32,6 +34,7 @@ from mae_cifar.evaluation.features import evaluate, extract_features
 from mae_cifar.training import engine, flags, presets, recipes, run_folder
 from mae_cifar.training.classifier import (
     MODES,
+    best_model_file,
     build_model,
     check_early_stop,
     model_file,
@@ -54,7 +57,8 @@ def check_outputs(args, run):
     names = {"--csv_fn": csv_name(args)}
     if args.output_model_path == "auto":
         model_fn = MODES[(args.pretrained_model_path is not None, args.linear_probe)][1]
-        run_folder.check_file_names({**names, "--model_fn": model_fn})
+        run_folder.check_file_names({**names, "--model_fn": model_fn,
+                                     "--model_fn's best epoch": best_model_file(model_fn)})
         return
     run_folder.check_file_names(names)
     if args.pretrained_model_path and os.path.exists(args.output_model_path) and \
@@ -144,8 +148,8 @@ class Stage:
             print(f"mode {self.mode}; {'cached features' if self.cache else 'images'}; "
                   f"{sum(p.numel() for p in self.trainer.module.parameters() if p.requires_grad):,}"
                   " trainable parameters")
-        log = engine.MetricsLog(self.run, csv_name(self.args), CSV_FIELDS,
-                                self.trainer.start_epoch) if self.dist.is_main else None
+        log = self.trainer.metrics_log(csv_name(self.args), CSV_FIELDS,
+                                       f"{self.args.exp_name}/{self.mode}")
         self.log = log
         self.trainer.fit(self.on_epoch_end, self.patience_ran_out)
         if self.dist.is_main:
@@ -165,6 +169,8 @@ class Stage:
         row["epoch_seconds"], row["images_per_s"] = stats["seconds"], stats["images_per_s"]
         if row["val_acc"] > self.best["val_acc"]:
             self.best = {"val_acc": row["val_acc"], "epoch": epoch, "test_acc": row["test_acc"]}
+            if self.args.val_split and self.dist.is_main:  # test-selected weights: not kept
+                self.save_model(best_model_file(self.model_path()), epoch + 1)
         if self.dist.is_main:
             self.log.log(row)
             print(engine.epoch_line(epoch, self.args.total_epoch, row))
@@ -185,15 +191,18 @@ class Stage:
     def model_path(self):
         return model_file(vars(self.args), self.run.path)
 
-    def finish(self):
-        rows = self.log.csv.rows
-        stopped = int(rows[-1]["epoch"])  # the last epoch trained (0-based, as best_epoch)
+    def save_model(self, path, epochs):
+        """The model file of the weights after `epochs` epochs (export.py's input)."""
         save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "classifier",
                          "config": asdict(self.model.config), "model": self.model.state_dict(),
                          "classes": self.data.classes, "norm_mean": self.data.mean,
-                         "norm_std": self.data.std, "epoch": stopped + 1,
-                         "args": vars(self.args),
-                         run_folder.UPSTREAM_KEY: self.args.pretrained_sha256}, self.model_path())
+                         "norm_std": self.data.std, "epoch": epochs, "args": vars(self.args),
+                         run_folder.UPSTREAM_KEY: self.args.pretrained_sha256}, path)
+
+    def finish(self):
+        rows = self.log.csv.rows
+        stopped = int(rows[-1]["epoch"])  # the last epoch trained (0-based, as best_epoch)
+        self.save_model(self.model_path(), stopped + 1)
         self.summary = {
             "finished": True, "mode": self.mode, "epochs": stopped + 1,
             "stopped_epoch": stopped, "stop_reason": self.stop_reason(stopped),
@@ -201,9 +210,13 @@ class Stage:
             "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
             "test_acc_at_best": self.best["test_acc"],
             "selection_split": "val" if self.args.val_split else "test",
+            # relative to the run folder, which may be moved
+            "model_file": os.path.relpath(self.model_path(), self.run.path),
+            "best_model_file": os.path.relpath(best_model_file(self.model_path()),
+                                               self.run.path) if self.args.val_split else None,
             run_folder.UPSTREAM_KEY: self.args.pretrained_sha256,
             "wall_seconds": sum(float(r["epoch_seconds"]) for r in rows),
-            "feature_seconds": self.feature_seconds}
+            "feature_seconds": self.feature_seconds, **self.run.summary_record()}
         fileio.write_json(self.run.file(run_folder.SUMMARY_FN), self.summary)
 
     def report(self):
@@ -216,6 +229,8 @@ class Stage:
         print(f"best accuracy on the {split}: {s['best_val_acc']:.4f} at epoch "
               f"{s['best_epoch'] + 1} (test accuracy then: {s['test_acc_at_best']:.4f})")
         print(f"model saved to {self.model_path()}")
+        if s["best_model_file"]:
+            print(f"best epoch's model saved to {best_model_file(self.model_path())}")
 
 
 if __name__ == "__main__":

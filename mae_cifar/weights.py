@@ -1,9 +1,10 @@
 """Weights in and out of the project.
 
-Out: an encoder (or a classifier) as safetensors under timm's own keys, with a JSON holding the
-`timm.create_model` arguments and the normalisation its inputs need (export.py).
-In: `--pretrained_model_path` reads this project's MAE file, a timm ViT state dict (.pth or
-.safetensors) or an official MAE pretraining checkpoint ({'model': ...}).
+Out: an encoder (or a classifier) in timm's Hugging Face folder format, config.json +
+model.safetensors under timm's own keys (export.py).
+In: `--pretrained_model_path` reads this project's MAE file, such a folder (export.py's or any
+timm ViT's), a timm ViT state dict (.pth or .safetensors) or an official MAE pretraining
+checkpoint ({'model': ...}).
 
 The key map is explicit: official MAE and timm name the encoder's tensors alike
 (patch_embed.proj.*, cls_token, pos_embed, blocks.N.*, norm.*), and this project's encoder *is*
@@ -22,7 +23,11 @@ from mae_cifar.checkpoint import check_model_file, load_checkpoint, read_torch_f
 from mae_cifar.cli import UsageError
 from model import MAEConfig, config_from_dict, vit_kwargs
 
-TIMM_ARCH = "vit_tiny_patch16_224"  # a registered timm name; model_args override every size
+# timm registers each ViT under a name fixing its sizes (vit_tiny_patch16_224, ...) except its
+# test model, test_vit: the one registered plain ViT whose name claims no patch or image size.
+# Exports name it, and their model_args set every size (dynamic_img_size included).
+TIMM_ARCH = "test_vit"
+HF_CONFIG_FN, HF_WEIGHTS_FN = "config.json", "model.safetensors"  # timm's folder format
 PROJECT_PREFIX = "encoder."  # this project's MAE file: encoder keys under this prefix
 DROPPED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")  # decoder, timm heads
 HEAD_DIM = 64  # width per attention head of the ViT family (ViT-T/S/B/L), when not recorded
@@ -35,7 +40,8 @@ def timm_model_args(cfg, num_classes=0, pool="cls"):
     ClassifierConfig)."""
     kwargs = vit_kwargs(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.emb_dim,
                         cfg.encoder_layer, cfg.encoder_head, num_classes=num_classes, pool=pool)
-    return {k: v for k, v in kwargs.items() if k not in TIMM_ONLY_ARGS}
+    return {**{k: v for k, v in kwargs.items() if k not in TIMM_ONLY_ARGS},
+            "dynamic_img_size": False}
 
 
 def fold_bn_linear(head_state):
@@ -53,8 +59,9 @@ def fold_bn_linear(head_state):
 def load_pretrained(path, encoder_head=None):
     """(MAEConfig of the encoder, encoder state dict under timm keys) of any supported file.
 
-    encoder_head: heads of a foreign file (its tensors do not tell); default: the JSON
-    export.py wrote beside it, else width / 64."""
+    encoder_head: heads of a foreign file (its tensors do not tell); default: the config.json
+    of a timm folder (or the JSON an older export.py wrote beside it), else width / 64."""
+    path = weights_file(path)
     obj = _read(path)
     if isinstance(obj, dict) and "format" in obj:  # this project's file
         return _load_project(path)
@@ -62,6 +69,18 @@ def load_pretrained(path, encoder_head=None):
     encoder = {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
     cfg = _infer_config(path, encoder, encoder_head, source)
     return cfg, encoder
+
+
+def weights_file(path):
+    """The weights file of path: the file itself, or the model.safetensors of a timm Hugging
+    Face folder (export.py's), or UsageError for another folder."""
+    if not os.path.isdir(path):
+        return path
+    for name in (HF_CONFIG_FN, HF_WEIGHTS_FN):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise UsageError(f"{path} is a folder without {name}; pass a model file or a "
+                             f"timm folder ({HF_CONFIG_FN} + {HF_WEIGHTS_FN}, export.py's)")
+    return os.path.join(path, HF_WEIGHTS_FN)
 
 
 def _read(path):
@@ -132,9 +151,13 @@ def _infer_config(path, state, encoder_head, source):
 
 
 def _exported_heads(path):
-    """num_heads from the JSON export.py writes beside its safetensors, if there."""
+    """num_heads from the config.json of a timm folder holding path, or from the JSON an
+    older export.py wrote beside it; None if neither is there."""
+    folder_config = os.path.join(os.path.dirname(path), HF_CONFIG_FN)
+    beside = folder_config if os.path.basename(path) == HF_WEIGHTS_FN else \
+        os.path.splitext(path)[0] + ".json"
     try:
-        with open(os.path.splitext(path)[0] + ".json") as f:
+        with open(beside) as f:
             return int(json.load(f)["model_args"]["num_heads"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -124,10 +124,6 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                             ["both name vit-t-clf-from_scratch.pt"]),
     "csv_fn_equals_model_fn": (MAE, ["--csv_fn", "m.pt", "--model_fn", "m.pt"],
                                ["both name m.pt"]),
-    # export.py would derive args.json from the model file's name
-    "model_fn_exports_over_args_json": (MAE, ["--model_fn", "args.pt"],
-                                        ["--model_fn args.pt: export.py would write its "
-                                         "args.json over the run's own args.json"]),
     "clf_model_fn_reserved": (CLF, ["--model_fn", "{out}/e/scratch-cls/checkpoint.pt"],
                               ["--model_fn checkpoint.pt would overwrite"]),
     "output_model_path_alias_is_a_folder": (CLF, ["--output_model_path", "{empty}"],
@@ -167,7 +163,8 @@ CASES = {  # id: (script, extra flags, fragments the error line must contain)
                                     ["holds files of an unknown run", "--overwrite"]),
     # what the model file is, not "not found" (and a FIFO is never opened)
     "ckpt_is_a_directory": (CLF, ["--pretrained_model_path", "{ckpt}/folder.pt"],
-                            ["{ckpt}/folder.pt is a directory, not a checkpoint file"]),
+                            ["{ckpt}/folder.pt is a folder without config.json; pass a "
+                             "model file or a timm folder"]),
     "ckpt_is_a_fifo": (CLF, ["--pretrained_model_path", "{ckpt}/fifo.pt"],
                        ["{ckpt}/fifo.pt is not a regular file"]),
     "visualize_png_is_a_folder": (VIS, ["--pretrained_ckpt", "{ckpt}/classifier.pt",

@@ -9,10 +9,12 @@ from argparse import Namespace
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from conftest import TINY_DATA, TINY_ENCODER, TINY_MAE, run_scripts
 
+import export
 import train_classifier
 from mae_cifar.cli import parse_args
 from mae_cifar.data.datasets import load_dataset
@@ -130,7 +132,7 @@ def selection(tmp_path_factory):
         mp.setattr(engine.Trainer, "_optimizer_step", optimizer_step)
         train_classifier.main(parse_args(train_classifier.get_args_parser(), argv))
     out = tmp / "e" / MODES["scratch"][0]
-    return dict(rows=read_rows(out / "metrics.csv"), lrs=lrs, evaluated=evaluated,
+    return dict(out=out, rows=read_rows(out / "metrics.csv"), lrs=lrs, evaluated=evaluated,
                 summary=json.loads((out / "summary.json").read_text()),
                 stdout=printed.getvalue())
 
@@ -145,6 +147,34 @@ def test_selection_picks_the_epoch_of_the_best_validation_accuracy(selection):
     assert summary["best_val_acc"] == pytest.approx(val_acc[best])
     assert summary["test_acc_at_best"] == pytest.approx(float(rows[best]["test_acc"]))
     assert summary["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+
+
+def test_the_best_model_file_reproduces_the_test_accuracy_at_the_chosen_epoch(selection,
+                                                                              tmp_path):
+    """--val_split keeps the validation-chosen epoch's weights beside the last epoch's;
+    summary.json names both, and export.py takes the best one like any model file."""
+    summary = selection["summary"]
+    assert summary["best_epoch"] == 1 and summary["epochs"] == SELECT_EPOCHS  # not the last
+    best_path = selection["out"] / "vit-t-clf-from_scratch-best.pt"
+    assert summary["best_model_file"] == best_path.name  # in the run folder
+    assert summary["model_file"] == MODES["scratch"][1]
+    best = torch.load(best_path, weights_only=True)
+    assert best["epoch"] == summary["best_epoch"] + 1
+    model = ViT_Classifier(ClassifierConfig(**best["config"]))
+    model.load_state_dict(best["model"])
+    data = load_dataset("fake", image_size=16, max_train=64, max_eval=32, val_split=SELECT_VAL)
+    one_process = Namespace(world=1, rank=0, device=torch.device("cpu"))
+    _, test_acc = features.evaluate(model, data.test, 64, (data.mean, data.std),
+                                    contextlib.nullcontext, one_process)
+    assert test_acc == summary["test_acc_at_best"] != summary["final_test_acc"]
+    last = torch.load(selection["out"] / summary["model_file"], weights_only=True)["model"]
+    assert not all(torch.equal(v, last[k]) for k, v in best["model"].items())
+    out = tmp_path / "best-timm"
+    export.main(export.get_args_parser().parse_args([str(best_path), "--out_dir", str(out)]))
+    exported = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(exported(x), model.eval()(x))
 
 
 def test_the_validation_images_are_held_out_of_train_and_are_not_the_test_images(selection):

@@ -222,7 +222,7 @@ def test_readme_and_docs_commands_run(docs_run):
         {"exp_name", "config"}
     for stage in ("scratch-cls", "pretrain-cls", "pretrain-cls-lin", "scratch-cls-lin"):
         assert (out / "main_exp" / stage / "summary.json").is_file(), stage
-    assert (out / "main_exp" / "mae-pretrain" / "vit-t-mae.safetensors").is_file()
+    assert (out / "main_exp" / "mae-pretrain" / "vit-t-mae-timm" / "config.json").is_file()
 
 
 def test_help_examples_run(docs_run):

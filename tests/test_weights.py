@@ -1,7 +1,10 @@
-"""Weights out (export.py -> timm, strict, identical outputs) and in (--pretrained_model_path
-from a timm state dict or an official MAE checkpoint); bad files give one error line."""
+"""Weights out (export.py -> timm's Hugging Face folder: strict, identical outputs, the true
+input config) and in (--pretrained_model_path from such a folder, a timm state dict or an
+official MAE checkpoint); bad files give one error line."""
 import json
 import shutil
+import types
+from pathlib import Path
 
 import pytest
 import timm
@@ -9,10 +12,12 @@ import torch
 from conftest import TINY_DATA, TINY_MAE, run_scripts
 from safetensors.torch import save_file
 
+import export
 import train_classifier
 from mae_cifar.checkpoint import load_checkpoint
 from mae_cifar.cli import UsageError
 from mae_cifar.training import classifier
+from mae_cifar.weights import load_pretrained
 from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier
 from utils import seed_everything
 
@@ -20,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCH = ["--total_epoch", "1", "--warmup_epoch", "0"]
 FT = "pretrain-cls/vit-t-clf-from_pretrained.pt"
 LIN = "pretrain-cls-lin/vit-t-clf-lin-from_pretrained.pt"
+MAE_EXPORT = "mae-pretrain/vit-t-mae-timm"  # export.py's default folder beside the model file
 
 
 def cls_cmd(root, model_path, *extra):
@@ -64,6 +70,7 @@ def runs(tmp_path_factory):
     for r in first:
         assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
     encoder, files = foreign_files(tmp, mae_path)
+    files["timm_folder"] = tmp / "e" / MAE_EXPORT
     # item 8 of issue 17: checkpoints that lie about themselves
     ckpt = load_checkpoint(mae_path, kind="mae")
     lies = {"contradicting": {**ckpt, "config": {**ckpt["config"], "emb_dim": 64,
@@ -88,7 +95,8 @@ def runs(tmp_path_factory):
     cmds = {"official": cls_cmd(tmp / "official", files["official"]),
             "timm_pth": cls_cmd(tmp / "timm", files["timm_pth"], "--encoder_head", "2",
                                 "--linear_probe"),
-            "copied_final": cls_cmd(copied, mae_path)}
+            "copied_final": cls_cmd(copied, mae_path),
+            "timm_folder": cls_cmd(tmp / "from_folder", files["timm_folder"])}
     for name in ("bad_shape", "contradicting", "no_model", "list_model", "nan_weights",
                  "int_cls_token"):
         cmds[name] = cls_cmd(tmp / name, files[name], "--encoder_head", "2")
@@ -96,16 +104,21 @@ def runs(tmp_path_factory):
     return dict(tmp=tmp, mae_path=mae_path, encoder=encoder, files=files, results=results)
 
 
-def timm_from_export(folder, name):
-    meta = json.loads((folder / f"{name}.json").read_text())
-    weights = str(folder / f"{name}.safetensors")
-    model = timm.create_model(meta["architecture"], checkpoint_path=weights, **meta["model_args"])
-    return model.eval(), meta
+def timm_from_export(folder):
+    """The model timm itself builds from an export folder, and its config.json."""
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)  # loads strictly
+    return model.eval(), json.loads((folder / "config.json").read_text())
 
 
-def test_mae_export_loads_strictly_into_timm_with_identical_features(runs):
-    folder = runs["mae_path"].parent
-    model, meta = timm_from_export(folder, "vit-t-mae")  # create_model loads strictly
+def assert_true_input_config(model, ckpt):
+    data = timm.data.resolve_data_config({}, model=model)
+    assert data["input_size"] == (3, 16, 16)
+    assert list(data["mean"]) == ckpt["norm_mean"].tolist()
+    assert list(data["std"]) == ckpt["norm_std"].tolist()
+
+
+def test_mae_export_loads_into_timm_with_identical_features_and_input_config(runs):
+    model, meta = timm_from_export(runs["tmp"] / "e" / MAE_EXPORT)
     ckpt = load_checkpoint(runs["mae_path"], kind="mae")
     mae = MAE_ViT.from_config(MAEConfig(**ckpt["config"]))
     mae.load_state_dict(ckpt["model"])
@@ -114,31 +127,86 @@ def test_mae_export_loads_strictly_into_timm_with_identical_features(runs):
     with torch.no_grad():
         assert torch.equal(model.forward_features(x), mae.encoder.forward_features(x))
         assert torch.equal(model(x), mae.encoder(x))  # pooled features (num_classes 0)
-    assert meta["mean"] == ckpt["norm_mean"].tolist() and len(meta["std"]) == 3
-    assert meta["model_args"]["num_classes"] == 0
+    assert_true_input_config(model, ckpt)
+    assert meta["num_classes"] == meta["pretrained_cfg"]["num_classes"] == 0
+    assert meta["num_features"] == 32
+    # the name claims no size that is not this model's (patch 2, 16 pixels)
+    assert "patch16" not in meta["architecture"] and "224" not in meta["architecture"]
+    assert meta["model_args"]["patch_size"] == 2
 
 
-def test_classifier_exports_with_timm_head_keys(runs):
+def test_classifier_exports_load_into_timm_with_identical_logits(runs):
     folder = runs["mae_path"].parents[1]
-    for path, out, name in ((folder / FT, folder / "pretrain-cls", "vit-t-clf-from_pretrained"),
-                            (folder / LIN, runs["tmp"] / "lin_export",
-                             "vit-t-clf-lin-from_pretrained")):
+    for path, out in ((folder / FT, folder / "pretrain-cls" / "vit-t-clf-from_pretrained-timm"),
+                      (folder / LIN, runs["tmp"] / "lin_export")):
         ckpt = load_checkpoint(path, kind="classifier")
         ours = ViT_Classifier(ClassifierConfig(**ckpt["config"]))
         ours.load_state_dict(ckpt["model"])
         ours.eval()
-        model, meta = timm_from_export(out, name)
+        model, meta = timm_from_export(out)
         assert {"head.weight", "head.bias"} <= set(model.state_dict())
         x = torch.randn(5, 3, 16, 16)
         with torch.no_grad():
-            if "head" in meta:  # the probe's BatchNorm folded into the linear layer
+            if "head" in meta["mae_cifar"]:  # the probe's BatchNorm folded into the linear layer
                 torch.testing.assert_close(model(x), ours(x), rtol=1e-5, atol=1e-5)
             else:
                 assert torch.equal(model(x), ours(x))
-        assert meta["classes"] == ckpt["classes"]
+        assert_true_input_config(model, ckpt)
+        assert model.pretrained_cfg["label_names"] == ckpt["classes"]
+        assert meta["pretrained_cfg"]["num_classes"] == len(ckpt["classes"])
+        assert meta["pretrained_cfg"]["label_names"] == ckpt["classes"]
+        assert (meta["pretrained_cfg"]["interpolation"], meta["pretrained_cfg"]["crop_pct"]) \
+            == ("bilinear", 1.0)
 
 
-@pytest.mark.parametrize("name", ["timm_pth", "timm_st", "official"])
+def test_push_to_hub_uploads_the_exported_folder(runs, tmp_path, monkeypatch):
+    """The upload goes through timm's push_to_hf_hub; the Hub API is mocked (no network)."""
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return types.SimpleNamespace(repo_id=repo_id)
+
+        def file_exists(self, **kwargs):
+            return False
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploaded.update({p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+            uploaded["repo"] = repo_id
+
+    monkeypatch.setattr("timm.models._hub.HfApi", FakeApi)
+    out = tmp_path / "folder"
+    export.main(export.get_args_parser().parse_args(
+        [str(runs["mae_path"]), "--out_dir", str(out), "--push_to_hub", "someone/tiny-mae"]))
+    assert uploaded["repo"] == "someone/tiny-mae"
+    assert uploaded["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert json.loads(uploaded["config.json"]) == json.loads((out / "config.json").read_text())
+
+
+def test_bad_hub_repository_is_refused_before_writing(runs, tmp_path):
+    out = tmp_path / "folder"
+    with pytest.raises(UsageError, match="not a Hub repository id"):
+        export.main(export.get_args_parser().parse_args(
+            [str(runs["mae_path"]), "--out_dir", str(out), "--push_to_hub", "a/b/c"]))
+    assert not out.exists()
+
+
+def test_exported_folder_imports_back_with_its_heads(runs):
+    """--pretrained_model_path DIR: the folder's tensors, and its heads from config.json
+    (width 32 / 64 would guess 1)."""
+    cfg, state = load_pretrained(str(runs["files"]["timm_folder"]))
+    assert cfg.encoder_head == 2 and cfg.patch_size == 2 and cfg.image_size == 16
+    assert set(state) == set(runs["encoder"])
+    assert all(torch.equal(state[k], v) for k, v in runs["encoder"].items())
+    r = runs["results"]["timm_folder"]
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "final test accuracy" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["timm_pth", "timm_st", "official", "timm_folder"])
 def test_foreign_encoders_load_exactly(runs, name):
     """build_model maps the keys and copies every encoder tensor bit for bit."""
     args = train_classifier.get_args_parser().parse_args(
@@ -184,7 +252,6 @@ def one_error_line(proc, words):
 def test_unreadable_foreign_file_is_one_usage_error(tmp_path):
     path = tmp_path / "x.safetensors"
     path.write_bytes(b"not safetensors")
-    from mae_cifar.weights import load_pretrained
     with pytest.raises(UsageError, match="not a readable safetensors"):
         load_pretrained(str(path))
     torch.save({"a": 1}, tmp_path / "y.pth")
@@ -225,13 +292,13 @@ def damaged_exports(tmp, mae_path, clf_path):
 
 
 def own_file_exports(tmp, mae_path):
-    """A copy of the finished MAE run whose model files are named so that the export's
-    default names are the run's own files, the model itself, or a file of the user's."""
+    """A copy of the finished MAE run (its earlier export folder included), a file of the
+    user's in it, and a folder of the user's."""
     run = tmp / "own" / "mae-pretrain"
     shutil.copytree(mae_path.parent, run)
-    for name in ("args.pt", "summary.pt", "m.json", "notes.pt"):
-        shutil.copy(mae_path, run / name)
     (run / "notes.json").write_text("my notes\n")
+    (tmp / "own" / "mine").mkdir()
+    (tmp / "own" / "mine" / "notes.txt").write_text("my notes\n")
     return run
 
 
@@ -240,16 +307,18 @@ def exports(runs):
     tmp, mae_path = runs["tmp"], runs["mae_path"]
     damaged = damaged_exports(tmp, mae_path, tmp / "e" / FT)
     own = own_file_exports(tmp, mae_path)
-    before = tree_hashes(own)
+    before = tree_hashes(own.parent)
     cmds = {name: ["export.py", path, "--out_dir", tmp / "out" / name]
             for name, path in damaged.items()}
     cmds["resume_checkpoint"] = ["export.py", mae_path.parent / "checkpoint.pt", "--out_dir",
                                  tmp / "out" / "resume_checkpoint"]
-    for name in ("args.pt", "summary.pt", "m.json", "notes.pt"):
-        cmds[name] = ["export.py", own / name]
-    cmds["again"] = ["export.py", own / "vit-t-mae.pt"]  # an earlier export: replaced
+    model = own / "vit-t-mae.pt"
+    for name, out in (("run_folder", own), ("a_file", own / "notes.json"),
+                      ("user_folder", own.parent / "mine")):
+        cmds[name] = ["export.py", model, "--out_dir", out]
+    cmds["again"] = ["export.py", model]  # an earlier export: replaced
     results = dict(zip(cmds, run_scripts(list(cmds.values()))))
-    return dict(results=results, tmp=tmp, own=own, before=before)
+    return dict(results=results, tmp=tmp, own=own.parent, before=before)
 
 
 def tree_hashes(folder):
@@ -276,14 +345,14 @@ def test_export_of_a_damaged_file_is_one_error_line_and_writes_nothing(exports, 
 
 
 @pytest.mark.parametrize("name,words", [
-    ("args.pt", ["args.json would overwrite the run's own args.json", "under another name"]),
-    ("summary.pt", ["summary.json would overwrite the run's own summary.json"]),
-    ("m.json", ["m.json is the model file itself"]),
-    ("notes.pt", ["notes.json exists, and no earlier export of notes.pt wrote it"]),
+    ("run_folder", ["mae-pretrain is a run folder (it holds args.json)"]),
+    ("a_file", ["notes.json exists and is not a folder"]),
+    ("user_folder", ["mine holds files that no earlier export of vit-t-mae.pt wrote"]),
 ])
 def test_export_never_writes_over_the_run_s_own_files(exports, name, words):
-    """Issue 25.2, through the CLI: the run folder is left byte for byte as it was (but for
-    the re-export of its model, which replaces the earlier export's two files)."""
+    """Issue 25.2, through the CLI: the run folder and the user's files are left byte for
+    byte as they were (but for the re-export of the model, which replaces the earlier export
+    folder's two files with the same bytes)."""
     one_error_line(exports["results"][name], words)
     assert exports["results"]["again"].returncode == 0, exports["results"]["again"].stderr
     after = tree_hashes(exports["own"])

@@ -11,6 +11,7 @@ import struct
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ FAKE_SIZES = {"train": 4096, "test": 1024}
 FAKE_CLASSES = 10
 FAKE_NOISE = 0.1  # std of pixel noise in fake images, relative to the [0, 1] range
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+UNLABELLED = -1  # the label of every image of an unlabelled folder (its classes: [])
 DOWNLOAD_TIMEOUT_S = 20  # a download that receives nothing this long fails (offline machines)
 
 
@@ -92,12 +94,16 @@ class Dataset:
 
 # --------------------------------------------------------------------------- loading
 def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_eval=None,
-                 val_split=0, device="cpu"):
-    """Load both splits as uint8 tensors on `device`; raise UsageError if unavailable."""
+                 val_split=0, device="cpu", labels="required"):
+    """Load both splits as uint8 tensors on `device`; raise UsageError if unavailable.
+
+    labels, for a folder: 'required' refuses unlabelled images, 'optional'
+    reads a flat folder of images as unlabelled, 'ignored' reads any folder as unlabelled
+    (every label UNLABELLED, classes [])."""
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     loader = {"cifar10": _cifar, "cifar100": _cifar, "fashion_mnist": _fashion_mnist,
-              "folder": _folder, "fake": _fake, "shapes": _shapes}[name]
+              "folder": partial(_folder, labels=labels), "fake": _fake, "shapes": _shapes}[name]
     train, test, classes, source = loader(name, data_dir, image_size)
     for split, what in ((train, "training"), (test, "test")):
         check_split(split, len(classes), f"{what} split of {source}")
@@ -146,7 +152,8 @@ def check_split(split, num_classes, what):
     if n_img != n_lab:
         raise UsageError(f"the {what} has {n_img} images but {n_lab} labels; a file is "
                          "truncated or from another dataset")
-    if n_lab and not 0 <= int(split.labels.min()) <= int(split.labels.max()) < num_classes:
+    if n_lab and num_classes and \
+            not 0 <= int(split.labels.min()) <= int(split.labels.max()) < num_classes:
         raise UsageError(f"the {what} has labels outside 0..{num_classes - 1} (found "
                          f"{int(split.labels.min())}..{int(split.labels.max())})")
 
@@ -257,11 +264,18 @@ def _read_idx(folder, stem):
     return torch.from_numpy(arr.copy())
 
 
-def _folder(name, data_dir, image_size):
-    """An ImageFolder tree: data_dir/train/<class>/*.png and data_dir/test (or val)/..."""
+def _folder(name, data_dir, image_size, labels):
+    """An ImageFolder tree: data_dir/train/<class>/*.png and data_dir/test (or val)/...; or,
+    unlabelled (see load_dataset's labels), a flat folder of images or a tree's images."""
     size = image_size or FOLDER_DEFAULT_SIZE
-    test_dir = next((os.path.join(data_dir, d) for d in ("test", "val")
-                     if os.path.isdir(os.path.join(data_dir, d))), None)
+    test_dir = _test_dir(data_dir)
+    flat = not os.path.isdir(os.path.join(data_dir, "train")) and _image_files(data_dir)
+    if flat and labels == "required":
+        raise UsageError(f"{data_dir} is a folder of unlabelled images; classification needs "
+                         f"labels: {data_dir}/train/<class>/ and {data_dir}/test/<class>/ "
+                         "(mae_pretrain.py pretrains on unlabelled images)")
+    if flat or labels == "ignored":
+        return _unlabelled_folder(data_dir, test_dir, size)
     if not os.path.isdir(os.path.join(data_dir, "train")) or test_dir is None:
         raise UsageError(f"folder dataset needs {data_dir}/train/<class>/ and "
                          f"{data_dir}/test/<class>/ (or val/) with images")
@@ -278,24 +292,62 @@ def _folder(name, data_dir, image_size):
     return train, test, classes, data_dir
 
 
-def _read_image_tree(root, classes, size):
-    from PIL import Image, UnidentifiedImageError
+def _test_dir(data_dir):
+    return next((os.path.join(data_dir, d) for d in ("test", "val")
+                 if os.path.isdir(os.path.join(data_dir, d))), None)
 
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in _image_files(os.path.join(root, cls)):
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                    images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-            except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-                raise UsageError(f"cannot read image {path} ({e}); remove or replace "
-                                 "it") from None
-            labels.append(label)
-    if not images:
+
+def _unlabelled_folder(data_dir, test_dir, size):
+    """Every image of data_dir/train (or of data_dir itself) and of its subfolders, without
+    labels; the test split likewise from test_dir, or empty without one."""
+    train_dir = os.path.join(data_dir, "train")
+    train = _read_images(_all_image_files(train_dir if os.path.isdir(train_dir) else data_dir),
+                         UNLABELLED, size, data_dir)
+    test = _read_images(_all_image_files(test_dir), UNLABELLED, size, test_dir) if test_dir \
+        else _read_images([], UNLABELLED, size)
+    return train, test, [], f"{data_dir} (unlabelled)"
+
+
+def _all_image_files(root):
+    """The images directly in root, then those of each (non-hidden) subfolder, sorted."""
+    try:
+        subs = sorted(d.path for d in os.scandir(root)
+                      if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:
+        raise UsageError(f"cannot list {e.filename or root}: {e.strerror}") from None
+    return [p for folder in (root, *subs) for p in _image_files(folder)]
+
+
+def _read_image_tree(root, classes, size):
+    splits = [_read_images(_image_files(os.path.join(root, cls)), label, size)
+              for label, cls in enumerate(classes)]
+    if not any(len(s) for s in splits):
         raise UsageError(f"no images found under {root} (extensions: "
                          f"{', '.join(IMAGE_EXTENSIONS)})")
-    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.long))
+    kept = [s for s in splits if len(s)]
+    return Split(torch.cat([s.images for s in kept]), torch.cat([s.labels for s in kept]))
+
+
+def _read_images(paths, label, size, root=None):
+    """The images at paths as RGB size x size, each labelled `label` (none: an empty split);
+    UsageError for an unreadable one, or (root given) for no images at all."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            raise UsageError(f"cannot read image {path} ({e}); remove or replace it") from None
+    if not images:
+        if root is not None:
+            raise UsageError(f"no images found under {root} (extensions: "
+                             f"{', '.join(IMAGE_EXTENSIONS)})")
+        return Split(torch.empty(0, 3, size, size, dtype=torch.uint8),
+                     torch.empty(0, dtype=torch.long))
+    return Split(torch.stack(images), torch.full((len(images),), label, dtype=torch.long))
 
 
 def _image_files(folder):

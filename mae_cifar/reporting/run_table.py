@@ -33,8 +33,8 @@ SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 # keys that differ between seeds by design. Every other args.json key changes the numbers, so
 # seeds averaged into one cell must agree on it.
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
-                   "progress_seconds", "model", "output_root", "data_dir", "exp_name", "config",
-                   "pretrained_model_path",
+                   "progress_seconds", "model", "wandb", "output_root", "data_dir", "exp_name",
+                   "config", "pretrained_model_path",
                    "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
                    "knn_eval_images"}
 PER_SEED_ARGS = {"seed", "pretrained_sha256"}  # a seed's own upstream MAE has its own hash

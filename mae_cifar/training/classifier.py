@@ -10,6 +10,7 @@ from model import ClassifierConfig, ViT_Classifier
 
 ARCH_KEYS = (*presets.ENCODER_KEYS, "pos_embed")  # a classifier's architecture flags
 DEFAULT_POS_EMBED = "learned"
+BEST_SUFFIX = "-best"  # the best epoch's model file: the last one's name with this before .pt
 
 
 MODES = {  # (pretrained, linear probe) -> (stage folder, model file, summary mode)
@@ -105,3 +106,9 @@ def model_file(args, folder):
         return args["output_model_path"]
     mode = (args["pretrained_model_path"] is not None, args["linear_probe"])
     return os.path.join(folder, MODES[mode][1])
+
+
+def best_model_file(path):
+    """The best epoch's model file beside the final model file `path`."""
+    root, ext = os.path.splitext(path)
+    return root + BEST_SUFFIX + ext

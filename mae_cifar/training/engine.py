@@ -21,11 +21,11 @@ from mae_cifar import distributed
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from mae_cifar.cli import UsageError
 from mae_cifar.data.datasets import load_dataset
-from mae_cifar.fileio import CSVLogger
+from mae_cifar.training.logs import MetricsLog
 from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
 from mae_cifar.training.progress import SLOW_RUN_SECONDS, Progress, duration, watch_signals
 from mae_cifar.training.recipes import LARS_MOMENTUM, Optimization
-from mae_cifar.training.run_folder import TENSORBOARD_DIR, RunFolder
+from mae_cifar.training.run_folder import RunFolder
 from utils import get_rng_state, set_rng_state
 
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
@@ -47,6 +47,12 @@ def start_stage(args, stage, parser=None):
     status = run.status()
     if status == "finished" and dist.is_main:
         print(f"{run.path} is finished; nothing to do (--overwrite trains it again)")
+    extend_to = vars(args).get("extend_to")  # baselines.py has no --extend_to
+    if extend_to is not None:  # args.json keeps --total_epoch; training goes on to N
+        args.total_epoch = extend_to
+        if status != "finished" and dist.is_main:
+            print(f"extending {run.path} to {extend_to} epochs: the lr follows the warmup + "
+                  f"cosine of a {extend_to}-epoch run from the current step")
     return dist, run, status
 
 
@@ -64,10 +70,11 @@ def print_args(args):
         print(f"  {k}: {v}")
 
 
-def load_stage_data(args, dist, val_split=0):
-    """The stage's dataset on its device; rank 0 prints the arguments and what was loaded."""
+def load_stage_data(args, dist, val_split=0, labels="required"):
+    """The stage's dataset on its device; rank 0 prints the arguments and what was loaded.
+    labels: datasets.load_dataset's (a classifier stage requires them)."""
     data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
-                        args.max_eval_images, val_split, device=dist.device)
+                        args.max_eval_images, val_split, device=dist.device, labels=labels)
     if dist.is_main:
         print_args(args)
         print(f"loaded {data.describe()}")
@@ -167,6 +174,17 @@ class Trainer:
         self.progress = Progress(args.total_epoch, self.steps_per_epoch, args.batch_size,
                                  dist.is_main, args.progress_seconds,
                                  SLOW_RUN_SECONDS if dist.device.type == "cpu" else None)
+        self.step_log = None  # fn(global step, loss, lr) at each log interval (rank 0 sets it)
+
+    def metrics_log(self, csv_fn, fieldnames, name):
+        """Rank 0's logs of this run (logs.MetricsLog on the optimizer-step axis, the flags
+        as hyper-parameters), receiving the per-step scalars; None on other ranks."""
+        if not self.dist.is_main:
+            return None
+        log = MetricsLog(self.run, csv_fn, fieldnames, self.start_epoch, self.steps_per_epoch,
+                         self.start_step, vars(self.args), name)
+        self.step_log = log.log_step
+        return log
 
     def describe(self):
         return (f"lr = {self.args.base_learning_rate:g} x {self.args.batch_size} / "
@@ -336,6 +354,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}",
                                 img_s=f"{done * self.loader.batch_size / seconds:.0f}")
                 self.progress.offer(epoch, step + 1, loss, lr, seconds, done)
+                if self.step_log is not None:
+                    self.step_log(epoch * n + step, loss, lr)
                 checked = step + 1
             # after the last step fit() asks, once the epoch is evaluated
             signum = 0 if last else self._stop_requested((step + 1 - start) % LOG_INTERVAL == 0)
@@ -436,26 +456,6 @@ def run_stage(main_fn, run):
 
 
 # --------------------------------------------------------------------------- logging
-class MetricsLog:
-    """metrics.csv (one row per epoch, rewritten atomically) plus TensorBoard scalars."""
-
-    def __init__(self, run, csv_fn, fieldnames, start_epoch):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.csv = CSVLogger(run.file(csv_fn), fieldnames, start_epoch)
-        self.tb = SummaryWriter(run.file(TENSORBOARD_DIR), purge_step=start_epoch or None)
-
-    def log(self, row):
-        self.csv.log(row)
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)) and v is not None:
-                self.tb.add_scalar(k, v, row["epoch"])
-        self.tb.flush()
-
-    def close(self):
-        self.tb.close()
-
-
 def epoch_line(epoch, total, row):
     parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
              for k, v in row.items() if k != "epoch" and v is not None]

@@ -63,9 +63,10 @@ def add_dataset_args(parser):
 
 def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_epoch,
                     warmup_epoch, augment):
-    """Flags of both stages: --config, data, optimisation, runtime and output."""
+    """Flags of both stages: --config, data, optimisation, runtime and output; returns the
+    data group."""
     add_config_arg(parser)
-    g = add_dataset_args(parser)
+    data = g = add_dataset_args(parser)
     g.add_argument("--max_train_images", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
     g.add_argument("--augment", default=augment, choices=AUGMENTS,
@@ -109,6 +110,14 @@ def add_common_args(parser, batch_size, max_device_batch_size, base_lr, total_ep
                    help="write the resumable checkpoint every N epochs (and at the end)")
     g.add_argument("--overwrite", action="store_true",
                    help="delete a finished or unfinished run of this stage and train again")
+    g.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases (project mae-cifar, or WANDB_PROJECT; "
+                        "WANDB_MODE=offline keeps the run in the run folder's wandb/)")
+    g.add_argument("--extend_to", type=positive_int, default=None, metavar="N",
+                   help="continue this finished run (the same flags) from its last checkpoint "
+                        "to N epochs in all: the lr follows the warmup + cosine of an N-epoch "
+                        "run from the current step on (docs/outputs.md)")
+    return data
 
 
 def validate_common(args):
@@ -120,6 +129,9 @@ def validate_common(args):
             print(f"note: --warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
                   f"{args.total_epoch}; warming up for {clamped} epoch(s), half the run")
         args.warmup_epoch = clamped
+    if args.extend_to is not None and args.extend_to <= args.total_epoch:
+        raise UsageError(f"--extend_to {args.extend_to} must exceed --total_epoch "
+                         f"{args.total_epoch} (the run's epochs in all, not epochs to add)")
     if args.weight_decay < 0:
         raise UsageError(f"--weight_decay must be >= 0, got {args.weight_decay}")
     world = cli.launch_world_size()
@@ -159,8 +171,13 @@ def add_architecture_args(parser, title):
 
 def add_pretrain_args(p):
     """Every flag of mae_pretrain.py."""
-    add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
+    data = add_common_args(p, batch_size=4096, max_device_batch_size=512, base_lr=1.5e-4,
                            total_epoch=600, warmup_epoch=40, augment="flip")
+    data.add_argument(
+        "--unlabelled", action="store_true",
+        help="with --dataset folder: pretrain on every image under DATA_DIR/train/ (and "
+             "test/ or val/) ignoring class folders; a flat folder of images is read so "
+             "without it. Needs --knn_freq 0, and --val_split N without test images")
     g = p.add_argument_group("model")
     add_encoder_args(g)
     g.add_argument("--decoder_layer", type=cli.positive_int, default=None,
@@ -214,6 +231,7 @@ def add_classifier_args(p):
     g.add_argument("--pretrained_model_path", "--mae_ckpt", "--pretrained_ckpt",
                    dest="pretrained_model_path", default=None,
                    help="MAE checkpoint to start from (mae_pretrain.py's model file; or a timm "
+                        "folder config.json + model.safetensors as export.py writes, a timm "
                         "ViT state dict .pth/.safetensors, or an official MAE checkpoint); the "
                         "encoder configuration comes from it")
     g.add_argument("--linear_probe", action="store_true",

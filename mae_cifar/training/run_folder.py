@@ -10,6 +10,7 @@ from mae_cifar import distributed
 from mae_cifar.checkpoint import check_model_file, load_checkpoint
 from mae_cifar.cli import UPSTREAM_KEY, UsageError, os_error_hint
 from mae_cifar.fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
+from mae_cifar.weights import weights_file
 
 CHECKPOINT_FN = "checkpoint.pt"
 ARGS_FN = "args.json"
@@ -21,10 +22,13 @@ PID_MAX_CHARS = 16  # a lock file holding more is not a pid
 # UPSTREAM_KEY (cli.py): args.json's sha256 of --pretrained_model_path's bytes; the path's
 # spelling does not matter, its content does.
 HASH_SHOWN = 12  # hex digits of a hash shown in messages
+EXTEND_KEY = "extend_to"  # --extend_to N: a finished run continued to N epochs (not compared)
+EXTENSIONS_KEY = "extensions"  # summary.json's list of {from_epochs, to_epochs}
 # Flags that do not change the numbers a run produces; they may differ on resume (a run
 # folder may also be moved or renamed).
 NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "save_freq",
-                   "progress_seconds", "model", "output_root", "data_dir", "exp_name", "config",
+                   "progress_seconds", "model", "wandb", "output_root", "data_dir", "exp_name",
+                   "config",
                    # compared by content: UPSTREAM_KEY
                    "pretrained_model_path",
                    # the kNN monitor (evaluation/knn.py) only observes: training is unchanged
@@ -36,7 +40,6 @@ RESERVED_NAMES = (ARGS_FN, CHECKPOINT_FN, SUMMARY_FN, LOCK_FN, TENSORBOARD_DIR)
 # The files that make a folder a run folder (no other run's output goes there; a lock file
 # alone does not: other tools take locks of that name).
 RUN_FILES = (ARGS_FN, SUMMARY_FN, CHECKPOINT_FN)
-EXPORT_EXTS = (".safetensors", ".json")  # export.py writes a model file's weights and JSON
 
 
 class RunFolder:
@@ -59,6 +62,7 @@ class RunFolder:
         self.lock_fd = None
         self.folders = []  # outside folders output files go to (check_output_path)
         self.decided = None  # the status() this process acts on, re-checked under the lock
+        self.extensions = []  # summary.json's EXTENSIONS_KEY once --extend_to finishes
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -72,6 +76,10 @@ class RunFolder:
         return self.decided
 
     def _status(self):
+        status = self._flags_status()
+        return status if self.args.get(EXTEND_KEY) is None else self._extension_status(status)
+
+    def _flags_status(self):
         if self.args.get("overwrite") or not self._has_run_files():
             return "new"
         saved = self._saved_args()  # a damaged args.json is refused, even alone
@@ -80,7 +88,7 @@ class RunFolder:
         missing = object()
         diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
                 for k in sorted(set(saved) | set(self.args))
-                if k not in NON_RESULT_ARGS and k != UPSTREAM_KEY
+                if k not in NON_RESULT_ARGS and k not in (UPSTREAM_KEY, EXTEND_KEY)
                 and saved.get(k, self.defaults.get(k, missing)) != self.args.get(k)]
         if diff:
             raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
@@ -90,6 +98,44 @@ class RunFolder:
         if os.path.exists(self.file(SUMMARY_FN)):
             return "finished"
         return "unfinished" if os.path.exists(self.ckpt_path) else "new"
+
+    def _extension_status(self, status):
+        """--extend_to N: 'finished' once the run was extended to N, else 'unfinished' (its
+        checkpoint continues); refuses a run that never finished, that stopped early (it
+        would stop again at once), or that has trained N epochs or more. Sets
+        self.extensions, the list summary.json will hold."""
+        n = self.args[EXTEND_KEY]
+        if status != "finished":
+            what = "no run" if status == "new" else "an unfinished run: finish it first " \
+                "(the same command without --extend_to)"
+            raise UsageError(f"--extend_to continues a finished run; {self.path} holds {what}")
+        try:
+            with open(self.file(SUMMARY_FN), encoding="utf-8") as f:
+                summary = json.load(f)
+            done, extensions = int(summary["epochs"]), list(summary.get(EXTENSIONS_KEY, []))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"{self.file(SUMMARY_FN)} is damaged ({e}); it cannot say how "
+                             "far the run went") from None
+        if extensions and extensions[-1].get("to_epochs") == n:
+            self.extensions = extensions
+            return "finished"
+        planned = extensions[-1]["to_epochs"] if extensions else self.args["total_epoch"]
+        if done < planned:
+            raise UsageError(f"--extend_to: {self.path} stopped early after {done} of "
+                             f"{planned} epochs ({summary.get('stop_reason', 'early')}); it "
+                             "would stop again at once")
+        if n <= done:
+            raise UsageError(f"--extend_to {n}: {self.path} has trained {done} epochs "
+                             "already; give more")
+        if not os.path.exists(self.ckpt_path):
+            raise UsageError(f"--extend_to needs {self.ckpt_path}, the run's last checkpoint; "
+                             "it is gone, so the run cannot continue")
+        self.extensions = extensions + [{"from_epochs": done, "to_epochs": n}]
+        return "unfinished"
+
+    def summary_record(self):
+        """summary.json's entries of the run folder: the extensions, if any."""
+        return {EXTENSIONS_KEY: self.extensions} if self.extensions else {}
 
     def _has_run_files(self):
         """Anything besides the lock and killed writers' temporary files."""
@@ -235,10 +281,9 @@ def _read_pid(fd):
     return int(text) if text.isdigit() and len(text) < PID_MAX_CHARS else None
 
 
-def check_file_names(names, models=()):
+def check_file_names(names):
     """names {flag: file name in the stage folder}: each a plain name, distinct, and not one
-    of the run folder's own files; the model files among them (flags `models`) also not
-    named so that export.py's files of them would be; UsageError naming the flag otherwise."""
+    of the run folder's own files; UsageError naming the flag otherwise."""
     seen = {}
     for flag, name in names.items():
         if not name or os.sep in name or name in (".", "..") or name.startswith(TEMP_PREFIX):
@@ -246,11 +291,6 @@ def check_file_names(names, models=()):
         if name in RESERVED_NAMES:
             raise UsageError(f"{flag} {name} would overwrite the run's own {name}; choose "
                              "another name")
-        exported = [os.path.splitext(name)[0] + ext for ext in EXPORT_EXTS]
-        clash = next((n for n in exported if n in RESERVED_NAMES), None)
-        if flag in models and clash:
-            raise UsageError(f"{flag} {name}: export.py would write its {clash} over the "
-                             f"run's own {clash}; choose another name")
         if name in seen:
             raise UsageError(f"{flag} and {seen[name]} both name {name}; choose different "
                              "names")
@@ -266,7 +306,7 @@ def check_output_path(run, flag, key, names):
     full = os.path.abspath(path)
     folder = os.path.dirname(full)
     if folder == os.path.abspath(run.path):
-        check_file_names({**names, flag: os.path.basename(full)}, models=(flag,))
+        check_file_names({**names, flag: os.path.basename(full)})
     if os.path.isdir(full):
         raise UsageError(f"{flag} {path} is a folder; give a file path")
     owner = run_folder_of(folder, run.path)
@@ -301,9 +341,11 @@ def run_folder_of(folder, own):
 
 
 def upstream_hash(path):
-    """The sha256 of a pretrained model file (None without one), or UsageError."""
+    """The sha256 of a pretrained model file, or of a timm folder's weights (None without
+    one), or UsageError."""
     if path is None:
         return None
+    path = weights_file(path)
     check_model_file(path)
     try:
         return file_sha256(path)
