@@ -1,9 +1,8 @@
 """Self-supervised MAE pretraining (He et al., 2022) of a ViT on CIFAR-10 and friends.
 
     python mae_pretrain.py                           # ViT-T/2, decoder 4 x 192, CIFAR-10
-    python mae_pretrain.py --dataset fake --device cpu --image_size 16 --max_train_images 512 \\
-        --batch_size 128 --emb_dim 32 --encoder_layer 2 --encoder_head 2 --decoder_layer 1 \\
-        --decoder_dim 32 --total_epoch 2 --exp_name smoke   # a smoke run: seconds, offline
+    python mae_pretrain.py --dataset shapes --device cpu --model vit_micro_patch4 \\
+        --batch_size 128 --max_train_images 512 --total_epoch 2 --exp_name smoke  # seconds
     python mae_pretrain.py --config outputs/smoke/mae-pretrain/args.json --exp_name smoke_again
 
 The third command replays the smoke run's flags into another folder (flags after --config

@@ -46,6 +46,7 @@ HELP_SCRIPTS = ("mae_pretrain.py", "train_classifier.py", "visualize_pred.py", "
 SKIP_LINKS = {".git", "outputs", "data", ".pytest_cache", "__pycache__"}
 COPIED = {"results"}
 EPOCH = ["--total_epoch", "1", "--warmup_epoch", "0"]
+GENERATED = ("fake", "shapes")  # datasets made offline; a doc's command on another runs tiny
 TINY = {  # script -> sizes appended to a launch that names no --dataset (or to every driver's)
     "mae_pretrain.py": [*TINY_DATA, *TINY_MAE, *EPOCH, "--knn_freq", "0"],
     "train_classifier.py": [*TINY_DATA, *EPOCH],
@@ -154,8 +155,22 @@ class Sandbox:
         return [line.split("\0") for line in text.split("\0\n")[:-1]]
 
 
+def offline(argv):
+    """argv without a real dataset (the suite runs offline): its --dataset and --data_dir
+    dropped, so that the tiny generated sizes are appended instead."""
+    if "--dataset" not in argv or argv[argv.index("--dataset") + 1] in GENERATED:
+        return argv
+    out = list(argv)
+    for flag in ("--dataset", "--data_dir"):
+        if flag in out:
+            del out[out.index(flag):out.index(flag) + 2]
+    return out
+
+
 def tiny(argv, always=False):
-    """argv with the script's tiny sizes appended unless it names its own --dataset."""
+    """argv with the script's tiny sizes appended unless it names its own generated
+    --dataset (a real one is replaced by them)."""
+    argv = offline(argv)
     script = argv[0]
     own = "--dataset" in argv or "--config" in argv  # sizes as written, or a replayed run's
     if script not in TINY or (own and not always):
