@@ -341,3 +341,27 @@ def test_flag_missing_from_saved_args_counts_as_its_default(tmp_path):
     same, other = run_scripts([mae_flags(root, "old"), mae_flags(root, "old", "--val_split", "8")])
     assert same.returncode == 0 and "nothing to do" in same.stdout, same.stderr[-2000:]
     assert other.returncode == 2 and "--val_split: None (saved) vs 8 (now)" in other.stderr
+
+
+# --------------------------------------------------------------------------- nested run folders
+def finished_run(path):
+    os.makedirs(path)
+    for name in (run_folder.ARGS_FN, run_folder.SUMMARY_FN):
+        with open(os.path.join(path, name), "w") as f:
+            json.dump({"overwrite": False}, f)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_run_folder_never_nests_in_another(tmp_path, overwrite):
+    """A run inside another run's folder (--output_root there) is refused, and so is a run
+    (or its --overwrite) whose folder holds one: the outer's --overwrite would delete it."""
+    outer = tmp_path / "exp" / "mae-pretrain"
+    finished_run(outer)
+    args = Namespace(overwrite=overwrite)
+    with pytest.raises(cli.UsageError, match="inside .*mae-pretrain, another run's folder"):
+        run_folder.RunFolder(str(outer / "nested" / "exp" / "stage"), args).status()
+    inner = tmp_path / "a" / "stage" / "x" / "exp" / "stage"
+    finished_run(inner)
+    with pytest.raises(cli.UsageError, match="holds another run's folder"):
+        run_folder.RunFolder(str(tmp_path / "a" / "stage"), args).status()
+    assert os.path.exists(inner / run_folder.SUMMARY_FN)

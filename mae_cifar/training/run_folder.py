@@ -72,6 +72,7 @@ class RunFolder:
         return self.decided
 
     def _status(self):
+        self._check_not_nested()
         if self.args.get("overwrite") or not self._has_run_files():
             return "new"
         saved = self._saved_args()  # a damaged args.json is refused, even alone
@@ -90,6 +91,18 @@ class RunFolder:
         if os.path.exists(self.file(SUMMARY_FN)):
             return "finished"
         return "unfinished" if os.path.exists(self.ckpt_path) else "new"
+
+    def _check_not_nested(self):
+        """A run folder is never inside another run's folder, nor holds one (--overwrite of
+        the outer run would delete the inner)."""
+        outer = run_folder_of(os.path.dirname(os.path.abspath(self.path)))
+        if outer is not None:
+            raise UsageError(f"{self.path} is inside {outer}, another run's folder; choose an "
+                             "--output_root outside run folders")
+        inner = inner_run_folder(self.path)
+        if inner is not None:
+            raise UsageError(f"{self.path} holds another run's folder, {inner}; move that "
+                             "run out first, or choose another --exp_name")
 
     def _has_run_files(self):
         """Anything besides the lock and killed writers' temporary files."""
@@ -285,19 +298,34 @@ def check_output_path(run, flag, key, names):
     run.folders.append(folder)
 
 
-def run_folder_of(folder, own):
+def run_folder_of(folder, own=None):
     """The nearest of folder and its parents (up to the run's own folder `own`, excluded)
     that holds run files (RUN_FILES), or None."""
-    own = os.path.abspath(own)
+    folder = os.path.abspath(folder)
+    own = own and os.path.abspath(own)
     while True:
         if folder == own:
             return None
-        if any(os.path.lexists(os.path.join(folder, n)) for n in RUN_FILES):
+        if holds_run_files(folder):
             return folder
         parent = os.path.dirname(folder)
         if parent == folder:
             return None
         folder = parent
+
+
+def holds_run_files(folder):
+    return any(os.path.lexists(os.path.join(folder, n)) for n in RUN_FILES)
+
+
+def inner_run_folder(path):
+    """The first folder below path (path excluded) that holds run files, or None."""
+    for top, dirs, _ in os.walk(path):
+        dirs.sort()
+        for d in dirs:
+            if holds_run_files(os.path.join(top, d)):
+                return os.path.join(top, d)
+    return None
 
 
 def upstream_hash(path):
