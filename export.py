@@ -18,8 +18,8 @@ layer (exact in eval mode, up to float rounding).
 
 Nothing is written unless the two files are right: the tensors must load strictly into the
 timm model the JSON describes, and be finite. The outputs may not be the run's own files
-(args.json, summary.json, ... are refused in any folder), the model file itself, or files an
-earlier export did not write.
+(args.json, summary.json, ... are refused in any folder), the model file itself, files an
+earlier export of this model did not write, or files in another run's folder.
 """
 import argparse
 import json
@@ -38,6 +38,7 @@ from model import ClassifierConfig, MAEConfig, config_from_dict
 NORM_KEYS = ("norm_mean", "norm_std")
 RESUME_KEY = "optimizer"  # only a resume checkpoint (checkpoint.pt) holds the training state
 OUTPUT_EXTS = (".safetensors", ".json")  # the weights, then the JSON that describes them
+SOURCE_HASH_KEY = "source_sha256"  # the JSON's record of the exported model file's bytes
 
 
 def get_args_parser():
@@ -123,7 +124,8 @@ def exported(ckpt, path):
                              f"{cfg.in_chans} channels")
     meta.update({"mean": ckpt["norm_mean"].tolist(), "std": ckpt["norm_std"].tolist(),
                  "architecture": weights.TIMM_ARCH, "model_args": args,
-                 "source": os.path.basename(path), "config": asdict(cfg)})
+                 "source": os.path.basename(path),
+                 SOURCE_HASH_KEY: fileio.file_sha256(path), "config": asdict(cfg)})
     return {k: v.contiguous() for k, v in state.items()}, meta
 
 
@@ -152,12 +154,17 @@ def output_paths(args):
     return out_dir, [os.path.join(out_dir, name + ext) for ext in OUTPUT_EXTS]
 
 
-def check_outputs(paths, model_path):
-    """Refuse, before anything is written, outputs that are the model file itself, named as
-    a run folder's own files (report.py would take them for a run's), or existing files that
-    no earlier export of this model wrote."""
+def check_outputs(out_dir, paths, model_path):
+    """Refuse, before anything is written, an --out_dir inside another run's folder, outputs
+    that are the model file itself, named as a run folder's own files (report.py would take
+    them for a run's), or existing files that no earlier export of this model wrote."""
+    model_dir = os.path.dirname(os.path.abspath(model_path))
+    owner = run_folder.run_folder_of(out_dir)
+    if owner is not None and owner != run_folder.run_folder_of(model_dir):
+        raise UsageError(f"--out_dir {out_dir} is in {owner}, another run's folder; choose a "
+                         "folder outside run folders")
     source = os.path.basename(model_path)
-    earlier = earlier_export(paths[-1], source)
+    earlier = earlier_export(paths[-1], model_path)
     for out in paths:
         name = os.path.basename(out)
         if os.path.exists(out) and os.path.samefile(out, model_path):
@@ -172,21 +179,28 @@ def check_outputs(paths, model_path):
                              "pass --out_dir to export elsewhere, or move that file")
 
 
-def earlier_export(json_path, source):
-    """Whether json_path is the JSON an earlier export of `source` wrote."""
+def earlier_export(json_path, model_path):
+    """Whether json_path is the JSON an earlier export of this model file wrote: beside the
+    model file, the export of its name (an earlier version of the file); elsewhere, of the
+    same bytes (another model of the same name is another model)."""
     try:
         with open(json_path, encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(meta, dict) and meta.get("source") == source and "model_args" in meta
+    if not (isinstance(meta, dict) and meta.get("source") == os.path.basename(model_path)
+            and "model_args" in meta):
+        return False
+    beside = os.path.samefile(os.path.dirname(json_path) or ".",
+                              os.path.dirname(model_path) or ".")
+    return beside or meta.get(SOURCE_HASH_KEY) == fileio.file_sha256(model_path)
 
 
 def main(args):
     ckpt = load_checkpoint(args.model_path)
     check_checkpoint(ckpt, args.model_path)
     out_dir, paths = output_paths(args)
-    check_outputs(paths, args.model_path)
+    check_outputs(out_dir, paths, args.model_path)
     state, meta = exported(ckpt, args.model_path)
     data = verified_bytes(state, meta, args.model_path)
     try:
