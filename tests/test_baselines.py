@@ -273,3 +273,32 @@ def test_random_run_records_its_architecture(tmp_path):
             "encoder_layer": 2, "encoder_head": 2, "pos_embed": "sincos", "pool": "cls",
             "block": -1}
         assert summary["feature_dim"] == 32 and summary["pretrained_sha256"] is None
+
+
+# ----------------------------------------------------------------------------- stop signals
+def test_sigint_during_the_sweep_stops_it_and_records_nothing(tmp_path, monkeypatch):
+    """Issue 35: a SIGINT while the probe trains stops baselines.py with exit 130 and no
+    summary.json, even where an earlier run in the process (a stage's Trainer) left its
+    handler behind; the handlers before the stage are restored after it."""
+    import os
+    import signal
+    def stale(signum, frame):  # what a Trainer left installed
+        pass
+    previous = signal.signal(signal.SIGINT, stale)
+    losses = probe.cell_losses
+
+    def interrupted(*a):
+        os.kill(os.getpid(), signal.SIGINT)
+        return losses(*a)
+    monkeypatch.setattr(probe, "cell_losses", interrupted)
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--total_epoch", "2", "--warmup_epoch", "0",
+        "--probe_lrs", "0.1", "--probe_weight_decays", "0", "--output_root", str(tmp_path)])
+    try:
+        with pytest.raises(SystemExit) as e:
+            baselines.main(args)
+        assert e.value.code == 130
+        assert signal.getsignal(signal.SIGINT) is stale
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not (tmp_path / "main_exp" / "pixels-lin" / "summary.json").exists()

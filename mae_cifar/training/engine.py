@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -107,6 +107,29 @@ class Interrupted(Exception):
     def __init__(self, signum):
         super().__init__(signum)
         self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def on_stop_signals(handler):
+    """handler(signum, frame) for SIGTERM and SIGINT inside the block; the handlers before
+    it are restored after (a handler left behind would swallow the signals of a later run in
+    the same process)."""
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+def raise_interrupted(signum, frame):
+    """A stop-signal handler for work with nothing to save yet: stop at once."""
+    raise Interrupted(signum)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -247,7 +270,9 @@ class Trainer:
         self.stop_signal = signum
 
     def install_signal_handlers(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
+        """Signals stop the run at the next step boundary (run_stage restores the handlers
+        when the stage ends)."""
+        for s in STOP_SIGNALS:
             signal.signal(s, self._on_signal)
 
     def _stop_requested(self, at_interval):
@@ -392,13 +417,18 @@ def _count_before(start, n, loader):
 
 
 def run_stage(main_fn, run):
-    """Run a stage; turn interrupts and non-finite losses into one line and an exit code."""
+    """Run a stage; turn interrupts and non-finite losses into one line and an exit code.
+    A stop signal before the Trainer takes over the handlers stops at once; the handlers
+    before the stage are restored after it."""
     try:
-        main_fn()
+        with on_stop_signals(raise_interrupted):
+            main_fn()
     except Interrupted as e:
         name = signal.Signals(e.signum).name
-        print(f"stopped by {name}: checkpoint saved to {run.ckpt_path}; run the same command "
-              "to resume", file=sys.stderr)
+        then = f"checkpoint saved to {run.ckpt_path}; run the same command to resume" \
+            if os.path.exists(run.ckpt_path) else \
+            "nothing to resume yet: run the same command again"
+        print(f"stopped by {name}: {then}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except NonFiniteLoss as e:
         last = f"the last good checkpoint is kept in {run.ckpt_path}" \
