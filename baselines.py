@@ -91,11 +91,11 @@ def get_args_parser():
     g.add_argument("--method", default="linear", choices=tuple(METHODS),
                    help="linear probe (logistic regression on standardised features) or "
                         "weighted kNN")
-    g.add_argument("--probe_lrs", type=cli.positive_float, nargs="+",
+    g.add_argument("--probe_lrs", type=cli.float32_positive, nargs="+",
                    default=list(probe.PROBE_LRS), help="linear: Adam peak learning rates swept")
-    g.add_argument("--probe_weight_decays", type=cli.finite_float, nargs="+",
+    g.add_argument("--probe_weight_decays", type=cli.float32_non_negative, nargs="+",
                    default=list(probe.PROBE_WEIGHT_DECAYS),
-                   help="linear: L2 weight decays swept (>= 0; biases are not decayed)")
+                   help="linear: L2 weight decays swept (biases are not decayed)")
     g.add_argument("--batch_size", type=cli.positive_int, default=128,
                    help="linear: training images per step")
     g.add_argument("--total_epoch", type=cli.positive_int, default=50,
@@ -150,8 +150,6 @@ def validate(args):
     if args.warmup_epoch > args.total_epoch:
         raise UsageError(f"--warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
                          f"{args.total_epoch}")
-    if any(wd < 0 for wd in args.probe_weight_decays):
-        raise UsageError(f"--probe_weight_decays must be >= 0, got {args.probe_weight_decays}")
     for flag in ("probe_lrs", "probe_weight_decays", "knn_ks", "knn_ts"):
         values = getattr(args, flag)
         if len(set(values)) < len(values):

@@ -239,6 +239,30 @@ def finite_float(s):
 
 finite_float.__name__ = "finite number"
 
+# The largest float32: a learning rate or weight decay beyond it overflows the optimizer's
+# float32 arithmetic ("value cannot be converted to type float without overflow").
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def float32_positive(s):
+    v = positive_float(s)
+    if v > FLOAT32_MAX:
+        raise ValueError
+    return v
+
+
+float32_positive.__name__ = f"positive number up to {FLOAT32_MAX:.4g}"
+
+
+def float32_non_negative(s):
+    v = finite_float(s)
+    if not 0 <= v <= FLOAT32_MAX:
+        raise ValueError
+    return v
+
+
+float32_non_negative.__name__ = f"number in [0, {FLOAT32_MAX:.4g}]"
+
 SEED_LIMIT = 2 ** 32  # seeds are in [0, 2**32), as NumPy takes them
 
 

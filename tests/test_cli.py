@@ -291,3 +291,36 @@ def test_classifier_and_baseline_configs_replay_bit_exact(tmp_path):
         numbers("Y", "pretrain-cls", ("final_test_acc", "best_val_acc"))
     assert numbers("X", stage, ("final_test_acc", "grid")) == \
         numbers("Y", stage, ("final_test_acc", "grid"))
+
+
+# --------------------------------------------------------------------------- overflowing numbers
+@pytest.mark.parametrize("module,argv", [
+    (bench, ["--seed", str(2 ** 70)]),
+    (visualize_pred, ["--seed", str(2 ** 70)]),
+    (mae_pretrain, ["--weight_decay", "1e300"]),
+    (train_classifier, ["--weight_decay", "1e39"]),
+])
+def test_numbers_beyond_their_range_are_flag_errors(module, argv, capsys):
+    """Issue 35: a seed beyond 64 bits, or a weight decay beyond float32, was a traceback
+    (an overflow deep in NumPy or the optimizer); now argparse names the flag (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        module.get_args_parser().parse_args(argv)
+    assert e.value.code == 2 and f"argument {argv[0]}" in capsys.readouterr().err
+
+
+def test_probe_grid_values_beyond_float32_are_flag_errors(capsys):
+    import baselines
+    for argv in (["--probe_lrs", "1e300"], ["--probe_weight_decays", "1e300"]):
+        with pytest.raises(SystemExit) as e:
+            baselines.get_args_parser().parse_args(argv)
+        assert e.value.code == 2 and f"argument {argv[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [mae_pretrain, train_classifier])
+def test_learning_rate_beyond_float32_is_one_error_before_the_disk(module, tmp_path):
+    """--base_learning_rate 1e38 is a float, but x batch / 256 overflows float32's range."""
+    args = module.get_args_parser().parse_args(
+        ["--base_learning_rate", "1e38", "--batch_size", "4096", "--output_root", str(tmp_path)])
+    with pytest.raises(UsageError, match="beyond float32's largest number"):
+        module.main(args)
+    assert list(tmp_path.iterdir()) == []
