@@ -91,11 +91,11 @@ def get_args_parser():
     g.add_argument("--method", default="linear", choices=tuple(METHODS),
                    help="linear probe (logistic regression on standardised features) or "
                         "weighted kNN")
-    g.add_argument("--probe_lrs", type=cli.float32_positive, nargs="+",
+    g.add_argument("--probe_lrs", type=cli.positive_float, nargs="+",
                    default=list(probe.PROBE_LRS), help="linear: Adam peak learning rates swept")
-    g.add_argument("--probe_weight_decays", type=cli.float32_non_negative, nargs="+",
+    g.add_argument("--probe_weight_decays", type=cli.finite_float, nargs="+",
                    default=list(probe.PROBE_WEIGHT_DECAYS),
-                   help="linear: L2 weight decays swept (biases are not decayed)")
+                   help="linear: L2 weight decays swept (>= 0; biases are not decayed)")
     g.add_argument("--batch_size", type=cli.positive_int, default=128,
                    help="linear: training images per step")
     g.add_argument("--total_epoch", type=cli.positive_int, default=50,
@@ -150,6 +150,13 @@ def validate(args):
     if args.warmup_epoch > args.total_epoch:
         raise UsageError(f"--warmup_epoch {args.warmup_epoch} exceeds --total_epoch "
                          f"{args.total_epoch}")
+    if any(wd < 0 for wd in args.probe_weight_decays):
+        raise UsageError(f"--probe_weight_decays must be >= 0, got {args.probe_weight_decays}")
+    flags.check_float32("probe_weight_decays", args.probe_weight_decays)
+    limit = flags.lr_limit(probe.PROBE_BETAS[0])
+    if max(args.probe_lrs) > limit:
+        raise UsageError(f"--probe_lrs {max(args.probe_lrs):g} is beyond {limit:.4g}, the "
+                         "largest lr whose Adam steps float32 can hold; give lower --probe_lrs")
     for flag in ("probe_lrs", "probe_weight_decays", "knn_ks", "knn_ts"):
         values = getattr(args, flag)
         if len(set(values)) < len(values):
@@ -329,7 +336,10 @@ def sweep(args, model, data, run, device):
     feats, _ = transform(extract(args, model, data, device), args.pca_dim)
     feature_seconds = time.perf_counter() - started
     method = probe.run_linear if args.method == "linear" else probe.run_knn
-    summary, metrics = method(args, feats, data.num_classes)
+    try:
+        summary, metrics = method(args, feats, data.num_classes)
+    except probe.Diverged as e:
+        raise engine.NonFiniteLoss(str(e), "Try lower --probe_lrs") from None
     wall = time.perf_counter() - started - feature_seconds
     log = engine.MetricsLog(run, "metrics.csv",
                             probe.LIN_FIELDS if args.method == "linear" else probe.KNN_FIELDS, 0)
@@ -340,6 +350,10 @@ def sweep(args, model, data, run, device):
     edges = grid_edges(args, summary["chosen"])
     for flag in edges:
         print(f"note: the chosen value is at an end of --{flag}; a wider grid may do better")
+    diverged = [(r["lr"], r["weight_decay"]) for r in summary["grid"] if r.get("diverged")]
+    if diverged:
+        print(f"note: the training loss went non-finite in the (lr, weight decay) cells "
+              f"{diverged}; they are recorded as diverged and never chosen")
     summary |= {
         "finished": True, "mode": stage_name(args), "selection_split": "val",
         "final_test_acc": test_acc, "test_acc_at_best": test_acc,

@@ -244,25 +244,6 @@ finite_float.__name__ = "finite number"
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def float32_positive(s):
-    v = positive_float(s)
-    if v > FLOAT32_MAX:
-        raise ValueError
-    return v
-
-
-float32_positive.__name__ = f"positive number up to {FLOAT32_MAX:.4g}"
-
-
-def float32_non_negative(s):
-    v = finite_float(s)
-    if not 0 <= v <= FLOAT32_MAX:
-        raise ValueError
-    return v
-
-
-float32_non_negative.__name__ = f"number in [0, {FLOAT32_MAX:.4g}]"
-
 SEED_LIMIT = 2 ** 32  # seeds are in [0, 2**32), as NumPy takes them
 
 

@@ -302,3 +302,32 @@ def test_sigint_during_the_sweep_stops_it_and_records_nothing(tmp_path, monkeypa
     finally:
         signal.signal(signal.SIGINT, previous)
     assert not (tmp_path / "main_exp" / "pixels-lin" / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- diverged probes
+HUGE_LR = 3e37  # Adam's first step moves every weight by ~10 lr: the logits overflow
+
+
+def test_diverged_cells_are_recorded_and_never_chosen():
+    feats = split_feats()
+    rows, _, _ = probe.probe_grid(feats["train"], feats["val"], N_CLASSES, [1e-1, HUGE_LR],
+                                  [0.0], 4, 0, 16, 0)
+    assert [r["diverged"] for r in rows] == [False, True]
+    assert probe.choose(rows) == 0
+    with pytest.raises(probe.Diverged):
+        probe.choose(rows[1:])
+
+
+def test_probe_whose_loss_went_non_finite_exits_3_and_records_nothing(tmp_path, capsys):
+    """Issue 35: as train_classifier.py does, exit 3 and one error line, no summary.json."""
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--total_epoch", "2", "--warmup_epoch", "0",
+        "--probe_lrs", str(HUGE_LR), "--probe_weight_decays", "0", "--output_root",
+        str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        baselines.main(args)
+    assert e.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the linear probe's training loss")
+    assert "--probe_lrs" in err[0]
+    assert not (tmp_path / "main_exp" / "pixels-lin" / "summary.json").exists()

@@ -99,8 +99,15 @@ def configure_backends(device):
         torch.backends.cudnn.allow_tf32 = True
 
 
+LOWER_LR = "Try a lower --base_learning_rate or --amp off"
+
+
 class NonFiniteLoss(Exception):
-    pass
+    """A loss that is not finite; remedy: the sentence that ends the error line."""
+
+    def __init__(self, message, remedy=LOWER_LR):
+        super().__init__(message)
+        self.remedy = remedy
 
 
 class Interrupted(Exception):
@@ -433,8 +440,7 @@ def run_stage(main_fn, run):
     except NonFiniteLoss as e:
         last = f"the last good checkpoint is kept in {run.ckpt_path}" \
             if os.path.exists(run.ckpt_path) else "no checkpoint had been written"
-        print(f"error: {e}; {last}. Try a lower --base_learning_rate or --amp off",
-              file=sys.stderr)
+        print(f"error: {e}; {last}. {e.remedy}", file=sys.stderr)
         sys.exit(3)
     finally:
         run.release()
