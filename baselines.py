@@ -228,10 +228,7 @@ def build_encoder(args, num_classes):
     not fit its configuration or are not finite (weights.check_tensors)."""
     path = args.pretrained_model_path
     mae_cfg, state = weights.load_pretrained(path, args.encoder_head)
-    in_chans, size = image_shape(args.dataset, args.image_size)
-    if (mae_cfg.in_chans, mae_cfg.image_size) != (in_chans, size):
-        raise UsageError(f"{path} encodes {mae_cfg.in_chans}x{mae_cfg.image_size}px images; "
-                         f"{args.dataset} gives {in_chans}x{size}px (--image_size)")
+    classifier.check_encoder_flags(args, mae_cfg)
     try:
         cfg = ClassifierConfig(**{k: getattr(mae_cfg, k) for k in ENCODER_FIELDS},
                                num_classes=num_classes, pool=args.pool)

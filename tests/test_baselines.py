@@ -331,3 +331,15 @@ def test_probe_whose_loss_went_non_finite_exits_3_and_records_nothing(tmp_path, 
     assert len(err) == 1 and err[0].startswith("error: the linear probe's training loss")
     assert "--probe_lrs" in err[0]
     assert not (tmp_path / "main_exp" / "pixels-lin" / "summary.json").exists()
+
+
+def test_architecture_flag_the_encoder_does_not_have_is_refused(tmp_path):
+    """Issue 35: --encoder_head 4 with an MAE of 2 heads was recorded in args.json while the
+    encoder used 2; refused as train_classifier.py refuses it, before anything is written."""
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--pretrained_model_path",
+        str(mae_file(tmp_path / "m.pt")), "--encoder_head", "4", "--output_root",
+        str(tmp_path / "out")])
+    with pytest.raises(UsageError, match=r"--encoder_head 4 \(the checkpoint has 2\)"):
+        baselines.main(args)
+    assert not (tmp_path / "out" / "main_exp" / "mae-lin" / "summary.json").exists()
