@@ -392,7 +392,7 @@ def main(args):
     dist, run, status = engine.start_stage(args, stage_name(args), get_args_parser())
     if status == "finished":
         return
-    data = engine.load_stage_data(args, dist, args.val_split)
+    data = engine.load_stage_data(args, dist, run, args.val_split)
     seed_everything(args.seed)
     model = build(args, data, dist.device)
     run.open(fresh=True)  # a sweep takes seconds: an unfinished one starts again

@@ -126,7 +126,7 @@ def main(args):
         return
     if dist.is_main:
         print(recipes.describe("pretrain", args.recipe, recipe))
-    data = engine.load_stage_data(args, dist, args.val_split)
+    data = engine.load_stage_data(args, dist, run, args.val_split)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks
     engine.configure_backends(dist.device)
     model = MAE_ViT.from_config(cfg).to(dist.device)

@@ -81,7 +81,7 @@ def main(args):
     if dist.is_main:
         print(recipes.describe("linprobe" if args.linear_probe else "finetune", args.recipe,
                                recipe))
-    data = engine.load_stage_data(args, dist, args.val_split)
+    data = engine.load_stage_data(args, dist, run, args.val_split)
     seed_everything(args.seed)  # same random encoder on every rank and in every run
     model = build_model(args, data.num_classes, dist.device)
     seed_everything(args.seed + dist.rank)

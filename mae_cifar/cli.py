@@ -25,7 +25,9 @@ ACTION_KEYS = ("config", "overwrite")
 # args.json key of a classifier's upstream: the sha256 of --pretrained_model_path's bytes
 # (None from scratch). A run records it beside its flags and computes it again on replay.
 UPSTREAM_KEY = "pretrained_sha256"
-RECORDED_KEYS = (UPSTREAM_KEY,)
+# args.json key of the data a run trained on (datasets.data_sha256): resumed only on the same
+DATA_KEY = "data_sha256"
+RECORDED_KEYS = (UPSTREAM_KEY, DATA_KEY)
 
 
 def add_config_arg(parser):

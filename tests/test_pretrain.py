@@ -1,6 +1,7 @@
 """mae_pretrain.py as a user runs it: outputs, resume after SIGTERM, reruns, and learning."""
 import csv
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -199,7 +200,8 @@ def load_as_stage(script, flags):
     """The dataset the stage script loads with these flags (engine.load_stage_data)."""
     args = script.get_args_parser().parse_args(flags)
     cpu = SimpleNamespace(device=torch.device("cpu"), is_main=False)
-    return engine.load_stage_data(args, cpu, args.val_split)
+    never_run = run_folder.RunFolder(os.devnull, args)  # no run: nothing to compare with
+    return engine.load_stage_data(args, cpu, never_run, args.val_split)
 
 
 def test_without_val_split_pretraining_is_as_before_and_evaluates_on_test(runs):

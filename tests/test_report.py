@@ -408,7 +408,8 @@ def set_args(folder, **changes):
 @pytest.mark.parametrize("key, values", [("augment", ("flip", "none")),
                                          ("max_train_images", (5000, 500)),
                                          ("pool", ("cls", "mean")), ("mixup", (0.0, 0.8)),
-                                         ("image_size", (None, 16))])
+                                         ("image_size", (None, 16)),
+                                         ("data_sha256", ("a" * 64, "b" * 64))])
 def test_seeds_whose_settings_differ_are_not_averaged(tmp_path, key, values):
     for seed, (acc, value) in enumerate(zip((0.9, 0.125), values, strict=True), start=1):
         set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", acc, seed=seed),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mae_cifar import distributed
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from mae_cifar.cli import UsageError
+from mae_cifar.cli import DATA_KEY, UsageError
 from mae_cifar.data.datasets import load_dataset
 from mae_cifar.fileio import CSVLogger
 from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
@@ -61,10 +61,14 @@ def print_args(args):
         print(f"  {k}: {v}")
 
 
-def load_stage_data(args, dist, val_split=0):
-    """The stage's dataset on its device; rank 0 prints the arguments and what was loaded."""
+def load_stage_data(args, dist, run, val_split=0):
+    """The stage's dataset on its device, refused if the run folder's unfinished run trained
+    on other data (recorded in args.json and args.data_sha256 otherwise); rank 0 prints the
+    arguments and what was loaded."""
     data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
                         args.max_eval_images, val_split, device=dist.device)
+    run.check_data(data.sha256)
+    setattr(args, DATA_KEY, data.sha256)  # the model files' copy of the flags records it
     if dist.is_main:
         print_args(args)
         print(f"loaded {data.describe()}")

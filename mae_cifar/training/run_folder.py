@@ -8,7 +8,7 @@ import shutil
 
 from mae_cifar import distributed
 from mae_cifar.checkpoint import check_model_file, load_checkpoint
-from mae_cifar.cli import UPSTREAM_KEY, UsageError, os_error_hint
+from mae_cifar.cli import DATA_KEY, RECORDED_KEYS, UPSTREAM_KEY, UsageError, os_error_hint
 from mae_cifar.fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
 
 CHECKPOINT_FN = "checkpoint.pt"
@@ -81,7 +81,7 @@ class RunFolder:
         missing = object()
         diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
                 for k in sorted(set(saved) | set(self.args))
-                if k not in NON_RESULT_ARGS and k != UPSTREAM_KEY
+                if k not in NON_RESULT_ARGS and k not in RECORDED_KEYS
                 and saved.get(k, self.defaults.get(k, missing)) != self.args.get(k)]
         if diff:
             raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
@@ -162,6 +162,18 @@ class RunFolder:
                 f"{str(was)[:HASH_SHOWN]}, but --pretrained_model_path now holds "
                 f"{str(now)[:HASH_SHOWN]}; start again with --overwrite (or another "
                 "--exp_name)")
+
+    def check_data(self, sha256):
+        """A run continues only on the data it started on (DATA_KEY in its args.json; a run
+        folder of an older version has none); records sha256 for args.json."""
+        if self.decided == "unfinished":
+            was = self._saved_args().get(DATA_KEY)
+            if was is not None and was != sha256:
+                raise UsageError(
+                    f"{self.path} was trained on other data (sha256 {str(was)[:HASH_SHOWN]}), "
+                    f"but --dataset and --data_dir now give {sha256[:HASH_SHOWN]}; restore "
+                    "that data, or start again with --overwrite (or another --exp_name)")
+        self.args[DATA_KEY] = sha256
 
     def open(self, fresh):
         """Create the folder, take the lock, re-check the status under it, empty the folder
