@@ -42,7 +42,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n "${SMOKE:-}" ]]; then  # tiny sizes on generated images: every part in a few minutes
+# setting_error NAME ACCEPTS: the one error line of a setting the driver refuses (exit 2)
+setting_error() {
+    echo "error: $1 must be $2, got '${!1}'" >&2
+    exit 2
+}
+SMOKE=${SMOKE:-}
+[[ -z $SMOKE || $SMOKE == 0 || $SMOKE == 1 ]] ||
+    setting_error SMOKE "1 (smoke mode), 0 or empty (the study)"
+if [[ $SMOKE == 1 ]]; then  # tiny sizes on generated images: every part in a few minutes
     DATASET=${DATASET:-fake}
     OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v2_smoke}
     RESULTS=${RESULTS:-outputs/study_v2_smoke_results}
@@ -400,14 +408,17 @@ part_report() {
 
 
 PARTS="pilot head scratch pixels abl_depth abl_width abl_mask"
-case " $PARTS report all " in
-    *" $PART "*) ;;
-    *) echo "error: PART must be one of $PARTS, report, all or empty, got '$PART'" >&2; exit 2 ;;
-esac
-if ! [[ $JOBS =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: JOBS must be a positive whole number, got '$JOBS'" >&2
-    exit 2
-fi
+JOBS_MAX=64  # arms at once; more digits would wrap bash's arithmetic (the driver hung)
+# every setting is checked before anything runs: one word of PARTS, whole numbers
+known=0
+for part in $PARTS report all; do
+    [[ $PART == "$part" ]] && known=1
+done
+(( known )) || setting_error PART "one of $PARTS, report, all or empty"
+[[ $SEEDS =~ ^[[:space:]]*[0-9]{1,9}([[:space:]]+[0-9]{1,9})*[[:space:]]*$ ]] ||
+    setting_error SEEDS "whole numbers separated by spaces (e.g. \"1 2 3\")"
+[[ $JOBS =~ ^[1-9][0-9]?$ ]] && (( JOBS <= JOBS_MAX )) ||
+    setting_error JOBS "a whole number from 1 to $JOBS_MAX"
 case $PART in
     report) part_report ;;
     all)
