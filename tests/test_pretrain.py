@@ -82,6 +82,25 @@ def test_a_run_writes_every_output(runs):
     assert not list(folder.rglob(".tmp-*")) and not (folder / ".lock").exists()
 
 
+def scalar_events(folder):
+    """[(tag, step)] of every scalar in the run's TensorBoard event files, and their count."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    files = sorted((folder / "tensorboard").glob("events.out.tfevents.*"))
+    events = [(v.tag, e.step) for f in files for e in EventFileLoader(str(f)).Load()
+              for v in e.summary.value]
+    return events, len(files)
+
+
+@pytest.mark.parametrize("name", ["B", "C"])
+def test_a_resumed_run_holds_each_epoch_once_in_tensorboard(runs, name):
+    """Issue 35: after a stop and a rerun, TensorBoard held both attempts' event files (each
+    epoch twice); the events are now written again, once, from metrics.csv's rows."""
+    events, files = scalar_events(runs["folders"][name])
+    assert files == 1
+    assert sorted(events) == sorted(set(events))
+    assert {step for tag, step in events if tag == "train_loss"} == {0, 1}
+
+
 def test_the_model_file_loads_safely_and_rebuilds_the_model(runs):
     ckpt = torch.load(runs["folders"]["A"] / MODEL_FN, weights_only=True)
     assert ckpt["kind"] == "mae" and ckpt["epoch"] == 2

@@ -5,6 +5,7 @@ The loop keeps the GPU busy: losses are summed on the device and read once per l
 the learning rate follows a per-step warmup + cosine (or constant) schedule; checkpoints hold
 everything a resume needs (model, optimizer, scaler, RNG states, position in the epoch).
 """
+import glob
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from utils import get_rng_state, set_rng_state
 LR_REFERENCE_BATCH = 256  # lr = base_lr * batch_size / 256 (linear scaling rule)
 LR_SCHEDULES = ("cosine", "constant")  # after the linear warmup: cosine to min_lr, or the peak
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
+TB_EVENTS = "events.out.tfevents.*"  # TensorBoard's event files
 RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
 
@@ -453,19 +455,33 @@ def run_stage(main_fn, run):
 
 # --------------------------------------------------------------------------- logging
 class MetricsLog:
-    """metrics.csv (one row per epoch, rewritten atomically) plus TensorBoard scalars."""
+    """metrics.csv (one row per epoch, rewritten atomically) plus TensorBoard scalars.
+
+    The TensorBoard events are written again from the rows metrics.csv keeps, in one new
+    event file: an earlier attempt's files (a killed run's, or one resumed from an earlier
+    epoch) would show its epochs twice."""
 
     def __init__(self, run, csv_fn, fieldnames, start_epoch):
         from torch.utils.tensorboard import SummaryWriter
 
         self.csv = CSVLogger(run.file(csv_fn), fieldnames, start_epoch)
-        self.tb = SummaryWriter(run.file(TENSORBOARD_DIR), purge_step=start_epoch or None)
+        folder = run.file(TENSORBOARD_DIR)
+        for path in glob.glob(os.path.join(glob.escape(folder), TB_EVENTS)):
+            os.remove(path)
+        self.tb = SummaryWriter(folder)
+        for row in self.csv.rows:  # the kept epochs, as numbers (blank cells: none)
+            self._add_scalars({k: float(v) if v else None for k, v in row.items()},
+                              int(row["epoch"]))
+        self.tb.flush()
+
+    def _add_scalars(self, row, epoch):
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)) and v is not None:
+                self.tb.add_scalar(k, v, epoch)
 
     def log(self, row):
         self.csv.log(row)
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)) and v is not None:
-                self.tb.add_scalar(k, v, row["epoch"])
+        self._add_scalars(row, row["epoch"])
         self.tb.flush()
 
     def close(self):
