@@ -168,10 +168,12 @@ class Stage:
         patience = self.args.early_stop_patience
         return patience > 0 and epoch - self.best["epoch"] >= patience
 
-    def stop_reason(self, stopped_epoch):
+    def stop_reason(self, stopped_epoch, first=0):
+        """Why the run stopped, epochs counted from `first`: 0 in summary.json (as
+        best_epoch), 1 on the console (as "stopped after epoch N/T")."""
         if self.patience_ran_out(stopped_epoch):
             return (f"patience: no val_acc improvement for {self.args.early_stop_patience} "
-                    f"epochs after epoch {self.best['epoch']}")
+                    f"epochs after epoch {self.best['epoch'] + first}")
         return "reached total_epoch"
 
     def model_path(self):
@@ -203,7 +205,7 @@ class Stage:
         split = "held-out validation split" if s["selection_split"] == "val" else \
             "TEST split (no --val_split; optimistic)"
         print(f"stopped after epoch {s['stopped_epoch'] + 1}/{self.args.total_epoch} "
-              f"({s['stop_reason']})")
+              f"({self.stop_reason(s['stopped_epoch'], first=1)})")
         print(f"final test accuracy (last epoch {s['epochs']}): {s['final_test_acc']:.4f}")
         print(f"best accuracy on the {split}: {s['best_val_acc']:.4f} at epoch "
               f"{s['best_epoch'] + 1} (test accuracy then: {s['test_acc_at_best']:.4f})")
