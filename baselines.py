@@ -360,6 +360,7 @@ def sweep(args, model, data, run, device):
         "chosen_on_grid_edge": edges, "feature_dim": feats["train"][0].shape[1],
         "architecture": architecture(model),
         "train_images": len(data.train), "val_images": len(data.val),
+        "val_images_in_pretraining": data.val_in_pretraining,
         "images": images_used(args, data), run_folder.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
     fileio.write_json(run.file(run_folder.SUMMARY_FN), summary)

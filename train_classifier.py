@@ -195,6 +195,7 @@ class Stage:
             "best_val_acc": self.best["val_acc"], "best_epoch": self.best["epoch"],
             "test_acc_at_best": self.best["test_acc"],
             "selection_split": "val" if self.args.val_split else "test",
+            "val_images_in_pretraining": self.data.val_in_pretraining,
             run_folder.UPSTREAM_KEY: self.args.pretrained_sha256,
             "wall_seconds": sum(float(r["epoch_seconds"]) for r in rows),
             "feature_seconds": self.feature_seconds}
@@ -202,8 +203,10 @@ class Stage:
 
     def report(self):
         s = self.summary
-        split = "held-out validation split" if s["selection_split"] == "val" else \
-            "TEST split (no --val_split; optimistic)"
+        seen = s["val_images_in_pretraining"]
+        split = "TEST split (no --val_split; optimistic)" if s["selection_split"] != "val" \
+            else f"validation split ({seen} of its images seen in pretraining)" if seen \
+            else "held-out validation split"
         print(f"stopped after epoch {s['stopped_epoch'] + 1}/{self.args.total_epoch} "
               f"({self.stop_reason(s['stopped_epoch'], first=1)})")
         print(f"final test accuracy (last epoch {s['epochs']}): {s['final_test_acc']:.4f}")

@@ -343,3 +343,31 @@ def test_architecture_flag_the_encoder_does_not_have_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"--encoder_head 4 \(the checkpoint has 2\)"):
         baselines.main(args)
     assert not (tmp_path / "out" / "main_exp" / "mae-lin" / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- overlap
+def mae_file_of_run(path, val_split):
+    """A model file as mae_pretrain.py writes it, recording the flags (those that say which
+    images it trained on) of a run on every fake training image but --val_split val_split."""
+    torch.manual_seed(0)
+    args = {"dataset": "fake", "val_split": val_split, "max_train_images": None}
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "config": asdict(TINY),
+                     "model": MAE_ViT.from_config(TINY).state_dict(), "args": args}, path)
+    return path
+
+
+@pytest.mark.parametrize("mae_val_split,seen", [(0, 16), (16, 0)])
+def test_validation_images_the_mae_was_pretrained_on_are_recorded(tmp_path, capsys,
+                                                                   mae_val_split, seen):
+    """Issue 35: an MAE pretrained without the classifier's --val_split saw its validation
+    images (the choices then favour it); the count is said and recorded in summary.json."""
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--pretrained_model_path",
+        str(mae_file_of_run(tmp_path / "m.pt", mae_val_split)), "--method", "knn",
+        "--output_root", str(tmp_path)])
+    baselines.main(args)
+    summary = json.loads((tmp_path / "main_exp" / "mae-knn" / "summary.json").read_text())
+    assert summary["val_images_in_pretraining"] == seen
+    out = capsys.readouterr().out
+    assert (f"warning: {seen} of the 16 validation images were in the MAE's pretraining "
+            "images" in out) == bool(seen)

@@ -71,6 +71,9 @@ class Dataset:
     mean: torch.Tensor  # (C,) per-channel mean of the train split in [0, 1]
     std: torch.Tensor  # (C,)
     sha256: str = ""  # data_sha256() of the dataset as read, before any split or resize
+    train_total: int = 0  # images in the dataset's training split, before any carve
+    # how many val images the stage's pretrained MAE was trained on (None: unknown)
+    val_in_pretraining: int | None = None
 
     @property
     def in_chans(self):
@@ -104,6 +107,7 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
     sha256 = data_sha256(train, test, classes)
     if image_size is not None:
         train, test = _resize(train, image_size), _resize(test, image_size)
+    train_total = len(train)
     train = Split(train.images, train.labels, torch.arange(len(train)))
     test = Split(test.images, test.labels, torch.arange(len(test)))
     mean, std = channel_stats(train.images)  # of the whole training split, as before
@@ -113,7 +117,7 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
         val = train.take(val_idx).head(max_eval).to(device)
         train = train.take(train_idx)
     return Dataset(name, source, train.head(max_train).to(device),
-                   test.head(max_eval).to(device), val, classes, mean, std, sha256)
+                   test.head(max_eval).to(device), val, classes, mean, std, sha256, train_total)
 
 
 def data_sha256(train, test, classes):
@@ -136,6 +140,13 @@ def carve(n, val_split):
         raise UsageError(f"--val_split {val_split} must be between 1 and {n - 1}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return perm[val_split:], perm[:val_split]
+
+
+def training_positions(n, val_split, max_train):
+    """The positions in a training split of n images that a run with --val_split and
+    --max_train_images trained on (load_dataset's carving)."""
+    positions = carve(n, val_split)[0] if val_split else torch.arange(n)
+    return positions[:max_train]
 
 
 def image_record(split, source, n=None):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mae_cifar import distributed
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from mae_cifar.cli import DATA_KEY, UsageError
-from mae_cifar.data.datasets import load_dataset
+from mae_cifar.data.datasets import load_dataset, training_positions
 from mae_cifar.fileio import CSVLogger
 from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
 from mae_cifar.training.recipes import LARS_MOMENTUM, Optimization
@@ -71,14 +71,45 @@ def load_stage_data(args, dist, run, val_split=0):
                         args.max_eval_images, val_split, device=dist.device)
     run.check_data(data.sha256)
     setattr(args, DATA_KEY, data.sha256)  # the model files' copy of the flags records it
+    data.val_in_pretraining = val_images_in_pretraining(
+        getattr(args, "pretrained_model_path", None), args.dataset, data)
     if dist.is_main:
         print_args(args)
         print(f"loaded {data.describe()}")
+        if data.val_in_pretraining:
+            print(f"warning: {data.val_in_pretraining} of the {len(data.val)} validation images "
+                  "were in the MAE's pretraining images (it was pretrained with another "
+                  "--val_split, or none): choices made on them favour the encoder; pretrain "
+                  "with the same --val_split (recorded as val_images_in_pretraining)")
         if args.batch_size > len(data.train):
             print(f"warning: --batch_size {args.batch_size} exceeds the {len(data.train)} "
                   "training images: each step sees the whole split, and the lr (scaled by the "
                   "batch size) is far from the recipe's")
     return data
+
+
+def val_images_in_pretraining(path, dataset, data):
+    """How many of data.val's images the MAE of model file `path` was pretrained on (from
+    the flags its file records: --val_split, --max_train_images), or None where that cannot
+    be told: no validation split, no model file, a foreign file or other data."""
+    if path is None or data.val is None:
+        return None
+    try:
+        ckpt = load_checkpoint(path, kind="mae")
+    except UsageError:  # a timm or official MAE file: its images are not recorded
+        return None
+    mae = ckpt.get("args")
+    if not isinstance(mae, dict) or mae.get("dataset") != dataset or \
+            mae.get(DATA_KEY, data.sha256) != data.sha256:
+        return None
+    val_split, max_train = mae.get("val_split") or 0, mae.get("max_train_images")
+    if not isinstance(val_split, int) or not isinstance(max_train, (int, type(None))):
+        return None
+    try:
+        seen = training_positions(data.train_total, val_split, max_train)
+    except UsageError:  # a --val_split this dataset cannot hold: other data
+        return None
+    return int(torch.isin(data.val.index, seen).sum())
 
 
 # --------------------------------------------------------------------------- runtime
