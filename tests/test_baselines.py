@@ -276,7 +276,7 @@ def test_random_run_records_its_architecture(tmp_path):
 
 
 # ----------------------------------------------------------------------------- stop signals
-def test_sigint_during_the_sweep_stops_it_and_records_nothing(tmp_path, monkeypatch):
+def test_sigint_during_the_sweep_stops_it_and_records_nothing(tmp_path, monkeypatch, capsys):
     """Issue 35: a SIGINT while the probe trains stops baselines.py with exit 130 and no
     summary.json, even where an earlier run in the process (a stage's Trainer) left its
     handler behind; the handlers before the stage are restored after it."""
@@ -299,6 +299,8 @@ def test_sigint_during_the_sweep_stops_it_and_records_nothing(tmp_path, monkeypa
             baselines.main(args)
         assert e.value.code == 130
         assert signal.getsignal(signal.SIGINT) is stale
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "stopped by SIGINT: nothing saved by this attempt: run the same command again"]
     finally:
         signal.signal(signal.SIGINT, previous)
     assert not (tmp_path / "main_exp" / "pixels-lin" / "summary.json").exists()

@@ -148,9 +148,11 @@ class NonFiniteLoss(Exception):
 
 
 class Interrupted(Exception):
-    def __init__(self, signum):
+    """A stop signal; saved: whether a checkpoint was written for it (the Trainer's)."""
+
+    def __init__(self, signum, saved=True):
         super().__init__(signum)
-        self.signum = signum
+        self.signum, self.saved = signum, saved
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -173,7 +175,7 @@ def on_stop_signals(handler):
 
 def raise_interrupted(signum, frame):
     """A stop-signal handler for work with nothing to save yet: stop at once."""
-    raise Interrupted(signum)
+    raise Interrupted(signum, saved=False)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -470,8 +472,7 @@ def run_stage(main_fn, run):
     except Interrupted as e:
         name = signal.Signals(e.signum).name
         then = f"checkpoint saved to {run.ckpt_path}; run the same command to resume" \
-            if os.path.exists(run.ckpt_path) else \
-            "nothing to resume yet: run the same command again"
+            if e.saved else "nothing saved by this attempt: run the same command again"
         print(f"stopped by {name}: {then}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except NonFiniteLoss as e:
