@@ -233,6 +233,9 @@ def test_one_seed_and_report(dry_run):
     ({"PART": "head", "SEEDS": " "}, "SEEDS"),  # ran nothing, said the results held the runs
     ({"PART": "head", "SMOKE": "yes"}, "SMOKE"),
     ({"PART": "head", "JOBS": "99999999999999999999"}, "JOBS"),  # wrapped negative: a hang
+    ({"PART": "head", "HEAD_EPOCHS": "abc"}, "HEAD_EPOCHS"),  # before the arithmetic on it
+    ({"PART": "head", "ABL_DEPTHS": "1 x"}, "ABL_DEPTHS"),
+    ({"PART": "head", "MAIN_NORM_PIX": "2"}, "MAIN_NORM_PIX"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(env, name):
     proc = subprocess.run(["bash", "commands/study.sh"], cwd=REPO, capture_output=True,
