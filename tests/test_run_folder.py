@@ -395,3 +395,13 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path):
     assert resumed.returncode == 2 and len(lines) == 1, resumed.stderr[-2000:]
     assert f"was trained on other data (sha256 {recorded[:12]})" in lines[0]
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_a_fifo_named_metrics_csv_is_never_opened(tmp_path):
+    """Issue 35: opening a FIFO waits for a writer for ever; a resume refuses it in one
+    line, the report reads it as no rows."""
+    from mae_cifar.fileio import read_metrics
+    os.mkfifo(tmp_path / "metrics.csv")
+    with pytest.raises(cli.UsageError, match="is not a regular file"):
+        read_metrics(str(tmp_path / "metrics.csv"))
+    assert read_metrics(str(tmp_path / "metrics.csv"), skip_damaged=True) == []
