@@ -153,6 +153,11 @@ def validate(args):
                          f"{args.total_epoch}")
     if any(wd < 0 for wd in args.probe_weight_decays):
         raise UsageError(f"--probe_weight_decays must be >= 0, got {args.probe_weight_decays}")
+    flags.check_float32("probe_weight_decays", args.probe_weight_decays)
+    limit = flags.lr_limit(probe.PROBE_BETAS[0])
+    if max(args.probe_lrs) > limit:
+        raise UsageError(f"--probe_lrs {max(args.probe_lrs):g} is beyond {limit:.4g}, the "
+                         "largest lr whose Adam steps float32 can hold; give lower --probe_lrs")
     for flag in ("probe_lrs", "probe_weight_decays", "knn_ks", "knn_ts"):
         values = getattr(args, flag)
         if len(set(values)) < len(values):
@@ -224,10 +229,7 @@ def build_encoder(args, num_classes):
     not fit its configuration or are not finite (weights.check_tensors)."""
     path = args.pretrained_model_path
     mae_cfg, state = weights.load_pretrained(path, args.encoder_head)
-    in_chans, size = image_shape(args.dataset, args.image_size)
-    if (mae_cfg.in_chans, mae_cfg.image_size) != (in_chans, size):
-        raise UsageError(f"{path} encodes {mae_cfg.in_chans}x{mae_cfg.image_size}px images; "
-                         f"{args.dataset} gives {in_chans}x{size}px (--image_size)")
+    classifier.check_encoder_flags(args, mae_cfg)
     try:
         cfg = ClassifierConfig(**{k: getattr(mae_cfg, k) for k in ENCODER_FIELDS},
                                num_classes=num_classes, pool=args.pool)
@@ -332,7 +334,10 @@ def sweep(args, model, data, run, device):
     feats, _ = transform(extract(args, model, data, device), args.pca_dim)
     feature_seconds = time.perf_counter() - started
     method = probe.run_linear if args.method == "linear" else probe.run_knn
-    summary, metrics = method(args, feats, data.num_classes)
+    try:
+        summary, metrics = method(args, feats, data.num_classes)
+    except probe.Diverged as e:
+        raise engine.NonFiniteLoss(str(e), "Try lower --probe_lrs") from None
     wall = time.perf_counter() - started - feature_seconds
     log = logs.MetricsLog(run, "metrics.csv",
                             probe.LIN_FIELDS if args.method == "linear" else probe.KNN_FIELDS, 0)
@@ -343,6 +348,10 @@ def sweep(args, model, data, run, device):
     edges = grid_edges(args, summary["chosen"])
     for flag in edges:
         print(f"note: the chosen value is at an end of --{flag}; a wider grid may do better")
+    diverged = [(r["lr"], r["weight_decay"]) for r in summary["grid"] if r.get("diverged")]
+    if diverged:
+        print(f"note: the training loss went non-finite in the (lr, weight decay) cells "
+              f"{diverged}; they are recorded as diverged and never chosen")
     summary |= {
         "finished": True, "mode": stage_name(args), "selection_split": "val",
         "final_test_acc": test_acc, "test_acc_at_best": test_acc,
@@ -352,6 +361,7 @@ def sweep(args, model, data, run, device):
         "chosen_on_grid_edge": edges, "feature_dim": feats["train"][0].shape[1],
         "architecture": architecture(model),
         "train_images": len(data.train), "val_images": len(data.val),
+        "val_images_in_pretraining": data.val_in_pretraining,
         "images": images_used(args, data), run_folder.UPSTREAM_KEY: args.pretrained_sha256,
         "wall_seconds": wall, "feature_seconds": feature_seconds}
     fileio.write_json(run.file(run_folder.SUMMARY_FN), summary)
@@ -386,7 +396,7 @@ def main(args):
     dist, run, status = engine.start_stage(args, stage_name(args), get_args_parser())
     if status == "finished":
         return
-    data = engine.load_stage_data(args, dist, args.val_split)
+    data = engine.load_stage_data(args, dist, run, args.val_split)
     seed_everything(args.seed)
     model = build(args, data, dist.device)
     run.open(fresh=True)  # a sweep takes seconds: an unfinished one starts again

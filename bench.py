@@ -28,6 +28,7 @@ compiled / eager. See BENCHMARKS.md for measured tables.
 """
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -49,7 +50,7 @@ from mae_cifar.cli import HelpFormatter, UsageError, run_cli
 from mae_cifar.data.datasets import image_shape, load_dataset
 from mae_cifar.data.loader import DeviceLoader
 from mae_cifar.evaluation.features import extract_features
-from mae_cifar.training import classifier, engine, flags, objectives, recipes
+from mae_cifar.training import classifier, engine, flags, objectives, recipes, run_folder
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
 from utils import seed_everything
 
@@ -116,7 +117,7 @@ def get_args_parser():
     g.add_argument("--threads", type=cli.positive_int, default=None,
                    help="torch CPU threads for both paths (default: torch's, one per core); "
                         "1 on a shared machine, where threads wait on descheduled peers")
-    g.add_argument("--seed", type=int, default=0, help="seed of every RNG")
+    g.add_argument("--seed", type=cli.seed_int, default=0, help="seed of every RNG")
 
     g = p.add_argument_group("linear probe extrapolation")
     g.add_argument("--epoch_images", type=cli.positive_int, default=CIFAR10_TRAIN_IMAGES,
@@ -127,8 +128,43 @@ def get_args_parser():
     return p
 
 
+OUTPUT_KEYS = ("args", "environment", "results")  # what makes a JSON file bench.py's output
+
+
+def check_out(path):
+    """UsageError, before anything runs, unless --out is a file path outside run folders,
+    not named as a run's own files, and new or an earlier bench.py output."""
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path} is a folder; give a file path")
+    owner = run_folder.run_folder_of(os.path.dirname(os.path.abspath(path)))
+    if owner is not None:
+        raise UsageError(f"--out {path} is in {owner}, another run's folder; choose a path "
+                         "outside run folders")
+    name = os.path.basename(path)
+    if name in run_folder.RESERVED_NAMES:
+        raise UsageError(f"--out {path}: {name} is the name of a run's own file; choose "
+                         "another name")
+    if os.path.lexists(path) and not earlier_output(path):
+        raise UsageError(f"--out {path} exists and is not an earlier bench.py output; choose "
+                         "another path, or move that file")
+
+
+def earlier_output(path):
+    """Whether path is a JSON file of OUTPUT_KEYS (a FIFO is never opened)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(out, dict) and all(k in out for k in OUTPUT_KEYS)
+
+
 def resolve_preset(args):
-    """Fill unset flags from the preset; check the batch splits into micro-batches."""
+    """Fill unset flags from the preset; check the batch splits into micro-batches and
+    --out (check_out)."""
+    check_out(args.out)
     if args.with_eager and not args.compile:
         raise UsageError("--with_eager compares with the compiled fast path: add --compile")
     for k, v in PRESETS[args.preset].items():

@@ -35,7 +35,7 @@ from dataclasses import asdict
 
 import torch
 
-from mae_cifar import weights
+from mae_cifar import fileio, weights
 from mae_cifar.checkpoint import load_checkpoint
 from mae_cifar.cli import HelpFormatter, UsageError, run_cli
 from mae_cifar.fileio import TEMP_PREFIX
@@ -47,6 +47,7 @@ RESUME_KEY = "optimizer"  # only a resume checkpoint (checkpoint.pt) holds the t
 OUT_SUFFIX = "-timm"  # the default folder: the model file's name without .pt, plus this
 CONFIG_FN = "config.json"  # timm's file names in a Hugging Face folder (save_for_hf)
 WEIGHTS_FN = "model.safetensors"
+SOURCE_HASH_KEY = "source_sha256"  # the note's record of the exported model file's bytes
 PROJECT_KEY = "mae_cifar"  # config.json's entry of what timm does not read: source, config
 INTERPOLATION = "bilinear"  # how the datasets resize images (mae_cifar/data/datasets.py)
 CROP_PCT = 1.0  # evaluation sees the whole image, uncropped
@@ -143,7 +144,8 @@ def exported(ckpt, path):
             "num_classes": args["num_classes"]}
     if args["num_classes"]:
         data["label_names"] = [str(c) for c in ckpt["classes"]]
-    note.update({"source": os.path.basename(path), "kind": ckpt["kind"], "config": asdict(cfg)})
+    note.update({"source": os.path.basename(path), SOURCE_HASH_KEY: fileio.file_sha256(path),
+                 "kind": ckpt["kind"], "config": asdict(cfg)})
     return {k: v.contiguous() for k, v in state.items()}, args, data, note
 
 
@@ -188,9 +190,14 @@ def output_dir(args):
     return args.out_dir or os.path.splitext(args.model_path)[0] + OUT_SUFFIX
 
 
-def check_output(out_dir, source):
-    """Refuse, before anything is written, a folder that is a file, a run folder, or holds
-    files that no earlier export of `source` wrote."""
+def check_output(out_dir, model_path):
+    """Refuse, before anything is written, a folder inside another run's folder, a folder
+    that is a file, a run folder, or holds files that no earlier export of this model wrote."""
+    owner = run_folder.run_folder_of(out_dir)
+    if owner is not None and owner != run_folder.run_folder_of(os.path.dirname(
+            os.path.abspath(model_path))):
+        raise UsageError(f"--out_dir {out_dir} is in {owner}, another run's folder; choose a "
+                         "folder outside run folders")
     if not os.path.lexists(out_dir):
         return
     if not os.path.isdir(out_dir):
@@ -200,21 +207,27 @@ def check_output(out_dir, source):
     if own:
         raise UsageError(f"--out_dir {out_dir} is a run folder (it holds {sorted(own)[0]}); "
                          "export to a folder of its own")
-    if names and not (names <= {CONFIG_FN, WEIGHTS_FN} and earlier_export(out_dir, source)):
+    if names and not (names <= {CONFIG_FN, WEIGHTS_FN} and earlier_export(out_dir, model_path)):
         raise UsageError(f"--out_dir {out_dir} holds files that no earlier export of "
-                         f"{source} wrote; pass another --out_dir, or empty that folder")
+                         f"{os.path.basename(model_path)} wrote; pass another --out_dir, or "
+                         "empty that folder")
 
 
-def earlier_export(folder, source):
-    """Whether folder's config.json is one an earlier export of `source` wrote."""
-
+def earlier_export(folder, model_path):
+    """Whether folder's config.json is one an earlier export of this model file wrote: beside
+    the model file, the export of its name (an earlier version of the file); elsewhere, of the
+    same bytes (another model of the same name is another model)."""
     try:
         with open(os.path.join(folder, CONFIG_FN), encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(meta, dict) and isinstance(meta.get(PROJECT_KEY), dict) and \
-        meta[PROJECT_KEY].get("source") == source
+    note = meta.get(PROJECT_KEY) if isinstance(meta, dict) else None
+    if not isinstance(note, dict) or note.get("source") != os.path.basename(model_path):
+        return False
+    beside = os.path.dirname(os.path.abspath(folder)) == \
+        os.path.dirname(os.path.abspath(model_path))
+    return beside or note.get(SOURCE_HASH_KEY) == fileio.file_sha256(model_path)
 
 
 def check_repo_id(repo):
@@ -250,8 +263,8 @@ def push(model, config, repo):
 def main(args):
     ckpt = load_checkpoint(args.model_path)
     check_checkpoint(ckpt, args.model_path)
-    out_dir, source = output_dir(args), os.path.basename(args.model_path)
-    check_output(out_dir, source)
+    out_dir = output_dir(args)
+    check_output(out_dir, args.model_path)
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)
     state, model_args, data, note = exported(ckpt, args.model_path)

@@ -132,7 +132,7 @@ def main(args):
     if dist.is_main:
         print(recipes.describe("pretrain", args.recipe, recipe))
         print(presets.describe(args.model, arch))
-    data = engine.load_stage_data(args, dist, args.val_split,
+    data = engine.load_stage_data(args, dist, run, args.val_split,
                                   "ignored" if args.unlabelled else "optional")
     check_unlabelled(args, data)
     seed_everything(args.seed + dist.rank)  # ranks draw their own masks

@@ -145,6 +145,10 @@ def write_report(root, out=None, ablation_base: str | None = None,
         raise UsageError(f"--environment {environment} is not a folder")
     out = Path(out) if out is not None else Path(root) / "report"
     frame = collect_runs(root, stale_hours)
+    groups = sorted(set(frame["group"]))
+    if ablation_base is not None and ablation_base not in groups:
+        raise UsageError(f"--ablation_base {ablation_base} names no experiment group under "
+                         f"{root} (groups: {', '.join(groups) or 'none'}); give one of them")
     tables = build_tables(frame, ablation_base)
     tables += [parts_table(environment)] if environment is not None else []
     figures = build_figures(frame, tables)

@@ -93,7 +93,7 @@ def main(args):
                                recipe))
         if args.pretrained_model_path is None:  # a model from scratch: the preset's
             print(presets.describe(*presets.choose(args, presets.ENCODER_KEYS)))
-    data = engine.load_stage_data(args, dist, args.val_split)
+    data = engine.load_stage_data(args, dist, run, args.val_split)
     seed_everything(args.seed)  # same random encoder on every rank and in every run
     model = build_model(args, data.num_classes, dist.device)
     seed_everything(args.seed + dist.rank)
@@ -182,10 +182,12 @@ class Stage:
         patience = self.args.early_stop_patience
         return patience > 0 and epoch - self.best["epoch"] >= patience
 
-    def stop_reason(self, stopped_epoch):
+    def stop_reason(self, stopped_epoch, first=0):
+        """Why the run stopped, epochs counted from `first`: 0 in summary.json (as
+        best_epoch), 1 on the console (as "stopped after epoch N/T")."""
         if self.patience_ran_out(stopped_epoch):
             return (f"patience: no val_acc improvement for {self.args.early_stop_patience} "
-                    f"epochs after epoch {self.best['epoch']}")
+                    f"epochs after epoch {self.best['epoch'] + first}")
         return "reached total_epoch"
 
     def model_path(self):
@@ -214,6 +216,7 @@ class Stage:
             "model_file": os.path.relpath(self.model_path(), self.run.path),
             "best_model_file": os.path.relpath(best_model_file(self.model_path()),
                                                self.run.path) if self.args.val_split else None,
+            "val_images_in_pretraining": self.data.val_in_pretraining,
             run_folder.UPSTREAM_KEY: self.args.pretrained_sha256,
             "wall_seconds": sum(float(r["epoch_seconds"]) for r in rows),
             "feature_seconds": self.feature_seconds, **self.run.summary_record()}
@@ -221,10 +224,12 @@ class Stage:
 
     def report(self):
         s = self.summary
-        split = "held-out validation split" if s["selection_split"] == "val" else \
-            "TEST split (no --val_split; optimistic)"
+        seen = s["val_images_in_pretraining"]
+        split = "TEST split (no --val_split; optimistic)" if s["selection_split"] != "val" \
+            else f"validation split ({seen} of its images seen in pretraining)" if seen \
+            else "held-out validation split"
         print(f"stopped after epoch {s['stopped_epoch'] + 1}/{self.args.total_epoch} "
-              f"({s['stop_reason']})")
+              f"({self.stop_reason(s['stopped_epoch'], first=1)})")
         print(f"final test accuracy (last epoch {s['epochs']}): {s['final_test_acc']:.4f}")
         print(f"best accuracy on the {split}: {s['best_val_acc']:.4f} at epoch "
               f"{s['best_epoch'] + 1} (test accuracy then: {s['test_acc_at_best']:.4f})")

@@ -72,7 +72,7 @@ def get_args_parser():
                    help="show these test images (0-based; overrides --n and --use_first_n)")
     g.add_argument("--use_first_n", action="store_true",
                    help="show the first N test images instead of N random ones")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=cli.seed_int, default=0,
                    help="seed of the random choice of images and of the MAE masks")
     flags.add_dataset_args(p)
 

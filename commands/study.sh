@@ -42,7 +42,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -n "${SMOKE:-}" ]]; then  # tiny sizes on generated images: every part in a few minutes
+# setting_error NAME ACCEPTS: the one error line of a setting the driver refuses (exit 2)
+setting_error() {
+    echo "error: $1 must be $2, got '${!1}'" >&2
+    exit 2
+}
+# matching PATTERN WHAT NAME...: each setting NAME matches PATTERN, else setting_error
+matching() {
+    local pattern=$1 what=$2 name
+    shift 2
+    for name in "$@"; do
+        [[ ${!name} =~ $pattern ]] || setting_error "$name" "$what"
+    done
+}
+whole_numbers() { matching '^[0-9]{1,9}$' "a whole number" "$@"; }
+whole_number_lists() {
+    matching '^[0-9]{1,9}( [0-9]{1,9})*$' "whole numbers separated by spaces" "$@"
+}
+SMOKE=${SMOKE:-}
+[[ -z $SMOKE || $SMOKE == 0 || $SMOKE == 1 ]] ||
+    setting_error SMOKE "1 (smoke mode), 0 or empty (the study)"
+if [[ $SMOKE == 1 ]]; then  # tiny sizes on generated images: every part in a few minutes
     DATASET=${DATASET:-fake}
     OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v2_smoke}
     RESULTS=${RESULTS:-outputs/study_v2_smoke_results}
@@ -119,6 +139,7 @@ PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-10}     # arm's 15,000 images x 10 epochs = 5
 PRETRAIN_WARMUP=${PRETRAIN_WARMUP:-1}      # 1 warmup epoch
 HEAD_IMAGES=${HEAD_IMAGES:-58000}  # the headline arm: every non-validation training image
 HEAD_EPOCHS=${HEAD_EPOCHS:-30}     # 30 x 227 = 6,800 steps (>= 10x 590), ~30 min per seed
+whole_numbers HEAD_EPOCHS  # checked before the arithmetic on it
 HEAD_WARMUP=${HEAD_WARMUP:-$((HEAD_EPOCHS / 10))}  # a tenth of the run
 HEAD_KNN_FREQ=${HEAD_KNN_FREQ:-5}  # kNN monitor every N epochs: does it still rise?
 
@@ -131,6 +152,7 @@ PCA_DIM=${PCA_DIM:-$EMB_DIM}       # pixel baselines at the encoder's width
 
 # --- the ablations (Table 1's endpoints; the default row holds the main arm's values)
 ABL_DEPTHS=${ABL_DEPTHS:-"1 8"}    # decoder blocks
+whole_numbers EMB_DIM
 ABL_WIDTHS=${ABL_WIDTHS:-"$((EMB_DIM / 2)) $((EMB_DIM * 4))"}  # 0.5x and 4x the encoder width
                                    # (decoder heads max(1, dim // 64) divide both)
 ABL_MASKS=${ABL_MASKS:-"0.5 0.9"}
@@ -400,14 +422,26 @@ part_report() {
 
 
 PARTS="pilot head scratch pixels abl_depth abl_width abl_mask"
-case " $PARTS report all " in
-    *" $PART "*) ;;
-    *) echo "error: PART must be one of $PARTS, report, all or empty, got '$PART'" >&2; exit 2 ;;
-esac
-if ! [[ $JOBS =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: JOBS must be a positive whole number, got '$JOBS'" >&2
-    exit 2
-fi
+JOBS_MAX=64  # arms at once; more digits would wrap bash's arithmetic (the driver hung)
+# every setting is checked before anything runs: one word of PARTS, whole numbers
+known=0
+for part in $PARTS report all; do
+    [[ $PART == "$part" ]] && known=1
+done
+(( known )) || setting_error PART "one of $PARTS, report, all or empty"
+[[ $SEEDS =~ ^[[:space:]]*[0-9]{1,9}([[:space:]]+[0-9]{1,9})*[[:space:]]*$ ]] ||
+    setting_error SEEDS "whole numbers separated by spaces (e.g. \"1 2 3\")"
+[[ $JOBS =~ ^[1-9][0-9]?$ ]] && (( JOBS <= JOBS_MAX )) ||
+    setting_error JOBS "a whole number from 1 to $JOBS_MAX"
+whole_numbers LABELLED VAL_SPLIT EVAL_IMAGES BATCH PATCH ENCODER_LAYER ENCODER_HEAD \
+    BASE_DECODER_LAYER BASE_DECODER_DIM PILOT_DECODER_LAYER PILOT_DECODER_DIM \
+    MAIN_DECODER_LAYER MAIN_DECODER_DIM PRETRAIN_BATCH PRETRAIN_IMAGES PRETRAIN_EPOCHS \
+    PRETRAIN_WARMUP HEAD_IMAGES HEAD_WARMUP HEAD_KNN_FREQ MAX_EPOCHS PATIENCE ABL_CLS_EPOCHS \
+    ABL_CLS_WARMUP PCA_DIM LIN_EPOCHS LIN_WARMUP CLS_WARMUP PILOT_SEED PIXEL_KNN_SEED
+whole_number_lists ABL_DEPTHS ABL_WIDTHS
+for flag in BASE_NORM_PIX MAIN_NORM_PIX; do
+    [[ ${!flag} == 0 || ${!flag} == 1 ]] || setting_error "$flag" "1 (on) or 0 (off)"
+done
 case $PART in
     report) part_report ;;
     all)

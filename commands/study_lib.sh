@@ -91,7 +91,8 @@ environment() {
         echo "- command: \`PART=$part bash commands/study.sh\` (${settings%, })"
         echo "- finished: $finished; wall time of the invocation that finished it: $minutes min"
         "$PYTHON" -c 'import glob, json, sys
-paths = [p for exp in sys.argv[2:] for p in glob.glob(f"{sys.argv[1]}/{exp}/*/summary.json")]
+paths = [p for exp in sys.argv[2:]  # the names as they are, never as glob patterns
+         for p in glob.glob(f"{glob.escape(sys.argv[1])}/{glob.escape(exp)}/*/summary.json")]
 total = sum(json.load(open(p)).get("wall_seconds", 0) + json.load(open(p)).get(
     "feature_seconds", 0) for p in paths)
 print(f"- training + feature time summed over {len(paths)} runs: {total / 60:.1f} min")' \

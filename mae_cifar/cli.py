@@ -25,7 +25,9 @@ ACTION_KEYS = ("config", "overwrite")
 # args.json key of a classifier's upstream: the sha256 of --pretrained_model_path's bytes
 # (None from scratch). A run records it beside its flags and computes it again on replay.
 UPSTREAM_KEY = "pretrained_sha256"
-RECORDED_KEYS = (UPSTREAM_KEY,)
+# args.json key of the data a run trained on (datasets.data_sha256): resumed only on the same
+DATA_KEY = "data_sha256"
+RECORDED_KEYS = (UPSTREAM_KEY, DATA_KEY)
 
 
 def add_config_arg(parser):
@@ -248,6 +250,11 @@ def finite_float(s):
 
 
 finite_float.__name__ = "finite number"
+
+# The largest float32: a learning rate or weight decay beyond it overflows the optimizer's
+# float32 arithmetic ("value cannot be converted to type float without overflow").
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 SEED_LIMIT = 2 ** 32  # seeds are in [0, 2**32), as NumPy takes them
 

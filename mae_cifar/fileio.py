@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 
 from mae_cifar.cli import UsageError
@@ -94,6 +95,14 @@ class CSVLogger:
         atomic_write_text(self.path, buf.getvalue())
 
 
+def is_regular_file(path):
+    """Whether path is a regular file (stat only: a FIFO is never opened, so never waited on)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def read_metrics(path, skip_damaged=False):
     """The rows of a metrics CSV (a UTF-8 BOM, as Excel writes, is fine).
 
@@ -101,6 +110,11 @@ def read_metrics(path, skip_damaged=False):
     it can (skip_damaged): damaged rows are dropped, an unreadable file has no rows, and a
     file that stops parsing keeps the rows before the damage."""
     rows = []
+    if os.path.lexists(path) and not is_regular_file(path):
+        if skip_damaged:
+            return rows
+        raise UsageError(f"{path} is not a regular file (a FIFO or a folder?); restore it, or "
+                         "start again with --overwrite")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             text = f.read()

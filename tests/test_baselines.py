@@ -273,3 +273,103 @@ def test_random_run_records_its_architecture(tmp_path):
             "encoder_layer": 2, "encoder_head": 2, "pos_embed": "sincos", "pool": "cls",
             "block": -1}
         assert summary["feature_dim"] == 32 and summary["pretrained_sha256"] is None
+
+
+# ----------------------------------------------------------------------------- stop signals
+def test_sigint_during_the_sweep_stops_it_and_records_nothing(tmp_path, monkeypatch, capsys):
+    """Issue 35: a SIGINT while the probe trains stops baselines.py with exit 130 and no
+    summary.json, even where an earlier run in the process (a stage's Trainer) left its
+    handler behind; the handlers before the stage are restored after it."""
+    import os
+    import signal
+    def stale(signum, frame):  # what a Trainer left installed
+        pass
+    previous = signal.signal(signal.SIGINT, stale)
+    losses = probe.cell_losses
+
+    def interrupted(*a):
+        os.kill(os.getpid(), signal.SIGINT)
+        return losses(*a)
+    monkeypatch.setattr(probe, "cell_losses", interrupted)
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--total_epoch", "2", "--warmup_epoch", "0",
+        "--probe_lrs", "0.1", "--probe_weight_decays", "0", "--output_root", str(tmp_path)])
+    try:
+        with pytest.raises(SystemExit) as e:
+            baselines.main(args)
+        assert e.value.code == 130
+        assert signal.getsignal(signal.SIGINT) is stale
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "stopped by SIGINT: nothing saved by this attempt: run the same command again"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not (tmp_path / "main_exp" / "pixels-lin" / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- diverged probes
+HUGE_LR = 3e37  # Adam's first step moves every weight by ~10 lr: the logits overflow
+
+
+def test_diverged_cells_are_recorded_and_never_chosen():
+    feats = split_feats()
+    rows, _, _ = probe.probe_grid(feats["train"], feats["val"], N_CLASSES, [1e-1, HUGE_LR],
+                                  [0.0], 4, 0, 16, 0)
+    assert [r["diverged"] for r in rows] == [False, True]
+    assert probe.choose(rows) == 0
+    with pytest.raises(probe.Diverged):
+        probe.choose(rows[1:])
+
+
+def test_probe_whose_loss_went_non_finite_exits_3_and_records_nothing(tmp_path, capsys):
+    """Issue 35: as train_classifier.py does, exit 3 and one error line, no summary.json."""
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--total_epoch", "2", "--warmup_epoch", "0",
+        "--probe_lrs", str(HUGE_LR), "--probe_weight_decays", "0", "--output_root",
+        str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        baselines.main(args)
+    assert e.value.code == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the linear probe's training loss")
+    assert "--probe_lrs" in err[0]
+    assert not (tmp_path / "main_exp" / "pixels-lin" / "summary.json").exists()
+
+
+def test_architecture_flag_the_encoder_does_not_have_is_refused(tmp_path):
+    """Issue 35: --encoder_head 4 with an MAE of 2 heads was recorded in args.json while the
+    encoder used 2; refused as train_classifier.py refuses it, before anything is written."""
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--pretrained_model_path",
+        str(mae_file(tmp_path / "m.pt")), "--encoder_head", "4", "--output_root",
+        str(tmp_path / "out")])
+    with pytest.raises(UsageError, match=r"--encoder_head 4 \(the checkpoint has 2\)"):
+        baselines.main(args)
+    assert not (tmp_path / "out" / "main_exp" / "mae-lin" / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- overlap
+def mae_file_of_run(path, val_split):
+    """A model file as mae_pretrain.py writes it, recording the flags (those that say which
+    images it trained on) of a run on every fake training image but --val_split val_split."""
+    torch.manual_seed(0)
+    args = {"dataset": "fake", "val_split": val_split, "max_train_images": None}
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "config": asdict(TINY),
+                     "model": MAE_ViT.from_config(TINY).state_dict(), "args": args}, path)
+    return path
+
+
+@pytest.mark.parametrize("mae_val_split,seen", [(0, 16), (16, 0)])
+def test_validation_images_the_mae_was_pretrained_on_are_recorded(tmp_path, capsys,
+                                                                   mae_val_split, seen):
+    """Issue 35: an MAE pretrained without the classifier's --val_split saw its validation
+    images (the choices then favour it); the count is said and recorded in summary.json."""
+    args = baselines.get_args_parser().parse_args([
+        *TINY_DATA, "--val_split", "16", "--pretrained_model_path",
+        str(mae_file_of_run(tmp_path / "m.pt", mae_val_split)), "--method", "knn",
+        "--output_root", str(tmp_path)])
+    baselines.main(args)
+    summary = json.loads((tmp_path / "main_exp" / "mae-knn" / "summary.json").read_text())
+    assert summary["val_images_in_pretraining"] == seen
+    out = capsys.readouterr().out
+    assert (f"warning: {seen} of the 16 validation images were in the MAE's pretraining "
+            "images" in out) == bool(seen)

@@ -3,6 +3,7 @@ names as aliases), --config replays a run, a too-long warmup is cut with a note,
 --visualize_freq 0 means off."""
 import argparse
 import json
+import re
 
 import pytest
 from conftest import TINY_DATA, TINY_MAE, run_scripts
@@ -291,3 +292,35 @@ def test_classifier_and_baseline_configs_replay_bit_exact(tmp_path):
         numbers("Y", "pretrain-cls", ("final_test_acc", "best_val_acc"))
     assert numbers("X", stage, ("final_test_acc", "grid")) == \
         numbers("Y", stage, ("final_test_acc", "grid"))
+
+
+# --------------------------------------------------------------------------- overflowing numbers
+@pytest.mark.parametrize("module", [bench, visualize_pred])
+def test_seed_beyond_64_bits_is_a_flag_error(module, capsys):
+    """Issue 35: a --seed beyond 64 bits was a traceback deep in NumPy; now argparse names
+    the flag (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        module.get_args_parser().parse_args(["--seed", str(2 ** 70)])
+    assert e.value.code == 2 and "argument --seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module,argv,words", [
+    (mae_pretrain, ["--base_learning_rate", "1e38", "--batch_size", "4096"],
+     "gives lr 1.6e+39 (x --batch_size 4096 / 256), beyond 3.403e+37, the largest lr"),
+    (train_classifier, ["--base_learning_rate", "1e38", "--batch_size", "4096"],
+     "the largest lr whose optimizer steps float32 can hold"),
+    (mae_pretrain, ["--weight_decay", "1e39"], "--weight_decay 1e+39 is beyond float32's"),
+    ("baselines", ["--val_split", "8", "--probe_lrs", "1e300"],
+     "--probe_lrs 1e+300 is beyond 3.403e+37"),
+    ("baselines", ["--val_split", "8", "--probe_weight_decays", "0", "1e300"],
+     "--probe_weight_decays 1e+300 is beyond"),
+])
+def test_numbers_beyond_float32_are_one_error_before_the_disk(module, argv, words, tmp_path):
+    """Issue 35: a learning rate or weight decay beyond float32's range was a traceback in
+    the optimizer ("value cannot be converted to type float without overflow")."""
+    if module == "baselines":
+        import baselines as module
+    args = module.get_args_parser().parse_args([*argv, "--output_root", str(tmp_path)])
+    with pytest.raises(UsageError, match=re.escape(words)):
+        module.main(args)
+    assert list(tmp_path.iterdir()) == []

@@ -108,6 +108,9 @@ def test_the_run_stops_exactly_after_patience_epochs_without_improvement(runs):
     assert [int(r["epoch"]) for r in rows] == list(range(STOPPED + 1))
     assert [float(r["val_acc"]) for r in rows] == VAL_ACC[:STOPPED + 1]
     assert f"epoch {STOPPED + 2}/{MAX_EPOCHS}" not in result.stdout
+    # issue 35: one sentence counts epochs one way (it mixed 1-based and 0-based)
+    assert (f"stopped after epoch {STOPPED + 1}/{MAX_EPOCHS} (patience: no val_acc improvement "
+            f"for {PATIENCE} epochs after epoch {BEST + 1})") in result.stdout
 
 
 def test_summary_records_the_stop_and_its_reason(runs):

@@ -1,6 +1,7 @@
 """mae_pretrain.py as a user runs it: outputs, resume after SIGTERM, reruns, and learning."""
 import csv
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -79,6 +80,25 @@ def test_a_run_writes_every_output(runs):
     events = list((folder / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
     assert not list(folder.rglob(".tmp-*")) and not (folder / ".lock").exists()
+
+
+def scalar_events(folder):
+    """[(tag, step)] of every scalar in the run's TensorBoard event files, and their count."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    files = sorted((folder / "tensorboard").glob("events.out.tfevents.*"))
+    events = [(v.tag, e.step) for f in files for e in EventFileLoader(str(f)).Load()
+              for v in e.summary.value]
+    return events, len(files)
+
+
+@pytest.mark.parametrize("name", ["B", "C"])
+def test_a_resumed_run_holds_each_epoch_once_in_tensorboard(runs, name):
+    """Issue 35: after a stop and a rerun, TensorBoard held both attempts' event files (each
+    epoch twice); the events are now written again, once, from metrics.csv's rows."""
+    events, files = scalar_events(runs["folders"][name])
+    assert files == 1
+    assert sorted(events) == sorted(set(events))
+    assert {step for tag, step in events if tag == "train_loss"} == {0, 1}
 
 
 def test_the_model_file_loads_safely_and_rebuilds_the_model(runs):
@@ -216,7 +236,8 @@ def load_as_stage(script, flags):
     """The dataset the stage script loads with these flags (engine.load_stage_data)."""
     args = script.get_args_parser().parse_args(flags)
     cpu = SimpleNamespace(device=torch.device("cpu"), is_main=False)
-    return engine.load_stage_data(args, cpu, args.val_split)
+    never_run = run_folder.RunFolder(os.devnull, args)  # no run: nothing to compare with
+    return engine.load_stage_data(args, cpu, never_run, args.val_split)
 
 
 def test_without_val_split_pretraining_is_as_before_and_evaluates_on_test(runs):

@@ -408,7 +408,8 @@ def set_args(folder, **changes):
 @pytest.mark.parametrize("key, values", [("augment", ("flip", "none")),
                                          ("max_train_images", (5000, 500)),
                                          ("pool", ("cls", "mean")), ("mixup", (0.0, 0.8)),
-                                         ("image_size", (None, 16))])
+                                         ("image_size", (None, 16)),
+                                         ("data_sha256", ("a" * 64, "b" * 64))])
 def test_seeds_whose_settings_differ_are_not_averaged(tmp_path, key, values):
     for seed, (acc, value) in enumerate(zip((0.9, 0.125), values, strict=True), start=1):
         set_args(classifier(tmp_path, f"arm_seed{seed}", "scratch-cls", acc, seed=seed),
@@ -538,3 +539,72 @@ def test_pilot_table_shows_validation_only_and_names_the_rule_s_pick(tmp_path):
     # pilot variants get no per-experiment classification table of stages they never run
     assert not [t for t in tables.build_tables(frame, ablation_base="abl_default")
                 if t["name"].startswith("main:pilot")]
+
+
+# ----------------------------------------------------------------------------- issue 35
+def test_untrusted_summaries_are_never_averaged(tmp_path):
+    """A summary whose "finished" is the string "false" is not finished; an infinite
+    accuracy is shown as untrusted, not averaged (the headline printed +inf [nan, nan])."""
+    classifier(tmp_path, "arm_seed1", "scratch-cls", 0.5, seed=1)
+    two = classifier(tmp_path, "arm_seed2", "scratch-cls", 0.7, seed=2)
+    three = classifier(tmp_path, "arm_seed3", "scratch-cls", 0.6, seed=3)
+    summary = json.loads((two / "summary.json").read_text())
+    (two / "summary.json").write_text(json.dumps({**summary, "finished": "false"}))
+    summary = json.loads((three / "summary.json").read_text())
+    (three / "summary.json").write_text(json.dumps({**summary, "final_test_acc": float("inf")}))
+    frame = run_table.collect_runs(tmp_path)
+    assert frame.set_index("exp")["status"]["arm_seed2"] != run_table.FINISHED
+    text = cells_by_row(tables.main_table(frame, "arm"))["scratch"][0]
+    assert text.startswith("50.00 (n=1") and "inf" not in text.replace("non-finite", "")
+    assert "arm_seed3: summary.json holds non-finite final_test_acc" in text
+
+
+def test_a_copy_without_a_seed_counts_once(tmp_path):
+    import shutil
+    first = classifier(tmp_path, "main_seed1", "scratch-cls", 0.5, seed=None)
+    shutil.copytree(first, tmp_path / "main_seed2" / "scratch-cls")
+    frame = run_table.collect_runs(tmp_path)
+    assert frame.set_index("exp")["duplicate"]["main_seed2"] == (
+        "the same run files as `main_seed1`: counted once")
+    assert "(n=2" not in cells_by_row(tables.main_table(frame, "main"))["scratch"][0]
+
+
+def test_seeds_whose_mae_settings_differ_are_not_averaged(tmp_path):
+    """Downstream seeds whose flags agree, but whose own MAEs were pretrained differently."""
+    for seed, mask in ((1, 0.75), (2, 0.5)):
+        mae = pretrain(tmp_path, f"arm_seed{seed}", seed=seed, mask_ratio=mask)
+        summary = json.loads((mae / "summary.json").read_text())
+        (mae / "summary.json").write_text(json.dumps({**summary, "model_sha256": f"m{seed}"}))
+        clf = classifier(tmp_path, f"arm_seed{seed}", "pretrain-cls", 0.5 + seed / 10,
+                         seed=seed)
+        summary = json.loads((clf / "summary.json").read_text())
+        (clf / "summary.json").write_text(json.dumps({**summary,
+                                                      "pretrained_sha256": f"m{seed}"}))
+    frame = run_table.collect_runs(tmp_path)
+    text = cells_by_row(tables.main_table(frame, "arm"))["fine-tuned (MAE)"][0]
+    assert text.startswith("not averaged: settings differ between seeds (upstream pretraining "
+                           "settings)")
+
+
+def test_damaged_inputs_give_a_report_or_one_error(tmp_path):
+    """FIFOs named like run or environment files are never opened (they hung the report);
+    JSON nested past the parser's depth, a non-UTF-8 experiment name and a malformed number
+    in an environment file no longer raise; an --ablation_base naming no group is refused."""
+    root, env = tmp_path / "runs", tmp_path / "env"
+    fifo = classifier(root, "fifo_seed1", "scratch-cls", 0.5, seed=1)
+    for name in ("summary.json", "metrics.csv"):
+        (fifo / name).unlink()
+        os.mkfifo(fifo / name)
+    deep = classifier(root, "deep_seed1", "scratch-cls", 0.5, seed=1)
+    (deep / "summary.json").write_text("[" * 100000 + "]" * 100000)
+    classifier(root, os.fsdecode(b"bad\xff_seed1"), "scratch-cls", 0.5, seed=1)
+    env.mkdir()
+    os.mkfifo(env / "head_20250101T000000Z.md")
+    (env / "tail_20250102T000000Z.md").write_text(
+        "# Environment of one invocation of part `tail`\n- finished: x; wall: 1.2.3 min\n")
+    path = report.write_report(root, tmp_path / "out", environment=env)
+    text = path.read_text()
+    assert "bad\\xff_seed1" in text and "1.2.3" not in text
+    with pytest.raises(cli.UsageError, match="--ablation_base nope names no experiment group"):
+        report.write_report(root, tmp_path / "out2", ablation_base="nope")
+    assert not (tmp_path / "out2").exists()

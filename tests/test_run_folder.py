@@ -341,3 +341,67 @@ def test_flag_missing_from_saved_args_counts_as_its_default(tmp_path):
     same, other = run_scripts([mae_flags(root, "old"), mae_flags(root, "old", "--val_split", "8")])
     assert same.returncode == 0 and "nothing to do" in same.stdout, same.stderr[-2000:]
     assert other.returncode == 2 and "--val_split: None (saved) vs 8 (now)" in other.stderr
+
+
+# --------------------------------------------------------------------------- nested run folders
+def finished_run(path):
+    os.makedirs(path)
+    for name in (run_folder.ARGS_FN, run_folder.SUMMARY_FN):
+        with open(os.path.join(path, name), "w") as f:
+            json.dump({"overwrite": False}, f)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_run_folder_never_nests_in_another(tmp_path, overwrite):
+    """A run inside another run's folder (--output_root there) is refused, and so is a run
+    (or its --overwrite) whose folder holds one: the outer's --overwrite would delete it."""
+    outer = tmp_path / "exp" / "mae-pretrain"
+    finished_run(outer)
+    args = Namespace(overwrite=overwrite)
+    with pytest.raises(cli.UsageError, match="inside .*mae-pretrain, another run's folder"):
+        run_folder.RunFolder(str(outer / "nested" / "exp" / "stage"), args).status()
+    inner = tmp_path / "a" / "stage" / "x" / "exp" / "stage"
+    finished_run(inner)
+    with pytest.raises(cli.UsageError, match="holds another run's folder"):
+        run_folder.RunFolder(str(tmp_path / "a" / "stage"), args).status()
+    assert os.path.exists(inner / run_folder.SUMMARY_FN)
+
+
+# --------------------------------------------------------------------------- the data of a run
+def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path):
+    """Issue 35: a run resumed on an image folder whose files changed mixed two datasets in
+    one metrics.csv; the data's sha256 is recorded in args.json and a resume on other data
+    is one error line, the run folder untouched."""
+    import numpy as np
+    from PIL import Image
+    data, rng = tmp_path / "data", np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(40 if split == "train" else 8):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(data / split / cls / f"{i}.png")
+    flags = [MAE, "--dataset", "folder", "--data_dir", data, "--image_size", "16",
+             "--batch_size", "32", "--device", "cpu", *TINY_MAE, *EPOCHS, "--output_root",
+             tmp_path / "out", "--exp_name", "e"]
+    first = run_scripts([{"argv": flags, "sigterm_after": STEPS_PER_EPOCH + 1}])[0]
+    assert first.returncode == 143, first.stderr[-2000:]
+    folder = tmp_path / "out" / "e" / "mae-pretrain"
+    recorded = json.loads((folder / "args.json").read_text())[cli.DATA_KEY]
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(data / "train" / "cat" / "0.png")  # one image
+    resumed = run_scripts([flags])[0]
+    lines = resumed.stderr.strip().splitlines()
+    assert resumed.returncode == 2 and len(lines) == 1, resumed.stderr[-2000:]
+    assert f"was trained on other data (sha256 {recorded[:12]})" in lines[0]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_a_fifo_named_metrics_csv_is_never_opened(tmp_path):
+    """Issue 35: opening a FIFO waits for a writer for ever; a resume refuses it in one
+    line, the report reads it as no rows."""
+    from mae_cifar.fileio import read_metrics
+    os.mkfifo(tmp_path / "metrics.csv")
+    with pytest.raises(cli.UsageError, match="is not a regular file"):
+        read_metrics(str(tmp_path / "metrics.csv"))
+    assert read_metrics(str(tmp_path / "metrics.csv"), skip_damaged=True) == []

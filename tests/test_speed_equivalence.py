@@ -161,3 +161,31 @@ def test_bench_tiny_run_reports_known_step_times_as_known_rates(tmp_path, known_
     assert probe["fast_total_s"] == pytest.approx(15)  # 5 + 10 x 1
     assert probe["seed_total_s"] == pytest.approx(400)
     assert probe["speedup"] == pytest.approx(400 / 15)
+
+
+@pytest.mark.parametrize("where,words", [
+    ("run/summary.json", "another run's folder"),
+    ("run/sub/bench.json", "another run's folder"),
+    ("plain/summary.json", "the name of a run's own file"),
+    ("plain/notes.json", "exists and is not an earlier bench.py output"),
+    ("plain", "is a folder"),
+])
+def test_bench_out_never_replaces_a_run_s_or_a_user_s_file(tmp_path, where, words):
+    """Issue 35: --out over a finished run's summary.json (or into its folder, or over a
+    file bench.py did not write) is refused before anything runs; the files are kept."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"finished": true}')
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.json").write_text("{}")
+    args = bench.get_args_parser().parse_args(["--preset", "tiny", "--out",
+                                               str(tmp_path / where)])
+    with pytest.raises(bench.UsageError, match=words):
+        bench.main(args)
+    assert (tmp_path / "run" / "summary.json").read_text() == '{"finished": true}'
+    assert (tmp_path / "plain" / "notes.json").read_text() == "{}"
+
+
+def test_bench_seed_beyond_64_bits_is_a_flag_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.get_args_parser().parse_args(["--seed", str(2 ** 70)])
+    assert e.value.code == 2 and "--seed" in capsys.readouterr().err

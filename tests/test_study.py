@@ -195,6 +195,14 @@ def test_overlapping_invocations_write_one_record(fake_stage, tmp_path):
     assert any("already holds its runs" in p.stdout for p in done)
 
 
+def test_an_output_root_with_brackets_counts_its_runs(fake_stage, tmp_path):
+    """Issue 35: OUTPUT_ROOT was read as a glob pattern, so the record counted 0 runs."""
+    results = tmp_path / "results"
+    proc = finish(fake_study(fake_stage, tmp_path / "out[1]", results))
+    assert proc.returncode == 0, proc.stderr
+    assert_complete(results)
+
+
 # ----------------------------------------------------------------------------- baselines.py
 def test_baselines_pixels_knn_probe_and_encoder_blocks(tmp_path):
     out = ["--output_root", tmp_path, "--exp_name", "e", "--val_split", "16"]

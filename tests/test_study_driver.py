@@ -225,12 +225,30 @@ def test_one_seed_and_report(dry_run):
     assert report.script == "report.py" and report.ns.environment.endswith("/environment")
 
 
-@pytest.mark.parametrize("env", [{"PART": "main"}, {"PART": "head", "JOBS": "0"}])
-def test_bad_settings_are_one_line_and_exit_2(env):
+@pytest.mark.parametrize("env,name", [
+    ({"PART": "main"}, "PART"), ({"PART": "head", "JOBS": "0"}, "JOBS"),
+    # issue 35: each passed the check, then failed or ran the wrong thing
+    ({"PART": "head scratch"}, "PART"),  # bash's "command not found" (exit 127)
+    ({"PART": "head", "SEEDS": "*"}, "SEEDS"),  # the glob became file names: arms of them
+    ({"PART": "head", "SEEDS": " "}, "SEEDS"),  # ran nothing, said the results held the runs
+    ({"PART": "head", "SMOKE": "yes"}, "SMOKE"),
+    ({"PART": "head", "JOBS": "99999999999999999999"}, "JOBS"),  # wrapped negative: a hang
+    ({"PART": "head", "HEAD_EPOCHS": "abc"}, "HEAD_EPOCHS"),  # before the arithmetic on it
+    ({"PART": "head", "ABL_DEPTHS": "1 x"}, "ABL_DEPTHS"),
+    ({"PART": "head", "MAIN_NORM_PIX": "2"}, "MAIN_NORM_PIX"),
+])
+def test_bad_settings_are_one_line_and_exit_2(env, name):
     proc = subprocess.run(["bash", "commands/study.sh"], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.startswith("error:"), proc.stderr
+                          text=True, env={**os.environ, "PYTHON": "false", **env}, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {name} must be "), \
+        proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_smoke_0_is_the_study(dry_run):
+    """Issue 35: any non-empty SMOKE turned smoke mode on, SMOKE=0 too."""
+    assert sorted(c.args for c in dry_run(PART="pixels", SMOKE="0")) == sorted(
+        c.args for c in dry_run(PART="pixels"))
 
 
 # ----------------------------------------------------------------------------- SMOKE=1

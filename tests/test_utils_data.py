@@ -455,3 +455,27 @@ def test_folder_dataset_reads_a_tree_of_pngs(tmp_path):
 def test_folder_dataset_without_a_tree_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="train"):
         load_dataset("folder", data_dir=str(tmp_path))
+
+
+def image_tree(root, splits):
+    """splits: {split: {class: number of images}} of 8x8 PNGs, each image its own colour."""
+    for split, classes in splits.items():
+        for c, (cls, n) in enumerate(classes.items()):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(root / split / cls / f"{i}.png")
+
+
+def test_test_images_of_a_class_training_lacks_are_refused(tmp_path):
+    """Issue 35: they were dropped without a word, the accuracy reported on the rest."""
+    image_tree(tmp_path, {"train": {"cat": 2, "dog": 2}, "test": {"cat": 1, "dog": 1, "fox": 1}})
+    with pytest.raises(UsageError, match="class folder.s. fox that .*train lacks"):
+        load_dataset("folder", data_dir=str(tmp_path))
+
+
+def test_data_fingerprint_follows_the_images(tmp_path):
+    image_tree(tmp_path, {"train": {"cat": 2, "dog": 2}, "test": {"cat": 1, "dog": 1}})
+    first = load_dataset("folder", data_dir=str(tmp_path), image_size=8).sha256
+    assert load_dataset("folder", data_dir=str(tmp_path), image_size=8).sha256 == first
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "train" / "cat" / "0.png")
+    assert load_dataset("folder", data_dir=str(tmp_path), image_size=8).sha256 != first

@@ -357,3 +357,47 @@ def test_export_never_writes_over_the_run_s_own_files(exports, name, words):
     assert exports["results"]["again"].returncode == 0, exports["results"]["again"].stderr
     after = tree_hashes(exports["own"])
     assert after == exports["before"]  # the re-export wrote the same bytes
+
+
+# --------------------------------------------------------------------------- export, other runs
+def tiny_mae_file(path, seed):
+    """A model file as mae_pretrain.py writes one, of a tiny MAE initialised with `seed`."""
+    from dataclasses import asdict
+
+    from mae_cifar.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    seed_everything(seed)
+    cfg = MAEConfig(image_size=8, emb_dim=16, encoder_layer=1, encoder_head=2, decoder_dim=16,
+                    decoder_layer=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "kind": "mae", "config": asdict(cfg),
+                     "model": MAE_ViT(**asdict(cfg)).state_dict(), "epoch": 1,
+                     "norm_mean": torch.zeros(3), "norm_std": torch.ones(3)}, path)
+    return path
+
+
+def export_main(*argv):
+    import export
+    export.main(export.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def test_export_never_replaces_another_run_s_files_or_export(tmp_path):
+    """Issue 35: --out_dir inside another run's folder is refused; a second model of the same
+    file name exported to the same --out_dir is refused, the first's export kept; the same
+    model exported again, and a retrained model beside its earlier export, replace it."""
+    run = tmp_path / "r" / "mae-pretrain"
+    first = tiny_mae_file(run / "m.pt", seed=0)
+    (run / "summary.json").write_text('{"finished": true}')
+    other = tiny_mae_file(tmp_path / "other" / "m.pt", seed=1)
+    with pytest.raises(UsageError, match="is in .*mae-pretrain, another run's folder"):
+        export_main(other, "--out_dir", run / "sub")
+    out = tmp_path / "out"
+    export_main(first, "--out_dir", out)
+    kept = (out / "m.safetensors").read_bytes()
+    with pytest.raises(UsageError, match="no earlier export of m.pt wrote it"):
+        export_main(other, "--out_dir", out)
+    assert (out / "m.safetensors").read_bytes() == kept
+    export_main(first, "--out_dir", out)  # the same model: its own export
+    export_main(first)  # beside the model file, then the model is retrained
+    tiny_mae_file(first, seed=2)
+    export_main(first)
+    assert (run / "m.safetensors").read_bytes() != kept

@@ -4,6 +4,7 @@ datasets (Fashion-MNIST, grey folders) keep one channel, so the model's in_chans
 """
 import gzip
 import hashlib
+import json
 import os
 import socket
 import stat
@@ -73,6 +74,10 @@ class Dataset:
     classes: list
     mean: torch.Tensor  # (C,) per-channel mean of the train split in [0, 1]
     std: torch.Tensor  # (C,)
+    sha256: str = ""  # data_sha256() of the dataset as read, before any split or resize
+    train_total: int = 0  # images in the dataset's training split, before any carve
+    # how many val images the stage's pretrained MAE was trained on (None: unknown)
+    val_in_pretraining: int | None = None
 
     @property
     def in_chans(self):
@@ -107,8 +112,10 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
     train, test, classes, source = loader(name, data_dir, image_size)
     for split, what in ((train, "training"), (test, "test")):
         check_split(split, len(classes), f"{what} split of {source}")
+    sha256 = data_sha256(train, test, classes)
     if image_size is not None:
         train, test = _resize(train, image_size), _resize(test, image_size)
+    train_total = len(train)
     train = Split(train.images, train.labels, torch.arange(len(train)))
     test = Split(test.images, test.labels, torch.arange(len(test)))
     mean, std = channel_stats(train.images)  # of the whole training split, as before
@@ -118,7 +125,19 @@ def load_dataset(name, data_dir="./data", image_size=None, max_train=None, max_e
         val = train.take(val_idx).head(max_eval).to(device)
         train = train.take(train_idx)
     return Dataset(name, source, train.head(max_train).to(device),
-                   test.head(max_eval).to(device), val, classes, mean, std)
+                   test.head(max_eval).to(device), val, classes, mean, std, sha256, train_total)
+
+
+def data_sha256(train, test, classes):
+    """sha256 of what the dataset is: both splits' images and labels, in order, and the class
+    names; a run records it and resumes only on the same data."""
+    digest = hashlib.sha256()
+    for split in (train, test):
+        for t in (split.images, split.labels):
+            digest.update(str(tuple(t.shape)).encode())
+            digest.update(t.contiguous().cpu().numpy().tobytes())
+    digest.update(json.dumps(list(classes)).encode())
+    return digest.hexdigest()
 
 
 def carve(n, val_split):
@@ -129,6 +148,13 @@ def carve(n, val_split):
         raise UsageError(f"--val_split {val_split} must be between 1 and {n - 1}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return perm[val_split:], perm[:val_split]
+
+
+def training_positions(n, val_split, max_train):
+    """The positions in a training split of n images that a run with --val_split and
+    --max_train_images trained on (load_dataset's carving)."""
+    positions = carve(n, val_split)[0] if val_split else torch.arange(n)
+    return positions[:max_train]
 
 
 def image_record(split, source, n=None):
@@ -279,14 +305,16 @@ def _folder(name, data_dir, image_size, labels):
     if not os.path.isdir(os.path.join(data_dir, "train")) or test_dir is None:
         raise UsageError(f"folder dataset needs {data_dir}/train/<class>/ and "
                          f"{data_dir}/test/<class>/ (or val/) with images")
-    try:
-        classes = sorted(d.name for d in os.scandir(os.path.join(data_dir, "train"))
-                         if d.is_dir() and not d.name.startswith("."))  # not .ipynb_checkpoints
-    except OSError as e:  # a symlink loop among the class folders, say
-        raise UsageError(f"cannot list {e.filename}: {e.strerror}") from None
+    classes = _class_folders(os.path.join(data_dir, "train"))
     if len(classes) < 2:
         raise UsageError(f"{data_dir}/train has {len(classes)} class folder(s); "
                          "a classification dataset needs at least 2")
+    extra = [c for c in _class_folders(test_dir) if c not in classes
+             and _image_files(os.path.join(test_dir, c))]
+    if extra:
+        raise UsageError(f"{test_dir} has class folder(s) {', '.join(extra)} that "
+                         f"{data_dir}/train lacks: their test images would be dropped from "
+                         "the accuracy; add them to train, or remove them from the test split")
     train = _read_image_tree(os.path.join(data_dir, "train"), classes, size)
     test = _read_image_tree(test_dir, classes, size)
     return train, test, classes, data_dir
@@ -295,6 +323,20 @@ def _folder(name, data_dir, image_size, labels):
 def _test_dir(data_dir):
     return next((os.path.join(data_dir, d) for d in ("test", "val")
                  if os.path.isdir(os.path.join(data_dir, d))), None)
+
+
+def _class_folders(folder):
+    """The class folders of a split folder, sorted: its sub-folders but hidden ones (not
+    .ipynb_checkpoints)."""
+    try:
+        return sorted(d.name for d in os.scandir(folder)
+                      if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:  # a symlink loop among the class folders, say
+        raise UsageError(f"cannot list {e.filename}: {e.strerror}") from None
+
+
+def _read_image_tree(root, classes, size):
+    pass
 
 
 def _unlabelled_folder(data_dir, test_dir, size):

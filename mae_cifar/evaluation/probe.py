@@ -21,6 +21,7 @@ from mae_cifar.training.optim import cosine_lr
 # grid's end, in the v2 pilot (results/fashion_mnist_study_v2)
 PROBE_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 PROBE_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # L2: loss + wd/2 * ||W||^2
+PROBE_BETAS = (0.9, 0.999)  # Adam's (PyTorch's defaults)
 KNN_KS = (1, 3, 5, 10, 20, 50, 100, 200)
 # DINO's weighted kNN uses T = 0.07; both ends widened after the v2 pilot chose 0.01 and 1.0
 KNN_TS = (0.005, 0.01, 0.02, 0.05, 0.07, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -48,7 +49,8 @@ def probe_grid(train, val, num_classes, lrs, weight_decays, epochs, warmup, batc
     mini-batches; the test split is not an argument.
 
     train, val: (standardised features (N, D), labels (N,)). Returns (grid rows, one per cell
-    in grid order: lr, weight_decay, val_acc and best_epoch of its best validation epoch),
+    in grid order: lr, weight_decay, val_acc and best_epoch of its best validation epoch,
+    and diverged: whether its training loss was ever not finite),
     per-epoch curves {column: (epochs, cells)}, and the heads at their best epochs (W (G, D,
     C), b (G, C)).
     """
@@ -59,7 +61,8 @@ def probe_grid(train, val, num_classes, lrs, weight_decays, epochs, warmup, batc
     bs = [torch.zeros(num_classes, device=x.device, requires_grad=True) for _ in cells]
     opt = torch.optim.Adam([g for (lr, wd), w, b in zip(cells, ws, bs)
                             for g in ({"params": [w], "weight_decay": wd, "peak_lr": lr},
-                                      {"params": [b], "weight_decay": 0.0, "peak_lr": lr})])
+                                      {"params": [b], "weight_decay": 0.0, "peak_lr": lr})],
+                           betas=PROBE_BETAS)
     steps_per_epoch = math.ceil(n / batch_size)
     total, warm = epochs * steps_per_epoch, warmup * steps_per_epoch
     gen = torch.Generator().manual_seed(seed)
@@ -68,6 +71,7 @@ def probe_grid(train, val, num_classes, lrs, weight_decays, epochs, warmup, batc
     best_w = torch.zeros(len(cells), d, num_classes, device=x.device)
     best_b = torch.zeros(len(cells), num_classes, device=x.device)
     curves = {k: [] for k in LIN_FIELDS[2:]}
+    finite = torch.ones(len(cells), dtype=torch.bool, device=x.device)
     step = 0
     for epoch in range(epochs):
         sums = torch.zeros(2, len(cells), device=x.device)  # loss sum, correct per cell
@@ -78,6 +82,7 @@ def probe_grid(train, val, num_classes, lrs, weight_decays, epochs, warmup, batc
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
+            finite &= torch.isfinite(loss.detach())
             sums += torch.stack([loss.detach() * len(idx), correct])
             step += 1
         with torch.no_grad():
@@ -89,8 +94,9 @@ def probe_grid(train, val, num_classes, lrs, weight_decays, epochs, warmup, batc
             best_w[better], best_b[better] = w[better], b[better]
         for k, v in zip(curves, (*(sums / n), val_loss, val_acc)):
             curves[k].append(v)
-    rows = [{"lr": lr, "weight_decay": wd, "val_acc": a, "best_epoch": e}
-            for (lr, wd), a, e in zip(cells, best_acc.tolist(), best_epoch.tolist())]
+    rows = [{"lr": lr, "weight_decay": wd, "val_acc": a, "best_epoch": e, "diverged": not ok}
+            for (lr, wd), a, e, ok in zip(cells, best_acc.tolist(), best_epoch.tolist(),
+                                          finite.tolist())]
     return rows, {k: torch.stack(v) for k, v in curves.items()}, (best_w, best_b)
 
 
@@ -103,9 +109,18 @@ def cell_losses(w, b, x, y):
     return ce.view(len(w), -1).mean(1), correct
 
 
+class Diverged(Exception):
+    """Every cell of the probe grid had a training loss that was not finite."""
+
+
 def choose(rows):
-    """Index of the grid row with the highest val_acc; the first in grid order on a tie."""
-    return int(torch.tensor([r["val_acc"] for r in rows]).argmax())
+    """Index of the grid row with the highest val_acc among the cells that did not diverge;
+    the first in grid order on a tie. Diverged if every cell did."""
+    accs = [-math.inf if r.get("diverged") else r["val_acc"] for r in rows]
+    if all(r.get("diverged") for r in rows):
+        raise Diverged("the linear probe's training loss went non-finite in every cell of "
+                       "its grid")
+    return int(torch.tensor(accs).argmax())
 
 
 def run_linear(args, feats, num_classes):

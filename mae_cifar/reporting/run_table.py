@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mae_cifar.fileio import TEMP_PREFIX, read_metrics
+from mae_cifar.fileio import TEMP_PREFIX, is_regular_file, read_metrics
 
 PRETRAIN = "mae-pretrain"
 CLS_STAGES = {  # stage folder -> row label in the classification tables
@@ -38,6 +38,7 @@ NON_RESULT_ARGS = {"overwrite", "compile", "max_device_batch_size", "device", "s
                    "knn_freq", "knn_k", "knn_t", "knn_feature", "knn_train_images",
                    "knn_eval_images"}
 PER_SEED_ARGS = {"seed", "pretrained_sha256"}  # a seed's own upstream MAE has its own hash
+UPSTREAM_SETTINGS = "upstream pretraining settings"  # a paired run's MAE's settings_of()
 # Pretraining settings that define an experiment; seed and exp_name are what seeds may change.
 PRETRAIN_CONFIG_KEYS = (
     "dataset", "total_epoch", "warmup_epoch", "batch_size", "base_learning_rate", "mask_ratio",
@@ -59,11 +60,14 @@ RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "a
 
 
 def read_json(path: Path) -> dict | None:
-    """The JSON object in path, or None when it is missing, partial or not an object."""
+    """The JSON object in path, or None when it is missing, partial, not an object, nested
+    past the parser's depth, or not a regular file (a FIFO is never opened)."""
+    if not is_regular_file(path):
+        return None
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -104,9 +108,17 @@ def hashable_args(args: dict) -> dict:
 
 
 def number(value) -> float:
-    """value as a float, nan when it is not a number."""
+    """value as a float, nan when it is not a number (untrusted() names non-finite ones)."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if is_number else float("nan")
+
+
+def untrusted(summary: dict) -> str | None:
+    """Why a finished run's numbers cannot be trusted (SUMMARY_NUMBERS that are not finite:
+    an infinite accuracy), or None."""
+    bad = [k for k in SUMMARY_NUMBERS
+           if isinstance(v := summary.get(k), float) and not math.isfinite(v)]
+    return f"summary.json holds non-finite {', '.join(bad)}: not averaged" if bad else None
 
 
 def seed_of(args: dict) -> int | None:
@@ -128,7 +140,8 @@ def files_sha256(stage_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in ("args.json", "metrics.csv", "summary.json"):
         try:
-            digest.update((stage_dir / name).read_bytes())
+            if is_regular_file(stage_dir / name):
+                digest.update((stage_dir / name).read_bytes())
         except OSError:
             pass
         digest.update(b"\0")
@@ -180,9 +193,9 @@ def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
     """One stage folder as a row of the runs frame. Summary fields are filled only when the
     run finished; total_seconds = wall_seconds + feature_seconds (a probe's feature extraction
     runs before its epochs and is not in wall_seconds). The seed is args.json's."""
-    exp, stage = stage_dir.parent.name, stage_dir.name
+    exp, stage = shown_name(stage_dir.parent.name), stage_dir.name
     summary = read_json(stage_dir / "summary.json") or {}
-    finished = bool(summary.get("finished"))
+    finished = summary.get("finished") is True  # not the string "false"
     summary = summary if finished else {}
     raw_args = read_json(stage_dir / "args.json") or {}
     args = hashable_args(raw_args)
@@ -199,10 +212,16 @@ def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
     row["total_seconds"] = row["wall_seconds"] + np.nan_to_num(row["feature_seconds"])
     row |= {"eval_split": eval_split_of(summary), "files_sha256": files_sha256(stage_dir),
             "steps_per_epoch": steps_per_epoch(raw_args, summary),
-            "settings": settings_of(args) if args else None, "duplicate": None,
+            "settings": settings_of(args) if args else None, "duplicate": untrusted(summary),
             "chosen": chosen_text(summary.get("chosen"), summary.get("chosen_on_grid_edge"))}
     row["steps"] = row["epochs"] * row["steps_per_epoch"]
     return row
+
+
+def shown_name(name: str) -> str:
+    """A folder name as text a report can print: bytes that are not UTF-8 (os.fsdecode's
+    surrogates) as \\x escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def is_stage(name: str) -> bool:
@@ -233,6 +252,7 @@ def collect_runs(root, stale_hours: float = STALE_HOURS) -> pd.DataFrame:
     stage_dirs = [d for d in candidates if kept[d.resolve()] == d]
     frame = pd.DataFrame([load_run(d, stale_hours) for d in stage_dirs], columns=RUN_COLUMNS)
     frame["paired"] = pairing(frame)
+    frame["args"] = with_upstream_settings(frame)
     frame["duplicate"] = mark_duplicates(frame)
     frame["usable"] = ((frame["status"] == FINISHED) & (frame["paired"] != "no")
                        & frame["duplicate"].isna())
@@ -240,17 +260,20 @@ def collect_runs(root, stale_hours: float = STALE_HOURS) -> pd.DataFrame:
 
 
 def mark_duplicates(frame: pd.DataFrame) -> pd.Series:
-    """Why a run is left out as a second run of one seed in its group and stage (the first in
-    sort order counts): the same files as an earlier one (a copy: counted once), or other
-    results under the same seed (flagged; not averaged as a second seed). None otherwise."""
-    why = pd.Series(None, index=frame.index, dtype=object)
-    seeded = frame[frame["seed"].notna()]
+    """Why a run is left out (the first in sort order counts): its numbers are untrusted
+    (untrusted()), it has the same files as an earlier run of its group and stage (a copy,
+    with or without a seed: counted once), or other results under the same seed (flagged;
+    not averaged as a second seed). None otherwise."""
+    why = frame["duplicate"].copy()
+    for _, runs in frame.groupby(["group", "stage", "files_sha256"], sort=False):
+        first = runs.iloc[0]
+        for index in runs.index[1:]:
+            why[index] = f"the same run files as `{first['exp']}`: counted once"
+    seeded = frame[frame["seed"].notna() & why.isna()]
     for _, runs in seeded.groupby(["group", "stage", "seed"], sort=False):
         first = runs.iloc[0]
         for index, run in runs.iloc[1:].iterrows():
-            why[index] = (f"the same run files as `{first['exp']}`: counted once"
-                          if run["files_sha256"] == first["files_sha256"] else
-                          f"seed {int(run['seed'])} again, other results than `{first['exp']}`: "
+            why[index] = (f"seed {int(run['seed'])} again, other results than `{first['exp']}`: "
                           "left out")
     return why
 
@@ -265,6 +288,17 @@ def pairing(frame: pd.DataFrame) -> pd.Series:
                ) & frame["exp"].isin(mae.index)
     return pd.Series(np.select([~applies, ours.isna() | theirs.isna(), ours == theirs],
                                ["n/a", "legacy", "yes"], "no"), index=frame.index)
+
+
+def with_upstream_settings(frame: pd.DataFrame) -> pd.Series:
+    """The args of each run, those of a run paired with its experiment's MAE with the MAE's
+    settings under UPSTREAM_SETTINGS: seeds whose MAEs were pretrained differently are not
+    seeds of one setting, though their own flags agree."""
+    mae = frame[frame["stage"] == PRETRAIN].set_index("exp")["settings"]
+    return pd.Series([{**args, UPSTREAM_SETTINGS: mae[exp]} if paired == "yes" else args
+                      for args, exp, paired in zip(frame["args"], frame["exp"],
+                                                   frame["paired"], strict=True)],
+                     index=frame.index, dtype=object)
 
 
 def group_name(exp: str) -> str:

@@ -5,11 +5,13 @@ search and parts; for the v2 study (commands/study.sh) its pilot, headline (head
 ablations and their endpoints. Findings come from findings.py. Imports no torch.
 """
 
+import math
 import re
 from pathlib import Path
 
 import pandas as pd
 
+from mae_cifar.fileio import is_regular_file
 from mae_cifar.reporting.cells import (
     ACC_DIGITS,
     DASH,
@@ -52,6 +54,7 @@ from mae_cifar.reporting.run_table import (
     differing,
     group_experiments,
     pretrain_configs,
+    shown_name,
 )
 
 SEARCH_GROUPS = r"(probe_lr|search_)"  # the v1 study's validation-only search experiments
@@ -402,18 +405,29 @@ ENV_FINISHED = re.compile(r"^- finished: ([^;]+);.*?: ([0-9.]+) min", re.M)
 ENV_COMMIT = re.compile(r"^- git commit: ([0-9a-f]+)", re.M)
 
 
+def number_text(text: str) -> str | None:
+    """text if it is a finite number (an environment file's "1.2.3" is not), else None."""
+    try:
+        return text if math.isfinite(float(text)) else None
+    except ValueError:
+        return None
+
+
 def parts_table(env_dir: Path) -> dict:
     """One row per environment/<part>_<time>.md the study's runs wrote: part, when it
     finished, its wall time and commit; the total wall time under them."""
     rows = []
     paths = Path(env_dir).glob("*.md")  # <part>_<UTC time>.md: in the order they finished
     for path in sorted(paths, key=lambda p: (p.stem.rpartition("_")[2], p.name)):
-        text = path.read_text(encoding="utf-8", errors="replace")
+        # a FIFO is never opened (it would wait for a writer)
+        text = path.read_text(encoding="utf-8", errors="replace") if is_regular_file(path) \
+            else ""
         part, finished, commit = (ENV_PART.search(text), ENV_FINISHED.search(text),
                                   ENV_COMMIT.search(text))
-        rows.append({"row": f"`{path.name}`", "part": part[1] if part else DASH,
+        minutes = number_text(finished[2]) if finished else None
+        rows.append({"row": f"`{shown_name(path.name)}`", "part": part[1] if part else DASH,
                      "finished": finished[1] if finished else DASH,
-                     "wall time (min)": finished[2] if finished else DASH,
+                     "wall time (min)": minutes or DASH,
                      "git commit": commit[1][:COMMIT_DIGITS] if commit else DASH})
     total = sum(float(r["wall time (min)"]) for r in rows if r["wall time (min)"] != DASH)
     rows.append({"row": "total", "part": "", "finished": "",

@@ -56,21 +56,30 @@ def check_early_stop(args):
                          "--val_split N (stopping on the test split would select on it)")
 
 
+def check_encoder_flags(args, mae_cfg):
+    """UsageError unless the architecture flags given (those of ARCH_KEYS args has, not None;
+    a --model preset counts as its flags given) and the dataset's image shape are the
+    pretrained encoder's own: a flag the encoder ignored would be recorded in args.json as if
+    it had been used."""
+    in_chans, image_size = image_shape(args.dataset, args.image_size)
+    arch = {k: getattr(args, k, None) for k in ARCH_KEYS}
+    if getattr(args, "model", None):
+        arch.update({k: v for k, v, _ in presets.choose(args, presets.ENCODER_KEYS)[1]})
+    clash = [f"--{k} {v} (the checkpoint has {getattr(mae_cfg, k)})"
+             for k, v in arch.items() if v is not None and v != getattr(mae_cfg, k)]
+    for k, v in (("in_chans", in_chans), ("image_size", image_size)):
+        if v != getattr(mae_cfg, k):
+            clash.append(f"{args.dataset} gives {k} {v} (the checkpoint has "
+                         f"{getattr(mae_cfg, k)})")
+    if clash:
+        raise UsageError("the pretrained encoder does not match: " + "; ".join(clash))
+
+
 def classifier_config(args, mae_cfg, num_classes):
     """The classifier config; from the MAE checkpoint when there is one."""
     in_chans, image_size = image_shape(args.dataset, args.image_size)
     if mae_cfg is not None:
-        arch = {k: getattr(args, k) for k in ARCH_KEYS}
-        if args.model:  # a preset is a set of flags given
-            arch.update({k: v for k, v, _ in presets.choose(args, presets.ENCODER_KEYS)[1]})
-        clash = [f"--{k} {v} (the checkpoint has {getattr(mae_cfg, k)})"
-                 for k, v in arch.items() if v is not None and v != getattr(mae_cfg, k)]
-        for k, v in (("in_chans", in_chans), ("image_size", image_size)):
-            if v != getattr(mae_cfg, k):
-                clash.append(f"{args.dataset} gives {k} {v} (the checkpoint has "
-                             f"{getattr(mae_cfg, k)})")
-        if clash:
-            raise UsageError("the pretrained encoder does not match: " + "; ".join(clash))
+        check_encoder_flags(args, mae_cfg)
         arch = {k: getattr(mae_cfg, k) for k in ARCH_KEYS}
     else:
         arch = architecture(args)

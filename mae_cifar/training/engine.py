@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from mae_cifar import distributed
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from mae_cifar.cli import UsageError
-from mae_cifar.data.datasets import load_dataset
+from mae_cifar.cli import DATA_KEY, UsageError
+from mae_cifar.data.datasets import load_dataset, training_positions
 from mae_cifar.training.logs import MetricsLog
 from mae_cifar.training.optim import NO_DECAY_NAMES, constant_lr, cosine_lr, param_groups, set_lr
 from mae_cifar.training.progress import SLOW_RUN_SECONDS, Progress, duration, watch_signals
@@ -33,6 +33,7 @@ LR_SCHEDULES = ("cosine", "constant")  # after the linear warmup: cosine to min_
 MIN_STEPS_PER_EPOCH = 5  # fewer: the schedule moves in whole-epoch jumps (warned)
 MIN_WARMUP_STEPS = 5  # a shorter warmup jumps from lr 0 to the peak (warned)
 LOG_INTERVAL = 20  # optimizer steps between host reads of the loss (NaN check, progress bar)
+TB_EVENTS = "events.out.tfevents.*"  # TensorBoard's event files
 RESUME_KEYS = ("config", "model", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
 
@@ -70,19 +71,54 @@ def print_args(args):
         print(f"  {k}: {v}")
 
 
-def load_stage_data(args, dist, val_split=0, labels="required"):
-    """The stage's dataset on its device; rank 0 prints the arguments and what was loaded.
-    labels: datasets.load_dataset's (a classifier stage requires them)."""
+def load_stage_data(args, dist, run, val_split=0, labels="required"):
+    """The stage's dataset on its device, refused if the run folder's unfinished run trained
+    on other data (recorded in args.json and args.data_sha256 otherwise); rank 0 prints the
+    arguments and what was loaded. labels: datasets.load_dataset's (a classifier stage
+    requires them)."""
     data = load_dataset(args.dataset, args.data_dir, args.image_size, args.max_train_images,
                         args.max_eval_images, val_split, device=dist.device, labels=labels)
+    run.check_data(data.sha256)
+    setattr(args, DATA_KEY, data.sha256)  # the model files' copy of the flags records it
+    data.val_in_pretraining = val_images_in_pretraining(
+        getattr(args, "pretrained_model_path", None), args.dataset, data)
     if dist.is_main:
         print_args(args)
         print(f"loaded {data.describe()}")
+        if data.val_in_pretraining:
+            print(f"warning: {data.val_in_pretraining} of the {len(data.val)} validation images "
+                  "were in the MAE's pretraining images (it was pretrained with another "
+                  "--val_split, or none): choices made on them favour the encoder; pretrain "
+                  "with the same --val_split (recorded as val_images_in_pretraining)")
         if args.batch_size > len(data.train):
             print(f"warning: --batch_size {args.batch_size} exceeds the {len(data.train)} "
                   "training images: each step sees the whole split, and the lr (scaled by the "
                   "batch size) is far from the recipe's")
     return data
+
+
+def val_images_in_pretraining(path, dataset, data):
+    """How many of data.val's images the MAE of model file `path` was pretrained on (from
+    the flags its file records: --val_split, --max_train_images), or None where that cannot
+    be told: no validation split, no model file, a foreign file or other data."""
+    if path is None or data.val is None:
+        return None
+    try:
+        ckpt = load_checkpoint(path, kind="mae")
+    except UsageError:  # a timm or official MAE file: its images are not recorded
+        return None
+    mae = ckpt.get("args")
+    if not isinstance(mae, dict) or mae.get("dataset") != dataset or \
+            mae.get(DATA_KEY, data.sha256) != data.sha256:
+        return None
+    val_split, max_train = mae.get("val_split") or 0, mae.get("max_train_images")
+    if not isinstance(val_split, int) or not isinstance(max_train, (int, type(None))):
+        return None
+    try:
+        seen = training_positions(data.train_total, val_split, max_train)
+    except UsageError:  # a --val_split this dataset cannot hold: other data
+        return None
+    return int(torch.isin(data.val.index, seen).sum())
 
 
 # --------------------------------------------------------------------------- runtime
@@ -109,14 +145,46 @@ def configure_backends(device):
         torch.backends.cudnn.allow_tf32 = True
 
 
+LOWER_LR = "Try a lower --base_learning_rate or --amp off"
+
+
 class NonFiniteLoss(Exception):
-    pass
+    """A loss that is not finite; remedy: the sentence that ends the error line."""
+
+    def __init__(self, message, remedy=LOWER_LR):
+        super().__init__(message)
+        self.remedy = remedy
 
 
 class Interrupted(Exception):
-    def __init__(self, signum):
+    """A stop signal; saved: whether a checkpoint was written for it (the Trainer's)."""
+
+    def __init__(self, signum, saved=True):
         super().__init__(signum)
-        self.signum = signum
+        self.signum, self.saved = signum, saved
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def on_stop_signals(handler):
+    """handler(signum, frame) for SIGTERM and SIGINT inside the block; the handlers before
+    it are restored after (a handler left behind would swallow the signals of a later run in
+    the same process)."""
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+def raise_interrupted(signum, frame):
+    """A stop-signal handler for work with nothing to save yet: stop at once."""
+    raise Interrupted(signum, saved=False)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -433,20 +501,23 @@ def _count_before(start, n, loader):
 
 def run_stage(main_fn, run):
     """Run a stage; turn interrupts and non-finite losses into one line and an exit code.
-    Rank 0 ends with the stage's total wall time, whatever the outcome."""
+    A stop signal before the Trainer takes over the handlers stops at once; the handlers
+    before the stage are restored after it. Rank 0 ends with the stage's total wall time,
+    whatever the outcome."""
     started = time.perf_counter()
     try:
-        main_fn()
+        with on_stop_signals(raise_interrupted):
+            main_fn()
     except Interrupted as e:
         name = signal.Signals(e.signum).name
-        print(f"stopped by {name}: checkpoint saved to {run.ckpt_path}; run the same command "
-              "to resume", file=sys.stderr)
+        then = f"checkpoint saved to {run.ckpt_path}; run the same command to resume" \
+            if e.saved else "nothing saved by this attempt: run the same command again"
+        print(f"stopped by {name}: {then}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except NonFiniteLoss as e:
         last = f"the last good checkpoint is kept in {run.ckpt_path}" \
             if os.path.exists(run.ckpt_path) else "no checkpoint had been written"
-        print(f"error: {e}; {last}. Try a lower --base_learning_rate or --amp off",
-              file=sys.stderr)
+        print(f"error: {e}; {last}. {e.remedy}", file=sys.stderr)
         sys.exit(3)
     finally:
         run.release()

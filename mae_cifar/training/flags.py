@@ -134,6 +134,15 @@ def validate_common(args):
                          f"{args.total_epoch} (the run's epochs in all, not epochs to add)")
     if args.weight_decay < 0:
         raise UsageError(f"--weight_decay must be >= 0, got {args.weight_decay}")
+    check_float32("weight_decay", [args.weight_decay])
+    lr = args.base_learning_rate * args.batch_size / engine.LR_REFERENCE_BATCH
+    opt = recipes.optimization(args)
+    limit = lr_limit(opt.betas[0] if opt.optimizer == "adamw" else 0.0)
+    if lr > limit:
+        raise UsageError(f"--base_learning_rate {args.base_learning_rate:g} gives lr {lr:g} "
+                         f"(x --batch_size {args.batch_size} / {engine.LR_REFERENCE_BATCH}), "
+                         f"beyond {limit:.4g}, the largest lr whose optimizer steps float32 "
+                         "can hold; give a lower --base_learning_rate")
     world = cli.launch_world_size()
     if args.batch_size % world:
         raise UsageError(f"--batch_size {args.batch_size} must be divisible by the number of "
@@ -142,6 +151,22 @@ def validate_common(args):
         value = getattr(args, name)
         if not value or os.sep in value or value in (".", ".."):
             raise UsageError(f"--{name} must be a plain folder name, got {value!r}")
+
+
+def check_float32(flag, values):
+    """UsageError unless every value of --flag is within float32's range, where the
+    optimizer computes (beyond it: "value cannot be converted to type float without
+    overflow")."""
+    big = [v for v in values if abs(v) > cli.FLOAT32_MAX]
+    if big:
+        raise UsageError(f"--{flag} {big[0]:g} is beyond float32's largest number "
+                         f"{cli.FLOAT32_MAX:.4g}; give a value that can train")
+
+
+def lr_limit(beta1):
+    """The largest peak lr an optimizer of first-moment decay beta1 (0: none) can step with:
+    Adam's first step is lr / (1 - beta1), a float32 in the optimizer's arithmetic."""
+    return cli.FLOAT32_MAX * (1 - beta1)
 
 
 def model_error(e):

@@ -8,7 +8,7 @@ import shutil
 
 from mae_cifar import distributed
 from mae_cifar.checkpoint import check_model_file, load_checkpoint
-from mae_cifar.cli import UPSTREAM_KEY, UsageError, os_error_hint
+from mae_cifar.cli import DATA_KEY, RECORDED_KEYS, UPSTREAM_KEY, UsageError, os_error_hint
 from mae_cifar.fileio import TEMP_PREFIX, file_sha256, remove_temp_files, write_json
 from mae_cifar.weights import weights_file
 
@@ -76,6 +76,7 @@ class RunFolder:
         return self.decided
 
     def _status(self):
+        self._check_not_nested()
         status = self._flags_status()
         return status if self.args.get(EXTEND_KEY) is None else self._extension_status(status)
 
@@ -88,7 +89,7 @@ class RunFolder:
         missing = object()
         diff = [f"--{k}: {saved.get(k)!r} (saved) vs {self.args.get(k)!r} (now)"
                 for k in sorted(set(saved) | set(self.args))
-                if k not in NON_RESULT_ARGS and k not in (UPSTREAM_KEY, EXTEND_KEY)
+                if k not in NON_RESULT_ARGS and k not in (*RECORDED_KEYS, EXTEND_KEY)
                 and saved.get(k, self.defaults.get(k, missing)) != self.args.get(k)]
         if diff:
             raise UsageError(f"{self.path} holds a run with other flags: " + "; ".join(diff)
@@ -136,6 +137,18 @@ class RunFolder:
     def summary_record(self):
         """summary.json's entries of the run folder: the extensions, if any."""
         return {EXTENSIONS_KEY: self.extensions} if self.extensions else {}
+
+    def _check_not_nested(self):
+        """A run folder is never inside another run's folder, nor holds one (--overwrite of
+        the outer run would delete the inner)."""
+        outer = run_folder_of(os.path.dirname(os.path.abspath(self.path)))
+        if outer is not None:
+            raise UsageError(f"{self.path} is inside {outer}, another run's folder; choose an "
+                             "--output_root outside run folders")
+        inner = inner_run_folder(self.path)
+        if inner is not None:
+            raise UsageError(f"{self.path} holds another run's folder, {inner}; move that "
+                             "run out first, or choose another --exp_name")
 
     def _has_run_files(self):
         """Anything besides the lock and killed writers' temporary files."""
@@ -195,6 +208,18 @@ class RunFolder:
                 f"{str(was)[:HASH_SHOWN]}, but --pretrained_model_path now holds "
                 f"{str(now)[:HASH_SHOWN]}; start again with --overwrite (or another "
                 "--exp_name)")
+
+    def check_data(self, sha256):
+        """A run continues only on the data it started on (DATA_KEY in its args.json; a run
+        folder of an older version has none); records sha256 for args.json."""
+        if self.decided == "unfinished":
+            was = self._saved_args().get(DATA_KEY)
+            if was is not None and was != sha256:
+                raise UsageError(
+                    f"{self.path} was trained on other data (sha256 {str(was)[:HASH_SHOWN]}), "
+                    f"but --dataset and --data_dir now give {sha256[:HASH_SHOWN]}; restore "
+                    "that data, or start again with --overwrite (or another --exp_name)")
+        self.args[DATA_KEY] = sha256
 
     def open(self, fresh):
         """Create the folder, take the lock, re-check the status under it, empty the folder
@@ -325,19 +350,34 @@ def check_output_path(run, flag, key, names):
     run.folders.append(folder)
 
 
-def run_folder_of(folder, own):
+def run_folder_of(folder, own=None):
     """The nearest of folder and its parents (up to the run's own folder `own`, excluded)
     that holds run files (RUN_FILES), or None."""
-    own = os.path.abspath(own)
+    folder = os.path.abspath(folder)
+    own = own and os.path.abspath(own)
     while True:
         if folder == own:
             return None
-        if any(os.path.lexists(os.path.join(folder, n)) for n in RUN_FILES):
+        if holds_run_files(folder):
             return folder
         parent = os.path.dirname(folder)
         if parent == folder:
             return None
         folder = parent
+
+
+def holds_run_files(folder):
+    return any(os.path.lexists(os.path.join(folder, n)) for n in RUN_FILES)
+
+
+def inner_run_folder(path):
+    """The first folder below path (path excluded) that holds run files, or None."""
+    for top, dirs, _ in os.walk(path):
+        dirs.sort()
+        for d in dirs:
+            if holds_run_files(os.path.join(top, d)):
+                return os.path.join(top, d)
+    return None
 
 
 def upstream_hash(path):
