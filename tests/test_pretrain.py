@@ -93,12 +93,13 @@ def scalar_events(folder):
 
 @pytest.mark.parametrize("name", ["B", "C"])
 def test_a_resumed_run_holds_each_epoch_once_in_tensorboard(runs, name):
-    """Issue 35: after a stop and a rerun, TensorBoard held both attempts' event files (each
-    epoch twice); the events are now written again, once, from metrics.csv's rows."""
+    """After a stop and a rerun, TensorBoard held both attempts' event files (each epoch
+    twice); the earlier attempt's events before the resume point now move into the rerun's."""
     events, files = scalar_events(runs["folders"][name])
     assert files == 1
     assert sorted(events) == sorted(set(events))
-    assert {step for tag, step in events if tag == "train_loss"} == {0, 1}
+    assert {step for tag, step in events if tag == "train/loss"} == \
+        {STEPS_PER_EPOCH - 1, 2 * STEPS_PER_EPOCH - 1}  # each epoch's last step, once
 
 
 def test_the_model_file_loads_safely_and_rebuilds_the_model(runs):

@@ -381,9 +381,9 @@ def export_main(*argv):
 
 
 def test_export_never_replaces_another_run_s_files_or_export(tmp_path):
-    """Issue 35: --out_dir inside another run's folder is refused; a second model of the same
-    file name exported to the same --out_dir is refused, the first's export kept; the same
-    model exported again, and a retrained model beside its earlier export, replace it."""
+    """--out_dir inside another run's folder is refused; a second model of the same file name
+    exported to the same --out_dir is refused, the first's export kept; the same model
+    exported again, and a retrained model beside its earlier export, replace it."""
     run = tmp_path / "r" / "mae-pretrain"
     first = tiny_mae_file(run / "m.pt", seed=0)
     (run / "summary.json").write_text('{"finished": true}')
@@ -392,12 +392,12 @@ def test_export_never_replaces_another_run_s_files_or_export(tmp_path):
         export_main(other, "--out_dir", run / "sub")
     out = tmp_path / "out"
     export_main(first, "--out_dir", out)
-    kept = (out / "m.safetensors").read_bytes()
-    with pytest.raises(UsageError, match="no earlier export of m.pt wrote it"):
+    kept = (out / "model.safetensors").read_bytes()
+    with pytest.raises(UsageError, match="no earlier export of m.pt wrote"):
         export_main(other, "--out_dir", out)
-    assert (out / "m.safetensors").read_bytes() == kept
+    assert (out / "model.safetensors").read_bytes() == kept
     export_main(first, "--out_dir", out)  # the same model: its own export
     export_main(first)  # beside the model file, then the model is retrained
     tiny_mae_file(first, seed=2)
     export_main(first)
-    assert (run / "m.safetensors").read_bytes() != kept
+    assert (run / "m-timm" / "model.safetensors").read_bytes() != kept

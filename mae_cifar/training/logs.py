@@ -4,9 +4,12 @@ the optimizer step they belong to, and the run's flags as hyper-parameters.
 
 Per step (every engine.LOG_INTERVAL steps, when the loss is read anyway): train/step_loss (the
 step's loss on rank 0's batch) and train/step_lr. Per epoch: the CSV row's columns, at the
-epoch's last step. A resumed run purges TensorBoard's events from its resume step on, so the
-curves hold each step once; a W&B run is one invocation (a resume starts another).
+epoch's last step. A rerun (a resume, or a restart of a run killed before its first
+checkpoint) moves the earlier attempts' events from before its resume point into its own event
+file and deletes theirs: the folder holds one event file, each step once; a W&B run is one
+invocation (a resume starts another).
 """
+import glob
 import os
 
 from mae_cifar.fileio import CSVLogger
@@ -16,6 +19,8 @@ WANDB_PROJECT = "mae-cifar"  # the W&B project runs log to (WANDB_PROJECT overri
 GROUPED_PREFIXES = ("train", "eval", "knn")  # train_loss -> train/loss, knn_acc -> knn/acc
 TRAIN_COLUMNS = ("lr", "epoch_seconds", "images_per_s")  # -> train/lr, ...
 # and every other column under eval/ (val_acc -> eval/val_acc, test_loss -> eval/test_loss)
+TB_EVENTS = "events.out.tfevents.*"  # SummaryWriter's event file names
+HPARAMS_PLUGIN = "hparams"  # its summaries are written anew by every attempt
 
 
 def scalar_tag(column):
@@ -24,6 +29,24 @@ def scalar_tag(column):
     if group in GROUPED_PREFIXES and rest:
         return f"{group}/{rest}"
     return f"train/{column}" if column in TRAIN_COLUMNS else f"eval/{column}"
+
+
+def carry_over(files, writer, resume_at):
+    """Move the events of earlier attempts' event `files` from before optimizer step
+    `resume_at` into `writer`'s file (their hyper-parameters aside: written anew), then delete
+    those files: the events after the resume point were trained again."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in sorted(files):
+        for event in EventFileLoader(path).Load():
+            values = [v for v in event.summary.value
+                      if v.metadata.plugin_data.plugin_name != HPARAMS_PLUGIN]
+            if values and event.step < resume_at:
+                del event.summary.value[:]
+                event.summary.value.extend(values)
+                writer.file_writer.add_event(event)
+        os.remove(path)
+    writer.flush()
 
 
 def hyperparameters(flags):
@@ -45,8 +68,10 @@ class MetricsLog:
 
         self.steps_per_epoch = steps_per_epoch
         self.csv = CSVLogger(run.file(csv_fn), fieldnames, start_epoch)
-        resume_at = start_epoch * steps_per_epoch + start_step
-        self.tb = SummaryWriter(run.file(TENSORBOARD_DIR), purge_step=resume_at or None)
+        folder = run.file(TENSORBOARD_DIR)
+        earlier = glob.glob(os.path.join(glob.escape(folder), TB_EVENTS))
+        self.tb = SummaryWriter(folder)
+        carry_over(earlier, self.tb, start_epoch * steps_per_epoch + start_step)
         self.wandb = None
         if flags is not None:
             self._log_hyperparameters(hyperparameters(flags), fieldnames)
