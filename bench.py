@@ -28,7 +28,6 @@ compiled / eager. See BENCHMARKS.md for measured tables.
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -50,6 +50,7 @@ from mae_cifar.cli import HelpFormatter, UsageError, run_cli
 from mae_cifar.data.datasets import image_shape, load_dataset
 from mae_cifar.data.loader import DeviceLoader
 from mae_cifar.evaluation.features import extract_features
+from mae_cifar.reporting.run_table import read_json
 from mae_cifar.training import classifier, engine, flags, objectives, recipes, run_folder
 from model import MLP_RATIO, MAE_ViT, MAEConfig, ViT_Classifier
 from utils import seed_everything
@@ -151,14 +152,8 @@ def check_out(path):
 
 def earlier_output(path):
     """Whether path is a JSON file of OUTPUT_KEYS (a FIFO is never opened)."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            out = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(out, dict) and all(k in out for k in OUTPUT_KEYS)
+    out = read_json(Path(path))
+    return out is not None and all(k in out for k in OUTPUT_KEYS)
 
 
 def resolve_preset(args):
