@@ -132,3 +132,13 @@ def known_bench_times(monkeypatch):
         return {name: [KNOWN_STEP_S[name]] * len(t) for name, t in measure(self, fns).items()}
     monkeypatch.setattr(bench.Bench, "measure", known)
     return KNOWN_STEP_S
+
+
+def one_error_line(proc, words):
+    """proc exited 2 with one `error:` line holding every word of words -> that line."""
+    assert proc.returncode == 2, proc.stdout[-500:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]

@@ -9,7 +9,7 @@ from argparse import Namespace
 
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_ENCODER, run_scripts
+from conftest import TINY_DATA, TINY_ENCODER, one_error_line, run_scripts
 
 from mae_cifar import fileio
 from mae_cifar.cli import UsageError
@@ -106,11 +106,7 @@ def test_args_and_summary_record_the_extension(runs):
     ("new_folder", ["--extend_to continues a finished run", "holds no run"]),
 ])
 def test_extension_refusals_are_one_error_line(runs, name, words):
-    r = runs["results"][name]
-    assert r.returncode == 2, r.stdout[-500:] + r.stderr[-2000:]
-    line = r.stderr.strip()
-    assert len(line.splitlines()) == 1 and line.startswith("error: "), line
-    assert all(w in line for w in words), line
+    one_error_line(runs["results"][name], words)
     assert not (runs["root"] / "new").exists()
 
 

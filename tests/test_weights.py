@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import TINY_DATA, TINY_MAE, run_scripts
+from conftest import TINY_DATA, TINY_MAE, one_error_line, run_scripts
 from safetensors.torch import save_file
 
 import export
@@ -237,16 +237,6 @@ def test_foreign_checkpoints_train(runs):
 ])
 def test_bad_pretrained_files_give_one_error_line(runs, name, words):
     one_error_line(runs["results"][name], words)
-
-
-def one_error_line(proc, words):
-    """proc exited 2 with one `error:` line holding every word of words -> that line."""
-    assert proc.returncode == 2, proc.stdout[-500:] + proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def test_unreadable_foreign_file_is_one_usage_error(tmp_path):
