@@ -118,17 +118,20 @@ def read_metrics(path, skip_damaged=False):
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             text = f.read()
-        for row in csv.DictReader(io.StringIO(text)):
+        for row in csv.DictReader(io.StringIO(text)):  # a csv.Error keeps the rows before it
             rows.append(row)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         if not skip_damaged:
             raise UsageError(f"cannot read {path}: {e}; restore it, or start again with "
                              "--overwrite") from None
+    good = []
     for line, row in enumerate(rows, start=2):
-        if not numeric_row(row) and not skip_damaged:
+        if numeric_row(row):
+            good.append(row)
+        elif not skip_damaged:
             raise UsageError(f"{path} line {line} is damaged; repair or delete that line, or "
                              "start again with --overwrite")
-    return [row for row in rows if numeric_row(row)]
+    return good
 
 
 def numeric_row(row):
