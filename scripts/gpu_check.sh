@@ -98,8 +98,9 @@ cat "$OUT_DIR/env.txt"
 
 # --- a. the CUDA tests
 if wants a; then
+    # -o addopts: the machine installs nothing, and may lack pytest-xdist (the suite's -n auto)
     stage cuda_tests "$LIMIT_TESTS" "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider \
-        --junitxml "$OUT_DIR/cuda_tests.xml" tests/test_cuda.py
+        -o addopts=-ra --junitxml "$OUT_DIR/cuda_tests.xml" tests/test_cuda.py
 fi
 
 # --- b. throughput at the seed's configuration

@@ -1,9 +1,10 @@
 """The shell drivers in commands/: syntax, the flags and paths they pass, the order of
 reproduce.sh, the launcher, and the quickstart end to end on generated images.
 
-All but the last test run the drivers with stand-ins for `python` and `torchrun` on PATH that
-only record their arguments; the recorded arguments are then parsed by the real scripts'
-get_args_parser(), so a flag a parser does not accept fails here, not after hours of training.
+The tests run the drivers with stand-ins for `python` and `torchrun` on PATH that only record
+their arguments; the recorded arguments are then parsed by the real scripts' get_args_parser(),
+so a flag a parser does not accept fails here, not after hours of training. The quickstart's
+recorded launches then run for real.
 """
 import contextlib
 import importlib
@@ -14,7 +15,7 @@ import subprocess
 from argparse import Namespace
 
 import pytest
-from conftest import REPO, SCRIPT_TIMEOUT_S, THREAD_ENV
+from conftest import REPO, run_scripts
 
 COMMANDS = REPO / "commands"
 SHELL_FILES = sorted(p.name for p in COMMANDS.glob("*.sh"))
@@ -28,8 +29,6 @@ RECORDER = """#!/usr/bin/env bash
 printf '%s\\0' "$(basename "$0")" "$@" >> "$CALLS_LOG"
 echo >> "$CALLS_LOG"
 """
-# Settings a user's environment may hold that would change the quickstart under test.
-DRIVER_SETTINGS = ("DATASET", "DATA_DIR", "EXP", "NPROC", "NNODES", "CLS_RECIPE")
 OUT = "out"  # OUTPUT_ROOT of the recorded runs
 MAIN_EXP, SHORT_EXP = "main_exp", "main_exp_150_50"
 ABLATIONS = {  # name -> (mae_pretrain.py flag, its default, experiment of its first value)
@@ -255,17 +254,17 @@ def test_reproduce_runs_every_driver_in_dependency_order(record):
 
 
 # --------------------------------------------------------------------------- end to end
-def test_quickstart_end_to_end(tmp_path):
-    """The whole chain, as small as its settings allow, on generated images."""
+def test_quickstart_end_to_end(record, tmp_path):
+    """The whole chain, as small as its settings allow, on generated images: the driver's
+    launches, recorded, then run for real in order in one interpreter (each its own __main__,
+    argv and exit code; imports paid once)."""
     settings = {"OUTPUT_ROOT": str(tmp_path), "DEVICE": "cpu", "PRETRAIN_EPOCHS": "1",
                 "PRETRAIN_WARMUP": "0", "CLS_EPOCHS": "1", "CLS_WARMUP": "0",
                 "LIN_EPOCHS": "1", "LIN_WARMUP": "0", "TRAIN_IMAGES": "128",
                 "EVAL_IMAGES": "64", "BATCH_SIZE": "64"}
-    inherited = {k: v for k, v in os.environ.items() if k not in DRIVER_SETTINGS}
-    proc = subprocess.run(["bash", "commands/quickstart.sh"], cwd=REPO,
-                          env={**inherited, **THREAD_ENV, **settings}, capture_output=True,
-                          text=True, timeout=SCRIPT_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    calls = record("quickstart.sh", **settings)
+    for call, proc in zip(calls, run_scripts([[c.script, *c.args] for c in calls])):
+        assert proc.returncode == 0, f"{call.script}: {proc.stdout[-2000:]}{proc.stderr[-4000:]}"
     exp = tmp_path / "quickstart"
     for stage, model_fn in (("mae-pretrain", "vit-t-mae.pt"),
                             ("pretrain-cls", "vit-t-clf-from_pretrained.pt"),
