@@ -6,7 +6,8 @@ split and test split as train_classifier.py.
     python baselines.py --val_split 2000 --features pixels --method knn      # -> pixels-knn/
     python baselines.py --val_split 2000 --pca_dim 64 --method linear        # -> pixels-pca64-lin/
     python baselines.py --val_split 2000 --pretrained_model_path P --method knn    # -> mae-knn/
-    python baselines.py --val_split 2000 --pretrained_model_path P --pool mean --block 3
+    python baselines.py --val_split 2000 --pretrained_model_path P --pool mean --block 3 \
+        --method linear                                   # -> mae-mean-b3-lin/
     python baselines.py --val_split 2000 --features random --patch_size 4 --emb_dim 64 \\
         --method linear                                   # -> random-lin/ (an untrained ViT)
 
@@ -52,6 +53,7 @@ METHODS = {"linear": "lin", "knn": "knn"}  # --method -> stage folder suffix
 # --features -> stage folder prefix
 FEATURE_PREFIX = {"pixels": "pixels", "encoder": "mae", "random": "random"}
 LAST_BLOCK = -1
+DEFAULT_POOL = "cls"
 
 
 def get_args_parser():
@@ -74,7 +76,7 @@ def get_args_parser():
                    help="MAE model file (mae_pretrain.py's, export.py's timm folder, a timm ViT "
                         "state dict or an official MAE checkpoint) whose frozen encoder gives "
                         "the features")
-    g.add_argument("--pool", default="cls", choices=POOLS,
+    g.add_argument("--pool", default=DEFAULT_POOL, choices=POOLS,
                    help="encoder feature: the cls token, or the mean of the patch tokens")
     g.add_argument("--block", type=int, default=LAST_BLOCK,
                    help="encoder features after this block (0-based; -1 = the last, with "
@@ -323,9 +325,18 @@ def grid_edges(args, chosen):
             and chosen[key] in (min(values), max(values))]
 
 
+def readout_name(pool, block):
+    """'' for the default read-out (the cls token after the last block and the final norm),
+    else '-<pool>' and, before the last block, '-b<block>': mae-mean-b4-lin."""
+    if (pool, block) == (DEFAULT_POOL, LAST_BLOCK):
+        return ""
+    return f"-{pool}" + ("" if block == LAST_BLOCK else f"-b{block}")
+
+
 def stage_name(args):
     pca = f"-pca{args.pca_dim}" if args.pca_dim else ""
-    return f"{FEATURE_PREFIX[args.features]}{pca}-{METHODS[args.method]}"
+    readout = "" if args.features == "pixels" else readout_name(args.pool, args.block)
+    return f"{FEATURE_PREFIX[args.features]}{pca}{readout}-{METHODS[args.method]}"
 
 
 def sweep(args, model, data, run, device):

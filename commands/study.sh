@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Study v2 on Fashion-MNIST: the headline question (H: is the MAE representation
+# Study v3 on Fashion-MNIST: the headline question (H: is the MAE representation
 # worth having against tuned pixel baselines and a converged scratch model?) and the seed's
 # question (T: the paper's Table 1, decoder depth / width and mask ratio), paired by seed.
-# Parts, each at most about 70 min on 2 CPU cores (estimated from the v1 study's
-# measured runs: a 15k x 10 pretraining with decoder 2 x 64 took 2.5 min, 8 classifier epochs
-# on 5,000 images 1.6 min; the measured times land in RESULTS/environment/<part>_<time>.md):
+# v3 keeps v2's settings (results/fashion_mnist_study_v2: its pilot's choice is
+# MAIN_* below) and adds: five headline seeds, every headline encoder read out at
+# READOUT_POOLS x READOUT_BLOCKS (the report chooses one read-out on validation), and the
+# decoder-depth endpoints at the headline budget (PART=head_depth).
+# Parts, each at most about 70 min on 2 CPU cores (v2's measured times; the measured times
+# land in RESULTS/environment/<part>_<time>.md):
 #   PART=pilot      one seed, cheap budget, validation only: base, nonormpix, learnedpos and a
-#                   bigger decoder; each with the tuned probe and kNN (~22 min). Its choice is
-#                   then frozen in MAIN_* below by hand (results.md's pilot table)
-#   PART=head       per seed (run PART=head SEEDS="1 2", then SEEDS=3): pretraining on all
-#                   58,000 non-validation images for HEAD_EPOCHS, then the tuned probe, tuned
-#                   kNN, a fine-tune with scratch's budget and stopping rule, and a random
-#                   encoder's tuned probe and kNN (measured: 56.8 min for two seeds at JOBS=2)
+#                   bigger decoder; each with the tuned probe and kNN (~22 min). v2's choice
+#                   (results.md's pilot table there) is frozen in MAIN_* below
+#   PART=head       per seed (run PART=head SEEDS="1 2", then "3 4", then 5): pretraining on
+#                   all 58,000 non-validation images for HEAD_EPOCHS, the tuned probe and kNN
+#                   of each read-out of its encoder and of a random encoder, and a fine-tune
+#                   with scratch's budget and stopping rule (v2, without the read-out grid:
+#                   56.8 min for two seeds at JOBS=2)
+#   PART=head_depth decoder depth HEAD_DEPTHS at the headline budget, paired with head_seed<s>
+#                   (depth 1 ~35 min per seed; depth 8 ~2.5x the default's pretraining: run
+#                   it per seed, JOBS=2 with another arm; a part stopped after 70 min resumes)
 #   PART=scratch    from scratch until validation accuracy stops improving, 3 seeds
 #                   (measured: 20-30 min per seed, stopping after 55-67 epochs)
 #   PART=pixels     tuned pixel probes (full and PCA to the encoder's width) per seed; pixel
@@ -25,8 +32,8 @@
 #                   trains and later ones skip once its runs are in RESULTS/runs/
 #   PART=report     results.md and figures from the committed run files (report.py)
 #   no PART         every part in that order (freeze the pilot's choice first)
-# Measured: 5.6 hours in all, summed over the parts' invocations (results.md's parts table;
-# some overlapped). Every classifier and baseline uses the same labelled split
+# v2 measured 5.6 hours in all, summed over the parts' invocations (its results.md's parts
+# table; some overlapped). Every classifier and baseline uses the same labelled split
 # (LABELLED training images after VAL_SPLIT are held out for every choice) and the whole test
 # split; every pretraining draws from the training split minus those VAL_SPLIT images. Each
 # part copies its runs' args.json, metrics.csv and summary.json to RESULTS/runs/ and writes
@@ -64,8 +71,8 @@ SMOKE=${SMOKE:-}
     setting_error SMOKE "1 (smoke mode), 0 or empty (the study)"
 if [[ $SMOKE == 1 ]]; then  # tiny sizes on generated images: every part in a few minutes
     DATASET=${DATASET:-fake}
-    OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v2_smoke}
-    RESULTS=${RESULTS:-outputs/study_v2_smoke_results}
+    OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v3_smoke}
+    RESULTS=${RESULTS:-outputs/study_v3_smoke_results}
     SIZE=(--image_size 16)
     : "${EMB_DIM:=32}" "${ENCODER_LAYER:=2}" "${ENCODER_HEAD:=2}"
     : "${BASE_DECODER_LAYER:=1}" "${BASE_DECODER_DIM:=32}" "${PILOT_DECODER_LAYER:=2}"
@@ -74,7 +81,8 @@ if [[ $SMOKE == 1 ]]; then  # tiny sizes on generated images: every part in a fe
     : "${PRETRAIN_BATCH:=32}" "${HEAD_IMAGES:=96}" "${HEAD_EPOCHS:=2}" "${HEAD_KNN_FREQ:=1}"
     : "${LABELLED:=64}" "${VAL_SPLIT:=16}" "${EVAL_IMAGES:=32}" "${BATCH:=32}"
     : "${MAX_EPOCHS:=3}" "${PATIENCE:=1}" "${CLS_WARMUP:=0}" "${ABL_CLS_EPOCHS:=1}"
-    : "${ABL_CLS_WARMUP:=0}" "${LIN_EPOCHS:=1}" "${LIN_WARMUP:=0}"
+    : "${ABL_CLS_WARMUP:=0}" "${LIN_EPOCHS:=1}" "${LIN_WARMUP:=0}" "${READOUT_BLOCKS:=0 -1}"
+    : "${HEAD_DEPTHS:=1}"
 else
     SIZE=()
 fi
@@ -82,13 +90,13 @@ fi
 DATASET=${DATASET:-fashion_mnist}
 DATA_DIR=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 DEVICE=${DEVICE:-cpu}
-OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v2}
+OUTPUT_ROOT=${OUTPUT_ROOT:-outputs/study_v3}
 LIN_EPOCHS=${LIN_EPOCHS:-50}       # baselines.py's linear probe: epochs (each grid cell keeps
 LIN_WARMUP=${LIN_WARMUP:-5}        # its best validation epoch) and warmup epochs
 CLS_WARMUP=${CLS_WARMUP:-5}        # scratch and the head's fine-tune: warmup epochs
 source commands/common.sh
 
-RESULTS=${RESULTS:-results/fashion_mnist_study_v2}
+RESULTS=${RESULTS:-results/fashion_mnist_study_v3}
 PART=${PART:-all}
 SEEDS=${SEEDS:-"1 2 3"}            # seeds of every 3-seed arm (a part may run one: SEEDS=2)
 PILOT_SEED=${PILOT_SEED:-1}        # the pilot's one seed
@@ -142,6 +150,12 @@ HEAD_EPOCHS=${HEAD_EPOCHS:-30}     # 30 x 227 = 6,800 steps (>= 10x 590), ~30 mi
 whole_numbers HEAD_EPOCHS  # checked before the arithmetic on it
 HEAD_WARMUP=${HEAD_WARMUP:-$((HEAD_EPOCHS / 10))}  # a tenth of the run
 HEAD_KNN_FREQ=${HEAD_KNN_FREQ:-5}  # kNN monitor every N epochs: does it still rise?
+# --- read-outs of every headline encoder (MAE and random): the tuned probe and kNN of each
+# pool x block (baselines.py --pool / --block; block -1 = the last, with the final norm,
+# the default read-out). The report chooses one on validation.
+READOUT_POOLS=${READOUT_POOLS:-"cls mean"}
+READOUT_BLOCKS=${READOUT_BLOCKS:-"3 4 -1"}  # 0-based: the 6-block encoder's last three
+HEAD_DEPTHS=${HEAD_DEPTHS:-"1 8"}  # Table 1's decoder-depth endpoints at the headline budget
 
 # --- classifiers
 MAX_EPOCHS=${MAX_EPOCHS:-200}      # scratch and the head's fine-tune: at most, with
@@ -159,7 +173,8 @@ ABL_MASKS=${ABL_MASKS:-"0.5 0.9"}
 # the settings each environment record lists (study_lib.sh: run_part, environment)
 ENV_SETTINGS=(SMOKE SEEDS JOBS PRETRAIN_AMP MAIN_NORM_PIX MAIN_POS_EMBED MAIN_DECODER_LAYER
               MAIN_DECODER_DIM MAIN_MASK PRETRAIN_IMAGES PRETRAIN_EPOCHS HEAD_IMAGES HEAD_EPOCHS MAX_EPOCHS
-              PATIENCE ABL_CLS_EPOCHS LIN_EPOCHS LABELLED VAL_SPLIT EVAL_IMAGES OMP_NUM_THREADS)
+              PATIENCE ABL_CLS_EPOCHS LIN_EPOCHS LABELLED VAL_SPLIT EVAL_IMAGES READOUT_POOLS
+              READOUT_BLOCKS HEAD_DEPTHS OMP_NUM_THREADS)
 source commands/study_lib.sh
 
 ENCODER=(--patch_size "$PATCH" --emb_dim "$EMB_DIM" --encoder_layer "$ENCODER_LAYER"
@@ -212,6 +227,19 @@ probe_and_knn() {
     local enc=(--pretrained_model_path "$(mae_model "$1")" --seed "$2")
     baseline "$1" "${PROBE[@]}" "${enc[@]}"
     baseline "$1" "${KNN[@]}" "${enc[@]}"
+}
+
+# readouts EXP FEATURE_FLAGS...: the tuned probe and kNN of every READOUT_POOLS x
+# READOUT_BLOCKS read-out of one encoder (FEATURE_FLAGS: the MAE's path or --features random).
+readouts() {
+    local exp=$1 pool block
+    shift
+    for pool in $READOUT_POOLS; do
+        for block in $READOUT_BLOCKS; do
+            baseline "$exp" "${PROBE[@]}" "$@" --pool "$pool" --block "$block"
+            baseline "$exp" "${KNN[@]}" "$@" --pool "$pool" --block "$block"
+        done
+    done
 }
 
 # --- arms: the independent chains of stages of a part, JOBS of them at a time
@@ -302,16 +330,19 @@ pilot_arm() {
     probe_and_knn "$exp" "$seed"
 }
 
-# head_arm EXP SEED: the main arm at the headline budget; its tuned probe and kNN, its
-# fine-tune (scratch's budget and stopping rule), and a random encoder's tuned probe and kNN.
+# head_arm EXP SEED [SETTINGS...]: the main arm (SETTINGS changed) at the headline budget;
+# the tuned probe and kNN of each read-out of its encoder and of a random one, and its
+# fine-tune (scratch's budget and stopping rule).
 head_arm() {
     local exp=$1 seed=$2
+    shift 2
+    settings_ok "$@"
+    [[ $# == 0 ]] || local "$@"
     mae "$exp" "$seed" "${HEAD[@]}"
-    probe_and_knn "$exp" "$seed"
+    readouts "$exp" --pretrained_model_path "$(mae_model "$exp")" --seed "$seed"
+    readouts "$exp" --features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED" \
+        --seed "$seed"
     classify "$exp" "${CONVERGE[@]}" --seed "$seed" --pretrained_model_path "$(mae_model "$exp")"
-    local random=(--features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED" --seed "$seed")
-    baseline "$exp" "${PROBE[@]}" "${random[@]}"
-    baseline "$exp" "${KNN[@]}" "${random[@]}"
 }
 
 # scratch_arm EXP SEED: from scratch until validation accuracy stops improving.
@@ -361,6 +392,18 @@ part_head() {
     local seed
     for seed in $SEEDS; do
         arm head_arm "head_seed$seed" "$seed"
+    done
+    run_arms
+}
+
+# Table 1's depth endpoints at the headline budget, paired by seed with head_seed<s> (the
+# default depth): head_depth<d>_seed<s>.
+part_head_depth() {
+    local seed depth
+    for seed in $SEEDS; do
+        for depth in $HEAD_DEPTHS; do
+            arm head_arm "head_depth${depth}_seed$seed" "$seed" "MAIN_DECODER_LAYER=$depth"
+        done
     done
     run_arms
 }
@@ -421,7 +464,7 @@ part_report() {
 }
 
 
-PARTS="pilot head scratch pixels abl_depth abl_width abl_mask"
+PARTS="pilot head scratch pixels abl_depth abl_width abl_mask head_depth"
 JOBS_MAX=64  # arms at once; more digits would wrap bash's arithmetic (the driver hung)
 # every setting is checked before anything runs: one word of PARTS, whole numbers
 known=0
@@ -438,7 +481,10 @@ whole_numbers LABELLED VAL_SPLIT EVAL_IMAGES BATCH PATCH ENCODER_LAYER ENCODER_H
     MAIN_DECODER_LAYER MAIN_DECODER_DIM PRETRAIN_BATCH PRETRAIN_IMAGES PRETRAIN_EPOCHS \
     PRETRAIN_WARMUP HEAD_IMAGES HEAD_WARMUP HEAD_KNN_FREQ MAX_EPOCHS PATIENCE ABL_CLS_EPOCHS \
     ABL_CLS_WARMUP PCA_DIM LIN_EPOCHS LIN_WARMUP CLS_WARMUP PILOT_SEED PIXEL_KNN_SEED
-whole_number_lists ABL_DEPTHS ABL_WIDTHS
+whole_number_lists ABL_DEPTHS ABL_WIDTHS HEAD_DEPTHS
+matching '^-?[0-9]{1,3}( -?[0-9]{1,3})*$' "block numbers separated by spaces (-1: the last)" \
+    READOUT_BLOCKS
+matching '^(cls|mean)( (cls|mean))*$' "cls and/or mean, separated by spaces" READOUT_POOLS
 for flag in BASE_NORM_PIX MAIN_NORM_PIX; do
     [[ ${!flag} == 0 || ${!flag} == 1 ]] || setting_error "$flag" "1 (on) or 0 (off)"
 done

@@ -14,12 +14,17 @@ from argparse import Namespace
 import pytest
 from conftest import REPO, SCRIPT_TIMEOUT_S, THREAD_ENV
 
+import baselines
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 # OUTPUT_ROOT of the dry runs: the stand-in python writes nothing there, but JOBS=2 writes its
 # logs under it, so it lies outside the repository (the driver runs in the repository root)
 OUT = os.path.join(tempfile.gettempdir(), "study_driver_dry_run")
 SEEDS = (1, 2, 3)
-PARTS = ("pilot", "head", "scratch", "pixels", "abl_depth", "abl_width", "abl_mask")
+PARTS = ("pilot", "head", "scratch", "pixels", "abl_depth", "abl_width", "abl_mask",
+         "head_depth")
+# every headline encoder's read-outs (pool, block): READOUT_POOLS x READOUT_BLOCKS
+READOUTS = [(pool, block) for pool in ("cls", "mean") for block in (3, 4, -1)]
 # Writes each launch to its own file in CALLS_DIR, named by the time it began: its name and
 # arguments, each ended by NUL.
 RECORDER = """#!/usr/bin/env bash
@@ -64,7 +69,8 @@ class Call:
         feats = self.ns.features or ("encoder" if self.ns.pretrained_model_path else "pixels")
         prefix = "mae" if feats == "encoder" else feats
         pca = f"-pca{self.ns.pca_dim}" if self.ns.pca_dim else ""
-        return f"{prefix}{pca}-{self.ns.method[:3]}"
+        readout = "" if feats == "pixels" else baselines.readout_name(self.ns.pool, self.ns.block)
+        return f"{prefix}{pca}{readout}-{self.ns.method[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +110,17 @@ def test_experiments_and_stages_of_every_part(parts):
     assert stages(parts["pilot"]) == {
         (f"pilot_{v}_seed1", s) for v in ("base", "nonormpix", "learnedpos", "dec4x128")
         for s in ("mae-pretrain", "mae-lin", "mae-knn")}
-    assert stages(parts["head"]) == {
-        (f"head_seed{n}", s) for n in SEEDS for s in
-        ("mae-pretrain", "mae-lin", "mae-knn", "pretrain-cls", "random-lin", "random-knn")}
+    head_stages = {"mae-pretrain", "pretrain-cls"} | {
+        f"{features}{baselines.readout_name(pool, block)}-{method}"
+        for features in ("mae", "random") for pool, block in READOUTS
+        for method in ("lin", "knn")}
+    assert {"mae-lin", "mae-knn", "random-lin", "random-knn", "mae-mean-b3-lin"} < head_stages
+    assert stages(parts["head"]) == {(f"head_seed{n}", s) for n in SEEDS for s in head_stages}
+    assert stages(parts["head_depth"]) == {
+        (f"head_depth{d}_seed{n}", s) for d in (1, 8) for n in SEEDS for s in head_stages}
+    depths = {c.exp: c.ns.decoder_layer for c in parts["head_depth"]
+              if c.script == "mae_pretrain.py"}
+    assert depths == {f"head_depth{d}_seed{n}": d for d in (1, 8) for n in SEEDS}
     assert stages(parts["scratch"]) == {(f"scratch_seed{n}", "scratch-cls") for n in SEEDS}
     assert stages(parts["pixels"]) == {
         (f"pixels_seed{n}", s) for n in SEEDS for s in ("pixels-lin", "pixels-pca64-lin")} | {
@@ -164,7 +178,8 @@ def test_scratch_and_the_head_fine_tune_differ_only_in_the_encoder_path(parts):
 
 def test_random_encoder_and_pixel_baselines(parts):
     random = [c for c in parts["head"] if c.script == "baselines.py" and c.ns.features == "random"]
-    assert len(random) == 2 * len(SEEDS)
+    assert len(random) == 2 * len(READOUTS) * len(SEEDS)
+    assert {(c.ns.pool, c.ns.block) for c in random} == set(READOUTS)
     for c in random:
         assert {k: getattr(c.ns, k) for k in ENCODER} == ENCODER
         assert c.ns.pretrained_model_path is None

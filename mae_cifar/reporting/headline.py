@@ -6,6 +6,7 @@ table the ablation endpoints use. Imports no torch.
 
 import pandas as pd
 
+from mae_cifar.reporting import readouts
 from mae_cifar.reporting.cells import (
     ACC_DIGITS,
     DASH,
@@ -15,7 +16,7 @@ from mae_cifar.reporting.cells import (
     table,
 )
 from mae_cifar.reporting.findings import RULE, SeedFree, arm, best_pixels, pair_arms, pca_stages
-from mae_cifar.reporting.run_table import CLS_STAGES, KNN, group_experiments
+from mae_cifar.reporting.run_table import CLS_STAGES, KNN, PRETRAIN, group_experiments
 
 HEAD, SCRATCH, PIXELS = "head", "scratch", "pixels"  # study.sh's experiment groups
 STUDY_GROUPS = (HEAD, SCRATCH, PIXELS)
@@ -38,7 +39,8 @@ HEADLINE_COLUMNS = [
     ("wall time incl. features (min)", "total_seconds", 1 / SECONDS_PER_MINUTE, 1, False),
 ]
 DIFFERENCE_COLUMNS = ("difference (points)", "95% CI (points)", "pairs (seeds)",
-                      "smallest detectable (points)", "verdict")
+                      "smallest detectable, 50% power (points)",
+                      "detectable at 80% power (points)", "verdict")
 
 
 def headline_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -76,12 +78,43 @@ def pixel_rows(frame: pd.DataFrame) -> list[tuple]:
     return rows
 
 
+def mae_rows(frame: pd.DataFrame) -> list[tuple]:
+    """MAE_ROWS, each probe and kNN preceded by its validation-chosen read-out where the head
+    encoders were read out at a grid of them and the choice is not the default (the default,
+    the cls token after the last block, stays as the second row)."""
+    if not readouts.has_grid(frame, HEAD):
+        return list(MAE_ROWS)
+    rows = []
+    for group, stage, label in MAE_ROWS:
+        default = readouts.parse(stage)
+        pick = default and readouts.chosen(frame, HEAD, default.features, default.method)
+        if pick and pick != stage:
+            rows.append((group, pick, f"{label}, chosen read-out: {readout_where(pick)}"))
+            label += ", cls token, last block"
+        rows.append((group, stage, label))
+    return rows
+
+
+def readout_where(stage: str) -> str:
+    """'mean patch token, block 4' of a read-out stage."""
+    return readouts.parse(stage).label.split(", ", 1)[1].rsplit(":", 1)[0]
+
+
+def chosen_stage(frame: pd.DataFrame, stage: str) -> str:
+    """The head encoders' validation-chosen read-out of a default read-out stage (itself
+    where there is no grid)."""
+    default = readouts.parse(stage)
+    if not readouts.has_grid(frame, HEAD):
+        return stage
+    return readouts.chosen(frame, HEAD, default.features, default.method) or stage
+
+
 def headline_table(frame: pd.DataFrame) -> dict:
     """Every headline arm, mean ± std (n; 95% CI) over its seeds, on the same labelled split:
     the MAE encoder's probe, kNN and fine-tune, a random encoder's, the pixel baselines and
     scratch."""
     frame = headline_frame(frame)
-    members = headline_members(frame, [*MAE_ROWS, *pixel_rows(frame), SCRATCH_ROW])
+    members = headline_members(frame, [*mae_rows(frame), *pixel_rows(frame), SCRATCH_ROW])
     notes = [
         "every row: the same labelled training images, chosen on the same validation split, "
         "tested once on the whole test split",
@@ -119,6 +152,7 @@ def difference_cells(label: str, a, b) -> list[dict]:
              "none (one pair)",
              f"{e.n} ({seeds})",
              f"{p.detectable:.{ACC_DIGITS}f}" if has_interval else DASH,
+             f"{p.detectable_80:.{ACC_DIGITS}f}" if has_interval else DASH,
              p.verdict)
     cells = [{"row": label, "column": c, "text": t, "n": 0}
              for c, t in zip(DIFFERENCE_COLUMNS, texts, strict=True)]
@@ -138,6 +172,32 @@ def differences_table(name: str, title: str, rows: list[tuple], notes=()) -> dic
         f"paired by seed: {RULE}", *notes])
 
 
+def read_out_pair(frame: pd.DataFrame, stage: str) -> list[tuple[str, str]]:
+    """(stage, label suffix): the chosen read-out, then the default where they differ."""
+    pick = chosen_stage(frame, stage)
+    if pick == stage:
+        return [(stage, "")]
+    return [(pick, f" ({readout_where(pick)}, chosen)"), (stage, " (cls token, last block)")]
+
+
+def width_matched_rows(frame: pd.DataFrame, probe: str) -> list[tuple]:
+    """The fine-tune minus the best pixel probe, and the MAE probe minus the pixel probe PCA'd
+    to the encoder's width (the same feature dimension), where those ran."""
+    rows = []
+    pixels = best_pixels(frame, "lin", PIXELS)
+    if pixels:
+        rows.append((f"MAE fine-tune minus the best pixel probe ({pixels})",
+                     arm(frame, *FINE_TUNE_ARM, CHOSEN), arm(frame, PIXELS, pixels, CHOSEN)))
+    pretrains = frame.loc[(frame["group"] == HEAD) & (frame["stage"] == PRETRAIN), "args"]
+    widths = {a.get("emb_dim") for a in pretrains if a}
+    for width, method, stage in pca_stages(frame, PIXELS):
+        if method == "lin" and width in widths:
+            rows.append((f"MAE probe minus the pixel probe PCA'd to {width} dims (the "
+                         "encoder's width)", arm(frame, HEAD, probe, CHOSEN),
+                         arm(frame, PIXELS, stage, CHOSEN)))
+    return rows
+
+
 def headline_differences(frame: pd.DataFrame) -> dict:
     """MAE probe minus the best pixel probe, MAE kNN minus the best pixel kNN (each best on
     validation), fine-tune minus scratch, and the MAE probe minus a random encoder's probe,
@@ -146,15 +206,21 @@ def headline_differences(frame: pd.DataFrame) -> dict:
     rows = []
     for method, stage, name in (("lin", "mae-lin", "probe"), ("knn", KNN, "kNN")):
         pixels = best_pixels(frame, method, PIXELS)
-        if pixels:
-            rows.append((f"MAE {name} minus the best pixel {name} ({pixels}, chosen on "
-                         "validation)", arm(frame, HEAD, stage, CHOSEN),
-                         arm(frame, PIXELS, pixels, CHOSEN)))
+        for mae, which in read_out_pair(frame, stage):
+            if pixels:
+                rows.append((f"MAE {name}{which} minus the best pixel {name} ({pixels}, "
+                             "chosen on validation)", arm(frame, HEAD, mae, CHOSEN),
+                             arm(frame, PIXELS, pixels, CHOSEN)))
+    probe, random = chosen_stage(frame, "mae-lin"), chosen_stage(frame, "random-lin")
     rows += [("MAE fine-tune minus scratch (both early-stopped)",
               arm(frame, *FINE_TUNE_ARM, CHOSEN), arm(frame, *SCRATCH_ARM, CHOSEN)),
-             ("MAE probe minus a random encoder's probe", arm(frame, HEAD, "mae-lin", CHOSEN),
-              arm(frame, HEAD, "random-lin", CHOSEN))]
+             ("MAE probe minus a random encoder's probe",
+              arm(frame, HEAD, probe, CHOSEN), arm(frame, HEAD, random, CHOSEN))]
+    rows += width_matched_rows(frame, probe)
     return differences_table(
         "headline_differences", "Headline differences (test acc at the validation choice)",
         rows, ["a seed's MAE arms share its pretraining; a pixel kNN's one run is paired with "
-               "every seed of the other arm"])
+               "every seed of the other arm",
+               *(["an encoder's probe and kNN: at the read-out chosen on validation (the "
+                  "read-outs table) unless the row names one"]
+                 if readouts.has_grid(frame, HEAD) else [])])

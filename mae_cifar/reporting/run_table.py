@@ -27,6 +27,8 @@ EXTRA_STAGES = (KNN, "mae-lin", "pixels-lin", "pixels-knn", "random-lin",  # bas
                 "random-knn")  # (its stage_name)
 STAGES = (PRETRAIN, *CLS_STAGES, *EXTRA_STAGES)
 PCA_STAGE = re.compile(r"^pixels-pca(\d+)-(lin|knn)$")  # baselines.py --pca_dim N
+# baselines.py's other read-outs (--pool, --block; baselines.readout_name): mae-mean-b3-lin
+READOUT_STAGE = re.compile(r"^(mae|random)-(cls|mean)(?:-b(\d+))?-(lin|knn)$")
 FINISHED = "finished"
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 # runfolder.NON_RESULT_ARGS (a copy: runfolder imports torch; a test keeps them equal) and the
@@ -225,15 +227,18 @@ def shown_name(name: str) -> str:
 
 
 def is_stage(name: str) -> bool:
-    """A stage folder name the report reads (STAGES, or a baselines.py PCA stage)."""
-    return name in STAGES or PCA_STAGE.match(name) is not None
+    """A stage folder name the report reads (STAGES, or a baselines.py PCA or read-out
+    stage)."""
+    return name in STAGES or any(p.match(name) for p in (PCA_STAGE, READOUT_STAGE))
 
 
 def stage_order(name: str) -> tuple:
-    """Sort key: STAGES in their order, then the PCA stages by width."""
-    match = PCA_STAGE.match(name)
-    return (STAGES.index(name), 0, "") if name in STAGES else (
-        len(STAGES), int(match[1]), match[2])
+    """Sort key: STAGES in their order, then the PCA stages by width, then the read-outs."""
+    if name in STAGES:
+        return (STAGES.index(name), 0, "")
+    if match := PCA_STAGE.match(name):
+        return (len(STAGES), int(match[1]), match[2])
+    return (len(STAGES) + 1, 0, name)
 
 
 def collect_runs(root, stale_hours: float = STALE_HOURS) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """The statistics of the report, on scipy.stats: a group's mean, sample std and n over its
 seeds with a 95% t-interval (df = n - 1); paired differences by seed with their own
-t-interval; the smallest difference the design can detect; and the one decision rule every
-finding uses. Imports no torch.
+t-interval and two-sided p-value; the smallest difference the design can detect (at 50% and
+at 80% power); Holm's step-down adjustment of a family of tests; and the one decision rule
+every finding uses. Imports no torch.
 
 Decision rule: a difference *holds* when its 95% interval excludes 0; otherwise it is
 *inconclusive at this n* (printed with its interval). One pair (n = 1) has no interval and is
@@ -14,6 +15,8 @@ import pandas as pd
 from scipy import stats
 
 CONFIDENCE = 0.95  # of every interval the report prints
+ALPHA = 1 - CONFIDENCE  # the two-sided test level the intervals invert
+POWER = 0.80  # the power of the second detectable difference the report prints
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,27 @@ def detectable(std: float, n: int) -> float:
     return t_quantile(n) * std / math.sqrt(n) if n > 1 else math.nan
 
 
+def detectable_at_power(std: float, n: int, power: float = POWER) -> float:
+    """The true mean paired difference that a two-sided level-ALPHA paired t-test over n
+    pairs with difference std `std` detects with probability `power` (the usual
+    approximation (t_{1-ALPHA/2} + t_power) * std / sqrt(n), df = n - 1). detectable() is
+    this at power 0.5. nan for n < 2."""
+    if n < 2:
+        return math.nan
+    return (t_quantile(n) + float(stats.t.ppf(power, n - 1))) * std / math.sqrt(n)
+
+
+def holm(p_values: pd.Series) -> pd.Series:
+    """Holm's step-down adjusted p-values of one family of tests (same index; nan stays nan
+    and is not counted): the k-th smallest of m p-values times (m - k + 1), made
+    non-decreasing and capped at 1. A test holds after adjustment when its value < ALPHA."""
+    p = pd.Series(p_values, dtype=float)
+    ranked = p.dropna().sort_values()
+    m = len(ranked)
+    scaled = (ranked * (m - pd.RangeIndex(m).to_numpy())).cummax().clip(upper=1.0)
+    return scaled.reindex(p.index)
+
+
 @dataclass(frozen=True)
 class Paired:
     """a - b over the seeds both have: the per-seed differences and their estimate."""
@@ -79,6 +103,22 @@ class Paired:
     @property
     def detectable(self) -> float:
         return detectable(self.estimate.std, self.n)
+
+    @property
+    def detectable_80(self) -> float:
+        return detectable_at_power(self.estimate.std, self.n)
+
+    @property
+    def p_value(self) -> float:
+        """The two-sided paired t-test's p-value (mean 0 against not 0); nan for n < 2, 0 or
+        1 where the differences do not vary."""
+        e = self.estimate
+        if e.n < 2:
+            return math.nan
+        if e.std == 0:
+            return 1.0 if e.mean == 0 else 0.0
+        t = e.mean / (e.std / math.sqrt(e.n))
+        return float(2 * stats.t.sf(abs(t), e.n - 1))
 
 
 def paired(a: pd.Series, b: pd.Series) -> Paired:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mae_cifar.fileio import is_regular_file
+from mae_cifar.reporting import readouts
 from mae_cifar.reporting.cells import (
     ACC_DIGITS,
     DASH,
@@ -41,9 +42,11 @@ from mae_cifar.reporting.findings import (
     value_order,
 )
 from mae_cifar.reporting.headline import (
+    HEAD,
     STUDY_GROUPS,
     differences_table,
     headline_differences,
+    headline_frame,
     headline_table,
 )
 from mae_cifar.reporting.run_table import (
@@ -499,6 +502,8 @@ def study_v2_tables(frame: pd.DataFrame, base: str) -> list[dict]:
     tables = [pilot_table(frame)] if frame["group"].str.match(PILOT_GROUPS).any() else []
     if frame["group"].isin(STUDY_GROUPS).any():
         tables += [headline_table(frame), headline_differences(frame)]
+        if readouts.has_grid(frame, HEAD):
+            tables.append(readouts.readout_table(headline_frame(frame), HEAD))
     tables.append(pretrain_table(frame))
     if base in pretrain_configs(frame).index:
         ablations = [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
