@@ -63,6 +63,10 @@ def test_headline_differences_are_paired_by_seed_with_the_verdict(tmp_path):
     assert probe["verdict"] == "inconclusive at n=3"
     knn = rows.loc["MAE kNN minus the best pixel kNN (pixels-knn, chosen on validation)"]
     assert (knn["difference (points)"], knn["verdict"]) == ("-5.00", "holds")  # 78 - 83, x3
+    assert knn["Holm-adjusted verdict"] == "holds (adjusted p=0.000)"  # no spread: p = 0
+    # the probe's t = -0.4 / (0.8 / sqrt 3) = -0.866, p = 0.478 on 2 df; 5 tests, the largest
+    # but one: times 2, then the running maximum with the larger ones before it
+    assert probe["Holm-adjusted verdict"].startswith("inconclusive (adjusted p=")
     fine_tune = rows.loc["MAE fine-tune minus scratch (both early-stopped)"]
     assert fine_tune["difference (points)"] == "+0.00"  # +1, 0, -1
     assert fine_tune["verdict"] == "inconclusive at n=3"

@@ -17,6 +17,7 @@ from mae_cifar.reporting.cells import (
 )
 from mae_cifar.reporting.findings import RULE, SeedFree, arm, best_pixels, pair_arms, pca_stages
 from mae_cifar.reporting.run_table import CLS_STAGES, KNN, PRETRAIN, group_experiments
+from mae_cifar.reporting.stats import ALPHA, holm
 
 HEAD, SCRATCH, PIXELS = "head", "scratch", "pixels"  # study.sh's experiment groups
 STUDY_GROUPS = (HEAD, SCRATCH, PIXELS)
@@ -38,6 +39,8 @@ HEADLINE_COLUMNS = [
     ("validation-chosen epoch", "chosen_epoch", 1.0, 0, False),
     ("wall time incl. features (min)", "total_seconds", 1 / SECONDS_PER_MINUTE, 1, False),
 ]
+HOLM_COLUMN = "Holm-adjusted verdict"
+P_DIGITS = 3
 DIFFERENCE_COLUMNS = ("difference (points)", "95% CI (points)", "pairs (seeds)",
                       "smallest detectable, 50% power (points)",
                       "detectable at 80% power (points)", "verdict")
@@ -161,15 +164,29 @@ def difference_cells(label: str, a, b) -> list[dict]:
     return cells
 
 
+def holm_texts(rows: list[tuple]) -> list[str]:
+    """Each row's verdict after Holm's adjustment over the table's rows (one family): 'holds'
+    or 'inconclusive' with the adjusted p-value; a dash where there is no test."""
+    p_values = pd.Series([pair_arms(a, b).p_value if a is not None and b is not None
+                          else float("nan") for _, a, b, *_ in rows], dtype=float)
+    return [DASH if pd.isna(p) else
+            f"{'holds' if p < ALPHA else 'inconclusive'} (adjusted p={p:.{P_DIGITS}f})"
+            for p in holm(p_values)]
+
+
 def differences_table(name: str, title: str, rows: list[tuple], notes=()) -> dict:
-    """A table of paired differences, one row per (label, arm a, arm b, extra text columns)."""
+    """A table of paired differences, one row per (label, arm a, arm b, extra text columns),
+    with each verdict beside its Holm-adjusted one (the table's rows are one family)."""
     cells = []
-    for label, a, b, *extra in rows:
+    for (label, a, b, *extra), adjusted in zip(rows, holm_texts(rows), strict=True):
         cells += difference_cells(label, a, b)
         cells += [{"row": label, "column": column, "text": text, "n": 0}
-                  for column, text in extra]
+                  for column, text in [(HOLM_COLUMN, adjusted), *extra]]
     return table(name, title, "difference", pd.DataFrame(cells), [
-        f"paired by seed: {RULE}", *notes])
+        f"paired by seed: {RULE}",
+        f"{HOLM_COLUMN}: Holm's step-down adjustment of the rows' paired t-test p-values, this "
+        f"table's {len(rows)} tests as one family (holds when the adjusted p < {ALPHA:.2f})",
+        *notes])
 
 
 def read_out_pair(frame: pd.DataFrame, stage: str) -> list[tuple[str, str]]:
