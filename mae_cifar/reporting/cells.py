@@ -26,7 +26,8 @@ PERCENT = 100.0
 ACC_DIGITS = 2
 LOSS_DIGITS = 4
 MINUTE_DIGITS = 1
-CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "low", "high", "text"]
+CELL_COLUMNS = ["row", "column", "value", "std", "n", "low", "high", "text"]  # a table's cells
+CSV_COLUMNS = ["dataset", "table", *CELL_COLUMNS]  # results.csv: every table's cells
 
 
 def member_why(frame: pd.DataFrame, member) -> str:
@@ -157,7 +158,7 @@ def aggregate_columns(frame: pd.DataFrame, members: pd.DataFrame, columns: list[
     then one aggregate per (column, key, scale, digits, why) over members (row, exp, stage)."""
     parts = [*texts, *(aggregate(frame, members, *spec) for spec in columns)] if len(
         members) else []
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CSV_COLUMNS[1:])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CELL_COLUMNS)
 
 
 def text_cells(shown: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
