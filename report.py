@@ -28,10 +28,11 @@ import pandas as pd
 
 from mae_cifar.cli import UsageError, positive_float, run_cli
 from mae_cifar.fileio import TEMP_PREFIX, atomic_write_bytes, atomic_write_text
-from mae_cifar.reporting.cells import CSV_COLUMNS, DASH, wide
+from mae_cifar.reporting.cells import CSV_COLUMNS, DASH, TEST_SPLIT, wide
 from mae_cifar.reporting.figures import build_figures, figure_notes, save_figure
 from mae_cifar.reporting.findings import RULE
 from mae_cifar.reporting.run_table import (
+    FINISHED,
     STALE_HOURS,
     by_dataset,
     collect_runs,
@@ -112,6 +113,16 @@ def datasets_line(frame: pd.DataFrame) -> str:
             "figures: no table, mean or plot mixes runs of two datasets.")
 
 
+def selection_text(frame: pd.DataFrame) -> str:
+    """What the model-selection split sees: never the test split, unless a finished run had
+    no validation split (then its columns say so)."""
+    if not (frame["status"].eq(FINISHED) & frame["selection_split"].eq(TEST_SPLIT)).any():
+        return "selection never sees the test split"
+    return (f"runs without a validation split chose their best epoch on the {TEST_SPLIT} "
+            f"split, and their columns say 'selected on {TEST_SPLIT}': such a best is "
+            "optimistic, not a held-out result")
+
+
 def sections(tables: list[dict]) -> list[str]:
     """Each table as Markdown, under a heading per dataset where there are several (the
     study's parts table, of no one dataset, last under its own)."""
@@ -138,8 +149,8 @@ def render_markdown(command: str, frame: pd.DataFrame, tables: list[dict],
          "from the run files (args.json, metrics.csv, summary.json); do not edit by hand."), "",
         datasets_line(frame), "",
         ("Final = last epoch; best = highest accuracy over epochs on the model-selection split "
-         "named in the header (summary.json selection_split; selection never sees the test "
-         "split). Seeds of one experiment (`<name>_seed<N>`; the seed is args.json's) are "
+         f"named in the header (summary.json selection_split; {selection_text(frame)}). "
+         "Seeds of one experiment (`<name>_seed<N>`; the seed is args.json's) are "
          "shown as mean ± sample std (n = finished seeds; 95% t-interval, df = n - 1, where "
          "n >= 2 and the std is not 0); seeds whose settings differ are not averaged. "
          "Differences are paired by "

@@ -201,7 +201,7 @@ def test_main_table(runs):
 
 def test_seed_group_mean_std(runs):
     table = tables.main_table(runs, "cpu_study")
-    assert "best test acc (%)" in cells.wide(table).columns
+    assert "best test acc (%, selected on test)" in cells.wide(table).columns
     rows = cells_by_row(table)
     # 95% CI: 52 ± t(0.975, df=1) 12.706 * 2.828 / sqrt(2) = 52 ± 25.41
     assert rows["scratch"][0] == "52.00 ± 2.83 (n=2; 95% CI [26.59, 77.41])"
@@ -683,3 +683,23 @@ def test_generated_datasets_are_the_data_module_s():
     assert set(run_table.GENERATED) <= set(datasets.DATASETS)
     assert all(datasets.load_dataset(name, None, None).source.startswith("generated")
                for name in run_table.GENERATED)
+
+
+# ----------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_the_selection_text_matches_the_run_s_split(tmp_path, split):
+    """A run without a validation split chose its best epoch on test: its columns say so,
+    results.md does not claim that selection never sees the test split, and there is no
+    'validation accuracy over the last N epochs' (its val columns repeat the test ones)."""
+    folder = classifier(tmp_path, "quick", "scratch-cls", 0.5, done=tables.PLATEAU_MIN_EPOCHS,
+                        split=split)
+    set_args(folder, val_split=16 if split == "val" else 0)
+    table = tables.main_table(run_table.collect_runs(tmp_path), "quick")
+    text = report.write_report(tmp_path, tmp_path / "out").read_text()
+    validated = split == "val"
+    assert ("best val acc (%)" if validated else "best test acc (%, selected on test)") in (
+        cells.wide(table).columns)
+    assert ("selection never sees the test split" in text) == validated
+    assert ("their columns say 'selected on test'" in text) != validated
+    plateau = [n for n in table["notes"] if "validation accuracy over the last" in n]
+    assert len(plateau) == validated, table["notes"]

@@ -176,10 +176,12 @@ def plateau_gain(metrics: pd.DataFrame) -> tuple[int, float] | None:
 
 def plateau_notes(own: pd.DataFrame) -> list[str]:
     """Per classifier stage of a group: how much validation accuracy still rose over the last
-    quarter of the epochs, the range over its usable seeds (is it still rising?)."""
+    quarter of the epochs, the range over its usable seeds with a validation split (is it
+    still rising?). A run without one has no validation accuracy to show."""
+    validated = own["stage"].isin(CLS_STAGES) & own["usable"].eq(True) & own[
+        "selection_split"].eq("val")
     notes = []
-    for stage, runs in own[own["stage"].isin(CLS_STAGES) & own["usable"].eq(True)].groupby(
-            "stage", sort=False):
+    for stage, runs in own[validated].groupby("stage", sort=False):
         gains = [g for g in runs["metrics"].map(plateau_gain) if g is not None]
         if gains:
             lo, hi = min(g for _, g in gains), max(g for _, g in gains)
