@@ -79,8 +79,7 @@ def row_major(cells: pd.DataFrame) -> pd.DataFrame:
 def results_csv(tables: list[dict]) -> str:
     """Long format: dataset,table,row,column,value,std,n,low,high,text (value empty where
     there is no number; dataset empty for the study's parts table)."""
-    frames = [row_major(t["cells"]).assign(table=t["name"], dataset=t.get("dataset"))
-              for t in tables if len(t["cells"])]
+    frames = [row_major(t["cells"]).assign(table=t["name"]) for t in tables if len(t["cells"])]
     cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return cells.reindex(columns=CSV_COLUMNS).astype({"n": "Int64"}).to_csv(
         index=False, lineterminator="\n")

@@ -636,6 +636,7 @@ def test_datasets_are_never_mixed_and_a_stopped_run_is_no_ablation_default(tmp_p
         ("fake", "pretrain"), ("fake", "main:fake_quick"), ("fashion_mnist", "pretrain"),
         ("fashion_mnist", "main:fmnist")]  # "stopped" is in the pretraining table only
     assert tables.find_ablation_base(frame) is None  # "stopped" has the default settings
+    assert all(set(t["cells"]["dataset"]) == {t["dataset"]} for t in built)
     pretrained = {t["dataset"]: list(cells.wide(t).index) for t in built
                   if t["name"] == "pretrain"}
     assert pretrained == {"fake": ["`fake_quick`"], "fashion_mnist": ["`fmnist`", "`stopped`"]}

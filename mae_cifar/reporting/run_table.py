@@ -56,10 +56,10 @@ STALE_HOURS = 2.0  # a locked unfinished run with no file written for this long 
 SECONDS_PER_HOUR = 3600.0
 UNRECORDED = "not recorded"  # the dataset of a run whose args.json names none
 GENERATED = ("fake", "shapes")  # data/datasets.py's generated datasets (a test keeps them)
-RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "dataset", "args",
-               "metrics",
-               *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds", "eval_split",
-               "steps_per_epoch", "steps", "settings", "files_sha256", "duplicate", "chosen"]
+RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "dataset",
+               "args", "metrics", *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS,
+               "total_seconds", "eval_split", "steps_per_epoch", "steps", "settings",
+               "files_sha256", "duplicate", "chosen"]
 
 
 def read_json(path: Path) -> dict | None:

@@ -466,8 +466,8 @@ def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
     variants = set() if base not in configs.index else {
         g for key in ABLATION_DEFAULTS for gs in ablation_groups(configs, key, base).values()
         for g in gs} - {base}
-    trained = set(frame.loc[frame["stage"].isin(CLS_STAGES), "group"]) | finished_pretraining(
-        frame)
+    classified = set(frame.loc[frame["stage"].isin(CLS_STAGES), "group"])
+    trained = classified | finished_pretraining(frame)
     return [g for g in group_experiments(frame) if g in trained - variants]
 
 
@@ -548,13 +548,13 @@ def dataset_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> lis
 
 def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:
     """Every table of the report: one set per dataset (run_table.by_dataset), each table
-    naming its dataset under "dataset"; a generated dataset's tables say what its accuracies
-    cannot tell."""
+    naming its dataset under "dataset" and in a dataset column of its cells; a generated
+    dataset's tables say what its accuracies cannot tell."""
     tables = []
     for dataset, runs in by_dataset(frame).items():
         own = dataset_tables(runs, ablation_base)
         for t in own:
-            t["dataset"] = dataset
+            t["dataset"], t["cells"] = dataset, t["cells"].assign(dataset=dataset)
             t["notes"] += [GENERATED_NOTE.format(dataset)] if dataset in GENERATED else []
         tables += own
     return tables
