@@ -617,7 +617,7 @@ def test_damaged_inputs_give_a_report_or_one_error(tmp_path):
 
 # ----------------------------------------------------------------------------- datasets
 def mixed_tree(root):
-    """The issue's outputs folder: a quick run on generated data with a 99.8% probe, a
+    """A mixed outputs folder: a quick run on generated data with a 99.8% probe, a
     Fashion-MNIST run and a stopped Fashion-MNIST run with the default ablation settings."""
     pretrain(root, "fake_quick", dataset="fake", decoder_layer=2)
     set_args(classifier(root, "fake_quick", "pretrain-cls-lin", 0.998), dataset="fake")
