@@ -218,8 +218,8 @@ def divergence_warning(epoch, eval_loss, rows):
     best, at = min(earlier)
     if not eval_loss > DIVERGED_FACTOR * best:
         return None
-    return (f"warning: eval_loss {eval_loss:.4g} at epoch {epoch + 1} is {eval_loss / best:.1f}x "
-            f"its best ({best:.4g} at epoch {at + 1}): the run may be diverging; a lower "
+    return (f"warning: eval_loss {eval_loss:.4g} at epoch {epoch} is {eval_loss / best:.1f}x "
+            f"its best ({best:.4g} at epoch {at}): the run may be diverging; a lower "
             "--base_learning_rate or a longer warmup may help")
 
 

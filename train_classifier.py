@@ -182,12 +182,11 @@ class Stage:
         patience = self.args.early_stop_patience
         return patience > 0 and epoch - self.best["epoch"] >= patience
 
-    def stop_reason(self, stopped_epoch, first=0):
-        """Why the run stopped, epochs counted from `first`: 0 in summary.json (as
-        best_epoch), 1 on the console (as "stopped after epoch N/T")."""
+    def stop_reason(self, stopped_epoch):
+        """Why the run stopped (epochs 0-based, as everywhere: summary.json and console)."""
         if self.patience_ran_out(stopped_epoch):
             return (f"patience: no val_acc improvement for {self.args.early_stop_patience} "
-                    f"epochs after epoch {self.best['epoch'] + first}")
+                    f"epochs after epoch {self.best['epoch']}")
         return "reached total_epoch"
 
     def model_path(self):
@@ -228,11 +227,12 @@ class Stage:
         split = "TEST split (no --val_split; optimistic)" if s["selection_split"] != "val" \
             else f"validation split ({seen} of its images seen in pretraining)" if seen \
             else "held-out validation split"
-        print(f"stopped after epoch {s['stopped_epoch'] + 1}/{self.args.total_epoch} "
-              f"({self.stop_reason(s['stopped_epoch'], first=1)})")
-        print(f"final test accuracy (last epoch {s['epochs']}): {s['final_test_acc']:.4f}")
+        print(f"stopped after epoch {s['stopped_epoch']}/{self.args.total_epoch} "
+              f"({s['stop_reason']})")
+        print(f"final test accuracy (last epoch {s['stopped_epoch']}): "
+              f"{s['final_test_acc']:.4f}")
         print(f"best accuracy on the {split}: {s['best_val_acc']:.4f} at epoch "
-              f"{s['best_epoch'] + 1} (test accuracy then: {s['test_acc_at_best']:.4f})")
+              f"{s['best_epoch']} (test accuracy then: {s['test_acc_at_best']:.4f})")
         print(f"model saved to {self.model_path()}")
         if s["best_model_file"]:
             print(f"best epoch's model saved to {best_model_file(self.model_path())}")

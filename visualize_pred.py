@@ -35,9 +35,11 @@ from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier, config_f
 MAE_FOLDER, MAE_FILE = "mae-pretrain", "vit-t-mae.pt"  # mae_pretrain.py's folder and model file
 MODELS = {"pretrained": "fine-tuned from the MAE encoder",  # label -> what it usually is,
           "scratch": "trained from scratch"}                 # in figure order
-# label -> (flag, old name kept as an alias); the parsed value is args.<label>_ckpt
-MODEL_FLAGS = {"pretrained": ("--finetuned_model_path", "--pretrained_ckpt"),
+# label -> (its flag, an old name kept as an alias); args.<flag's name> holds the path
+MODEL_FLAGS = {"pretrained": ("--finetuned_model_path",),
                "scratch": ("--scratch_model_path", "--scratch_ckpt")}
+# the fine-tuned classifier's old name: deprecated, as train_classifier.py's is the MAE file
+OLD_FINETUNED_FLAG = "--pretrained_ckpt"
 GRID_COLS = 6  # images per row of block in the prediction figures
 PANEL_INCHES = 1.7  # side of one image panel
 FIG_DPI = 120
@@ -51,12 +53,20 @@ def get_args_parser():
     g = p.add_argument_group("models")
     for name, what in MODELS.items():
         folder, model_fn, _ = MODES[(name == "pretrained", False)]
-        g.add_argument(*MODEL_FLAGS[name], dest=f"{name}_ckpt", metavar="PATH", default=None,
+        g.add_argument(*MODEL_FLAGS[name], dest=model_dest(name), metavar="PATH", default=None,
                        help=f"classifier labelled '{name}' in the figures, usually {what} "
                             "(train_classifier.py's model file; default: the experiment's "
                             f"{folder}/{model_fn})")
-    g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="mae_ckpt", metavar="PATH",
-                   default=None,
+    g.add_argument(OLD_FINETUNED_FLAG, dest=model_dest("pretrained"), metavar="PATH",
+                   default=None, action=cli.DeprecatedFlag,
+                   note="note: --pretrained_ckpt is deprecated in visualize_pred.py: here it is "
+                        "--finetuned_model_path (the fine-tuned classifier), not the MAE file "
+                        "(--pretrained_model_path) it names in train_classifier.py",
+                   help="deprecated old name of --finetuned_model_path (in "
+                        "train_classifier.py --pretrained_ckpt is the MAE file: "
+                        "--pretrained_model_path)")
+    g.add_argument("--pretrained_model_path", "--mae_ckpt", dest="pretrained_model_path",
+                   metavar="PATH", default=None,
                    help="MAE checkpoint (mae_pretrain.py's model file): also draw its "
                         "reconstructions of the shown images (default: the experiment's "
                         f"{MAE_FOLDER}/{MAE_FILE}, when it is there)")
@@ -84,6 +94,11 @@ def get_args_parser():
                    help="folder of the figures (created; default: OUTPUT_ROOT/EXP_NAME/"
                         "visualize)")
     return p
+
+
+def model_dest(name):
+    """The args attribute of the classifier labelled name: its flag's name."""
+    return MODEL_FLAGS[name][0].removeprefix("--")
 
 
 # --------------------------------------------------------------------------- models
@@ -278,13 +293,13 @@ def locate_runs(args):
     exp = os.path.join(args.output_root, args.exp_name)
     for name in MODELS:
         folder, model_fn, _ = MODES[(name == "pretrained", False)]
-        if getattr(args, f"{name}_ckpt") is None:
-            setattr(args, f"{name}_ckpt", os.path.join(exp, folder, model_fn))
+        if getattr(args, model_dest(name)) is None:
+            setattr(args, model_dest(name), os.path.join(exp, folder, model_fn))
     mae = os.path.join(exp, MAE_FOLDER, MAE_FILE)
-    if args.mae_ckpt is None and os.path.isfile(mae):
-        args.mae_ckpt = mae
+    if args.pretrained_model_path is None and os.path.isfile(mae):
+        args.pretrained_model_path = mae
     args.save_dir = args.save_dir or os.path.join(exp, "visualize")
-    recorded = load_checkpoint(args.pretrained_ckpt, kind="classifier").get("args")
+    recorded = load_checkpoint(args.finetuned_model_path, kind="classifier").get("args")
     flags.resolve_data(args, recorded if isinstance(recorded, dict) else None)
 
 
@@ -318,9 +333,9 @@ def main(args):
 
 def load_inputs(args, device):
     """(classifiers, MAE or None, Dataset), every one checked against the others."""
-    clfs = [load_classifier(name, getattr(args, f"{name}_ckpt"), device) for name in MODELS]
+    clfs = [load_classifier(name, getattr(args, model_dest(name)), device) for name in MODELS]
     check_same_shape(clfs)
-    mae = load_mae(args.mae_ckpt, device) if args.mae_ckpt else None
+    mae = load_mae(args.pretrained_model_path, device) if args.pretrained_model_path else None
     # Only the test split is shown; the training split is loaded for its statistics.
     data = load_dataset(args.dataset, args.data_dir, args.image_size, max_train=1,
                         max_eval=args.max_eval_images, device=device)
@@ -328,7 +343,7 @@ def load_inputs(args, device):
         check_matches_data(c.path, c.model.config, data, args)
         check_classes(c, data)
     if mae is not None:
-        check_matches_data(args.mae_ckpt, mae.config, data, args)
+        check_matches_data(args.pretrained_model_path, mae.config, data, args)
     return clfs, mae, data
 
 

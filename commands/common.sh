@@ -152,9 +152,9 @@ pretrain_ablation() {
 visualize() {
     local dir=$OUTPUT_ROOT/$1
     "$PYTHON" visualize_pred.py "${DATA[@]}" --device "$DEVICE" \
-        --pretrained_ckpt "$dir/pretrain-cls/vit-t-clf-from_pretrained.pt" \
-        --scratch_ckpt "$dir/scratch-cls/vit-t-clf-from_scratch.pt" \
-        --mae_ckpt "$(mae_model "$1")" --save_dir "$dir/visualize" "${@:2}"
+        --finetuned_model_path "$dir/pretrain-cls/vit-t-clf-from_pretrained.pt" \
+        --scratch_model_path "$dir/scratch-cls/vit-t-clf-from_scratch.pt" \
+        --pretrained_model_path "$(mae_model "$1")" --save_dir "$dir/visualize" "${@:2}"
 }
 
 # report DIR: results.md, results.csv and figures of every run under OUTPUT_ROOT, into DIR.

@@ -30,6 +30,21 @@ DATA_KEY = "data_sha256"
 RECORDED_KEYS = (UPSTREAM_KEY, DATA_KEY)
 
 
+class DeprecatedFlag(argparse.Action):
+    """An old flag name that still works in a script where another script gives the same name
+    another meaning: it stores its value as the flag it stands for does (dest) and prints
+    `note`, one `note: ...` line saying which flag it is."""
+
+    def __init__(self, option_strings, dest, note, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.note = note
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if launch_rank() == 0:
+            print(self.note)
+        setattr(namespace, self.dest, values)
+
+
 def add_config_arg(parser):
     parser.add_argument(CONFIG_FLAG, default=None, metavar="ARGS_JSON",
                         help="replay a run: the values in this args.json (a run folder's) "

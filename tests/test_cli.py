@@ -6,8 +6,9 @@ import json
 import re
 
 import pytest
-from conftest import TINY_DATA, TINY_MAE, run_scripts
+from conftest import REPO, TINY_DATA, TINY_MAE, run_scripts
 
+import baselines
 import bench
 import export
 import mae_pretrain
@@ -61,6 +62,36 @@ def test_old_flag_names_are_aliases(name):
         for alias in old:
             value = "v.pt" if "pool" not in canonical else "mean"
             assert vars(parser.parse_args([alias, value])) == want, (name, alias)
+
+
+OLD_MODEL_FLAGS = ("--pretrained_ckpt", "--mae_ckpt", "--scratch_ckpt")
+
+
+def test_a_model_flag_names_one_model_in_every_script(capsys):
+    """--pretrained_model_path and --mae_ckpt are the MAE file in every script that takes
+    one, and so is train_classifier.py's --pretrained_ckpt; visualize_pred.py's old
+    --pretrained_ckpt, its fine-tuned classifier, still works with one note naming the flag
+    it is."""
+    for module in (train_classifier, baselines, visualize_pred):
+        for flag in ("--pretrained_model_path", "--mae_ckpt"):
+            args = module.get_args_parser().parse_args([flag, "mae.pt"])
+            assert args.pretrained_model_path == "mae.pt", (module.__name__, flag)
+    args = train_classifier.get_args_parser().parse_args(["--pretrained_ckpt", "mae.pt"])
+    assert args.pretrained_model_path == "mae.pt"
+    capsys.readouterr()
+    old = visualize_pred.get_args_parser().parse_args(["--pretrained_ckpt", "clf.pt"])
+    assert (old.finetuned_model_path, old.pretrained_model_path) == ("clf.pt", None)
+    assert capsys.readouterr().out.splitlines() == [
+        "note: --pretrained_ckpt is deprecated in visualize_pred.py: here it is "
+        "--finetuned_model_path (the fine-tuned classifier), not the MAE file "
+        "(--pretrained_model_path) it names in train_classifier.py"]
+
+
+def test_drivers_use_the_canonical_model_flags():
+    drivers = [*(REPO / "commands").glob("*.sh"), *(REPO / "scripts").glob("*.sh")]
+    for path in drivers:
+        text = path.read_text()
+        assert not [flag for flag in OLD_MODEL_FLAGS if flag in text], path.name
 
 
 def test_stages_share_flag_names():

@@ -126,7 +126,8 @@ def inputs(call):
     if call.script == "train_classifier.py":
         return [call.ns.pretrained_model_path] if call.ns.pretrained_model_path else []
     if call.script == "visualize_pred.py":
-        return [call.ns.pretrained_ckpt, call.ns.scratch_ckpt, call.ns.mae_ckpt]
+        return [call.ns.finetuned_model_path, call.ns.scratch_model_path,
+                call.ns.pretrained_model_path]
     return []
 
 

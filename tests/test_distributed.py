@@ -245,7 +245,7 @@ def torchrun(rendezvous, script, *args):
     proc = subprocess.run(cmd, cwd=REPO, env=script_env(), capture_output=True, text=True,
                           timeout=SCRIPT_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count(f"epoch 1/{EPOCHS}:") == 1  # rank 0 alone prints
+    assert proc.stdout.count(f"epoch 0/{EPOCHS}:") == 1  # rank 0 alone prints
     return proc
 
 

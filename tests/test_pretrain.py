@@ -116,7 +116,7 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_run(runs, name, resum
     stopped = runs["stopped"][name]
     assert stopped.returncode == SIGTERM_EXIT, stopped.stderr
     assert "SIGTERM" in stopped.stderr and "resume" in stopped.stderr
-    assert "epoch 1/2" in stopped.stdout and "epoch 2/2" not in stopped.stdout
+    assert "epoch 0/2:" in stopped.stdout and "epoch 1/2:" not in stopped.stdout
     resumed = runs["resumed"][name]
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {runs['folders'][name] / 'checkpoint.pt'}: {resume_point}" \

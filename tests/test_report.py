@@ -201,7 +201,7 @@ def test_main_table(runs):
 
 def test_seed_group_mean_std(runs):
     table = tables.main_table(runs, "cpu_study")
-    assert "best test acc (%)" in cells.wide(table).columns
+    assert "best test acc (%, selected on test)" in cells.wide(table).columns
     rows = cells_by_row(table)
     # 95% CI: 52 ± t(0.975, df=1) 12.706 * 2.828 / sqrt(2) = 52 ± 25.41
     assert rows["scratch"][0] == "52.00 ± 2.83 (n=2; 95% CI [26.59, 77.41])"
@@ -247,8 +247,8 @@ def test_explicit_ablation_base(runs):
 
 def test_main_tables_leave_out_ablation_variants(runs):
     names = [t["name"] for t in tables.build_tables(runs) if t["name"].startswith("main:")]
-    assert names == ["main:ablation_depth_d2_short", "main:broken_exp", "main:cpu_study",
-                     "main:main_exp_150_50"]
+    # broken_exp's pretraining never finished: the pretraining table shows it, alone
+    assert names == ["main:ablation_depth_d2_short", "main:cpu_study", "main:main_exp_150_50"]
 
 
 def test_stale_locked_run_is_stopped(tmp_path):
@@ -283,8 +283,10 @@ def test_results_md_and_csv_hold_the_same_numbers(written):
 def test_figures_are_png_and_reconstruction_is_copied(tree, written):
     out = written.parent
     pngs = sorted(out.glob("*.png"))
-    assert {"pretrain_loss.png", "knn_acc.png", "ablation_decoder_layer.png",
-            "classifier_main_exp_150_50.png"} <= {p.name for p in pngs}
+    # two datasets (broken_exp's is not recorded): each figure is one dataset's, so named
+    assert {"pretrain_loss_cifar10.png", "knn_acc_cifar10.png",
+            "ablation_decoder_layer_cifar10.png", "classifier_main_exp_150_50_cifar10.png",
+            "pretrain_loss_not_recorded.png"} <= {p.name for p in pngs}
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
     assert (out / "reconstruction_main_exp_150_50.png").read_bytes() == tree[1].read_bytes()
     assert "reconstruction_main_exp_150_50.png" in written.read_text()
@@ -317,8 +319,11 @@ def test_notebook_runs_headless_on_fixture(tree, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO)}}).execute()
-    assert sum("image/png" in o.get("data", {}) for o in code[1].outputs) == 2  # figures render
-    assert "87.65" in json.dumps([c.outputs for c in code])
+    # cifar10's loss and kNN figures, then the loss figure of the run without a dataset
+    assert sum("image/png" in o.get("data", {}) for o in code[1].outputs) == 3
+    shown = json.dumps([c.outputs for c in code])
+    assert "87.65" in shown and "### Dataset `cifar10`" in shown
+    assert "### Dataset `not recorded`" in shown
 
 
 REPORT_LAYERS = ("mae_cifar.cli", "mae_cifar.fileio", *(f"mae_cifar.reporting.{m}" for m in (
@@ -608,3 +613,94 @@ def test_damaged_inputs_give_a_report_or_one_error(tmp_path):
     with pytest.raises(cli.UsageError, match="--ablation_base nope names no experiment group"):
         report.write_report(root, tmp_path / "out2", ablation_base="nope")
     assert not (tmp_path / "out2").exists()
+
+
+# ----------------------------------------------------------------------------- datasets
+def mixed_tree(root):
+    """A mixed outputs folder: a quick run on generated data with a 99.8% probe, a
+    Fashion-MNIST run and a stopped Fashion-MNIST run with the default ablation settings."""
+    pretrain(root, "fake_quick", dataset="fake", decoder_layer=2)
+    set_args(classifier(root, "fake_quick", "pretrain-cls-lin", 0.998), dataset="fake")
+    pretrain(root, "fmnist", dataset="fashion_mnist", decoder_dim=128)
+    set_args(classifier(root, "fmnist", "pretrain-cls", 0.9), dataset="fashion_mnist")
+    os.remove(pretrain(root, "stopped", done=1, dataset="fashion_mnist") / run_table.LOCK_FN)
+
+
+def test_datasets_are_never_mixed_and_a_stopped_run_is_no_ablation_default(tmp_path):
+    """Each dataset has its own tables, loss plot and results.csv rows, and results.md names
+    them; a stopped run with the default settings makes no ablation tables of missing rows."""
+    mixed_tree(tmp_path / "runs")
+    frame = run_table.collect_runs(tmp_path / "runs")
+    built = tables.build_tables(frame)
+    assert [(t["dataset"], t["name"]) for t in built] == [
+        ("fake", "pretrain"), ("fake", "main:fake_quick"), ("fashion_mnist", "pretrain"),
+        ("fashion_mnist", "main:fmnist")]  # "stopped" is in the pretraining table only
+    assert tables.find_ablation_base(frame) is None  # "stopped" has the default settings
+    assert all(set(t["cells"]["dataset"]) == {t["dataset"]} for t in built)
+    pretrained = {t["dataset"]: list(cells.wide(t).index) for t in built
+                  if t["name"] == "pretrain"}
+    assert pretrained == {"fake": ["`fake_quick`"], "fashion_mnist": ["`fmnist`", "`stopped`"]}
+    figs = figures.build_figures(frame, built)
+    assert [line.get_label() for line in figs["pretrain_loss_fake.png"].axes[0].lines] == [
+        "fake_quick"]
+    assert [line.get_label() for line in figs["pretrain_loss_fashion_mnist.png"].axes[
+        0].lines] == ["fmnist", "stopped"]
+    text = report.write_report(tmp_path / "runs", tmp_path / "out").read_text()
+    assert "Datasets: `fake`, `fashion_mnist` (args.json's `dataset`)" in text
+    assert text.index("## Dataset `fake`") < text.index("## Dataset `fashion_mnist`")
+    assert "Ablation" not in text
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    probe = next(r for r in rows if r["row"] == "linear probe (MAE encoder)"
+                 and r["column"] == "final test acc (%)")
+    assert (probe["dataset"], probe["text"]) == ("fake", "99.80")
+    assert {r["dataset"] for r in rows} == {"fake", "fashion_mnist"}
+
+
+def test_generated_data_accuracies_carry_a_caveat(tmp_path):
+    mixed_tree(tmp_path)
+    for t in tables.build_tables(run_table.collect_runs(tmp_path)):
+        caveat = [n for n in t["notes"] if "say nothing about accuracy on real images" in n]
+        assert len(caveat) == (t["dataset"] == "fake"), (t["name"], t["notes"])
+
+
+def test_a_finished_default_without_variants_makes_no_ablation_tables(tmp_path):
+    pretrain(tmp_path, "alone")
+    classifier(tmp_path, "alone", "pretrain-cls", 0.8)
+    frame = run_table.collect_runs(tmp_path)
+    assert tables.find_ablation_base(frame) == "alone"
+    assert not [t for t in tables.build_tables(frame) if t["name"].startswith("ablation:")]
+
+
+def test_one_dataset_is_named_in_the_report(tmp_path):
+    pretrain(tmp_path, "a", dataset="shapes")
+    text = report.write_report(tmp_path, tmp_path / "out").read_text()
+    assert "Dataset: `shapes` (args.json's `dataset` of every run)." in text
+    assert "## Dataset" not in text and (tmp_path / "out" / "pretrain_loss.png").is_file()
+
+
+def test_generated_datasets_are_the_data_module_s():
+    from mae_cifar.data import datasets  # imports torch: the report keeps a torch-free list
+    assert set(run_table.GENERATED) <= set(datasets.DATASETS)
+    assert all(datasets.load_dataset(name, None, None).source.startswith("generated")
+               for name in run_table.GENERATED)
+
+
+# ----------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_the_selection_text_matches_the_run_s_split(tmp_path, split):
+    """A run without a validation split chose its best epoch on test: its columns say so,
+    results.md does not claim that selection never sees the test split, and there is no
+    'validation accuracy over the last N epochs' (its val columns repeat the test ones)."""
+    folder = classifier(tmp_path, "quick", "scratch-cls", 0.5, done=tables.PLATEAU_MIN_EPOCHS,
+                        split=split)
+    set_args(folder, val_split=16 if split == "val" else 0)
+    table = tables.main_table(run_table.collect_runs(tmp_path), "quick")
+    text = report.write_report(tmp_path, tmp_path / "out").read_text()
+    validated = split == "val"
+    assert ("best val acc (%)" if validated else "best test acc (%, selected on test)") in (
+        cells.wide(table).columns)
+    assert ("selection never sees the test split" in text) == validated
+    assert ("their columns say 'selected on test'" in text) != validated
+    plateau = [n for n in table["notes"] if "validation accuracy over the last" in n]
+    assert len(plateau) == validated, table["notes"]

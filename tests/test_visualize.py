@@ -30,21 +30,21 @@ def runs(tmp_path_factory):
     ckpt = {"mae": root / "e/mae-pretrain/vit-t-mae.pt",
             "pretrained": root / "e/pretrain-cls/vit-t-clf-from_pretrained.pt",
             "scratch": root / "e/scratch-cls/vit-t-clf-from_scratch.pt"}
-    both = ["--pretrained_ckpt", ckpt["pretrained"], "--scratch_ckpt", ckpt["scratch"]]
+    both = ["--finetuned_model_path", ckpt["pretrained"], "--scratch_model_path", ckpt["scratch"]]
     commands = {
         "mae": ["mae_pretrain.py", *TRAIN, *TINY_MAE, "--knn_freq", "0", *out],
         "finetune": ["train_classifier.py", *TRAIN, "--pretrained_model_path", ckpt["mae"],
                      *out],
         "scratch": ["train_classifier.py", *TRAIN, *TINY_ENCODER, *out],
-        "full": ["visualize_pred.py", *DATA, *both, "--mae_ckpt", ckpt["mae"], "--n", "5",
-                 "--save_dir", root / "full"],
-        "same": ["visualize_pred.py", *DATA, "--pretrained_ckpt", ckpt["scratch"],
+        "full": ["visualize_pred.py", *DATA, *both, "--pretrained_model_path", ckpt["mae"],
+                 "--n", "5", "--save_dir", root / "full"],
+        "same": ["visualize_pred.py", *DATA, "--pretrained_ckpt", ckpt["scratch"],  # old names
                  "--scratch_ckpt", ckpt["scratch"], "--use_first_n", "--n", "3",
                  "--save_dir", root / "same"],
         "out_of_range": ["visualize_pred.py", *DATA, *both, "--indices", "0", str(N_TEST),
                          "--save_dir", root / "bad"],
-        "foreign": ["visualize_pred.py", *DATA, "--pretrained_ckpt", ckpt["mae"],
-                    "--scratch_ckpt", ckpt["scratch"], "--save_dir", root / "foreign"],
+        "foreign": ["visualize_pred.py", *DATA, "--finetuned_model_path", ckpt["mae"],
+                    "--scratch_model_path", ckpt["scratch"], "--save_dir", root / "foreign"],
     }
     results = dict(zip(commands, run_scripts(list(commands.values()))))
     for name in ("mae", "finetune", "scratch"):
@@ -104,6 +104,11 @@ def test_identical_classifiers_never_disagree_and_no_mae_figure(runs):
     assert r.returncode == 0, r.stderr
     assert "showing [0, 1, 2]" in r.stdout
     assert "they disagree on 0 images" in r.stdout
+    # the old names still work; --pretrained_ckpt (the MAE file elsewhere) says which flag it is
+    assert r.stdout.splitlines()[0] == (
+        "note: --pretrained_ckpt is deprecated in visualize_pred.py: here it is "
+        "--finetuned_model_path (the fine-tuned classifier), not the MAE file "
+        "(--pretrained_model_path) it names in train_classifier.py")
     for name in FIGURES:
         assert_png(root / "same" / name)
     assert not (root / "same" / "reconstruction.png").exists()
@@ -136,7 +141,7 @@ def test_classifiers_of_different_image_shapes_are_refused(runs, tmp_path):
     save_checkpoint({**saved, "format": CHECKPOINT_FORMAT, "config": asdict(cfg),
                      "model": ViT_Classifier(cfg).state_dict()}, small)
     args = visualize_pred.get_args_parser().parse_args(
-        [*DATA, "--pretrained_ckpt", str(small), "--scratch_ckpt", str(ckpt["scratch"]),
+        [*DATA, "--finetuned_model_path", str(small), "--scratch_model_path", str(ckpt["scratch"]),
          "--save_dir", str(tmp_path / "out")])
     with pytest.raises(UsageError, match="different image shapes: pretrained 3x16x16"):
         visualize_pred.main(args)
@@ -147,7 +152,8 @@ def test_every_flag_has_help():
     parser = visualize_pred.get_args_parser()
     assert all(a.help for a in parser._actions)
     flags = {s for a in parser._actions for s in a.option_strings}
-    assert {"--pretrained_ckpt", "--scratch_ckpt", "--mae_ckpt", "--n", "--indices",
+    assert {"--finetuned_model_path", "--scratch_model_path", "--pretrained_model_path",
+            "--pretrained_ckpt", "--scratch_ckpt", "--mae_ckpt", "--n", "--indices",
             "--use_first_n", "--seed", "--save_dir", "--device", "--dataset", "--data_dir",
             "--image_size", "--max_eval_images"} <= flags
 

@@ -21,12 +21,14 @@ from mae_cifar.reporting.run_table import (
 from mae_cifar.reporting.stats import estimate, interval_text
 
 DASH = "—"
+TEST_SPLIT = "test"  # summary.json selection_split of a run without a validation split
 SECONDS_PER_MINUTE = 60.0
 PERCENT = 100.0
 ACC_DIGITS = 2
 LOSS_DIGITS = 4
 MINUTE_DIGITS = 1
-CSV_COLUMNS = ["table", "row", "column", "value", "std", "n", "low", "high", "text"]
+CELL_COLUMNS = ["row", "column", "value", "std", "n", "low", "high", "text"]  # a table's cells
+CSV_COLUMNS = ["dataset", "table", *CELL_COLUMNS]  # results.csv: every table's cells
 
 
 def member_why(frame: pd.DataFrame, member) -> str:
@@ -120,12 +122,23 @@ def text_column(members: pd.DataFrame, column: str, texts: dict) -> pd.DataFrame
                          "text": rows.map(texts)})
 
 
+def selection_unit(split: str) -> str:
+    """The unit of a column chosen on split ('val', 'test' or both as 'test/val'): '%', and
+    where runs without a validation split chose on the test split, that they did."""
+    splits = split.split("/")
+    if TEST_SPLIT not in splits:
+        return "%"
+    return f"%, {'' if len(splits) == 1 else 'some '}selected on {TEST_SPLIT}"
+
+
 def cls_columns(split: str) -> list[tuple]:
-    """(column, summary key, scale, digits, why) of a classifier row."""
+    """(column, summary key, scale, digits, why) of a classifier row; the best-epoch columns
+    name the split that chose the epoch (selection_unit)."""
+    unit = selection_unit(split)
     return [("final test acc (%)", "final_test_acc", PERCENT, ACC_DIGITS, True),
-            (f"best {split} acc (%)", "best_val_acc", PERCENT, ACC_DIGITS, False),
-            (f"test acc at best-{split} epoch (%)", "test_acc_at_best", PERCENT, ACC_DIGITS,
-             False),
+            (f"best {split} acc ({unit})", "best_val_acc", PERCENT, ACC_DIGITS, False),
+            (f"test acc at best-{split} epoch ({unit})", "test_acc_at_best", PERCENT,
+             ACC_DIGITS, False),
             ("epochs", "epochs", 1.0, 0, False),
             ("wall time incl. feature extraction (min)", "total_seconds",
              1 / SECONDS_PER_MINUTE, MINUTE_DIGITS, False)]
@@ -157,7 +170,7 @@ def aggregate_columns(frame: pd.DataFrame, members: pd.DataFrame, columns: list[
     then one aggregate per (column, key, scale, digits, why) over members (row, exp, stage)."""
     parts = [*texts, *(aggregate(frame, members, *spec) for spec in columns)] if len(
         members) else []
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CSV_COLUMNS[1:])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CELL_COLUMNS)
 
 
 def text_cells(shown: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:

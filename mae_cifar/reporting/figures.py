@@ -4,6 +4,7 @@ as PNG atomically. Imports no torch.
 """
 
 import io
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from mae_cifar.fileio import atomic_write_bytes
 from mae_cifar.reporting.cells import PERCENT, eval_splits, wide
 from mae_cifar.reporting.headline import FINE_TUNE_ARM, HEAD, SCRATCH_ARM
-from mae_cifar.reporting.run_table import CLS_STAGES, PRETRAIN
+from mae_cifar.reporting.run_table import CLS_STAGES, PRETRAIN, by_dataset
 from mae_cifar.reporting.tables import ABLATION_STAGES
 
 FIG_PANEL_SIZE = (5.0, 3.6)  # inches per subplot
@@ -161,7 +162,24 @@ def plot_ablation(result: dict) -> Figure:
 
 
 def build_figures(frame: pd.DataFrame, tables: list[dict]) -> dict[str, Figure]:
-    """PNG file name -> figure, for every figure of the report."""
+    """PNG file name -> figure, for every figure of the report: each dataset's own
+    (run_table.by_dataset), its name ending in _<dataset> where there are several."""
+    parts = by_dataset(frame)
+    figures = {}
+    for dataset, runs in parts.items():
+        own = dataset_figures(runs, [t for t in tables if t.get("dataset") == dataset])
+        suffix = f"_{file_safe(dataset)}" if len(parts) > 1 else ""
+        figures |= {name.removesuffix(".png") + suffix + ".png": fig for name, fig in own.items()}
+    return figures
+
+
+def file_safe(name: str) -> str:
+    """name with every character but letters, digits, '.', '-' and '_' as '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def dataset_figures(frame: pd.DataFrame, tables: list[dict]) -> dict[str, Figure]:
+    """PNG file name -> figure, for one dataset's runs and tables."""
     figures = {"pretrain_loss.png": plot_pretrain_curves(frame)}
     pretrain_runs = frame[frame["stage"] == PRETRAIN].itertuples()
     if any(series(run.metrics, "knn_acc")[0] for run in pretrain_runs

@@ -36,7 +36,7 @@ HEADLINE_COLUMNS = [
     ("best val acc (%)", "best_val_acc", PERCENT, ACC_DIGITS, False),
     ("final test acc, last epoch (%)", "final_test_acc_cls", PERCENT, ACC_DIGITS, False),
     ("epochs trained", "epochs", 1.0, 0, False),
-    ("validation-chosen epoch", "chosen_epoch", 1.0, 0, False),
+    ("epochs to the validation choice", "epochs_to_choice", 1.0, 0, False),
     ("wall time incl. features (min)", "total_seconds", 1 / SECONDS_PER_MINUTE, 1, False),
 ]
 HOLM_COLUMN = "Holm-adjusted verdict"
@@ -50,13 +50,14 @@ def headline_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """frame with CHOSEN (a classifier's test accuracy at its best validation epoch; a
     baselines.py run's one test evaluation, at its validation-chosen cell; the final one where
     a summary has no test_acc_at_best), final_test_acc_cls (the last epoch's: classifiers
-    only) and chosen_epoch (1-based)."""
+    only) and epochs_to_choice (epochs trained up to and with the validation-chosen one: a
+    count, as epochs trained, not the 0-based best_epoch)."""
     is_cls, trained = frame["stage"].isin(CLS_STAGES), ~frame["stage"].str.endswith("-knn")
     return frame.assign(**{
         CHOSEN: frame["test_acc_at_best"].fillna(frame["final_test_acc"]),
         "final_test_acc_cls": frame["final_test_acc"].where(is_cls),
         "epochs": frame["epochs"].where(trained),  # a kNN has no epochs
-        "chosen_epoch": (frame["best_epoch"] + 1).where(trained)})
+        "epochs_to_choice": (frame["best_epoch"] + 1).where(trained)})
 
 
 def headline_members(frame: pd.DataFrame, rows: list[tuple]) -> pd.DataFrame:

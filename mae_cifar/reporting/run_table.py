@@ -56,9 +56,12 @@ ARG_COLUMNS = ("pool", "block", "base_learning_rate", "pretrained_model_path")
 LOCK_FN = ".lock"  # training/run_folder.py's lock file, there while a process writes the run
 STALE_HOURS = 2.0  # a locked unfinished run with no file written for this long is "stopped"
 SECONDS_PER_HOUR = 3600.0
-RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "args", "metrics",
-               *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS, "total_seconds", "eval_split",
-               "steps_per_epoch", "steps", "settings", "files_sha256", "duplicate", "chosen"]
+UNRECORDED = "not recorded"  # the dataset of a run whose args.json names none
+GENERATED = ("fake", "shapes")  # data/datasets.py's generated datasets (a test keeps them)
+RUN_COLUMNS = ["exp", "group", "seed", "stage", "path", "status", "progress", "dataset",
+               "args", "metrics", *SUMMARY_NUMBERS, *SUMMARY_TEXTS, *ARG_COLUMNS,
+               "total_seconds", "eval_split", "steps_per_epoch", "steps", "settings",
+               "files_sha256", "duplicate", "chosen"]
 
 
 def read_json(path: Path) -> dict | None:
@@ -179,6 +182,15 @@ def text_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def dataset_of(args: dict) -> str:
+    """The dataset a run trained on (args.json's `dataset`; a lone surrogate as its escape),
+    or UNRECORDED."""
+    dataset = args.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        return UNRECORDED
+    return dataset.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def chosen_text(chosen, edges) -> str | None:
     """A baselines.py summary's chosen grid cell ({'lr': 0.1, 'weight_decay': 1e-05,
     'epoch': 46}) as 'lr 0.1, weight_decay 1e-05' (its best epoch left out), with the flags
@@ -207,7 +219,7 @@ def load_run(stage_dir: Path, stale_hours: float = STALE_HOURS) -> dict:
            "stage": stage, "path": stage_dir, "status": status,
            "progress": status if finished else
            f"{status}, epoch {len(metrics)}/{args.get('total_epoch', '?')}",
-           "args": args, "metrics": metrics}
+           "dataset": dataset_of(args), "args": args, "metrics": metrics}
     row |= {k: number(summary.get(k)) for k in SUMMARY_NUMBERS}
     row |= {k: text_or_none(summary.get(k)) for k in SUMMARY_TEXTS}
     row |= {k: args.get(k) for k in ARG_COLUMNS}
@@ -262,6 +274,21 @@ def collect_runs(root, stale_hours: float = STALE_HOURS) -> pd.DataFrame:
     frame["usable"] = ((frame["status"] == FINISHED) & (frame["paired"] != "no")
                        & frame["duplicate"].isna())
     return frame
+
+
+def by_dataset(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Dataset -> its runs, datasets by name: no table, mean or figure mixes two datasets. A
+    frame without runs is one empty part (UNRECORDED)."""
+    parts = dict(tuple(frame.groupby("dataset", sort=True)))
+    return parts or {UNRECORDED: frame}
+
+
+def finished_pretraining(frame: pd.DataFrame) -> set[str]:
+    """Groups with a usable pretraining run that trained every epoch its args.json planned
+    (a run stopped or still running never stands for its group's settings)."""
+    runs = frame[(frame["stage"] == PRETRAIN) & frame["usable"].eq(True)]
+    planned = runs["args"].map(lambda args: number(args.get("total_epoch")))
+    return set(runs.loc[~(runs["epochs"] < planned), "group"])
 
 
 def mark_duplicates(frame: pd.DataFrame) -> pd.Series:

@@ -52,9 +52,12 @@ from mae_cifar.reporting.headline import (
 from mae_cifar.reporting.run_table import (
     CLS_STAGES,
     FINISHED,
+    GENERATED,
     KNN,
     PRETRAIN,
+    by_dataset,
     differing,
+    finished_pretraining,
     group_experiments,
     pretrain_configs,
     shown_name,
@@ -99,6 +102,8 @@ PAPER_NOTE = ("paper values entered by hand from the paper's Table 1, not checke
 PLATEAU_FRACTION = 4  # plateau_notes: the last quarter of a classifier's epochs
 PLATEAU_MIN_EPOCHS = 8  # ... of a run with at least this many epochs
 COMMIT_DIGITS = 7  # an abbreviated git commit
+GENERATED_NOTE = ("`{}` is generated data: accuracies on generated images (probes, kNN, "
+                  "classifiers) say nothing about accuracy on real images")
 
 
 def members_of(groups: dict[str, list[str]], rows: list[tuple]) -> pd.DataFrame:
@@ -174,10 +179,12 @@ def plateau_gain(metrics: pd.DataFrame) -> tuple[int, float] | None:
 
 def plateau_notes(own: pd.DataFrame) -> list[str]:
     """Per classifier stage of a group: how much validation accuracy still rose over the last
-    quarter of the epochs, the range over its usable seeds (is it still rising?)."""
+    quarter of the epochs, the range over its usable seeds with a validation split (is it
+    still rising?). A run without one has no validation accuracy to show."""
+    validated = own["stage"].isin(CLS_STAGES) & own["usable"].eq(True) & own[
+        "selection_split"].eq("val")
     notes = []
-    for stage, runs in own[own["stage"].isin(CLS_STAGES) & own["usable"].eq(True)].groupby(
-            "stage", sort=False):
+    for stage, runs in own[validated].groupby("stage", sort=False):
         gains = [g for g in runs["metrics"].map(plateau_gain) if g is not None]
         if gains:
             lo, hi = min(g for _, g in gains), max(g for _, g in gains)
@@ -197,11 +204,13 @@ def is_variant(configs: pd.DataFrame, base: str, key: str) -> pd.Series:
 
 
 def find_ablation_base(frame: pd.DataFrame) -> str | None:
-    """Group with the default decoder/mask settings that has the most one-key variants."""
+    """Group with the default decoder/mask settings and a finished pretraining that has the
+    most one-key variants."""
     configs = pretrain_configs(frame)
     defaults = pd.Series(ABLATION_DEFAULTS)
-    candidates = sorted(g for g in configs.index
-                        if configs.loc[g, defaults.index].tolist() == defaults.tolist())
+    finished = finished_pretraining(frame)
+    candidates = sorted(g for g in configs.index if g in finished
+                        and configs.loc[g, defaults.index].tolist() == defaults.tolist())
     return max(candidates, default=None,
                key=lambda g: sum(is_variant(configs, g, k).sum() for k in ABLATION_DEFAULTS))
 
@@ -238,6 +247,16 @@ def ablation_members(frame: pd.DataFrame, key: str, base: str) -> pd.DataFrame:
          v, g, exp, stage)
         for stage in ABLATION_STAGES for v in values for g in by_value.get(v, [None])
         for exp in groups.get(g, [None])], columns=["row", "value", "group", "exp", "stage"])
+
+
+def ablation_tables(frame: pd.DataFrame, base: str | None) -> list[dict]:
+    """One ablation table per key that some group varies around base; none unless base's
+    pretraining finished (a stopped default would make tables of missing rows)."""
+    configs = pretrain_configs(frame)
+    if base not in finished_pretraining(frame) or base not in configs.index:
+        return []
+    return [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS
+            if is_variant(configs, base, key).any()]
 
 
 def ablation_table(frame: pd.DataFrame, key: str, base: str) -> dict:
@@ -442,13 +461,16 @@ def parts_table(env_dir: Path) -> dict:
 
 
 def main_groups(frame: pd.DataFrame, base: str | None) -> list[str]:
-    """Groups that get a classification table: those with a pretraining or classifier run,
-    but for the one-key variants of base (the ablation tables show them)."""
+    """Groups that get a classification table: those with a finished pretraining or a
+    classifier run (a pretraining stopped or running alone would make a table of missing
+    rows: the pretraining table shows it), but for the one-key variants of base (the
+    ablation tables show them)."""
     configs = pretrain_configs(frame)
     variants = set() if base not in configs.index else {
         g for key in ABLATION_DEFAULTS for gs in ablation_groups(configs, key, base).values()
         for g in gs} - {base}
-    trained = set(frame.loc[frame["stage"].isin([PRETRAIN, *CLS_STAGES]), "group"])
+    classified = set(frame.loc[frame["stage"].isin(CLS_STAGES), "group"])
+    trained = classified | finished_pretraining(frame)
     return [g for g in group_experiments(frame) if g in trained - variants]
 
 
@@ -505,28 +527,39 @@ def study_v2_tables(frame: pd.DataFrame, base: str) -> list[dict]:
         if readouts.has_grid(frame, HEAD):
             tables.append(readouts.readout_table(headline_frame(frame), HEAD))
     tables.append(pretrain_table(frame))
-    if base in pretrain_configs(frame).index:
-        ablations = [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
-        tables += [*ablations, endpoints_table(ablations)]
-    return tables
+    ablations = ablation_tables(frame, base)
+    return tables + ([*ablations, endpoints_table(ablations)] if ablations else [])
 
 
-def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:
-    """Every table of the report, in order. Ablations need a base group with a readable
-    pretraining args.json (given, or the one with the default settings and most variants);
+def dataset_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:
+    """Every table of one dataset's runs, in order. Ablations need a base group whose
+    pretraining finished (given, or the one with the default settings and most variants);
     the study's baselines and search only come with --ablation_base (the v2 study's tables:
     study_v2_tables)."""
     if ablation_base and is_study_v2(frame):
         return study_v2_tables(frame, ablation_base)
     base = ablation_base or find_ablation_base(frame)
-    groups = main_groups(frame, base)
+    ablations = ablation_tables(frame, base)
+    groups = main_groups(frame, base if ablations else None)
     if ablation_base:  # the study: its search experiments have their own table
         groups = [g for g in groups if not re.match(SEARCH_GROUPS, g)]
-    tables = [pretrain_table(frame), *(main_table(frame, g) for g in groups)]
-    if base in pretrain_configs(frame).index:
-        tables += [ablation_table(frame, key, base) for key in ABLATION_DEFAULTS]
+    tables = [pretrain_table(frame), *(main_table(frame, g) for g in groups), *ablations]
     if ablation_base in set(frame["group"]):
         tables = [baselines_table(frame, ablation_base), *tables]
         search = search_table(frame, ablation_base)
         tables += [search] if len(search["cells"]) else []
+    return tables
+
+
+def build_tables(frame: pd.DataFrame, ablation_base: str | None = None) -> list[dict]:
+    """Every table of the report: one set per dataset (run_table.by_dataset), each table
+    naming its dataset under "dataset" and in a dataset column of its cells; a generated
+    dataset's tables say what its accuracies cannot tell."""
+    tables = []
+    for dataset, runs in by_dataset(frame).items():
+        own = dataset_tables(runs, ablation_base)
+        for t in own:
+            t["dataset"], t["cells"] = dataset, t["cells"].assign(dataset=dataset)
+            t["notes"] += [GENERATED_NOTE.format(dataset)] if dataset in GENERATED else []
+        tables += own
     return tables

@@ -407,7 +407,7 @@ class Trainer:
         step_losses = torch.zeros(n, device=self.dist.device)
         checked = start
         t0 = time.perf_counter()
-        bar = tqdm(total=n, initial=start, desc=f"epoch {epoch + 1}/{self.args.total_epoch}",
+        bar = tqdm(total=n, initial=start, desc=f"epoch {epoch}/{self.args.total_epoch}",
                    leave=False, disable=not (self.dist.is_main and sys.stderr.isatty()))
         for step, (x, y) in enumerate(self.loader.epoch(epoch, start), start=start):
             lr = self.lr_at(epoch * n + step)
@@ -528,6 +528,8 @@ def run_stage(main_fn, run):
 
 # --------------------------------------------------------------------------- logging
 def epoch_line(epoch, total, row):
+    """'epoch E/T: key value, ...' of metrics.csv's row: E 0-based as the CSV's epoch, T the
+    epochs planned (the last epoch is T - 1)."""
     parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
              for k, v in row.items() if k != "epoch" and v is not None]
-    return f"epoch {epoch + 1}/{total}: " + ", ".join(parts)
+    return f"epoch {epoch}/{total}: " + ", ".join(parts)

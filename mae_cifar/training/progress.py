@@ -65,7 +65,7 @@ class Progress:
     def line(self, epoch, step, loss, lr, epoch_seconds, epoch_steps):
         """The progress line after `step` of `epoch` (see estimate)."""
         per_step, left_epoch, left_run = self.estimate(epoch, step, epoch_seconds, epoch_steps)
-        return (f"epoch {epoch + 1}/{self.total_epochs} step {step}/{self.steps_per_epoch}: "
+        return (f"epoch {epoch}/{self.total_epochs} step {step}/{self.steps_per_epoch}: "
                 f"{self.batch_size / per_step:.0f} img/s, loss {loss:.4f}, lr {lr:.3g}, "
                 f"elapsed {duration(time.perf_counter() - self.started)}, ETA epoch "
                 f"{duration(left_epoch)}, run {duration(left_run)} (training only)")
