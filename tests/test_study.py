@@ -223,12 +223,13 @@ def test_baselines_pixels_knn_probe_and_encoder_blocks(tmp_path):
     assert [p.returncode for p in procs] == [0] * 6 + [2, 2], [p.stderr[-500:] for p in procs]
     assert "nothing to do" in procs[5].stdout
     assert all(len(p.stderr.strip().splitlines()) == 1 for p in procs[6:])
-    for stage in ("pixels-knn", "pixels-lin", "mae-lin", "mae-knn"):
+    for stage in ("pixels-knn", "pixels-lin", "mae-mean-b0-lin", "mae-knn"):  # a read-out's own
         summary = json.loads((tmp_path / "e" / stage / "summary.json").read_text())
         assert summary["selection_split"] == "val" and 0 <= summary["final_test_acc"] <= 1
         assert summary["feature_seconds"] > 0
-    args = json.loads((tmp_path / "e" / "mae-lin" / "args.json").read_text())
+    args = json.loads((tmp_path / "e" / "mae-mean-b0-lin" / "args.json").read_text())
     assert (args["block"], args["pool"]) == (0, "mean")
+    assert not (tmp_path / "e" / "mae-lin").exists()  # the default read-out's folder: not run
 
 
 def test_cached_probe_records_feature_seconds(tmp_path):
