@@ -19,8 +19,10 @@
 #   PART=head_depth decoder depth HEAD_DEPTHS at the headline budget, paired with head_seed<s>
 #                   (depth 1 ~35 min per seed; depth 8 ~2.5x the default's pretraining: run
 #                   it per seed, JOBS=2 with another arm; a part stopped after 70 min resumes)
-#   PART=scratch    from scratch until validation accuracy stops improving, 3 seeds
-#                   (measured: 20-30 min per seed, stopping after 55-67 epochs)
+#   PART=scratch    from scratch until validation accuracy stops improving, at each of CLS_LRS
+#                   (v2, one lr: 20-30 min per seed, stopping after 55-67 epochs; run it
+#                   per seed: SEEDS=1, ...). The head's fine-tunes take the same lrs; the
+#                   report keeps, per seed, the lr with the best validation accuracy
 #   PART=pixels     tuned pixel probes (full and PCA to the encoder's width) per seed; pixel
 #                   kNN and PCA kNN (deterministic) for seed 1 only (~3 min)
 #   PART=abl_depth  decoder depth 1 vs 8 (measured: 35.9 min at JOBS=2, the default row done)
@@ -82,7 +84,7 @@ if [[ $SMOKE == 1 ]]; then  # tiny sizes on generated images: every part in a fe
     : "${LABELLED:=64}" "${VAL_SPLIT:=16}" "${EVAL_IMAGES:=32}" "${BATCH:=32}"
     : "${MAX_EPOCHS:=3}" "${PATIENCE:=1}" "${CLS_WARMUP:=0}" "${ABL_CLS_EPOCHS:=1}"
     : "${ABL_CLS_WARMUP:=0}" "${LIN_EPOCHS:=1}" "${LIN_WARMUP:=0}" "${READOUT_BLOCKS:=0 -1}"
-    : "${HEAD_DEPTHS:=1}"
+    : "${HEAD_DEPTHS:=1}" "${CLS_LRS:=1e-3 2e-3}"
 else
     SIZE=()
 fi
@@ -158,6 +160,11 @@ READOUT_BLOCKS=${READOUT_BLOCKS:-"3 4 -1"}  # 0-based: the 6-block encoder's las
 HEAD_DEPTHS=${HEAD_DEPTHS:-"1 8"}  # Table 1's decoder-depth endpoints at the headline budget
 
 # --- classifiers
+# scratch and every fine-tune (head, head_depth): one early-stopped run per base lr, the
+# report keeping, per seed, the one with the best validation accuracy. V2_LR's runs keep v2's
+# names (head_seed<s>, scratch_seed<s>); another lr's: head_lr<lr>_seed<s>, scratch_lr<lr>_...
+CLS_LRS=${CLS_LRS:-"5e-4 1e-3 2e-3"}
+V2_LR=1e-3                         # the seed recipe's base lr, v2's only one
 MAX_EPOCHS=${MAX_EPOCHS:-200}      # scratch and the head's fine-tune: at most, with
 PATIENCE=${PATIENCE:-10}           # early stopping after N epochs without a val_acc gain
 ABL_CLS_EPOCHS=${ABL_CLS_EPOCHS:-8}  # the ablations' short fine-tune (cosine): the v1 budget
@@ -174,7 +181,7 @@ ABL_MASKS=${ABL_MASKS:-"0.5 0.9"}
 ENV_SETTINGS=(SMOKE SEEDS JOBS PRETRAIN_AMP MAIN_NORM_PIX MAIN_POS_EMBED MAIN_DECODER_LAYER
               MAIN_DECODER_DIM MAIN_MASK PRETRAIN_IMAGES PRETRAIN_EPOCHS HEAD_IMAGES HEAD_EPOCHS MAX_EPOCHS
               PATIENCE ABL_CLS_EPOCHS LIN_EPOCHS LABELLED VAL_SPLIT EVAL_IMAGES READOUT_POOLS
-              READOUT_BLOCKS HEAD_DEPTHS OMP_NUM_THREADS)
+              READOUT_BLOCKS HEAD_DEPTHS CLS_LRS OMP_NUM_THREADS)
 source commands/study_lib.sh
 
 ENCODER=(--patch_size "$PATCH" --emb_dim "$EMB_DIM" --encoder_layer "$ENCODER_LAYER"
@@ -242,15 +249,40 @@ readouts() {
     done
 }
 
+# lr_exp EXP LR: the experiment of EXP's classifier at base lr LR (EXP itself at V2_LR).
+lr_exp() {
+    if [[ $2 == "$V2_LR" ]]; then
+        echo "$1"
+    else
+        echo "${1%_seed*}_lr${2}_seed${1##*_seed}"
+    fi
+}
+
+# converge EXP SEED FLAGS...: scratch's budget and stopping rule at each of CLS_LRS, each in
+# lr_exp EXP LR (FLAGS: the encoder, for a fine-tune).
+converge() {
+    local exp=$1 seed=$2 lr
+    shift 2
+    for lr in $CLS_LRS; do
+        classify "$(lr_exp "$exp" "$lr")" "${CONVERGE[@]}" --base_learning_rate "$lr" \
+            --seed "$seed" "$@"
+    done
+}
+
 # --- arms: the independent chains of stages of a part, JOBS of them at a time
 ARMS=()      # the part's queued arms, "FUNCTION EXP SEED SETTINGS..." each
 ARM_PIDS=()  # the running arms' processes (JOBS > 1)
 
 # arm FUNCTION EXP SEED SETTINGS...: queue FUNCTION EXP SEED SETTINGS... (its stages run in
-# order); EXP's runs are collected with the part's. SETTINGS: NAME=VALUE words, no spaces.
+# order); EXP's runs, and its classifiers' at every lr (lr_exp), are collected with the
+# part's. SETTINGS: NAME=VALUE words, no spaces.
 arm() {
+    local lr
     ARMS+=("$*")
     PART_EXPS+=("$2")
+    for lr in $CLS_LRS; do
+        [[ $lr == "$V2_LR" ]] || PART_EXPS+=("$(lr_exp "$2" "$lr")")
+    done
 }
 
 # run_arms: run the queued arms, each on one thread: in order at JOBS=1; else JOBS at a time,
@@ -342,12 +374,12 @@ head_arm() {
     readouts "$exp" --pretrained_model_path "$(mae_model "$exp")" --seed "$seed"
     readouts "$exp" --features random "${ENCODER[@]}" --pos_embed "$MAIN_POS_EMBED" \
         --seed "$seed"
-    classify "$exp" "${CONVERGE[@]}" --seed "$seed" --pretrained_model_path "$(mae_model "$exp")"
+    converge "$exp" "$seed" --pretrained_model_path "$(mae_model "$exp")"
 }
 
 # scratch_arm EXP SEED: from scratch until validation accuracy stops improving.
 scratch_arm() {
-    classify "$1" "${CONVERGE[@]}" --seed "$2"
+    converge "$1" "$2"
 }
 
 # pixels_arm EXP SEED: tuned pixel probes, full and at the encoder's width (PCA); the
@@ -485,6 +517,8 @@ whole_number_lists ABL_DEPTHS ABL_WIDTHS HEAD_DEPTHS
 matching '^-?[0-9]{1,3}( -?[0-9]{1,3})*$' "block numbers separated by spaces (-1: the last)" \
     READOUT_BLOCKS
 matching '^(cls|mean)( (cls|mean))*$' "cls and/or mean, separated by spaces" READOUT_POOLS
+matching '^[0-9.]+(e-?[0-9]+)?( [0-9.]+(e-?[0-9]+)?)*$' "learning rates separated by spaces" \
+    CLS_LRS
 for flag in BASE_NORM_PIX MAIN_NORM_PIX; do
     [[ ${!flag} == 0 || ${!flag} == 1 ]] || setting_error "$flag" "1 (on) or 0 (off)"
 done

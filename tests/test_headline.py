@@ -187,3 +187,26 @@ def test_holm_and_the_paired_p_value_by_hand():
     assert pair.p_value == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
     assert pair.detectable_80 > pair.detectable
     assert stats.paired(a, a).p_value == 1.0
+
+
+def test_fine_tune_and_scratch_each_at_the_lr_validation_chooses_per_seed(tmp_path):
+    """study() plus a second lr of each classifier (study.sh's lr_exp names): it wins on
+    validation for seeds 1 and 2 only, so each seed keeps its own pick."""
+    study(tmp_path)
+    for s in SEEDS:
+        for exp, stage, acc in ((f"head_lr2e-3_seed{s}", "pretrain-cls", 0.95),
+                                (f"scratch_lr2e-3_seed{s}", "scratch-cls", 0.93)):
+            run = classifier(tmp_path, exp, stage, acc, seed=s)
+            set_summary(run, best_val_acc=0.99 if s < 3 else 0.01)
+    t = built(tmp_path)
+    rows = cells.wide(t["headline"])
+    column = "test acc at the validation choice (%)"
+    # fine-tune: 94.87, 94.87, then seed 3's own lr: 88 + 3 - 0.13 = 90.87
+    assert rows.loc["MAE encoder: fine-tune, early-stopped, lr chosen on validation per seed",
+                    column].startswith("93.54 ± 2.31")
+    assert "MAE encoder: fine-tune, early-stopped, base lr 0.001" in rows.index  # kept beside
+    diffs = cells.wide(t["headline_differences"])
+    tuned = diffs.loc["MAE fine-tune minus scratch (both early-stopped, each at its lr chosen "
+                      "on validation)"]
+    # scratch: 92.87, 92.87, then seed 3's own lr: 86 + 6 - 0.13 = 91.87; differences 2, 2, -1
+    assert tuned["difference (points)"] == "+1.00"

@@ -7,6 +7,7 @@ SMOKE=1 on generated images, two arms at a time, and again to show that it skips
 """
 import importlib
 import os
+import re
 import subprocess
 import tempfile
 from argparse import Namespace
@@ -25,6 +26,7 @@ PARTS = ("pilot", "head", "scratch", "pixels", "abl_depth", "abl_width", "abl_ma
          "head_depth")
 # every headline encoder's read-outs (pool, block): READOUT_POOLS x READOUT_BLOCKS
 READOUTS = [(pool, block) for pool in ("cls", "mean") for block in (3, 4, -1)]
+OTHER_LRS = ("5e-4", "2e-3")  # CLS_LRS but v2's 1e-3, whose runs keep v2's names
 # Writes each launch to its own file in CALLS_DIR, named by the time it began: its name and
 # arguments, each ended by NUL.
 RECORDER = """#!/usr/bin/env bash
@@ -115,13 +117,18 @@ def test_experiments_and_stages_of_every_part(parts):
         for features in ("mae", "random") for pool, block in READOUTS
         for method in ("lin", "knn")}
     assert {"mae-lin", "mae-knn", "random-lin", "random-knn", "mae-mean-b3-lin"} < head_stages
-    assert stages(parts["head"]) == {(f"head_seed{n}", s) for n in SEEDS for s in head_stages}
+    fine_tunes = {(f"head_lr{lr}_seed{n}", "pretrain-cls") for lr in OTHER_LRS for n in SEEDS}
+    assert stages(parts["head"]) == {
+        (f"head_seed{n}", s) for n in SEEDS for s in head_stages} | fine_tunes
     assert stages(parts["head_depth"]) == {
-        (f"head_depth{d}_seed{n}", s) for d in (1, 8) for n in SEEDS for s in head_stages}
+        (f"head_depth{d}_seed{n}", s) for d in (1, 8) for n in SEEDS for s in head_stages} | {
+        (f"head_depth{d}_lr{lr}_seed{n}", "pretrain-cls") for d in (1, 8) for lr in OTHER_LRS
+        for n in SEEDS}
     depths = {c.exp: c.ns.decoder_layer for c in parts["head_depth"]
               if c.script == "mae_pretrain.py"}
     assert depths == {f"head_depth{d}_seed{n}": d for d in (1, 8) for n in SEEDS}
-    assert stages(parts["scratch"]) == {(f"scratch_seed{n}", "scratch-cls") for n in SEEDS}
+    assert stages(parts["scratch"]) == {(f"scratch_seed{n}", "scratch-cls") for n in SEEDS} | {
+        (f"scratch_lr{lr}_seed{n}", "scratch-cls") for lr in OTHER_LRS for n in SEEDS}
     assert stages(parts["pixels"]) == {
         (f"pixels_seed{n}", s) for n in SEEDS for s in ("pixels-lin", "pixels-pca64-lin")} | {
         ("pixels_seed1", "pixels-knn"), ("pixels_seed1", "pixels-pca64-knn")}
@@ -140,8 +147,9 @@ def test_each_arm_pretrains_before_it_uses_its_encoder(parts):
         assert path is None or path in made, f"{call.exp} {call.stage()} before its MAE"
         if call.script == "mae_pretrain.py":
             made.add(f"{OUT}/{call.exp}/mae-pretrain/vit-t-mae.pt")
-        elif path:
-            assert path == f"{OUT}/{call.exp}/mae-pretrain/vit-t-mae.pt"  # its own arm's
+        elif path:  # its own arm's (a fine-tune at another lr: the arm's without _lr<lr>)
+            arm_exp = re.sub(r"_lr[^_]+(_seed\d+)$", r"\1", call.exp)
+            assert path == f"{OUT}/{arm_exp}/mae-pretrain/vit-t-mae.pt"
 
 
 def test_every_pretraining_holds_out_the_validation_images(parts):
@@ -164,12 +172,13 @@ def test_every_classifier_and_baseline_sees_the_same_labelled_split(parts):
 
 
 def test_scratch_and_the_head_fine_tune_differ_only_in_the_encoder_path(parts):
-    scratch = {c.ns.seed: c for c in parts["scratch"]}
+    scratch = {(c.ns.seed, c.ns.base_learning_rate): c for c in parts["scratch"]}
     fine_tunes = [c for c in parts["head"] if c.script == "train_classifier.py"]
-    assert len(fine_tunes) == len(scratch) == len(SEEDS)
+    assert len(fine_tunes) == len(scratch) == len(SEEDS) * (1 + len(OTHER_LRS))
+    assert {lr for _, lr in scratch} == {5e-4, 1e-3, 2e-3}
     for ft in fine_tunes:
         assert ft.without("--exp_name", "--pretrained_model_path") == (
-            scratch[ft.ns.seed].without("--exp_name"))
+            scratch[ft.ns.seed, ft.ns.base_learning_rate].without("--exp_name"))
         ns = ft.ns
         assert (ns.lr_schedule, ns.early_stop_patience, ns.total_epoch, ns.warmup_epoch,
                 ns.augment, ns.recipe) == ("constant", 10, 200, 5, "flip", "seed")
@@ -235,7 +244,8 @@ def test_two_jobs_give_the_same_runs(dry_run, part):
 
 
 def test_one_seed_and_report(dry_run):
-    assert {c.exp for c in dry_run(PART="head", SEEDS="2")} == {"head_seed2"}
+    assert {c.exp for c in dry_run(PART="head", SEEDS="2")} == {
+        "head_seed2", "head_lr5e-4_seed2", "head_lr2e-3_seed2"}
     (report,) = dry_run(PART="report")
     assert report.script == "report.py" and report.ns.environment.endswith("/environment")
 
@@ -278,7 +288,7 @@ def run_smoke(tmp_path, **settings):
 
 
 def test_smoke_two_arms_at_once_collect_and_skip_on_rerun(tmp_path):
-    run_smoke(tmp_path, PART="scratch", SEEDS="1 2", JOBS="2")
+    run_smoke(tmp_path, PART="scratch", SEEDS="1 2", JOBS="2", CLS_LRS="1e-3")
     results = tmp_path / "results"
     files = {p.relative_to(results / "runs").as_posix() for p in (results / "runs").rglob("*")
              if p.is_file()}
@@ -287,7 +297,7 @@ def test_smoke_two_arms_at_once_collect_and_skip_on_rerun(tmp_path):
     logs = sorted(p.name for p in (tmp_path / "outputs" / "logs").iterdir())
     assert logs == ["scratch_seed1.log", "scratch_seed2.log"]
     (env,) = (results / "environment").glob("scratch_*.md")
-    proc = run_smoke(tmp_path, PART="scratch", SEEDS="1 2", JOBS="2")
+    proc = run_smoke(tmp_path, PART="scratch", SEEDS="1 2", JOBS="2", CLS_LRS="1e-3")
     assert "already holds its runs and environment" in proc.stdout
     assert list((results / "environment").iterdir()) == [env]
     assert all("nothing to do" in (tmp_path / "outputs" / "logs" / log).read_text()

@@ -31,6 +31,8 @@ MAE_ROWS = (
 )
 SCRATCH_ROW = (SCRATCH, "scratch-cls", "from scratch, early-stopped")
 FINE_TUNE_ARM, SCRATCH_ARM = MAE_ROWS[2][:2], SCRATCH_ROW[:2]  # the early-stopped classifiers
+LR_VARIANT = r"^(.+)_lr[^_]+$"  # study.sh's lr_exp groups: head_lr5e-4 of head
+TUNED = " (lr chosen on validation)"  # with_tuned_lr's groups: head (lr chosen on validation)
 HEADLINE_COLUMNS = [
     ("test acc at the validation choice (%)", CHOSEN, PERCENT, ACC_DIGITS, True),
     ("best val acc (%)", "best_val_acc", PERCENT, ACC_DIGITS, False),
@@ -46,12 +48,32 @@ DIFFERENCE_COLUMNS = ("difference (points)", "95% CI (points)", "pairs (seeds)",
                       "detectable at 80% power (points)", "verdict")
 
 
+def with_tuned_lr(frame: pd.DataFrame) -> pd.DataFrame:
+    """frame plus, for each classifier stage of a group also run at other base lrs (study.sh's
+    lr_exp: head and head_lr5e-4, ...), the group '<group>' + TUNED: per seed, the usable run
+    with the best validation accuracy (the group's own lr first on a tie), its exp suffixed
+    likewise."""
+    bases = frame["group"].str.extract(LR_VARIANT, expand=False)
+    picked = []
+    for base in sorted(set(bases.dropna())):
+        for stage in CLS_STAGES:
+            runs = frame[((frame["group"] == base) | (bases == base)) & (frame["stage"] == stage)
+                         & frame["usable"].eq(True)]
+            runs = runs.assign(other_lr=runs["group"] != base).sort_values(
+                ["best_val_acc", "other_lr"], ascending=[False, True], kind="stable")
+            best = runs.drop_duplicates("seed")
+            picked.append(best.assign(group=base + TUNED, exp=best["exp"] + TUNED))
+    picked = [p.drop(columns="other_lr") for p in picked if len(p)]
+    return pd.concat([frame, *picked], ignore_index=True) if picked else frame
+
+
 def headline_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """frame with CHOSEN (a classifier's test accuracy at its best validation epoch; a
     baselines.py run's one test evaluation, at its validation-chosen cell; the final one where
     a summary has no test_acc_at_best), final_test_acc_cls (the last epoch's: classifiers
     only) and epochs_to_choice (epochs trained up to and with the validation-chosen one: a
     count, as epochs trained, not the 0-based best_epoch)."""
+    frame = with_tuned_lr(frame)
     is_cls, trained = frame["stage"].isin(CLS_STAGES), ~frame["stage"].str.endswith("-knn")
     return frame.assign(**{
         CHOSEN: frame["test_acc_at_best"].fillna(frame["final_test_acc"]),
@@ -99,6 +121,20 @@ def mae_rows(frame: pd.DataFrame) -> list[tuple]:
     return rows
 
 
+def lr_rows(frame: pd.DataFrame, rows: list[tuple]) -> list[tuple]:
+    """rows with each classifier row preceded by its lr-chosen-on-validation row where its
+    group was run at several base lrs (with_tuned_lr), the fixed-lr row then naming its lr."""
+    out = []
+    for group, stage, label in rows:
+        if stage in CLS_STAGES and (frame["group"] == group + TUNED).any():
+            out.append((group + TUNED, stage, f"{label}, lr chosen on validation per seed"))
+            lrs = frame.loc[(frame["group"] == group) & (frame["stage"] == stage),
+                            "base_learning_rate"].dropna().unique()
+            label += f", base lr {lrs[0]:g}" if len(lrs) == 1 else ""
+        out.append((group, stage, label))
+    return out
+
+
 def readout_where(stage: str) -> str:
     """'mean patch token, block 4' of a read-out stage."""
     return readouts.parse(stage).label.split(", ", 1)[1].rsplit(":", 1)[0]
@@ -118,7 +154,8 @@ def headline_table(frame: pd.DataFrame) -> dict:
     the MAE encoder's probe, kNN and fine-tune, a random encoder's, the pixel baselines and
     scratch."""
     frame = headline_frame(frame)
-    members = headline_members(frame, [*mae_rows(frame), *pixel_rows(frame), SCRATCH_ROW])
+    rows = lr_rows(frame, [*mae_rows(frame), *pixel_rows(frame), SCRATCH_ROW])
+    members = headline_members(frame, rows)
     notes = [
         "every row: the same labelled training images, chosen on the same validation split, "
         "tested once on the whole test split",
@@ -190,6 +227,12 @@ def differences_table(name: str, title: str, rows: list[tuple], notes=()) -> dic
         *notes])
 
 
+def has_tuned_lr(frame: pd.DataFrame) -> bool:
+    """The fine-tune and scratch were each run at several base lrs (with_tuned_lr)."""
+    groups = set(frame["group"])
+    return HEAD + TUNED in groups and SCRATCH + TUNED in groups
+
+
 def read_out_pair(frame: pd.DataFrame, stage: str) -> list[tuple[str, str]]:
     """(stage, label suffix): the chosen read-out, then the default where they differ."""
     pick = chosen_stage(frame, stage)
@@ -203,9 +246,11 @@ def width_matched_rows(frame: pd.DataFrame, probe: str) -> list[tuple]:
     to the encoder's width (the same feature dimension), where those ran."""
     rows = []
     pixels = best_pixels(frame, "lin", PIXELS)
+    fine_tune = HEAD + TUNED if has_tuned_lr(frame) else HEAD
     if pixels:
         rows.append((f"MAE fine-tune minus the best pixel probe ({pixels})",
-                     arm(frame, *FINE_TUNE_ARM, CHOSEN), arm(frame, PIXELS, pixels, CHOSEN)))
+                     arm(frame, fine_tune, FINE_TUNE_ARM[1], CHOSEN),
+                     arm(frame, PIXELS, pixels, CHOSEN)))
     pretrains = frame.loc[(frame["group"] == HEAD) & (frame["stage"] == PRETRAIN), "args"]
     widths = {a.get("emb_dim") for a in pretrains if a}
     for width, method, stage in pca_stages(frame, PIXELS):
@@ -230,7 +275,12 @@ def headline_differences(frame: pd.DataFrame) -> dict:
                              "chosen on validation)", arm(frame, HEAD, mae, CHOSEN),
                              arm(frame, PIXELS, pixels, CHOSEN)))
     probe, random = chosen_stage(frame, "mae-lin"), chosen_stage(frame, "random-lin")
-    rows += [("MAE fine-tune minus scratch (both early-stopped)",
+    if has_tuned_lr(frame):
+        rows.append(("MAE fine-tune minus scratch (both early-stopped, each at its lr chosen "
+                     "on validation)", arm(frame, HEAD + TUNED, FINE_TUNE_ARM[1], CHOSEN),
+                     arm(frame, SCRATCH + TUNED, SCRATCH_ARM[1], CHOSEN)))
+    rows += [("MAE fine-tune minus scratch (both early-stopped"
+              f"{', at one base lr' if has_tuned_lr(frame) else ''})",
               arm(frame, *FINE_TUNE_ARM, CHOSEN), arm(frame, *SCRATCH_ARM, CHOSEN)),
              ("MAE probe minus a random encoder's probe",
               arm(frame, HEAD, probe, CHOSEN), arm(frame, HEAD, random, CHOSEN))]
