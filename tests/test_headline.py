@@ -210,3 +210,20 @@ def test_fine_tune_and_scratch_each_at_the_lr_validation_chooses_per_seed(tmp_pa
                       "on validation)"]
     # scratch: 92.87, 92.87, then seed 3's own lr: 86 + 6 - 0.13 = 91.87; differences 2, 2, -1
     assert tuned["difference (points)"] == "+1.00"
+
+
+def test_decoder_depth_at_the_headline_budget_pairs_each_arm_by_seed(tmp_path):
+    """Depth arms head_depth1 / head_depth8 beside the headline arm (pretrain()'s own
+    decoder_layer): 8 minus 1 and each against the headline arm, probe and fine-tune."""
+    study(tmp_path)
+    for s in SEEDS:
+        for depth, probe, fine_tune in ((1, 0.70, 0.88), (8, 0.75 + 0.01 * s, 0.89)):
+            exp = f"head_depth{depth}_seed{s}"
+            pretrain(tmp_path, exp, seed=s, decoder_layer=depth)
+            classifier(tmp_path, exp, "mae-lin", probe, seed=s)
+            classifier(tmp_path, exp, "pretrain-cls", fine_tune, seed=s)
+    rows = cells.wide(built(tmp_path)["head_depth"])
+    probe = rows.loc["decoder depth 8 minus 1: probe (each arm's read-out chosen on validation)"]
+    assert (probe["difference (points)"], probe["pairs (seeds)"]) == ("+7.00", "3 (1, 2, 3)")
+    assert rows.loc["decoder depth 8 minus 1: fine-tune", "difference (points)"] == "+1.00"
+    assert len(rows) == 6  # 8 - 1, and 1 and 8 against the headline arm's depth

@@ -4,6 +4,8 @@ study asks about, each with its 95% interval and verdict (stats.py). Also the di
 table the ablation endpoints use. Imports no torch.
 """
 
+import re
+
 import pandas as pd
 
 from mae_cifar.reporting import readouts
@@ -31,6 +33,7 @@ MAE_ROWS = (
 )
 SCRATCH_ROW = (SCRATCH, "scratch-cls", "from scratch, early-stopped")
 FINE_TUNE_ARM, SCRATCH_ARM = MAE_ROWS[2][:2], SCRATCH_ROW[:2]  # the early-stopped classifiers
+HEAD_DEPTH = re.compile(r"^head_depth(\d+)$")  # study.sh PART=head_depth's groups
 LR_VARIANT = r"^(.+)_lr[^_]+$"  # study.sh's lr_exp groups: head_lr5e-4 of head
 TUNED = " (lr chosen on validation)"  # with_tuned_lr's groups: head (lr chosen on validation)
 HEADLINE_COLUMNS = [
@@ -292,3 +295,48 @@ def headline_differences(frame: pd.DataFrame) -> dict:
                *(["an encoder's probe and kNN: at the read-out chosen on validation (the "
                   "read-outs table) unless the row names one"]
                  if readouts.has_grid(frame, HEAD) else [])])
+
+
+def group_probe_stage(frame: pd.DataFrame, group: str) -> str:
+    """The group's validation-chosen probe read-out (mae-lin without a read-out grid)."""
+    return (readouts.has_grid(frame, group) and readouts.chosen(frame, group, "mae", "lin")
+            or "mae-lin")
+
+
+def fine_tune_group(frame: pd.DataFrame, group: str) -> str:
+    """The group, or its lr-chosen-on-validation twin where it was run at several lrs."""
+    return group + TUNED if (frame["group"] == group + TUNED).any() else group
+
+
+def depth_groups(frame: pd.DataFrame) -> dict[int, str]:
+    """Decoder depth -> group of the headline-budget depth arms (head_depth<d>) and of the
+    headline arm itself (its pretraining's decoder_layer)."""
+    groups = {int(m[1]): g for g in frame["group"].unique() if (m := HEAD_DEPTH.match(g))}
+    heads = frame.loc[(frame["group"] == HEAD) & (frame["stage"] == PRETRAIN), "args"]
+    depths = {a.get("decoder_layer") for a in heads if a}
+    if groups and len(depths) == 1:
+        groups[depths.pop()] = HEAD
+    return dict(sorted(groups.items()))
+
+
+def head_depth_table(frame: pd.DataFrame) -> dict:
+    """Table 1's depth question at the headline budget: the deepest minus the shallowest
+    decoder, and each depth arm against the headline arm, on the validation-chosen probe and
+    the fine-tune, paired by seed."""
+    frame = headline_frame(frame)
+    groups = depth_groups(frame)
+    own = [d for d, g in groups.items() if g == HEAD]
+    pairs = [(max(groups), min(groups)), *((max(d, *own), min(d, *own)) for d in groups
+                                           if own and groups[d] != HEAD)]
+    rows = []
+    for hi, lo in dict.fromkeys(pairs):
+        a, b = groups[hi], groups[lo]
+        rows += [(f"decoder depth {hi} minus {lo}: probe (each arm's read-out chosen on "
+                  "validation)", arm(frame, a, group_probe_stage(frame, a), CHOSEN),
+                  arm(frame, b, group_probe_stage(frame, b), CHOSEN)),
+                 (f"decoder depth {hi} minus {lo}: fine-tune",
+                  arm(frame, fine_tune_group(frame, a), FINE_TUNE_ARM[1], CHOSEN),
+                  arm(frame, fine_tune_group(frame, b), FINE_TUNE_ARM[1], CHOSEN))]
+    return differences_table(
+        "head_depth", "Decoder depth at the headline budget (test acc at the validation "
+        "choice)", rows, ["every arm: the headline arm's pretraining but the decoder depth"])

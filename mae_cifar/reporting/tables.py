@@ -44,7 +44,9 @@ from mae_cifar.reporting.findings import (
 from mae_cifar.reporting.headline import (
     HEAD,
     STUDY_GROUPS,
+    depth_groups,
     differences_table,
+    head_depth_table,
     headline_differences,
     headline_frame,
     headline_table,
@@ -526,6 +528,8 @@ def study_v2_tables(frame: pd.DataFrame, base: str) -> list[dict]:
         tables += [headline_table(frame), headline_differences(frame)]
         if readouts.has_grid(frame, HEAD):
             tables.append(readouts.readout_table(headline_frame(frame), HEAD))
+        if len(depth_groups(frame)) > 1:
+            tables.append(head_depth_table(frame))
     tables.append(pretrain_table(frame))
     ablations = ablation_tables(frame, base)
     return tables + ([*ablations, endpoints_table(ablations)] if ablations else [])
