@@ -62,7 +62,8 @@ CAMPAIGN = [
      ["tests/test_utils_data.py", "tests/test_faults.py", "-k",
       "load_checkpoint or checkpoint_round_trip or in_process"]),
     ("mae_cifar/reporting/stats.py", [],
-     ["tests/test_report.py", "-k", "t_interval or paired_difference"]),
+     ["tests/test_report.py", "-k", "t_interval or paired_difference or zero_spread or "
+      "skip_the_seeds or interval_text"]),
     ("mae_cifar/evaluation/knn.py", ["neighbours", "vote", "knn_classify", "knn_accuracy",
                                      "knn_grid_accuracy", "encode"],
      ["tests/test_knn.py", "-k", "by_hand or temperature or grid or chunked or every_patch"]),
