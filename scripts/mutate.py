@@ -70,7 +70,7 @@ CAMPAIGN = [
     ("mae_cifar/evaluation/probe.py", ["fit_standardiser", "probe_grid", "cell_losses", "choose",
                                        "run_linear", "run_knn"],
      ["tests/test_baselines.py", "-k",
-      "probe_grid or test_split or standardisation or knn or diverged_cells"]),
+      "probe_grid or test_split or standardis or knn or cell or lr_at"]),
     ("mae_cifar/fileio.py", ["_file_mode", "atomic_write", "atomic_write_text",
                              "atomic_write_bytes", "write_json", "remove_temp_files"],
      ["tests/test_utils_data.py", "tests/test_faults.py", "-k",
