@@ -53,6 +53,34 @@ CAMPAIGN = [
     ("mae_cifar/training/optim.py", ["cosine_lr"], ["tests/test_utils_data.py", "-k", "lr"]),
     ("train_classifier.py", ["Stage.on_epoch_end"], ["tests/test_classifier.py"]),
     ("mae_cifar/training/objectives.py", ["Objective.__call__"], ["tests/test_classifier.py"]),
+    # the machinery around the core: resume, statistics, kNN, probe grid, writes, weights
+    ("mae_cifar/training/engine.py", ["Trainer.state", "Trainer.save", "Trainer.resume",
+                                      "Trainer._check_resumable", "Trainer._restore_rng",
+                                      "Trainer.fit", "Trainer.train_epoch", "_count_before"],
+     ["tests/test_faults.py", "-k", "in_process"]),
+    ("mae_cifar/checkpoint.py", ["save_checkpoint", "load_checkpoint"],
+     ["tests/test_utils_data.py", "tests/test_faults.py", "-k",
+      "load_checkpoint or checkpoint_round_trip or in_process"]),
+    ("mae_cifar/reporting/stats.py", [],
+     ["tests/test_report.py", "-k", "t_interval or paired_difference or zero_spread or "
+      "skip_the_seeds or interval_text"]),
+    ("mae_cifar/evaluation/knn.py", ["neighbours", "vote", "knn_classify", "knn_accuracy",
+                                     "knn_grid_accuracy", "encode"],
+     ["tests/test_knn.py", "-k", "by_hand or temperature or grid or chunked or every_patch"]),
+    ("mae_cifar/evaluation/probe.py", ["fit_standardiser", "probe_grid", "cell_losses", "choose",
+                                       "run_linear", "run_knn"],
+     ["tests/test_baselines.py", "-k",
+      "probe_grid or test_split or standardis or knn or cell or lr_at"]),
+    ("mae_cifar/fileio.py", ["_file_mode", "atomic_write", "atomic_write_text",
+                             "atomic_write_bytes", "write_json", "remove_temp_files"],
+     ["tests/test_utils_data.py", "tests/test_faults.py", "tests/test_disk_full.py", "-k",
+      "csv_logger or kill_during_a_save or failed_write or interrupted_write or synced or "
+      "json_files"]),
+    ("mae_cifar/weights.py", ["timm_model_args", "fold_bn_linear", "load_pretrained",
+                              "weights_file", "_load_project", "_foreign_state", "_infer_config",
+                              "_exported_heads", "check_tensors"],
+     ["tests/test_weights.py", "-k", "unreadable or imply or heads_come or project_s_mae or "
+      "no_vit or config_json or check_tensors or folded or rebuild"]),
 ]
 SWAPS = {  # operator -> its mutant
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -92,6 +120,9 @@ def get_args_parser():
                    help="pytest arguments that test --target (the rest of the command line)")
     p.add_argument("--campaign", action="store_true",
                    help="mutate the core modules of CAMPAIGN, each with its own tests")
+    p.add_argument("--only", action="append", default=[], metavar="FILE",
+                   help="with --campaign: only CAMPAIGN's entries of this file (repeatable); "
+                        "each keeps the sample the whole campaign draws for it")
     p.add_argument("--sample", type=int, default=0,
                    help="at most this many mutants per file, drawn with --seed (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample")
@@ -280,7 +311,12 @@ def run_tests(workdir, tests, timeout):
 
 def campaign_jobs(args):
     if args.campaign:
+        unknown = set(args.only) - {f for f, _, _ in CAMPAIGN}
+        if unknown:
+            raise SystemExit(f"error: --only {', '.join(sorted(unknown))}: not in CAMPAIGN")
         return [(f, names, tests) for f, names, tests in CAMPAIGN]
+    if args.only:
+        raise SystemExit("error: --only needs --campaign")
     if not args.target or not (args.tests or args.list):
         raise SystemExit("error: give --campaign, or --target and --tests (last: the rest of "
                          "the command line goes to pytest)")
@@ -359,6 +395,8 @@ def main(args):
             keys = survivors_of(args.survivors_of, args.statuses.split(","))
             mutants = [m for m in mutants if survived(m, keys)]
         planned.append((file, mutants, tests))
+    if args.only:  # after the draws, so that a file's sample does not depend on --only
+        planned = [job for job in planned if job[0] in args.only]
     if args.list:
         for file, mutants, _ in planned:
             original = ast.unparse(ast.parse((Path(args.repo) / file).read_text())).splitlines()

@@ -3,10 +3,12 @@ split is evaluated once for the chosen cell, PCA and standardisation use the tra
 only, a (nearly) constant feature stays bounded, and bad encoders or flags are refused before
 anything is written. (The end-to-end runs of every stage: test_study.py.)"""
 import json
+import math
 from dataclasses import asdict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_DATA, run_scripts
 
 import baselines
@@ -14,6 +16,7 @@ import train_classifier
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, UsageError, save_checkpoint
 from mae_cifar.evaluation import probe
 from mae_cifar.training import classifier
+from mae_cifar.training.optim import cosine_lr
 from model import MAE_ViT, MAEConfig
 from utils import seed_everything
 
@@ -105,6 +108,89 @@ def test_standardisation_of_all_constant_features_is_finite():
     assert torch.equal(std, torch.ones(DIM)) and torch.isfinite((train + 1 - mean) / std).all()
 
 
+def reference_head(train, val, lr, wd, a):
+    """One head trained the plain way: nn.Linear from zeros, Adam with L2 weight decay on
+    the weight only, warmup + cosine per step, the probe's batch order. -> per epoch
+    (train loss, train acc, val loss, val acc, W (D, C), b (C,))."""
+    (x, y), (xv, yv) = train, val
+    head = torch.nn.Linear(x.shape[1], N_CLASSES)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    opt = torch.optim.Adam([{"params": [head.weight], "weight_decay": wd},
+                            {"params": [head.bias]}], betas=probe.PROBE_BETAS)
+    steps, gen, out = math.ceil(len(y) / a.batch_size), torch.Generator().manual_seed(a.seed), []
+    for epoch in range(a.total_epoch):
+        loss_sum, correct = 0.0, 0
+        for i, idx in enumerate(torch.randperm(len(y), generator=gen).split(a.batch_size)):
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(epoch * steps + i, a.total_epoch * steps,
+                                        a.warmup_epoch * steps, lr)
+            logits = head(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y[idx]).sum().item()
+        with torch.no_grad():
+            logits = head(xv)
+            out.append((loss_sum / len(y), correct / len(y), F.cross_entropy(logits, yv).item(),
+                        (logits.argmax(1) == yv).float().mean().item(), head.weight.T.clone(),
+                        head.bias.clone()))
+    return out
+
+
+def test_each_cell_trains_as_plain_logistic_regression_with_adam():
+    """Every cell's curves, and its head at its best epoch, are those of one head trained
+    alone: the grid's shared batches, stacked heads and loss sums change nothing."""
+    feats, a = split_feats(), grid_args(probe_lrs=[1e-2, 1e-1], probe_weight_decays=[0.0, 1e-2])
+    rows, curves, (w, b) = probe.probe_grid(
+        feats["train"], feats["val"], N_CLASSES, a.probe_lrs, a.probe_weight_decays,
+        a.total_epoch, a.warmup_epoch, a.batch_size, a.seed)
+    close = {"rel": 1e-4, "abs": 1e-5}
+    for cell, row in enumerate(rows):
+        ref = reference_head(feats["train"], feats["val"], row["lr"], row["weight_decay"], a)
+        for column, values in zip(probe.LIN_FIELDS[2:], zip(*ref)):
+            assert curves[column][:, cell].tolist() == pytest.approx(values, **close), column
+        best = ref[row["best_epoch"]]
+        assert w[cell].flatten().tolist() == pytest.approx(best[4].flatten().tolist(), **close)
+        assert b[cell].tolist() == pytest.approx(best[5].tolist(), **close)
+
+
+def test_a_cell_never_right_on_validation_keeps_its_first_epoch_head():
+    """Validation labels every head gets wrong: accuracy 0 at every epoch, and the cell
+    keeps the head of epoch 0, not its untrained zeros."""
+    x = torch.tensor([[1.0], [-1.0]]).repeat(8, 1)
+    y = torch.tensor([0, 1]).repeat(8)
+    rows, _, (w, _) = probe.probe_grid((x, y), (x, 1 - y), 2, [1e-1], [0.0], 3, 0, 4, 0)
+    assert (rows[0]["val_acc"], rows[0]["best_epoch"]) == (0.0, 0)
+    assert w[0].abs().sum() > 0
+
+
+def test_linear_probe_sees_features_standardised_on_the_training_part():
+    """Scaling and shifting the raw features changes nothing; the validation labels choose
+    the cell but never change what the heads learn."""
+    feats, a = split_feats(), grid_args()
+    summary, metrics = probe.run_linear(a, feats, N_CLASSES)
+    moved = {k: (x * 10 + 5, y) for k, (x, y) in feats.items()}
+    moved_summary, moved_metrics = probe.run_linear(a, moved, N_CLASSES)
+    assert [r["val_acc"] for r in moved_summary["grid"]] == [r["val_acc"] for r in summary["grid"]]
+    for m, mm in zip(metrics, moved_metrics):
+        assert mm["train_loss"] == pytest.approx(m["train_loss"], rel=1e-4)
+    one_cell = grid_args(probe_lrs=[1e-1], probe_weight_decays=[0.0])
+    shuffled = torch.randperm(len(feats["val"][1]), generator=torch.Generator().manual_seed(0))
+    relabelled = {**feats, "val": (feats["val"][0], feats["val"][1][shuffled])}
+    assert [m["train_loss"] for m in probe.run_linear(one_cell, relabelled, N_CLASSES)[1]] == \
+        [m["train_loss"] for m in probe.run_linear(one_cell, feats, N_CLASSES)[1]]
+
+
+def test_linear_probe_logs_the_chosen_lr_at_each_epoch_s_last_step():
+    a = grid_args()  # 60 training images in batches of 16: 4 steps per epoch, 1 of warmup
+    summary, metrics = probe.run_linear(a, split_feats(), N_CLASSES)
+    lr = summary["chosen"]["lr"]
+    assert [m["lr"] for m in metrics] == [cosine_lr(s, 16, 4, lr) for s in (3, 7, 11, 15)]
+
+
 # ----------------------------------------------------------------------------- PCA
 def test_pca_is_fitted_on_the_training_features_only():
     feats = split_feats()
@@ -131,6 +217,11 @@ def test_knn_k_and_temperature_are_chosen_on_validation():
     best = grid[probe.choose(grid)]
     assert summary["chosen"] == {"k": best["k"], "T": best["T"]}
     assert metrics == [{"epoch": 0, "val_acc": best["val_acc"], "test_acc": summary["test_acc"]}]
+    assert (summary["epochs"], summary["best_epoch"], summary["memory_images"]) == (0, 0, 60)
+    # cosine similarity: each image's features may be scaled by any positive factor
+    scale = torch.arange(1.0, 61.0)[:, None]
+    rescaled = {**feats, "train": (feats["train"][0] * scale, feats["train"][1])}
+    assert probe.run_knn(grid_args(), rescaled, N_CLASSES)[0] == summary
 
 
 def test_knn_grid_follows_the_validation_split():

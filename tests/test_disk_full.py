@@ -1,15 +1,19 @@
 """A full disk loses nothing: every atomic write of a short pretraining and of a short
 fine-tuning run fails in turn with ENOSPC. Each failure is one `error:` line with exit code 2,
 and running the same command again ends with the weights and metrics.csv of a run that never
-failed."""
+failed. Then atomic writes one by one: a failed write leaves the old file and no temporary
+file, and a written file has its complete bytes synced and the mode open() would give."""
 import csv
+import errno
 import json
 import os
+import stat
 
 import pytest
 import torch
 from conftest import TINY_DATA, TINY_MAE, run_scripts
 
+from mae_cifar import fileio
 from mae_cifar.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,3 +87,52 @@ def test_a_full_disk_is_one_line_and_the_rerun_is_identical(runs):
         assert got[0].keys() == want[0].keys()
         assert all(torch.equal(got[0][k], want[0][k]) for k in want[0]), (name, w)
         assert got[1:] == want[1:], (name, w)
+
+
+# --------------------------------------------------------------------------- atomic writes
+def failing_write(error):
+    def write(f):
+        f.write("half of the new text")
+        raise error
+    return write
+
+
+@pytest.mark.parametrize("error,strerror", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), os.strerror(errno.ENOSPC)),
+    (OSError("a message without an errno"), "a message without an errno")])
+def test_a_failed_write_keeps_the_old_file_and_names_it(tmp_path, error, strerror):
+    path = tmp_path / "metrics.csv"
+    path.write_text("old")
+    with pytest.raises(OSError) as e:
+        fileio.atomic_write(path, failing_write(error), mode="w")
+    assert (e.value.errno, e.value.strerror, e.value.filename) == (error.errno, strerror, path)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["metrics.csv"]
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fileio.atomic_write(tmp_path / "a.json", failing_write(KeyboardInterrupt()), mode="w")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_written_file_is_synced_whole_with_the_mode_open_gives(tmp_path, monkeypatch):
+    """fsync sees every byte (flushed first); the file gets 0o666 minus the umask, as open()
+    would give it (not mkstemp's 0o600), and the umask is left as it was."""
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size)
+                        or real_fsync(fd))
+    data = b"x" * 1000
+    umask = os.umask(0o022)
+    try:
+        fileio.atomic_write_bytes(tmp_path / "model.pt", data)
+        assert os.umask(0o022) == 0o022  # unchanged by the write
+    finally:
+        os.umask(umask)
+    assert synced == [len(data)] and (tmp_path / "model.pt").read_bytes() == data
+    assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == 0o644
+
+
+def test_json_files_are_indented_with_sorted_keys(tmp_path):
+    fileio.write_json(tmp_path / "args.json", {"seed": 1, "batch_size": {"per_rank": 2}})
+    assert (tmp_path / "args.json").read_text() == (
+        '{\n  "batch_size": {\n    "per_rank": 2\n  },\n  "seed": 1\n}\n')

@@ -143,12 +143,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
 
 def test_encoder_sees_every_patch():
-    """The monitor's features equal the MAE encoder's with mask ratio 0 (cls token)."""
+    """The monitor's features equal the MAE encoder's with mask ratio 0 (cls token), in
+    batches of BATCH images and a last one of a single image."""
     m = monitor(0, 1, "cls")
-    x, _ = m.queries.batch(torch.arange(4))
+    n = BATCH + 1
+    x, _ = m.queries.batch(torch.arange(n))
     latent, mask, _ = m.model.eval().forward_encoder(x, 0.0)
     assert mask.sum() == 0
-    feats = knn.encode(m.model.encoder, m.queries, 4, "cls", BATCH, m.autocast)
+    feats = knn.encode(m.model.encoder, m.queries, n, "cls", BATCH, m.autocast)
     torch.testing.assert_close(feats, torch.nn.functional.normalize(latent[:, 0], dim=1))
 
 

@@ -390,6 +390,41 @@ def test_paired_difference_by_seed_and_the_decision_rule():
         "no seed in common")
 
 
+def test_zero_spread_intervals_and_the_decision_rule_at_its_edges():
+    """Equal values: the interval is the point (scipy gives nan for a zero scale). The rule
+    holds only when the interval excludes 0: not when it ends at 0 or crosses it, however
+    close its far end is to 0."""
+    import pandas as pd
+
+    from mae_cifar.reporting import stats
+    assert stats.estimate([5.0, 5.0, 5.0]) == stats.Estimate(5.0, 0.0, 3, 5.0, 5.0)
+    seeds = [1, 2, 3]
+
+    def differences(*d):
+        return stats.paired(pd.Series(d, index=seeds), pd.Series(0.0, index=seeds))
+
+    assert not differences(0.0, 0.0, 0.0).holds  # the interval [0, 0] does not exclude 0
+    assert differences(0.5, 0.5, 0.5).holds and differences(-0.5, -0.5, -0.5).holds
+    crossing = differences(-1.5, -1.0, -0.5)  # -1 ± 1.24: [-2.24, 0.24]
+    assert crossing.estimate.low < 0 < crossing.estimate.high < 1 and not crossing.holds
+
+
+def test_pairs_skip_the_seeds_an_arm_has_no_value_for():
+    import pandas as pd
+
+    from mae_cifar.reporting import stats
+    a = pd.Series({1: 70.0, 2: float("nan"), 3: 74.0})  # seed 2's run has no result
+    p = stats.paired(a, pd.Series({1: 68.0, 2: 69.5, 3: 71.0}))
+    assert p.differences.to_dict() == {1: 2.0, 3: 3.0}
+    assert "n=2 pairs (seeds 1, 3)" in stats.difference_text(p, 2)
+
+
+def test_one_value_has_no_interval_text():
+    from mae_cifar.reporting import stats
+    assert stats.interval_text(stats.estimate([5.0]), 2) == ""
+    assert stats.interval_text(stats.estimate([4.0, 6.0]), 1) == "95% CI [-7.7, 17.7]"
+
+
 def test_no_hand_rolled_noise_rule_is_left():
     from mae_cifar.reporting import stats
     source = "".join((REPO / f"{name.replace('.', '/')}.py").read_text() for name in REPORT_LAYERS)

@@ -26,7 +26,7 @@ from mae_cifar.data.augment import (
 )
 from mae_cifar.data.datasets import Split, carve, image_record, load_dataset
 from mae_cifar.data.loader import DeviceLoader
-from mae_cifar.fileio import CSVLogger
+from mae_cifar.fileio import CSVLogger, file_sha256
 from mae_cifar.training.optim import cosine_lr, param_groups, set_lr
 from model import ClassifierConfig, MAE_ViT, ViT_Classifier
 
@@ -62,7 +62,7 @@ def assert_same(a, b):
 def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
     path = tmp_path / "ckpt.pt"
     ckpt = tiny_checkpoint()
-    save_checkpoint(ckpt, path)
+    assert save_checkpoint(ckpt, path) == file_sha256(path)  # the identity runs record
     assert_same(torch.load(path, weights_only=True), ckpt)
     assert_same(load_checkpoint(str(path), kind="mae"), ckpt)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left

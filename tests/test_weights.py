@@ -2,8 +2,10 @@
 input config) and in (--pretrained_model_path from such a folder, a timm state dict or an
 official MAE checkpoint); bad files give one error line."""
 import json
+import re
 import shutil
 import types
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,12 @@ from safetensors.torch import save_file
 
 import export
 import train_classifier
-from mae_cifar.checkpoint import load_checkpoint
+from mae_cifar import weights
+from mae_cifar.checkpoint import load_checkpoint, save_checkpoint
 from mae_cifar.cli import UsageError
 from mae_cifar.training import classifier
 from mae_cifar.weights import load_pretrained
-from model import ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier
+from model import BN_EPS, ClassifierConfig, MAE_ViT, MAEConfig, ViT_Classifier
 from utils import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -247,6 +250,144 @@ def test_unreadable_foreign_file_is_one_usage_error(tmp_path):
     torch.save({"a": 1}, tmp_path / "y.pth")
     with pytest.raises(UsageError, match="neither a checkpoint of this project"):
         load_pretrained(str(tmp_path / "y.pth"))
+
+
+# --------------------------------------------------------------------------- in, file by file
+# Files written here, not by the stages: the sizes a file's tensors imply, its key layout
+# and where its attention heads come from. 16x16 grey images, 4x4 patches, 3 blocks.
+FOREIGN = dict(image_size=16, patch_size=4, in_chans=1, encoder_layer=3)
+
+
+def timm_state(emb_dim=32, heads=2):
+    """A timm ViT classifier's state dict (7-class head) of FOREIGN's sizes."""
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1,
+                              embed_dim=emb_dim, depth=FOREIGN["encoder_layer"],
+                              num_heads=heads, num_classes=7)
+    return model.state_dict()
+
+
+def encoder_part(state):
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
+def official_mae(state):
+    """Official MAE's layout: the encoder at the top level, the decoder beside it."""
+    return {"model": {**encoder_part(state), "mask_token": torch.zeros(1, 1, 16),
+                      "decoder_embed.weight": torch.zeros(16, 32)}}
+
+
+@pytest.mark.parametrize("layout", [lambda s: s, official_mae])
+def test_foreign_files_load_their_encoder_with_the_sizes_its_tensors_imply(tmp_path, layout):
+    state = timm_state()
+    torch.save(layout(state), tmp_path / "w.pth")
+    cfg, encoder = load_pretrained(str(tmp_path / "w.pth"), encoder_head=2)
+    assert cfg == MAEConfig(**FOREIGN, emb_dim=32, encoder_head=2)
+    want = encoder_part(state)
+    assert encoder.keys() == want.keys()
+    assert all(torch.equal(encoder[k], v) for k, v in want.items())
+
+
+def test_heads_come_from_the_export_s_config_json_or_else_the_width(tmp_path, capsys):
+    """Width 32 would guess 1 head: a timm folder's config.json, or the JSON an older
+    export.py wrote beside its .pth, says 2. Without either: width // 64, at least 1."""
+    state = timm_state(heads=2)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    save_file(state, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model_args": {"num_heads": 2}}))
+    assert load_pretrained(str(folder))[0].encoder_head == 2
+    torch.save(state, tmp_path / "old.pth")
+    (tmp_path / "old.json").write_text(json.dumps({"model_args": {"num_heads": 2}}))
+    assert load_pretrained(str(tmp_path / "old.pth"))[0].encoder_head == 2
+    capsys.readouterr()
+    for emb_dim in (32, 96):
+        torch.save(timm_state(emb_dim, heads=1), tmp_path / "bare.pth")
+        assert load_pretrained(str(tmp_path / "bare.pth"))[0].encoder_head == 1
+    assert "assuming 1 (width 32 / 64); pass --encoder_head" in capsys.readouterr().out
+
+
+def test_this_project_s_mae_file_gives_its_encoder_under_timm_keys(tmp_path):
+    path = tiny_mae_file(tmp_path / "m.pt", seed=0)
+    ckpt = load_checkpoint(path, kind="mae")
+    cfg, encoder = load_pretrained(str(path))
+    assert asdict(cfg) == ckpt["config"]
+    want = {k.removeprefix("encoder."): v for k, v in ckpt["model"].items()
+            if k.startswith("encoder.")}
+    assert encoder.keys() == want.keys()
+    assert all(torch.equal(encoder[k], v) for k, v in want.items())
+    for lie, words in (({"model": {}}, "no 'model' tensors"),
+                       ({"config": {**ckpt["config"], "depth": 2}}, "invalid MAE configuration")):
+        save_checkpoint({**ckpt, **lie}, tmp_path / "lie.pt")
+        with pytest.raises(UsageError, match=words):
+            load_pretrained(str(tmp_path / "lie.pt"))
+
+
+def without_cls_token(state):
+    return {k: v for k, v in state.items() if k != "cls_token"}
+
+
+def six_patch_positions(state):
+    return {**state, "pos_embed": state["pos_embed"][:, :7]}
+
+
+def without_blocks(state):
+    return {k: v for k, v in state.items() if not k.startswith("blocks.")}
+
+
+@pytest.mark.parametrize("edit,words", [
+    (without_cls_token, "lacks the tensor cls_token"),
+    (six_patch_positions, "6 patch positions, not a square grid"),
+    (without_blocks, "not a ViT this project builds")])
+def test_files_that_hold_no_vit_encoder_are_refused(tmp_path, edit, words):
+    torch.save(edit(timm_state()), tmp_path / "w.pth")
+    with pytest.raises(UsageError, match=words):
+        load_pretrained(str(tmp_path / "w.pth"), encoder_head=2)
+
+
+def test_a_folder_without_config_json_is_refused(tmp_path):
+    save_file(timm_state(), tmp_path / "model.safetensors")
+    with pytest.raises(UsageError, match="folder without config.json"):
+        load_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda g: {**g, "extra": torch.zeros(1)}, "unexpected tensor extra"),
+    (lambda g: {**g, "w": torch.zeros(3)}, "tensor w has shape (3,)"),
+    (lambda g: {**g, "w": torch.zeros(2, dtype=torch.long)}, "tensor w is torch.int64"),
+    (lambda g: {**g, "w": torch.tensor([0.0, float("inf")])}, "tensor w holds NaN or inf"),
+    (lambda g: {"w": g["w"]}, "tensor n is missing")])
+def test_check_tensors_names_the_first_tensor_that_does_not_fit(edit, words):
+    expected = {"w": torch.zeros(2), "n": torch.zeros((), dtype=torch.long)}
+    weights.check_tensors(expected, {"w": torch.ones(2), "n": torch.ones((), dtype=torch.long)},
+                          "f.pt")
+    with pytest.raises(UsageError, match=re.escape(words)):
+        weights.check_tensors(expected, edit({"w": torch.ones(2), "n": expected["n"]}), "f.pt")
+
+
+# --------------------------------------------------------------------------- out, unit by unit
+def test_a_folded_bn_linear_head_gives_the_logits_of_the_head():
+    """The probe's BatchNorm1d(affine=False) + Linear, in eval mode, as one Linear; one
+    feature's variance is BN_EPS itself, where adding eps (not subtracting) matters."""
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(8, affine=False, eps=BN_EPS),
+                               torch.nn.Linear(8, 3)).eval()
+    head[0].running_mean.copy_(torch.randn(8, generator=g) * 1e-2)
+    head[0].running_var.copy_(torch.rand(8, generator=g) + 0.5)
+    head[0].running_var[0] = BN_EPS
+    folded = weights.fold_bn_linear(head.state_dict())
+    x = torch.randn(5, 8, generator=g) * 1e-3 + head[0].running_mean
+    torch.testing.assert_close(x @ folded["head.weight"].T + folded["head.bias"], head(x))
+
+
+def test_timm_model_args_rebuild_the_encoder_in_timm():
+    """JSON-able arguments from which timm builds the encoder exactly (strict load), at its
+    one input size."""
+    cfg = MAEConfig(image_size=8, emb_dim=16, encoder_layer=2, encoder_head=2, decoder_dim=16,
+                    decoder_layer=1)
+    args = json.loads(json.dumps(weights.timm_model_args(cfg)))
+    model = timm.create_model(weights.TIMM_ARCH, **args)
+    model.load_state_dict(MAE_ViT.from_config(cfg).encoder.state_dict())
+    assert args["dynamic_img_size"] is False
 
 
 # --------------------------------------------------------------------------- export, refused
