@@ -36,7 +36,8 @@ TIMEOUT_FACTOR = 5  # a mutant may run this many times the unmutated tests' time
 MIN_TIMEOUT_S = 60  # cores are shared: a tighter bound turns slow runs into false kills)
 POLL_S = 0.05
 NO_TESTS = 5  # pytest's exit code when no test was selected
-PYTEST = ["-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly"]
+# -n 0: the suite's pytest-xdist workers (pyproject addopts) off; each mutant runs in the fork
+PYTEST = ["-q", "-x", "-n", "0", "-p", "no:cacheprovider", "-p", "no:randomly"]
 
 # (file, functions, tests): the modules whose bugs ruin a study, each with its fast tests
 CAMPAIGN = [
