@@ -1,6 +1,7 @@
 """The v2 study's headline and ablation-endpoint tables (reporting/headline.py,
 tables.study_v2_tables): numbers worked by hand from fixture run folders."""
 import json
+import math
 
 import pytest
 from test_report import classifier, pretrain, set_args
@@ -162,8 +163,29 @@ def test_the_read_out_chosen_on_validation_heads_the_headline(tmp_path):
     assert random["difference (points)"] == "+34.33"  # 84.87 - (49.87, 51.87, 49.87)
     notes = t["readouts"]["notes"]
     # mean val: (0.86, 0.86, 0.82) -> 0.8467 against 0.8078 + 0.01 s -> 0.8278: +1.89
-    assert any(n.startswith("MAE encoder, mean patch token, block 4: tuned linear probe: chosen "
-                            "on validation, +1.89 points") for n in notes), notes
+    assert ("MAE encoder, mean patch token, block 4: tuned linear probe: chosen on validation, "
+            "+1.89 points of mean validation accuracy over the runner-up (MAE encoder, cls token, "
+            "last block: tuned linear probe), +1.89 over the default read-out (cls token, last "
+            "block)") in notes
+    assert "MAE encoder, cls token, last block: tuned kNN: chosen on validation" in notes
+    assert list(cells.wide(t["readouts"]).index[:3]) == [  # defaults first, the probe first
+        "MAE encoder, cls token, last block: tuned linear probe",
+        "MAE encoder, mean patch token, block 4: tuned linear probe",
+        "MAE encoder, cls token, last block: tuned kNN"]
+
+
+def test_a_read_out_is_chosen_on_its_own_group_s_usable_runs(tmp_path):
+    """Another group's runs of the same read-out, or a run the report cannot use, never sway
+    the head encoders' choice."""
+    readout_study(tmp_path)
+    for s in SEEDS:
+        other = classifier(tmp_path, f"head_depth8_seed{s}", "mae-cls-b3-lin", 0.5, seed=s)
+        set_summary(other, best_val_acc=0.999)
+    stopped = classifier(tmp_path, "head_seed1", "mae-cls-b4-lin", 0.5, seed=1)
+    set_summary(stopped, best_val_acc=0.999, finished=False)
+    notes = built(tmp_path)["readouts"]["notes"]
+    assert any(n.startswith("MAE encoder, mean patch token, block 4: tuned linear probe: chosen")
+               for n in notes), notes
 
 
 def test_without_a_read_out_grid_the_headline_is_the_default_read_out(tmp_path):
@@ -187,6 +209,12 @@ def test_holm_and_the_paired_p_value_by_hand():
     assert pair.p_value == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
     assert pair.detectable_80 > pair.detectable
     assert stats.paired(a, a).p_value == 1.0
+    assert math.isnan(stats.paired(a[:1], b[:1]).p_value)  # one pair: no test
+    two = stats.paired(a[:2], b[:2])  # differences 0.5, 1.0: t = 3 on 1 df
+    assert two.p_value == pytest.approx(scipy_stats.ttest_rel(a[:2], b[:2]).pvalue)
+    # (t_0.975 + t_0.8 on 1 df) * std / sqrt(2) = (12.706 + 1.376) * 0.3536 / 1.414
+    assert stats.detectable_at_power(0.3536, 2) == pytest.approx(3.52, abs=0.01)
+    assert math.isnan(stats.detectable_at_power(1.0, 1))
 
 
 def test_fine_tune_and_scratch_each_at_the_lr_validation_chooses_per_seed(tmp_path):
