@@ -58,10 +58,9 @@ CAMPAIGN = [
     ("mae_cifar/training/engine.py", ["Trainer.state", "Trainer.save", "Trainer.resume",
                                       "Trainer._check_resumable", "Trainer._restore_rng",
                                       "Trainer.fit", "Trainer.train_epoch", "_count_before"],
-     ["tests/test_faults.py", "-k", "in_process"]),
+     ["tests/test_trainer.py"]),
     ("mae_cifar/checkpoint.py", ["save_checkpoint", "load_checkpoint"],
-     ["tests/test_utils_data.py", "tests/test_faults.py", "-k",
-      "load_checkpoint or checkpoint_round_trip or in_process"]),
+     ["tests/test_utils_data.py", "-k", "load_checkpoint or checkpoint_round_trip"]),
     ("mae_cifar/reporting/stats.py", [],
      ["tests/test_report.py", "-k", "t_interval or paired_difference or zero_spread or "
       "skip_the_seeds or interval_text"]),

@@ -5,15 +5,12 @@ columns aside) of an uninterrupted run with the same flags, whether it stopped o
 the middle of an epoch or was killed with SIGKILL.
 """
 import csv
-import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from argparse import Namespace
-from dataclasses import asdict
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,14 +19,8 @@ from conftest import REPO, TINY_MAE, run_scripts, script_env
 import mae_pretrain
 from mae_cifar.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from mae_cifar.cli import UsageError
-from mae_cifar.data.datasets import Split
-from mae_cifar.data.loader import DeviceLoader
-from mae_cifar.distributed import DistInfo
 from mae_cifar.fileio import TEMP_PREFIX
-from mae_cifar.training import engine, objectives, run_folder
-from mae_cifar.training.recipes import ADAMW_BETAS_PRETRAIN, Optimization
-from model import MAE_ViT, MAEConfig
-from utils import seed_everything
+from mae_cifar.training import run_folder
 
 BATCH, TRAIN_IMAGES = 16, 1024
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH  # 64: a signal after the first checkpoint lands mid-epoch
@@ -320,87 +311,3 @@ def test_checkpoint_survives_kill_during_a_save(tmp_path):
     run.release()
     assert no_temp_files(str(tmp_path))
     assert torch.equal(load_checkpoint(path, kind="mae")["weights"], state["weights"])
-
-
-# --------------------------------------------------------------- the Trainer, in process
-# The stage's Trainer on a tiny MAE, stopped and resumed inside this process (seconds, not a
-# script run): what its checkpoint restores decides every number after a resume.
-SMALL = MAEConfig(image_size=8, patch_size=2, emb_dim=16, encoder_layer=1, encoder_head=1,
-                  decoder_dim=16, decoder_layer=1)
-SMALL_IMAGES, SMALL_BATCH, SMALL_EPOCHS = 24, 6, 2  # 4 steps per epoch
-SMALL_STEPS = SMALL_IMAGES // SMALL_BATCH
-SMALL_SEED = 3
-CPU = torch.device("cpu")
-
-
-def small_images():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (SMALL_IMAGES, 3, SMALL.image_size, SMALL.image_size),
-                      generator=g, dtype=torch.uint8)
-    return Split(x, torch.zeros(SMALL_IMAGES, dtype=torch.long))
-
-
-def small_trainer(ckpt_path, step_fn):
-    """The tiny MAE's Trainer as mae_pretrain.py sets it up: seeded (as every start of a
-    stage is, resumed or not), flips and masks from the global RNG, AdamW, warmup + cosine."""
-    seed_everything(SMALL_SEED)
-    model = MAE_ViT.from_config(SMALL)
-    loader = DeviceLoader(small_images(), SMALL_BATCH, torch.full((3,), 0.5),
-                          torch.full((3,), 0.25), "flip", seed=SMALL_SEED)
-    args = Namespace(compile=False, amp="off", base_learning_rate=1e-2, batch_size=SMALL_BATCH,
-                     max_device_batch_size=SMALL_BATCH, weight_decay=0.05,
-                     total_epoch=SMALL_EPOCHS, warmup_epoch=1, save_freq=1, progress_seconds=0)
-    return engine.Trainer(args, DistInfo(0, 1, 0, CPU), model, loader, step_fn,
-                          SimpleNamespace(ckpt_path=str(ckpt_path)),
-                          engine.Checkpointed("mae", asdict(SMALL)),
-                          Optimization(betas=ADAMW_BETAS_PRETRAIN))
-
-
-def train_small(ckpt_path, sigterm_at=None, resume=False):
-    """Train (resume first if asked), SIGTERM during optimizer step `sigterm_at` of this
-    attempt -> (the checkpoint resumed from or None, per-epoch losses logged, the trainer,
-    the signal that stopped it or 0)."""
-    calls = itertools.count(1)
-
-    def step(model, x, y):
-        if next(calls) == sigterm_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return objectives.pretrain_step(model, x, y)
-
-    trainer = small_trainer(ckpt_path, step)
-    losses, stopped = [], 0
-    with engine.on_stop_signals(engine.raise_interrupted):  # pytest's handlers come back after
-        ckpt = trainer.resume() if resume else None
-        try:
-            trainer.fit(lambda epoch, stats: losses.append(stats["loss"]))
-        except engine.Interrupted as e:
-            stopped = e.signum
-    return ckpt, losses, trainer, stopped
-
-
-def flat_params(trainer):
-    return torch.cat([p.detach().flatten() for p in trainer.module.parameters()])
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    return train_small(tmp_path_factory.mktemp("whole") / run_folder.CHECKPOINT_FN)
-
-
-@pytest.mark.parametrize("sigterm_at", [SMALL_STEPS, SMALL_STEPS + 2])
-def test_in_process_resume_reproduces_the_uninterrupted_run(tmp_path, uninterrupted, sigterm_at):
-    """Stopped at the end of epoch 0 or in the middle of epoch 1, then resumed by a fresh,
-    freshly seeded Trainer: the same weights, optimizer state and per-epoch losses (the
-    stopped epoch's loss averages its steps before and after the stop)."""
-    path = tmp_path / run_folder.CHECKPOINT_FN
-    _, losses, _, stopped = train_small(path, sigterm_at)
-    assert stopped == signal.SIGTERM and len(losses) == sigterm_at // SMALL_STEPS
-    ckpt, resumed_losses, resumed, _ = train_small(path, resume=True)
-    assert (ckpt["epoch"], ckpt["step"]) == divmod(sigterm_at, SMALL_STEPS)
-    _, whole_losses, whole, _ = uninterrupted
-    assert torch.equal(flat_params(resumed), flat_params(whole))
-    assert losses + resumed_losses == pytest.approx(whole_losses, rel=1e-6)
-    want, got = whole.optimizer.state_dict(), resumed.optimizer.state_dict()
-    assert got["param_groups"] == want["param_groups"]
-    for i, entry in want["state"].items():
-        assert all(torch.equal(got["state"][i][k], v) for k, v in entry.items()), i
