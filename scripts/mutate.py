@@ -72,7 +72,7 @@ CAMPAIGN = [
       "probe_grid or test_split or standardis or knn or cell or lr_at"]),
     ("mae_cifar/fileio.py", ["_file_mode", "atomic_write", "atomic_write_text",
                              "atomic_write_bytes", "write_json", "remove_temp_files"],
-     ["tests/test_utils_data.py", "tests/test_faults.py", "tests/test_disk_full.py", "-k",
+     ["tests/test_utils_data.py", "tests/test_disk_full.py", "tests/test_faults.py", "-k",
       "csv_logger or kill_during_a_save or failed_write or interrupted_write or synced or "
       "json_files"]),
     ("mae_cifar/weights.py", ["timm_model_args", "fold_bn_linear", "load_pretrained",
