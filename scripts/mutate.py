@@ -73,7 +73,7 @@ CAMPAIGN = [
       "probe_grid or test_split or standardis or knn or cell or lr_at"]),
     ("mae_cifar/fileio.py", ["_file_mode", "atomic_write", "atomic_write_text",
                              "atomic_write_bytes", "write_json", "remove_temp_files"],
-     ["tests/test_utils_data.py", "tests/test_faults.py", "tests/test_disk_full.py", "-k",
+     ["tests/test_utils_data.py", "tests/test_disk_full.py", "tests/test_faults.py", "-k",
       "csv_logger or kill_during_a_save or failed_write or interrupted_write or synced or "
       "json_files"]),
     ("mae_cifar/weights.py", ["timm_model_args", "fold_bn_linear", "load_pretrained",
@@ -277,12 +277,16 @@ def preload():
 
 
 def run_tests(workdir, tests, timeout):
-    """'passed', 'failed' or 'timeout' of pytest `tests` in workdir, and the seconds taken."""
+    """'passed', 'failed' or 'timeout' of pytest `tests` in workdir, and the seconds taken.
+    pytest runs in its own process group; whatever is left of the group when it ends or
+    times out is killed (a mutant can make a test hang with a process it forked still
+    running, e.g. a save loop)."""
     started = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child: pytest in the copy, quietly
         code = 1
         try:
+            os.setpgrp()
             import pytest
             os.chdir(workdir)
             os.environ.update({**THREAD_ENV, "PYTHONDONTWRITEBYTECODE": "1"})
@@ -293,20 +297,30 @@ def run_tests(workdir, tests, timeout):
             code = int(pytest.main([*PYTEST, *tests]))
         finally:
             os._exit(code)
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
+    timed_out = False
+    # WNOWAIT: the child stays unreaped, so its group id cannot be reused before killpg
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         if timeout is not None and time.perf_counter() - started > timeout:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return "timeout", time.perf_counter() - started
+            timed_out = True
+            break
         time.sleep(POLL_S)
+    end_group(pid)
+    _, status = os.waitpid(pid, 0)
+    if timed_out:
+        return "timeout", time.perf_counter() - started
     # any failure counts, also 2-4 (interrupted, internal or usage error: e.g. a mutant
     # that breaks the import, which the tests notice); no test selected notices nothing
     code = os.waitstatus_to_exitcode(status)
     outcome = "passed" if code in (0, NO_TESTS) else "failed"
     return outcome, time.perf_counter() - started
+
+
+def end_group(pgid):
+    """SIGKILL every process still in process group pgid."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:  # the group has no process left
+        pass
 
 
 def campaign_jobs(args):

@@ -295,12 +295,14 @@ def test_checkpoint_survives_kill_during_a_save(tmp_path):
         pid = os.fork()
         if pid == 0:
             save_forever(path, state)
-        deadline = time.monotonic() + WAIT_S
-        while not set(temp_files(tmp_path)) - left:  # a save of this child is under way
-            assert time.monotonic() < deadline, "no save started"
-            time.sleep(POLL_S / 10)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while not set(temp_files(tmp_path)) - left:  # a save of this child is under way
+                assert time.monotonic() < deadline, "no save started"
+                time.sleep(POLL_S / 10)
+        finally:  # also when no save started: the child would save forever
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         assert torch.equal(load_checkpoint(path, kind="mae")["weights"], state["weights"])
         left |= set(temp_files(tmp_path))
     assert left  # the kills did land in the middle of saves
