@@ -115,9 +115,8 @@ def mae_rows(frame: pd.DataFrame) -> list[tuple]:
         return list(MAE_ROWS)
     rows = []
     for group, stage, label in MAE_ROWS:
-        default = readouts.parse(stage)
-        pick = default and readouts.chosen(frame, HEAD, default.features, default.method)
-        if pick and pick != stage:
+        pick = chosen_stage(frame, stage) if readouts.parse(stage) else stage
+        if pick != stage:
             rows.append((group, pick, f"{label}, chosen read-out: {readout_where(pick)}"))
             label += ", cls token, last block"
         rows.append((group, stage, label))
@@ -143,13 +142,13 @@ def readout_where(stage: str) -> str:
     return readouts.parse(stage).label.split(", ", 1)[1].rsplit(":", 1)[0]
 
 
-def chosen_stage(frame: pd.DataFrame, stage: str) -> str:
-    """The head encoders' validation-chosen read-out of a default read-out stage (itself
-    where there is no grid)."""
+def chosen_stage(frame: pd.DataFrame, stage: str, group: str = HEAD) -> str:
+    """The group's validation-chosen read-out of a default read-out stage (itself where the
+    group has no read-out grid)."""
     default = readouts.parse(stage)
-    if not readouts.has_grid(frame, HEAD):
+    if not readouts.has_grid(frame, group):
         return stage
-    return readouts.chosen(frame, HEAD, default.features, default.method) or stage
+    return readouts.chosen(frame, group, default.features, default.method) or stage
 
 
 def headline_table(frame: pd.DataFrame) -> dict:
@@ -297,12 +296,6 @@ def headline_differences(frame: pd.DataFrame) -> dict:
                  if readouts.has_grid(frame, HEAD) else [])])
 
 
-def group_probe_stage(frame: pd.DataFrame, group: str) -> str:
-    """The group's validation-chosen probe read-out (mae-lin without a read-out grid)."""
-    return (readouts.has_grid(frame, group) and readouts.chosen(frame, group, "mae", "lin")
-            or "mae-lin")
-
-
 def fine_tune_group(frame: pd.DataFrame, group: str) -> str:
     """The group, or its lr-chosen-on-validation twin where it was run at several lrs."""
     return group + TUNED if (frame["group"] == group + TUNED).any() else group
@@ -332,8 +325,8 @@ def head_depth_table(frame: pd.DataFrame) -> dict:
     for hi, lo in dict.fromkeys(pairs):
         a, b = groups[hi], groups[lo]
         rows += [(f"decoder depth {hi} minus {lo}: probe (each arm's read-out chosen on "
-                  "validation)", arm(frame, a, group_probe_stage(frame, a), CHOSEN),
-                  arm(frame, b, group_probe_stage(frame, b), CHOSEN)),
+                  "validation)", arm(frame, a, chosen_stage(frame, "mae-lin", a), CHOSEN),
+                  arm(frame, b, chosen_stage(frame, "mae-lin", b), CHOSEN)),
                  (f"decoder depth {hi} minus {lo}: fine-tune",
                   arm(frame, fine_tune_group(frame, a), FINE_TUNE_ARM[1], CHOSEN),
                   arm(frame, fine_tune_group(frame, b), FINE_TUNE_ARM[1], CHOSEN))]
